@@ -1,0 +1,172 @@
+"""The demo: a normal planner request completes; a runaway planner is halted.
+
+Run it with `make demo` (which starts the embedded dev server and sets TEMPORAL_ADDRESS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.worker import Worker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from examples.agents import Executor, Planner, PlanRequest, call_llm, vector_search
+from temporal_governor import (
+    BUDGET_QUERY,
+    BreachDetails,
+    BudgetSnapshot,
+    GovernorPlugin,
+    Policy,
+    attribution,
+)
+
+POLICY = Path(__file__).with_name("governance.yaml")
+
+
+async def snapshot(handle: WorkflowHandle[Any, Any]) -> BudgetSnapshot:
+    return BudgetSnapshot.model_validate(await handle.query(BUDGET_QUERY))
+
+
+async def watch(handle: WorkflowHandle[Any, Any], ceiling: float) -> None:
+    """Print the planner's token spend while it runs."""
+    last = -1.0
+    while True:
+        try:
+            snap = await snapshot(handle)
+        except Exception:
+            await asyncio.sleep(0.2)
+            continue
+        tokens = snap.committed.get("tokens", 0.0)
+        if tokens != last:
+            bar = "#" * int(30 * min(tokens, ceiling) / ceiling)
+            print(
+                f"  {snap.agent:<8} tokens {tokens:>8,.0f} / {ceiling:,.0f} [{bar:<30}] "
+                f"subtasks {snap.committed.get('subtasks', 0):.0f}",
+                flush=True,
+            )
+            last = tokens
+        await asyncio.sleep(0.3)
+
+
+async def tree_spend(client: Client, task_queue: str, root_id: str) -> list[BudgetSnapshot]:
+    snaps = []
+    async for wf in client.list_workflows(f'TaskQueue="{task_queue}"'):
+        if wf.id == root_id or wf.id.startswith(root_id + "/"):
+            snaps.append(await snapshot(client.get_workflow_handle(wf.id, run_id=wf.run_id)))
+    return snaps
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = "  " + "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [line.format(*header), line.format(*["-" * w for w in widths])]
+    out += [line.format(*r) for r in rows]
+    return "\n".join(out)
+
+
+async def run_request(
+    client: Client, task_queue: str, request: PlanRequest, run_id: str, ceiling: float
+) -> tuple[BreachDetails | None, list[BudgetSnapshot]]:
+    with attribution(tenant="acme", owner="alice@acme"):
+        handle = await client.start_workflow(Planner.run, request, id=run_id, task_queue=task_queue)
+    watcher = asyncio.create_task(watch(handle, ceiling))
+    breach = None
+    try:
+        result = await handle.result()
+        print(f"  completed after {result.rounds} round(s) with {len(result.answers)} answers")
+    except WorkflowFailureError as failure:
+        breach = BreachDetails.from_error(failure)
+        print(f"  HALTED: {failure.cause}")
+    finally:
+        watcher.cancel()
+    return breach, await tree_spend(client, task_queue, run_id)
+
+
+def summary(title: str, breach: BreachDetails | None, snaps: list[BudgetSnapshot]) -> None:
+    root = next(s for s in snaps if s.depth == 0)
+    print(f"\n== {title}: {root.workflow_id} (tenant {root.tenant}, owner {root.owner})")
+    if breach is not None:
+        where = " > ".join(f"{link.agent}/{link.workflow_id}" for link in breach.chain)
+        print(
+            table(
+                [
+                    [
+                        breach.limit,
+                        breach.scope,
+                        where,
+                        f"{breach.observed:,.0f}",
+                        f"{breach.ceiling:,.0f}",
+                    ]
+                ],
+                ["limit hit", "scope", "where in the tree", "observed", "ceiling"],
+            )
+        )
+    per_agent: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for snap in snaps:
+        per_agent[snap.agent]["runs"] += 1
+        for resource, value in snap.own_spend.items():
+            per_agent[snap.agent][resource] += value
+    rows = [
+        [
+            agent,
+            f"{s['runs']:.0f}",
+            f"{s['tokens']:,.0f}",
+            f"${s['cost_usd']:.4f}",
+            f"{s['tool_calls']:.0f}",
+        ]
+        for agent, s in sorted(per_agent.items())
+    ]
+    print(table(rows, ["agent", "runs", "tokens", "cost", "tool calls"]))
+    limits = [limit for limit in root.limits if limit.resource == "tokens"]
+    for limit in limits:
+        overdraft = max(0.0, limit.committed - limit.ceiling)
+        print(
+            f"  total {limit.resource} {limit.committed:,.0f} of ceiling {limit.ceiling:,.0f} "
+            f"({limit.limit}); overdraft {overdraft:,.0f}"
+        )
+
+
+async def main() -> int:
+    address = os.environ.get("TEMPORAL_ADDRESS", "127.0.0.1:7233")
+    policy = Policy.from_yaml(POLICY)
+    client = await Client.connect(address, plugins=[GovernorPlugin(policy)])
+    task_queue = f"agents-{uuid.uuid4().hex[:8]}"
+    quota = policy.quotas_for("planner").max_tokens_per_task
+    ceiling = float(quota.limit) if quota else 0.0
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[Planner, Executor],
+        activities=[call_llm, vector_search],
+    ):
+        print("\n-- a normal request: plan, two sub-agents, evaluate")
+        normal_breach, normal = await run_request(
+            client, task_queue, PlanRequest(goal="summarise Q3"), "demo-normal", ceiling
+        )
+        print("\n-- a runaway request: the planner is never satisfied and keeps re-planning")
+        breach, runaway = await run_request(
+            client,
+            task_queue,
+            PlanRequest(goal="perfect answer", runaway=True),
+            "demo-runaway",
+            ceiling,
+        )
+        summary("normal request", normal_breach, normal)
+        summary("runaway request", breach, runaway)
+    root = next(s for s in runaway if s.depth == 0)
+    overdraft = max((lim.committed - lim.ceiling for lim in root.limits), default=0.0)
+    ok = normal_breach is None and breach is not None and overdraft <= 0
+    print("\ndemo", "OK" if ok else "FAILED", "- overdraft", max(0.0, overdraft))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

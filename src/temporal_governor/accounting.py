@@ -1,0 +1,428 @@
+"""Pure, deterministic budget arithmetic: reserve, commit, release against limits.
+
+Nothing here knows about Temporal, so the same code runs inside workflow code (where it
+must be replay-safe) and in plain unit tests. A :class:`RunLedger` holds the limits that
+apply to one workflow run (its own per-task quotas and the allowance carved for it by its
+parent) and the reservations of its in-flight dispatches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RESOURCES: tuple[str, ...] = ("tokens", "cost_usd", "tool_calls", "subtasks", "child_workflows")
+"""The additive resources a dispatch consumes. Wall time is a deadline, not an amount."""
+
+OnBreach = Literal["terminate", "alert"]
+EventKind = Literal["reserve", "commit", "release", "refuse", "warn", "alert", "breach", "overage"]
+
+_EPSILON = 1e-9
+
+
+class Amounts(BaseModel):
+    """A vector of resource amounts (spent, reserved, estimated or allowed)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tokens: float = 0.0
+    """Model tokens, input plus output."""
+    cost_usd: float = 0.0
+    """US dollars."""
+    tool_calls: float = 0.0
+    """Tool (activity) invocations."""
+    subtasks: float = 0.0
+    """Child workflows started directly by the run."""
+    child_workflows: float = 0.0
+    """Child workflows started anywhere in the run's subtree."""
+
+    def get(self, resource: str) -> float:
+        """The amount of one resource.
+
+        Args:
+            resource: One of :data:`RESOURCES`.
+
+        Returns:
+            The amount.
+
+        """
+        return float(getattr(self, resource))
+
+    def __add__(self, other: Amounts) -> Amounts:
+        return Amounts(**{r: self.get(r) + other.get(r) for r in RESOURCES})
+
+    def without(self, *resources: str) -> Amounts:
+        """A copy with the named resources set to zero.
+
+        Args:
+            *resources: Resource names to clear.
+
+        Returns:
+            The new amounts.
+
+        """
+        return self.model_copy(update=dict.fromkeys(resources, 0.0))
+
+    def nonzero(self) -> dict[str, float]:
+        """The resources with a non-zero amount, as a plain mapping."""
+        return {r: self.get(r) for r in RESOURCES if self.get(r)}
+
+
+ZERO = Amounts()
+
+
+@dataclass
+class Limit:
+    """A ceiling on one resource for one scope of a run."""
+
+    name: str
+    """The policy name of the limit, e.g. ``max_tokens_per_task`` or ``allowance``."""
+    resource: str
+    """One of :data:`RESOURCES`."""
+    ceiling: float
+    """The most the scope may spend."""
+    scope: str
+    """Whose budget this is, e.g. ``run planner/run-1``."""
+    on_breach: OnBreach = "terminate"
+    """``terminate`` refuses the dispatch and halts the run; ``alert`` only reports."""
+    warn_at: float | None = None
+    """Fraction of the ceiling at which a ``warn`` event is emitted once."""
+    warned: bool = False
+    alerted: bool = False
+
+
+class GovernanceEvent(BaseModel):
+    """One governance decision, in the order the run made it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seq: int
+    """Position in the run's decision log, from 1."""
+    kind: EventKind
+    """What was decided."""
+    key: str = ""
+    """The dispatch it concerns, e.g. ``activity:3:call_llm``."""
+    amounts: dict[str, float] = Field(default_factory=dict)
+    """The amounts reserved, committed or released."""
+    limit: str = ""
+    """For warn, alert, refuse, breach and overage: the limit concerned."""
+    scope: str = ""
+    """For warn, alert, refuse, breach and overage: the scope concerned."""
+    observed: float = 0.0
+    """For warn, alert, refuse, breach and overage: the spend that was looked at."""
+    ceiling: float = 0.0
+    """For warn, alert, refuse, breach and overage: the limit's ceiling."""
+
+
+class Refusal(BaseModel):
+    """Why a reservation was refused: the first ``terminate`` limit it would exceed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limit: str
+    resource: str
+    scope: str
+    observed: float
+    ceiling: float
+    committed: float
+    overage: float
+
+
+class LimitState(BaseModel):
+    """One limit as the ``governor.budget`` query reports it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limit: str
+    resource: str
+    scope: str
+    ceiling: float
+    committed: float
+    reserved: float
+    remaining: float
+    on_breach: OnBreach
+
+
+@dataclass
+class RunLedger:
+    """The budget of one workflow run: limits, committed spend and open reservations.
+
+    Every method is deterministic; the ledger keeps a log of :class:`GovernanceEvent`.
+    """
+
+    limits: list[Limit]
+    committed: Amounts = ZERO
+    reservations: dict[str, Amounts] = field(default_factory=dict)
+    events: list[GovernanceEvent] = field(default_factory=list)
+    max_events: int = 2000
+    event_count: int = 0
+
+    @property
+    def reserved(self) -> Amounts:
+        """The sum of open reservations."""
+        total = ZERO
+        for amounts in self.reservations.values():
+            total = total + amounts
+        return total
+
+    def remaining(self, resource: str) -> float | None:
+        """What may still be reserved of a resource under every terminate limit.
+
+        Args:
+            resource: One of :data:`RESOURCES`.
+
+        Returns:
+            The smallest headroom, or ``None`` when no terminate limit covers it.
+
+        """
+        used = self.committed.get(resource) + self.reserved.get(resource)
+        headrooms = [
+            limit.ceiling - used
+            for limit in self.limits
+            if limit.resource == resource and limit.on_breach == "terminate"
+        ]
+        return min(headrooms) if headrooms else None
+
+    def binding_limit(self, resource: str) -> Limit | None:
+        """The terminate limit with the least headroom for a resource, if any."""
+        candidates = [
+            lim for lim in self.limits if lim.resource == resource and lim.on_breach == "terminate"
+        ]
+        return min(candidates, key=lambda lim: lim.ceiling) if candidates else None
+
+    def check(self, amounts: Amounts) -> Refusal | None:
+        """Whether reserving ``amounts`` would exceed a terminate limit, without reserving.
+
+        A dispatch is refused when committed + reserved + its estimate would exceed a
+        ceiling, or when committed spend already exceeds it (an earlier actual was above
+        its estimate), whatever the estimate.
+
+        Args:
+            amounts: The estimate of the dispatch.
+
+        Returns:
+            The refusal, or ``None`` when the reservation fits.
+
+        """
+        reserved = self.reserved
+        for limit in self.limits:
+            if limit.on_breach != "terminate":
+                continue
+            committed = self.committed.get(limit.resource)
+            observed = committed + reserved.get(limit.resource) + amounts.get(limit.resource)
+            if observed > limit.ceiling + _EPSILON or committed > limit.ceiling + _EPSILON:
+                return Refusal(
+                    limit=limit.name,
+                    resource=limit.resource,
+                    scope=limit.scope,
+                    observed=observed,
+                    ceiling=limit.ceiling,
+                    committed=committed,
+                    overage=max(0.0, committed - limit.ceiling),
+                )
+        return None
+
+    def reserve(self, key: str, amounts: Amounts) -> Refusal | None:
+        """Reserve ``amounts`` for the dispatch ``key`` unless a terminate limit refuses.
+
+        ``alert`` limits that the reservation would exceed emit an ``alert`` event once
+        and do not refuse. Reserving an existing key is a no-op (idempotent).
+
+        Args:
+            key: The dispatch's idempotency key.
+            amounts: Its estimate.
+
+        Returns:
+            The refusal, or ``None`` when reserved.
+
+        """
+        if key in self.reservations:
+            return None
+        refusal = self.check(amounts)
+        if refusal is not None:
+            self._log(
+                "refuse",
+                key,
+                amounts,
+                limit=refusal.limit,
+                scope=refusal.scope,
+                observed=refusal.observed,
+                ceiling=refusal.ceiling,
+            )
+            return refusal
+        self.reservations[key] = amounts
+        self._log("reserve", key, amounts)
+        self._alerts(key, self.reserved)
+        return None
+
+    def commit(self, key: str, actual: Amounts) -> None:
+        """Commit the actual usage of a dispatch and release the rest of its reservation.
+
+        Committing an unknown or already settled key is a no-op, so a duplicate
+        delivery never counts twice.
+
+        Args:
+            key: The dispatch's idempotency key.
+            actual: What it really used (may exceed the estimate).
+
+        """
+        reserved = self.reservations.pop(key, None)
+        if reserved is None:
+            return
+        self.committed = self.committed + actual
+        self._log("commit", key, actual)
+        released = {r: reserved.get(r) - actual.get(r) for r in RESOURCES}
+        released = {r: v for r, v in released.items() if v > _EPSILON}
+        if released:
+            self._log("release", key, Amounts(**released))
+        for limit in self.limits:
+            committed = self.committed.get(limit.resource)
+            if limit.on_breach == "terminate" and committed > limit.ceiling + _EPSILON:
+                self._log(
+                    "overage",
+                    key,
+                    actual,
+                    limit=limit.name,
+                    scope=limit.scope,
+                    observed=committed,
+                    ceiling=limit.ceiling,
+                )
+        self._warnings(key)
+        self._alerts(key, ZERO)
+
+    def release(self, key: str) -> None:
+        """Release a reservation without committing anything (the dispatch never ran).
+
+        Args:
+            key: The dispatch's idempotency key.
+
+        """
+        reserved = self.reservations.pop(key, None)
+        if reserved is not None:
+            self._log("release", key, reserved)
+
+    def log_breach(self, key: str, refusal: Refusal) -> None:
+        """Record that a refusal halted the run.
+
+        Args:
+            key: The refused dispatch.
+            refusal: Why it was refused.
+
+        """
+        self._log(
+            "breach",
+            key,
+            ZERO,
+            limit=refusal.limit,
+            scope=refusal.scope,
+            observed=refusal.observed,
+            ceiling=refusal.ceiling,
+        )
+
+    def states(self) -> list[LimitState]:
+        """Every limit with its spend and headroom, for the budget query."""
+        reserved = self.reserved
+        return [
+            LimitState(
+                limit=limit.name,
+                resource=limit.resource,
+                scope=limit.scope,
+                ceiling=limit.ceiling,
+                committed=self.committed.get(limit.resource),
+                reserved=reserved.get(limit.resource),
+                remaining=limit.ceiling
+                - self.committed.get(limit.resource)
+                - reserved.get(limit.resource),
+                on_breach=limit.on_breach,
+            )
+            for limit in self.limits
+        ]
+
+    def _warnings(self, key: str) -> None:
+        for limit in self.limits:
+            if limit.warn_at is None or limit.warned:
+                continue
+            committed = self.committed.get(limit.resource)
+            if committed >= limit.warn_at * limit.ceiling - _EPSILON:
+                limit.warned = True
+                self._log(
+                    "warn",
+                    key,
+                    ZERO,
+                    limit=limit.name,
+                    scope=limit.scope,
+                    observed=committed,
+                    ceiling=limit.ceiling,
+                )
+
+    def _alerts(self, key: str, pending: Amounts) -> None:
+        for limit in self.limits:
+            if limit.on_breach != "alert" or limit.alerted:
+                continue
+            observed = self.committed.get(limit.resource) + pending.get(limit.resource)
+            if observed > limit.ceiling + _EPSILON:
+                limit.alerted = True
+                self._log(
+                    "alert",
+                    key,
+                    ZERO,
+                    limit=limit.name,
+                    scope=limit.scope,
+                    observed=observed,
+                    ceiling=limit.ceiling,
+                )
+
+    def _log(
+        self,
+        kind: EventKind,
+        key: str,
+        amounts: Amounts,
+        *,
+        limit: str = "",
+        scope: str = "",
+        observed: float = 0.0,
+        ceiling: float = 0.0,
+    ) -> None:
+        self.event_count += 1
+        self.events.append(
+            GovernanceEvent(
+                seq=self.event_count,
+                kind=kind,
+                key=key,
+                amounts=amounts.nonzero(),
+                limit=limit,
+                scope=scope,
+                observed=observed,
+                ceiling=ceiling,
+            )
+        )
+        if len(self.events) > self.max_events:
+            del self.events[: len(self.events) - self.max_events]
+
+    def new_events(self, since: int) -> Iterable[GovernanceEvent]:
+        """Events logged after sequence number ``since``.
+
+        Args:
+            since: The last sequence number already seen.
+
+        Returns:
+            The newer events, oldest first.
+
+        """
+        return (event for event in self.events if event.seq > since)
+
+
+def amounts_from(values: Mapping[str, float]) -> Amounts:
+    """Build :class:`Amounts` from a mapping that may hold other keys.
+
+    Args:
+        values: A mapping with some of the :data:`RESOURCES` as keys.
+
+    Returns:
+        The amounts.
+
+    """
+    return Amounts(**{r: float(values[r]) for r in RESOURCES if r in values})

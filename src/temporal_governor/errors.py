@@ -1,0 +1,195 @@
+"""The governor's error hierarchy and the failure types that cross the wire.
+
+Failures that reach Temporal are ``ApplicationError`` subclasses whose ``type`` is one of
+the constants below, so that code on the other side of the wire (a client, a parent
+workflow, another SDK) can recognise them by string. Their details are a single
+JSON object described by :class:`BreachDetails`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from temporalio.exceptions import ApplicationError
+
+BUDGET_EXCEEDED = "BudgetExceeded"
+"""``ApplicationError.type`` of a run halted because a budget limit was breached."""
+
+RUNAWAY_LOOP = "RunawayLoop"
+"""``ApplicationError.type`` of a run halted by a loop guard (for example ``max_depth``)."""
+
+GOVERNANCE_KILLED = "GovernanceKilled"
+"""``ApplicationError.type`` of a run stopped by an operator's kill signal."""
+
+
+class GovernorError(Exception):
+    """Root of every error the governor raises to its users."""
+
+
+class PolicyIssue(BaseModel):
+    """One problem found in a policy: where it is, what was there, what was expected."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: str
+    """The file the policy came from, or ``<text>`` / ``<dict>``."""
+    path: str
+    """Dotted path of the field, e.g. ``agents.planner.quotas.max_tokens_per_task``."""
+    value: Any = None
+    """The offending value as it was given."""
+    expected: str
+    """What would have been accepted."""
+
+    def __str__(self) -> str:
+        where = f"{self.source}: {self.path}" if self.path else self.source
+        return f"{where}: got {self.value!r}; expected {self.expected}"
+
+
+class PolicyError(GovernorError, ValueError):
+    """A policy could not be loaded; the message names file, field, value and expectation.
+
+    Args:
+        issues: Every problem found, in document order.
+
+    """
+
+    def __init__(self, issues: list[PolicyIssue]) -> None:
+        self.issues = issues
+        lines = [str(issue) for issue in issues]
+        head = "invalid governance policy" + (f" ({len(lines)} problems)" if len(lines) > 1 else "")
+        super().__init__(head + ":\n  " + "\n  ".join(lines))
+
+
+class ChainLink(BaseModel):
+    """One workflow run in an attribution chain, root first."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workflow_id: str
+    run_id: str
+    agent: str
+    """The workflow type name of the run."""
+
+
+class BreachDetails(BaseModel):
+    """What a halted run's failure carries: which limit, which scope, observed vs ceiling."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limit: str
+    """Name of the limit that fired, e.g. ``max_tokens_per_task``."""
+    resource: str
+    """The resource it limits: ``tokens``, ``cost_usd``, ``tool_calls``, ``subtasks``,
+    ``child_workflows``, ``wall_time_s`` or ``depth``."""
+    scope: str
+    """Whose budget it was, e.g. ``run planner/run-1`` or ``allowance from planner/run-1``."""
+    observed: float
+    """What the spend would have been (committed + reserved + this dispatch's estimate)."""
+    ceiling: float
+    """The limit's ceiling."""
+    committed: float = 0.0
+    """What the scope had actually spent when the run halted."""
+    overage: float = 0.0
+    """How far committed spend already exceeded the ceiling (an actual above its estimate)."""
+    dispatch: str = ""
+    """The refused dispatch, e.g. ``activity call_llm`` or ``child executor``."""
+    chain: list[ChainLink] = Field(default_factory=list)
+    """The attribution chain of the halted run, root first, the halted run last."""
+    tenant: str = "default"
+    """The tenant the run was attributed to."""
+    spent: dict[str, float] = Field(default_factory=dict)
+    """Total committed spend of the halted run (its whole subtree), per resource."""
+
+    def message(self) -> str:
+        """A one-line human statement of the breach."""
+        text = (
+            f"{self.limit} ({self.resource}) of {self.scope} exceeded: "
+            f"observed {_fmt(self.observed)} {'>' if self.observed > self.ceiling else '>='} "
+            f"ceiling {_fmt(self.ceiling)}"
+        )
+        if self.dispatch:
+            text += f"; refused {self.dispatch}"
+        if self.overage > 0:
+            text += f"; overage {_fmt(self.overage)}"
+        return text
+
+    @classmethod
+    def from_error(cls, error: BaseException) -> BreachDetails | None:
+        """Find breach details in an error or its causes (client or parent side).
+
+        Args:
+            error: A ``WorkflowFailureError``, ``ChildWorkflowError``, ``ApplicationError``
+                or any exception whose cause chain may hold a governor failure.
+
+        Returns:
+            The details, or ``None`` when no governor breach is in the chain.
+
+        """
+        current: BaseException | None = error
+        while current is not None:
+            if isinstance(current, ApplicationError) and current.type in (
+                BUDGET_EXCEEDED,
+                RUNAWAY_LOOP,
+            ):
+                for detail in current.details:
+                    if isinstance(detail, BreachDetails):
+                        return detail
+                    if isinstance(detail, dict) and "limit" in detail:
+                        return cls.model_validate(detail)
+            current = current.__cause__ or getattr(current, "cause", None)
+        return None
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.4f}"
+
+
+class BudgetExceeded(ApplicationError, GovernorError):
+    """A run exceeded a budget limit: terminal and non-retryable.
+
+    Raised inside workflow code when a dispatch is refused. It fails the run (the
+    governor re-raises it even if agent code catches it) and reaches clients and parent
+    workflows as an ``ApplicationError`` with ``type == "BudgetExceeded"``; use
+    :meth:`BreachDetails.from_error` there to read the details.
+
+    Args:
+        details: What was breached.
+        error_type: The wire type, :data:`BUDGET_EXCEEDED` or :data:`RUNAWAY_LOOP`.
+
+    """
+
+    def __init__(self, details: BreachDetails, error_type: str = BUDGET_EXCEEDED) -> None:
+        super().__init__(
+            details.message(),
+            details.model_dump(mode="json"),
+            type=error_type,
+            non_retryable=True,
+        )
+        self.breach = details
+
+
+class RunawayLoop(BudgetExceeded):
+    """A loop guard fired (for example the tree grew deeper than ``max_depth``).
+
+    Args:
+        details: What was breached.
+
+    """
+
+    def __init__(self, details: BreachDetails) -> None:
+        super().__init__(details, RUNAWAY_LOOP)
+
+
+__all__ = [
+    "BUDGET_EXCEEDED",
+    "GOVERNANCE_KILLED",
+    "RUNAWAY_LOOP",
+    "BreachDetails",
+    "BudgetExceeded",
+    "ChainLink",
+    "GovernorError",
+    "PolicyError",
+    "PolicyIssue",
+    "RunawayLoop",
+]

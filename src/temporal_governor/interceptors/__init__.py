@@ -1,0 +1,51 @@
+"""The governor's interceptors: one class for the client and worker sides."""
+
+from __future__ import annotations
+
+import temporalio.client
+import temporalio.worker
+
+from ..policy import Policy
+from ._activity import GovernedActivityInbound, _LocalCarry
+from ._client import GovernedClientOutbound
+from ._run import BUDGET_QUERY, BudgetSnapshot
+from ._workflow import GovernedWorkflowInbound
+
+
+class GovernanceInterceptor(temporalio.client.Interceptor, temporalio.worker.Interceptor):
+    """Governs every activity, local activity and child workflow dispatch of a worker.
+
+    Register it on the client (workers built from that client inherit it) or on a worker
+    and a client by hand; :class:`~temporal_governor.GovernorPlugin` does both and also
+    lets the workflow sandbox share the governor's module, which this interceptor needs.
+
+    Args:
+        policy: The policy to enforce.
+
+    """
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._workflow_class = GovernedWorkflowInbound.bind(policy)
+        self._carry = _LocalCarry()
+
+    def intercept_client(
+        self, next: temporalio.client.OutboundInterceptor
+    ) -> temporalio.client.OutboundInterceptor:
+        """Attach attribution to workflow starts."""
+        return GovernedClientOutbound(next)
+
+    def intercept_activity(
+        self, next: temporalio.worker.ActivityInboundInterceptor
+    ) -> temporalio.worker.ActivityInboundInterceptor:
+        """Meter activities and send their usage back with the result."""
+        return GovernedActivityInbound(next, self.policy, self._carry)
+
+    def workflow_interceptor_class(
+        self, input: temporalio.worker.WorkflowInterceptorClassInput
+    ) -> type[temporalio.worker.WorkflowInboundInterceptor]:
+        """Reserve, commit and release around every dispatch of a workflow."""
+        return self._workflow_class
+
+
+__all__ = ["BUDGET_QUERY", "BudgetSnapshot", "GovernanceInterceptor"]

@@ -1,0 +1,153 @@
+"""Activity side: meter each attempt's usage and send it back on the result path."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from typing import Any
+
+import temporalio.activity
+from temporalio.common import RawValue
+from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.worker import (
+    ActivityInboundInterceptor,
+    ActivityOutboundInterceptor,
+    ExecuteActivityInput,
+)
+
+from ..context import decode_context, reset_activity_context, set_activity_context
+from ..policy import Policy
+from ..usage import Usage, UsageMeter, reset_meter, set_meter, usage_in_result
+from ._wire import attach_usage, split_marker, usage_marker
+
+_LOCAL_CARRY_LIMIT = 10_000
+
+
+class _LocalCarry:
+    """Usage of failed local-activity attempts, kept in the worker process.
+
+    Local activities retry inside the worker and cannot heartbeat, so the usage of a
+    failed attempt waits here (keyed by run and activity id) for the next attempt.
+    """
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[tuple[str, str], Usage] = OrderedDict()
+
+    def put(self, key: tuple[str, str], usage: Usage) -> None:
+        self._items[key] = usage
+        self._items.move_to_end(key)
+        while len(self._items) > _LOCAL_CARRY_LIMIT:
+            self._items.popitem(last=False)
+
+    def pop(self, key: tuple[str, str]) -> Usage | None:
+        return self._items.pop(key, None)
+
+
+class GovernedActivityInbound(ActivityInboundInterceptor):
+    """Meters an activity attempt and attaches the usage of all attempts to its outcome."""
+
+    def __init__(self, next: ActivityInboundInterceptor, policy: Policy, carry: _LocalCarry):
+        super().__init__(next)
+        self._policy = policy
+        self._carry = carry
+        self._outbound: GovernedActivityOutbound | None = None
+
+    def init(self, outbound: ActivityOutboundInterceptor) -> None:
+        self._outbound = GovernedActivityOutbound(outbound)
+        super().init(self._outbound)
+
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        assert self._outbound is not None
+        info = self._outbound.next.info()
+        carry_key = (info.workflow_run_id or "", info.activity_id)
+        if info.is_local:
+            earlier = self._carry.pop(carry_key)
+        else:
+            earlier, _ = split_marker(info.heartbeat_details)
+        meter = UsageMeter(price=self._policy.cost_usd)
+        meter_token = set_meter(meter)
+        context_token = set_activity_context(decode_context(input.headers))
+        try:
+            result = await self.next.execute_activity(input)
+        except BaseException as error:
+            total = self._total(meter, earlier)
+            if isinstance(error, CancelledError | KeyboardInterrupt | SystemExit) or not (
+                _has_spend(total)
+            ):
+                raise
+            if info.is_local:
+                self._carry.put(carry_key, total)
+            else:
+                self._outbound.heartbeat_usage(total)
+            raise _with_usage(error, total) from error.__cause__
+        finally:
+            reset_activity_context(context_token)
+            reset_meter(meter_token)
+        if not meter.reported:
+            found = usage_in_result(result)
+            if found is not None:
+                meter.add(found[0], found[1], None, found[2], 0)
+        total = self._total(meter, earlier)
+        if not _has_spend(total) and total.attempts <= 1:
+            return result
+        payload = (
+            result.payload
+            if isinstance(result, RawValue)
+            else temporalio.activity.payload_converter().to_payload(result)
+        )
+        return RawValue(attach_usage(payload, total))
+
+    @staticmethod
+    def _total(meter: UsageMeter, earlier: Usage | None) -> Usage:
+        this_attempt = meter.usage.model_copy(update={"attempts": 1})
+        return this_attempt if earlier is None else earlier + this_attempt
+
+
+class GovernedActivityOutbound(ActivityOutboundInterceptor):
+    """Hides the governor's heartbeat marker from activity code and keeps it on heartbeats."""
+
+    def __init__(self, next: ActivityOutboundInterceptor) -> None:
+        super().__init__(next)
+        self._marker: dict[str, Any] | None = None
+        self._user_details: tuple[Any, ...] = ()
+
+    def info(self) -> temporalio.activity.Info:
+        info = self.next.info()
+        _, rest = split_marker(info.heartbeat_details)
+        if len(rest) == len(info.heartbeat_details):
+            return info
+        return dataclasses.replace(info, heartbeat_details=rest)
+
+    def heartbeat(self, *details: Any) -> None:
+        self._user_details = details
+        if self._marker is None:
+            self.next.heartbeat(*details)
+        else:
+            self.next.heartbeat(*details, self._marker)
+
+    def heartbeat_usage(self, usage: Usage) -> None:
+        """Record the usage so far as the last heartbeat detail, for the next attempt."""
+        if self._marker is None and not self._user_details:
+            _, self._user_details = split_marker(self.next.info().heartbeat_details)
+        self._marker = usage_marker(usage)
+        self.next.heartbeat(*self._user_details, self._marker)
+
+
+def _has_spend(usage: Usage) -> bool:
+    return bool(usage.tokens or usage.cost_usd or usage.tool_calls)
+
+
+def _with_usage(error: BaseException, usage: Usage) -> BaseException:
+    """The error to raise so that the failure carries the usage as a trailing detail."""
+    marker = usage_marker(usage)
+    if isinstance(error, ApplicationError):
+        _, details = split_marker(error.details)
+        error._details = (*details, marker)
+        return error
+    if not isinstance(error, Exception):
+        return error
+    # The SDK would convert any other exception to an ApplicationError with the class
+    # name as its type; do the same so the type (and retry policy matching) is unchanged.
+    wrapped = ApplicationError(str(error), marker, type=type(error).__name__)
+    wrapped.__traceback__ = error.__traceback__
+    return wrapped

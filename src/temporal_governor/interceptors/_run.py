@@ -1,0 +1,348 @@
+"""The governed state of one workflow run: its ledger, context, deadline and breach."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import temporalio.workflow
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..accounting import (
+    RESOURCES,
+    ZERO,
+    Amounts,
+    GovernanceEvent,
+    Limit,
+    LimitState,
+    Refusal,
+    RunLedger,
+)
+from ..context import AllowanceEntry, BudgetContext, Deadline
+from ..errors import BreachDetails, BudgetExceeded, ChainLink, RunawayLoop
+from ..policy import PER_TASK_LIMITS, Policy
+
+BUDGET_QUERY = "governor.budget"
+"""Name of the query every governed workflow answers with a :class:`BudgetSnapshot`."""
+
+_RESOURCE_TO_LIMIT_NAME = {resource: name for name, resource in PER_TASK_LIMITS.items()}
+_CARVED = ("tokens", "cost_usd", "tool_calls", "child_workflows")
+_RECENT_EVENTS = 50
+CHILD_KEY_PREFIX = "child:"
+_F = TypeVar("_F", bound="asyncio.Future[Any]")
+
+
+class BudgetSnapshot(BaseModel):
+    """What the ``governor.budget`` query returns: spend and remaining per limit and scope."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workflow_id: str
+    run_id: str
+    agent: str
+    tenant: str
+    owner: str | None
+    depth: int
+    chain: list[ChainLink]
+    limits: list[LimitState]
+    """Every limit of the run (own quotas and inherited allowance) with its spend."""
+    committed: dict[str, float]
+    """Spend so far, per resource, including finished children's subtrees."""
+    own_spend: dict[str, float]
+    """Spend of this run's own activities (committed less what its children spent)."""
+    reserved: dict[str, float]
+    """Open reservations of in-flight dispatches (and carved child allowances)."""
+    in_flight: int
+    deadline: datetime | None
+    breach: BreachDetails | None
+    event_count: int
+    recent_events: list[GovernanceEvent] = Field(default_factory=list)
+    """The last decisions, oldest first."""
+
+
+class GovernedRun:
+    """Budget state of one workflow run, rebuilt deterministically on every replay."""
+
+    def __init__(self, policy: Policy, context: BudgetContext) -> None:
+        info = temporalio.workflow.info()
+        self.policy = policy
+        self.info = info
+        self.context = context
+        self.agent = info.workflow_type
+        self.link = ChainLink(workflow_id=info.workflow_id, run_id=info.run_id, agent=self.agent)
+        self.scope = f"run {self.agent}/{info.workflow_id}"
+        self.ledger = RunLedger(limits=self._limits(), committed=context.carried or ZERO)
+        self.deadline = self._deadline()
+        self.max_depth, self.max_depth_scope = self._max_depth()
+        self.breach: BudgetExceeded | None = None
+        self.breached = asyncio.get_running_loop().create_future()
+        self._dispatches = 0
+        self._wall_alerted = False
+        self.children_spend = ZERO
+        self.in_flight: set[asyncio.Future[Any]] = set()
+
+    # -- construction -------------------------------------------------------------------
+
+    def _limits(self) -> list[Limit]:
+        limits: list[Limit] = []
+        quotas = self.policy.quotas_for(self.agent)
+        for resource, spec in quotas.per_task().items():
+            if resource not in RESOURCES:
+                continue
+            limits.append(
+                Limit(
+                    name=_RESOURCE_TO_LIMIT_NAME[resource],
+                    resource=resource,
+                    ceiling=float(spec.limit),
+                    scope=self.scope,
+                    on_breach=self.policy.on_breach_of(spec),
+                    warn_at=self.policy.warn_at_of(spec),
+                )
+            )
+        for resource, entry in self.context.allowance.items():
+            limits.append(
+                Limit(
+                    name=entry.limit,
+                    resource=resource,
+                    ceiling=entry.amount,
+                    scope=entry.scope,
+                    on_breach="terminate",
+                )
+            )
+        return limits
+
+    def _deadline(self) -> Deadline | None:
+        inherited = self.context.deadline
+        spec = self.policy.quotas_for(self.agent).per_task().get("wall_time_s")
+        if spec is None or self.policy.on_breach_of(spec) != "terminate":
+            return inherited
+        own = Deadline(
+            at=self.info.start_time + timedelta(seconds=float(spec.limit)),
+            limit=_RESOURCE_TO_LIMIT_NAME["wall_time_s"],
+            scope=self.scope,
+            seconds=float(spec.limit),
+        )
+        return own if inherited is None or own.at < inherited.at else inherited
+
+    def _max_depth(self) -> tuple[int | None, str]:
+        inherited = self.context.max_depth
+        entry = self.policy.agent_for(self.agent)
+        own = entry[1].loop_detection.max_depth if entry else None
+        if own is not None and (inherited is None or own < inherited):
+            return own, self.scope
+        return inherited, self.context.max_depth_scope
+
+    # -- decisions ------------------------------------------------------------------------
+
+    def next_key(self, kind: str, name: str) -> str:
+        """A deterministic idempotency key for the next dispatch of this run."""
+        self._dispatches += 1
+        return f"{kind}:{self._dispatches}:{name}"
+
+    def track(self, handle: _F) -> _F:
+        """Remember an in-flight dispatch so a breach can cancel it."""
+        self.in_flight.add(handle)
+        handle.add_done_callback(self.in_flight.discard)
+        return handle
+
+    def reserve(self, key: str, amounts: Amounts, dispatch: str) -> None:
+        """Reserve a dispatch's estimate, or halt the run with :class:`BudgetExceeded`."""
+        if self.breach is not None:
+            raise self._halt_again(dispatch)
+        self._check_deadline(key, dispatch)
+        refusal = self.ledger.reserve(key, amounts)
+        if refusal is not None:
+            self.ledger.log_breach(key, refusal)
+            raise self._halt(refusal, dispatch)
+
+    def commit(self, key: str, actual: Amounts) -> None:
+        """Commit a finished dispatch's usage and release the rest of its reservation."""
+        if key.startswith(CHILD_KEY_PREFIX) and key in self.ledger.reservations:
+            self.children_spend = self.children_spend + actual
+        self.ledger.commit(key, actual)
+        self._log_new_events()
+
+    def release(self, key: str) -> None:
+        """Release the reservation of a dispatch that never started."""
+        self.ledger.release(key)
+
+    def carve(self, key: str, child_type: str, estimate: Amounts) -> dict[str, AllowanceEntry]:
+        """Reserve a child's allowance out of this run's remaining budget.
+
+        The child gets ``child_allowance`` (a fraction) of what remains of every resource
+        this run limits, and at least its estimate; it is refused when less than its
+        estimate, or nothing at all, remains.
+        """
+        dispatch = f"child {child_type}"
+        if self.breach is not None:
+            raise self._halt_again(dispatch)
+        depth = self.context.depth + 1
+        if self.max_depth is not None and depth > self.max_depth:
+            refusal = Refusal(
+                limit="loop_detection.max_depth",
+                resource="depth",
+                scope=self.max_depth_scope,
+                observed=depth,
+                ceiling=self.max_depth,
+                committed=self.context.depth,
+                overage=0.0,
+            )
+            self.ledger.log_breach(key, refusal)
+            raise self._halt(refusal, dispatch, loop=True)
+        self._check_deadline(key, dispatch)
+        fraction = self.policy.child_allowance_for(self.agent)
+        base = estimate + Amounts(subtasks=1, child_workflows=1)
+        reservation = base
+        allowance: dict[str, AllowanceEntry] = {}
+        for resource in _CARVED:
+            binding = self.ledger.binding_limit(resource)
+            remaining = self.ledger.remaining(resource)
+            if binding is None or remaining is None:
+                continue
+            left = remaining - base.get(resource)
+            if left <= 0 and resource in ("tokens", "cost_usd"):
+                used = binding.ceiling - remaining
+                refusal = Refusal(
+                    limit=binding.name,
+                    resource=resource,
+                    scope=binding.scope,
+                    observed=used + estimate.get(resource),
+                    ceiling=binding.ceiling,
+                    committed=self.ledger.committed.get(resource),
+                    overage=max(0.0, self.ledger.committed.get(resource) - binding.ceiling),
+                )
+                self.ledger.log_breach(key, refusal)
+                raise self._halt(refusal, dispatch)
+            give = max(estimate.get(resource), fraction * max(left, 0.0))
+            allowance[resource] = AllowanceEntry(
+                amount=give, limit=binding.name, scope=binding.scope
+            )
+            # the child itself is one child workflow; its allowance is for its descendants
+            own = 1.0 if resource == "child_workflows" else 0.0
+            reservation = reservation.model_copy(update={resource: own + give})
+        self.reserve(key, reservation, dispatch)
+        return allowance
+
+    def _check_deadline(self, key: str, dispatch: str) -> None:
+        now = temporalio.workflow.now()
+        if self.deadline is not None and now >= self.deadline.at:
+            elapsed = self.deadline.seconds + (now - self.deadline.at).total_seconds()
+            refusal = Refusal(
+                limit=self.deadline.limit,
+                resource="wall_time_s",
+                scope=self.deadline.scope,
+                observed=elapsed,
+                ceiling=self.deadline.seconds,
+                committed=elapsed,
+                overage=0.0,
+            )
+            self.ledger.log_breach(key, refusal)
+            raise self._halt(refusal, dispatch)
+        spec = self.policy.quotas_for(self.agent).per_task().get("wall_time_s")
+        if (
+            spec is not None
+            and not self._wall_alerted
+            and self.policy.on_breach_of(spec) == "alert"
+        ):
+            elapsed = (now - self.info.start_time).total_seconds()
+            if elapsed > float(spec.limit):
+                self._wall_alerted = True
+                temporalio.workflow.logger.warning(
+                    "governance alert: %s (wall_time_s) of %s: observed %.1f > ceiling %.1f",
+                    _RESOURCE_TO_LIMIT_NAME["wall_time_s"],
+                    self.scope,
+                    elapsed,
+                    float(spec.limit),
+                )
+
+    def _halt(self, refusal: Refusal, dispatch: str, loop: bool = False) -> BudgetExceeded:
+        details = self._details(refusal, dispatch)
+        error: BudgetExceeded = RunawayLoop(details) if loop else BudgetExceeded(details)
+        self.breach = error
+        self._log_new_events()
+        if not self.breached.done():
+            self.breached.set_result(None)
+        return error
+
+    def _halt_again(self, dispatch: str) -> BudgetExceeded:
+        assert self.breach is not None
+        details = self.breach.breach.model_copy(update={"dispatch": dispatch})
+        return (
+            type(self.breach)(details)
+            if isinstance(self.breach, RunawayLoop)
+            else BudgetExceeded(details)
+        )
+
+    def _details(self, refusal: Refusal, dispatch: str) -> BreachDetails:
+        return BreachDetails(
+            limit=refusal.limit,
+            resource=refusal.resource,
+            scope=refusal.scope,
+            observed=refusal.observed,
+            ceiling=refusal.ceiling,
+            committed=refusal.committed,
+            overage=refusal.overage,
+            dispatch=dispatch,
+            chain=[*self.context.chain, self.link],
+            tenant=self.context.attribution.tenant,
+            spent=self.ledger.committed.nonzero(),
+        )
+
+    def final_error(self) -> BudgetExceeded:
+        """The breach to fail the run with, its spend brought up to date."""
+        assert self.breach is not None
+        details = self.breach.breach.model_copy(update={"spent": self.ledger.committed.nonzero()})
+        return (
+            RunawayLoop(details)
+            if isinstance(self.breach, RunawayLoop)
+            else BudgetExceeded(details)
+        )
+
+    # -- reporting ------------------------------------------------------------------------
+
+    _logged = 0
+
+    def _log_new_events(self) -> None:
+        for event in self.ledger.new_events(self._logged):
+            self._logged = event.seq
+            if event.kind in ("warn", "alert", "breach", "overage"):
+                temporalio.workflow.logger.warning(
+                    "governance %s: %s of %s: observed %s, ceiling %s (%s)",
+                    event.kind,
+                    event.limit,
+                    event.scope,
+                    event.observed,
+                    event.ceiling,
+                    event.key,
+                )
+
+    def snapshot(self) -> BudgetSnapshot:
+        """The run's budget as the ``governor.budget`` query reports it."""
+        return BudgetSnapshot(
+            workflow_id=self.info.workflow_id,
+            run_id=self.info.run_id,
+            agent=self.agent,
+            tenant=self.context.attribution.tenant,
+            owner=self.context.attribution.owner,
+            depth=self.context.depth,
+            chain=[*self.context.chain, self.link],
+            limits=self.ledger.states(),
+            committed=self.ledger.committed.nonzero(),
+            own_spend=Amounts(
+                **{
+                    r: self.ledger.committed.get(r) - self.children_spend.get(r)
+                    for r in ("tokens", "cost_usd", "tool_calls")
+                }
+            ).nonzero(),
+            reserved=self.ledger.reserved.nonzero(),
+            in_flight=len(self.ledger.reservations),
+            deadline=self.deadline.at if self.deadline else None,
+            breach=self.breach.breach if self.breach else None,
+            event_count=self.ledger.event_count,
+            recent_events=self.ledger.events[-_RECENT_EVENTS:],
+        )
+
+    def budget_query(self, *args: Any) -> dict[str, Any]:
+        """Query handler: the snapshot as JSON-ready data."""
+        return self.snapshot().model_dump(mode="json")

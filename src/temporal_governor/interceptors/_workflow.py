@@ -1,0 +1,283 @@
+"""Workflow side: reserve before every dispatch, commit after, halt on breach."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, ClassVar
+
+import temporalio.workflow
+from temporalio.common import RawValue
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.worker import (
+    ContinueAsNewInput,
+    ExecuteWorkflowInput,
+    StartActivityInput,
+    StartChildWorkflowInput,
+    StartLocalActivityInput,
+    WorkflowInboundInterceptor,
+    WorkflowOutboundInterceptor,
+)
+
+from ..accounting import Amounts
+from ..context import (
+    BudgetContext,
+    decode_context,
+    explicit_estimate,
+    forget_workflow_context,
+    register_workflow_context,
+    with_context,
+)
+from ..errors import BUDGET_EXCEEDED, RUNAWAY_LOOP, BreachDetails
+from ..policy import Policy
+from ..usage import Usage
+from ._run import BUDGET_QUERY, CHILD_KEY_PREFIX, GovernedRun
+from ._wire import attach_usage, take_failure_usage, take_usage, usage_marker
+
+_ActivityStart = StartActivityInput | StartLocalActivityInput
+
+
+class GovernedWorkflowInbound(WorkflowInboundInterceptor):
+    """Builds the run's budget from its headers, answers the budget query, enforces breach.
+
+    A subclass bound to a policy is made per worker by :meth:`bind`.
+    """
+
+    policy: ClassVar[Policy]
+
+    @classmethod
+    def bind(cls, policy: Policy) -> type[GovernedWorkflowInbound]:
+        """A subclass of this interceptor that governs with ``policy``."""
+        return type(cls.__name__, (cls,), {"policy": policy})
+
+    def __init__(self, next: WorkflowInboundInterceptor) -> None:
+        super().__init__(next)
+        self._outbound: GovernedWorkflowOutbound | None = None
+
+    def init(self, outbound: WorkflowOutboundInterceptor) -> None:
+        self._outbound = GovernedWorkflowOutbound(outbound)
+        super().init(self._outbound)
+
+    async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
+        assert self._outbound is not None
+        context = decode_context(input.headers) or BudgetContext()
+        run = GovernedRun(self.policy, context)
+        self._outbound.run = run
+        temporalio.workflow.set_query_handler(BUDGET_QUERY, run.budget_query)
+        register_workflow_context(run.info.run_id, context)
+        main = asyncio.ensure_future(self.next.execute_workflow(input))
+        main.add_done_callback(_retrieve)
+        try:
+            await temporalio.workflow.wait(
+                [main, run.breached], return_when=asyncio.FIRST_COMPLETED
+            )
+            if run.breach is not None:
+                main.cancel()
+                for handle in list(run.in_flight):
+                    handle.cancel()
+                # let the cancellations become commands before the run fails
+                for _ in range(3):
+                    await asyncio.sleep(0)
+                raise run.final_error()
+            try:
+                result = main.result()
+            except ApplicationError as error:
+                spent = Usage.from_amounts(run.ledger.committed)
+                if spent.amounts().nonzero() and error.type not in (BUDGET_EXCEEDED, RUNAWAY_LOOP):
+                    error._details = (*error.details, usage_marker(spent))
+                raise
+            payload = (
+                result.payload
+                if isinstance(result, RawValue)
+                else temporalio.workflow.payload_converter().to_payload(result)
+            )
+            return RawValue(attach_usage(payload, Usage.from_amounts(run.ledger.committed)))
+        finally:
+            if not run.breached.done():
+                run.breached.cancel()
+            forget_workflow_context(run.info.run_id)
+
+
+class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
+    """Wraps every activity, local activity and child workflow dispatch of a run."""
+
+    run: GovernedRun
+
+    def start_activity(self, input: StartActivityInput) -> temporalio.workflow.ActivityHandle[Any]:
+        return self._start_activity(input, self.next.start_activity)
+
+    def start_local_activity(
+        self, input: StartLocalActivityInput
+    ) -> temporalio.workflow.ActivityHandle[Any]:
+        return self._start_activity(input, self.next.start_local_activity)
+
+    def _start_activity(self, input: Any, start: Any) -> temporalio.workflow.ActivityHandle[Any]:
+        run = self.run
+        policy = run.policy
+        tool = policy.tool_for(input.activity)
+        counts = 1.0 if tool is None or tool[1].counts_as_tool_call else 0.0
+        guess = explicit_estimate()
+        if guess is None:
+            est = policy.estimate_for_activity(input.activity)
+            guess = Amounts(tokens=est.tokens, cost_usd=est.cost_usd, tool_calls=est.tool_calls)
+        key = run.next_key("activity", input.activity)
+        run.reserve(key, guess + Amounts(tool_calls=counts), f"activity {input.activity}")
+        context = run.context.model_copy(
+            update={"chain": [*run.context.chain, run.link], "allowance": {}, "carried": None}
+        )
+        input.headers = with_context(input.headers, context)
+        ret_type = input.ret_type
+        input.ret_type = RawValue
+        try:
+            inner = start(input)
+        except BaseException:
+            run.release(key)
+            raise
+
+        async def settle() -> Any:
+            try:
+                raw = await inner
+            except ActivityError as error:
+                usage = take_failure_usage(error.cause)
+                run.commit(key, _activity_amounts(usage, counts))
+                raise
+            except BaseException:
+                run.commit(key, Amounts(tool_calls=counts))
+                raise
+            usage = take_usage(raw.payload)
+            run.commit(key, _activity_amounts(usage, counts))
+            return _decode(raw, ret_type)
+
+        return run.track(_GovernedActivityHandle(inner, settle()))
+
+    async def start_child_workflow(
+        self, input: StartChildWorkflowInput
+    ) -> temporalio.workflow.ChildWorkflowHandle[Any, Any]:
+        run = self.run
+        explicit = explicit_estimate()
+        if explicit is None:
+            est = run.policy.estimate_for_child(input.workflow)
+            explicit = Amounts(tokens=est.tokens, cost_usd=est.cost_usd, tool_calls=est.tool_calls)
+        key = f"{CHILD_KEY_PREFIX}{input.id}"
+        allowance = run.carve(key, input.workflow, explicit)
+        reserved = run.ledger.reservations[key]
+        context = BudgetContext(
+            attribution=run.context.attribution,
+            chain=[*run.context.chain, run.link],
+            allowance=allowance,
+            deadline=run.deadline,
+            max_depth=run.max_depth,
+            max_depth_scope=run.max_depth_scope,
+        )
+        input.headers = with_context(input.headers, context)
+        ret_type = input.ret_type
+        input.ret_type = RawValue
+        try:
+            inner = await self.next.start_child_workflow(input)
+        except BaseException:
+            run.release(key)
+            raise
+
+        async def settle() -> Any:
+            try:
+                raw = await inner
+            except ChildWorkflowError as error:
+                usage = take_failure_usage(error.cause) or _breach_usage(error.cause)
+                run.commit(key, _child_amounts(usage, reserved))
+                raise
+            except BaseException:
+                run.commit(key, _child_amounts(None, reserved))
+                raise
+            usage = take_usage(raw.payload)
+            run.commit(key, _child_amounts(usage, reserved))
+            return _decode(raw, ret_type)
+
+        return run.track(_GovernedChildHandle(inner, settle()))
+
+    def continue_as_new(self, input: ContinueAsNewInput) -> Any:
+        run = self.run
+        context = run.context.model_copy(
+            update={"carried": run.ledger.committed + run.ledger.reserved, "deadline": run.deadline}
+        )
+        input.headers = with_context(input.headers, context)
+        return self.next.continue_as_new(input)
+
+
+def _decode(raw: RawValue, ret_type: type | None) -> Any:
+    """Convert a result payload to the type agent code asked for."""
+    hints = [ret_type] if ret_type is not None else None
+    return temporalio.workflow.payload_converter().from_payloads([raw.payload], hints)[0]
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark the agent code's outcome as seen (it may be superseded by a breach)."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _activity_amounts(usage: Usage | None, counts: float) -> Amounts:
+    if usage is None:
+        return Amounts(tool_calls=counts)
+    return usage.amounts() + Amounts(tool_calls=counts)
+
+
+def _breach_usage(error: BaseException | None) -> Usage | None:
+    details = BreachDetails.from_error(error) if error is not None else None
+    if details is None:
+        return None
+    return Usage.from_amounts(Amounts(**details.spent))
+
+
+def _child_amounts(usage: Usage | None, reserved: Amounts) -> Amounts:
+    """What a finished child costs its parent: its subtree's spend, itself, one subtask.
+
+    A child whose spend is unknown (terminated from outside, timed out) is charged its
+    whole reservation: the governor never assumes money was not spent.
+    """
+    if usage is None:
+        return reserved
+    spent = usage.amounts()
+    return spent.model_copy(
+        update={"subtasks": 1.0, "child_workflows": spent.child_workflows + 1.0}
+    )
+
+
+class _GovernedActivityHandle(temporalio.workflow.ActivityHandle[Any]):
+    """The handle agent code gets: resolves to the converted result once usage is settled."""
+
+    def __init__(
+        self, inner: temporalio.workflow.ActivityHandle[Any], settle: Coroutine[Any, Any, Any]
+    ):
+        super().__init__(settle)
+        self._inner = inner
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        self._inner.cancel(msg)
+        return super().cancel(msg)
+
+
+class _GovernedChildHandle(temporalio.workflow.ChildWorkflowHandle[Any, Any]):
+    """The child handle agent code gets: same id and signals, result after settling."""
+
+    def __init__(
+        self,
+        inner: temporalio.workflow.ChildWorkflowHandle[Any, Any],
+        settle: Coroutine[Any, Any, Any],
+    ):
+        super().__init__(settle)
+        self._inner = inner
+
+    @property
+    def id(self) -> str:
+        return self._inner.id
+
+    @property
+    def first_execution_run_id(self) -> str | None:
+        return self._inner.first_execution_run_id
+
+    async def signal(self, *args: Any, **kwargs: Any) -> None:
+        await self._inner.signal(*args, **kwargs)
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        self._inner.cancel(msg)
+        return super().cancel(msg)

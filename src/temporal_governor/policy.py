@@ -1,0 +1,928 @@
+"""The governance policy: pydantic models of the YAML file, and its loading boundary.
+
+A policy says, per agent (workflow type) and per tool (activity type), how much one task
+may spend, what one dispatch is expected to cost, and what happens on a breach. It is
+loaded once with :meth:`Policy.from_yaml` (or :meth:`Policy.from_dict`); every problem in
+it is reported as a :class:`~temporal_governor.errors.PolicyError` naming the file, the
+dotted path of the field, the value found and what was expected.
+
+Nothing here knows about Temporal. Field-by-field reference: ``docs/policy.md``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import types
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from .errors import PolicyError, PolicyIssue
+
+OnBreach = Literal["terminate", "alert"]
+"""What a breached limit does: ``terminate`` halts the run, ``alert`` logs an event."""
+
+PriorityClass = Literal["critical", "high", "normal", "low", "background"]
+"""Scheduling classes, most urgent first."""
+
+PER_TASK_LIMITS: dict[str, str] = {
+    "max_tokens_per_task": "tokens",
+    "max_cost_usd_per_task": "cost_usd",
+    "max_tool_calls_per_task": "tool_calls",
+    "max_subtasks_per_task": "subtasks",
+    "max_child_workflows_per_task": "child_workflows",
+    "max_wall_time_per_task": "wall_time_s",
+}
+"""Per-task quota field name -> the resource it limits."""
+
+_ERROR = "governor"
+"""Prefix of the pydantic error types raised by this module's validators."""
+
+
+# -- validated scalar types ---------------------------------------------------------------
+
+
+def _number(
+    phrase: str,
+    *,
+    integer: bool = False,
+    minimum: float = 0.0,
+    exclusive: bool = False,
+    maximum: float | None = None,
+) -> Callable[[Any], Any]:
+    """A before-validator accepting real numbers only (no booleans, no strings)."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise PydanticCustomError(f"{_ERROR}_number", phrase)
+        if not math.isfinite(value):
+            raise PydanticCustomError(f"{_ERROR}_number", phrase)
+        if integer and isinstance(value, float):
+            if not value.is_integer():
+                raise PydanticCustomError(f"{_ERROR}_number", phrase)
+            value = int(value)
+        if value < minimum or (exclusive and value == minimum):
+            raise PydanticCustomError(f"{_ERROR}_number", phrase)
+        if maximum is not None and value > maximum:
+            raise PydanticCustomError(f"{_ERROR}_number", phrase)
+        return value
+
+    return check
+
+
+NonNegativeNumber = Annotated[float, Field(ge=0), BeforeValidator(_number("a number >= 0"))]
+PositiveNumber = Annotated[
+    float, Field(gt=0), BeforeValidator(_number("a number > 0", exclusive=True))
+]
+NonNegativeInt = Annotated[
+    int, Field(ge=0), BeforeValidator(_number("an integer >= 0", integer=True))
+]
+PositiveInt = Annotated[
+    int, Field(ge=1), BeforeValidator(_number("an integer >= 1", integer=True, minimum=1))
+]
+Fraction = Annotated[
+    float,
+    Field(gt=0, le=1),
+    BeforeValidator(_number("a fraction in (0, 1]", exclusive=True, maximum=1.0)),
+]
+
+_DURATION_PHRASE = (
+    "a duration such as '500ms', '30s', '5m', '2h' or '1d', or a number of seconds >= 0"
+)
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+
+def _seconds(text: str, at: str | None) -> float:
+    """Seconds in a duration string such as ``"30s"`` or ``"1h30m"``."""
+    compact = text.strip().replace(" ", "")
+    if not _DURATION.fullmatch(compact):
+        context: dict[str, Any] = {"value": text}
+        if at is not None:
+            context["at"] = (at,)
+        raise PydanticCustomError(f"{_ERROR}_duration", _DURATION_PHRASE, context)
+    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(compact))
+
+
+def _wall_time(value: Any) -> Any:
+    """Convert duration strings, bare or in ``limit``, to seconds."""
+    if isinstance(value, str):
+        return _seconds(value, at=None)
+    if isinstance(value, Mapping) and isinstance(value.get("limit"), str):
+        return {**value, "limit": _seconds(value["limit"], at="limit")}
+    return value
+
+
+# -- the models ---------------------------------------------------------------------------
+
+
+class LimitSpec(BaseModel):
+    """One quota: a ceiling, what a breach does, and when to warn.
+
+    In YAML a quota is either a bare number (the ceiling) or a mapping
+    ``{limit, on_breach, warn_at}``; both load as a ``LimitSpec``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limit: NonNegativeNumber
+    """The ceiling, in the resource's unit (tokens, US dollars, calls, workflows, seconds)."""
+    on_breach: OnBreach | None = None
+    """What a breach does; ``None`` inherits ``defaults.on_breach``."""
+    warn_at: Fraction | None = None
+    """Fraction of the ceiling at which a warning event is emitted; ``None`` inherits
+    ``defaults.warn_at``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_number(cls, data: Any) -> Any:
+        if isinstance(data, Mapping | BaseModel):
+            return data
+        return {"limit": data}
+
+
+WallTimeSpec = Annotated[LimitSpec | None, BeforeValidator(_wall_time)]
+
+
+class Quotas(BaseModel):
+    """The quotas of one agent.
+
+    Per-task quotas hold for one task (one workflow run, with its continue-as-new chain and
+    its subtree of child workflows) and are enforced in the workflow tree. Per-minute quotas
+    are validated now and enforced by the shared ledger.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_tokens_per_task: LimitSpec | None = None
+    """Model tokens (input + output) one task may use."""
+    max_cost_usd_per_task: LimitSpec | None = None
+    """US dollars one task may spend (reported, or priced from ``models``)."""
+    max_tool_calls_per_task: LimitSpec | None = None
+    """Tool calls (activity dispatches and reported calls) one task may make."""
+    max_subtasks_per_task: LimitSpec | None = None
+    """Child workflows the run itself may start (direct children)."""
+    max_child_workflows_per_task: LimitSpec | None = None
+    """Child workflows that may be started anywhere in the run's subtree."""
+    max_wall_time_per_task: WallTimeSpec = None
+    """Seconds of workflow time the task may last; also ``"500ms"``, ``"30s"``, ``"5m"``,
+    ``"2h"``, ``"1d"``."""
+    max_tokens_per_minute: LimitSpec | None = None
+    """Model tokens per minute across all runs of the agent (shared ledger)."""
+    max_tool_calls_per_minute: LimitSpec | None = None
+    """Tool calls per minute across all runs of the agent (shared ledger)."""
+
+    def per_task(self) -> dict[str, LimitSpec]:
+        """The per-task quotas that are set, by resource name.
+
+        Returns:
+            A mapping such as ``{"tokens": LimitSpec(limit=50000.0)}``, with resource names
+            ``tokens``, ``cost_usd``, ``tool_calls``, ``subtasks``, ``child_workflows`` and
+            ``wall_time_s`` (see :data:`PER_TASK_LIMITS`).
+
+        """
+        specs: dict[str, LimitSpec] = {}
+        for name, resource in PER_TASK_LIMITS.items():
+            spec = getattr(self, name)
+            if spec is not None:
+                specs[resource] = spec
+        return specs
+
+
+class Estimate(BaseModel):
+    """What one dispatch is expected to use at most; reserved before it is dispatched."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tokens: NonNegativeInt = 0
+    """Model tokens, input plus output."""
+    cost_usd: NonNegativeNumber = 0.0
+    """US dollars."""
+    tool_calls: NonNegativeInt = 0
+    """Tool calls reported by the dispatch, on top of the one the dispatch itself counts."""
+
+
+class Throttle(BaseModel):
+    """A token-bucket rate limit on an agent's dispatches."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate_per_sec: PositiveNumber
+    """Sustained dispatches per second."""
+    burst: PositiveInt
+    """Dispatches allowed at once above the sustained rate (bucket size)."""
+
+
+class PrioritySettings(BaseModel):
+    """The scheduling priority of an agent's work."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default_class: PriorityClass = "normal"
+    """The class of the agent's dispatches unless a tool entry says otherwise."""
+
+
+class LoopDetection(BaseModel):
+    """Guards against runaway agent loops."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_depth: NonNegativeInt | None = None
+    """How deep the tree of child workflows below a run of this agent may grow."""
+    signature_window: PositiveInt | None = None
+    """How many recent dispatch signatures are compared to spot a repeating loop."""
+
+
+class AgentPolicy(BaseModel):
+    """The policy of one agent, matched to workflow runs by workflow type."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: str | None = None
+    """The agent's version; informational."""
+    workflow_types: list[str] = Field(default_factory=list)
+    """Workflow types governed by this entry, besides the entry's own name."""
+    quotas: Quotas = Field(default_factory=Quotas)
+    """The agent's quotas; when the entry does not set them, ``defaults.quotas`` apply."""
+    estimate: Estimate = Field(default_factory=Estimate)
+    """Reserved in the parent when this agent is started as a child workflow: the minimum
+    the child needs."""
+    child_allowance: Fraction = 1.0
+    """Fraction of this agent's remaining budget carved out for each child it starts; when
+    the entry does not set it, ``defaults.child_allowance`` applies."""
+    throttle: Throttle | None = None
+    """Rate limit on the agent's dispatches."""
+    priority: PrioritySettings | None = None
+    """Scheduling priority of the agent's work."""
+    loop_detection: LoopDetection = Field(default_factory=LoopDetection)
+    """Runaway-loop guards."""
+
+
+class ToolPolicy(BaseModel):
+    """The policy of one tool, matched to activities by activity type."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    activity_types: list[str] = Field(default_factory=list)
+    """Activity types governed by this entry, besides the entry's own name."""
+    estimate: Estimate = Field(default_factory=Estimate)
+    """What one call is expected to use at most; when the entry does not set it,
+    ``defaults.estimate`` applies."""
+    counts_as_tool_call: bool = Field(default=True, strict=True)
+    """Whether a dispatch counts as one tool call (``false`` for a model-call activity)."""
+    max_qps: PositiveNumber | None = None
+    """Calls per second across all callers (shared ledger)."""
+    max_concurrent_requests: PositiveInt | None = None
+    """Calls in flight at once across all callers (shared ledger)."""
+    priority_class: PriorityClass | None = None
+    """Scheduling class of this tool's calls."""
+
+
+class GlobalLimits(BaseModel):
+    """Limits across every governed workflow (shared ledger)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_concurrent_tasks: PositiveInt | None = None
+    """Tasks (root workflow runs) running at once."""
+    max_tokens_per_minute: NonNegativeInt | None = None
+    """Model tokens per minute, everything together."""
+    max_tool_calls_per_minute: NonNegativeInt | None = None
+    """Tool calls per minute, everything together."""
+
+
+class ModelPrice(BaseModel):
+    """The price of one model, in US dollars per 1,000 tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_per_1k: NonNegativeNumber
+    """US dollars per 1,000 input (prompt) tokens."""
+    output_per_1k: NonNegativeNumber
+    """US dollars per 1,000 output (completion) tokens."""
+
+
+class Defaults(BaseModel):
+    """What applies where the policy says nothing more specific."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    on_breach: OnBreach = "terminate"
+    """What a breach does for quotas that do not say."""
+    warn_at: Fraction | None = None
+    """Warning fraction for quotas that do not say; ``None``: no warnings."""
+    estimate: Estimate = Field(default_factory=Estimate)
+    """Estimate of activities without a tool entry (or whose entry sets none)."""
+    quotas: Quotas = Field(default_factory=Quotas)
+    """Quotas of workflows without an agent entry (or whose entry sets none)."""
+    child_allowance: Fraction = 1.0
+    """Child allowance of workflows without an agent entry (or whose entry sets none)."""
+
+
+class Policy(BaseModel):
+    """A governance policy: global limits, defaults, prices, agents and tools.
+
+    Example::
+
+        policy = Policy.from_yaml("governance.yaml")
+        name, planner = policy.agent_for("Planner") or (None, None)
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    global_: GlobalLimits = Field(default_factory=GlobalLimits, alias="global")
+    """Limits across every governed workflow (``global`` in YAML)."""
+    defaults: Defaults = Field(default_factory=Defaults)
+    """What applies where nothing more specific is said."""
+    models: dict[str, ModelPrice] = Field(default_factory=dict)
+    """Price table, by model name, used to price reported tokens."""
+    agents: dict[str, AgentPolicy] = Field(default_factory=dict)
+    """Agent entries, by name (a workflow type, or any name with ``workflow_types``)."""
+    tools: dict[str, ToolPolicy] = Field(default_factory=dict)
+    """Tool entries, by name (an activity type, or any name with ``activity_types``)."""
+    source: str = Field(default="<dict>", exclude=True)
+    """Where the policy was loaded from, for messages; not part of the policy itself."""
+
+    _agent_names: dict[str, str] = PrivateAttr(default_factory=dict)
+    _tool_names: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Build the workflow-type and activity-type lookup tables."""
+        self._agent_names = _claims(self.agents, "workflow_types")
+        self._tool_names = _claims(self.tools, "activity_types")
+
+    @model_validator(mode="after")
+    def _one_claim_each(self) -> Self:
+        for section, entries, attribute in (
+            ("agents", self.agents, "workflow_types"),
+            ("tools", self.tools, "activity_types"),
+        ):
+            kind = "workflow type" if section == "agents" else "activity type"
+            owners: dict[str, tuple[str, str]] = {}
+            for name, entry in entries.items():
+                claims: list[tuple[str, tuple[str | int, ...]]] = [(name, ())]
+                claims += [(t, (attribute, i)) for i, t in enumerate(getattr(entry, attribute))]
+                for claimed, at in claims:
+                    owner = owners.setdefault(claimed, (name, _render((section, name, *at))))
+                    if owner[0] != name:
+                        raise PydanticCustomError(
+                            f"{_ERROR}_claim",
+                            f"a {kind} no other entry claims ({claimed!r} is already "
+                            f"claimed by {owner[1]})",
+                            {"at": (section, name, *at), "value": claimed},
+                        )
+        return self
+
+    # -- loading ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_yaml(cls, path_or_text: str | os.PathLike[str]) -> Policy:
+        """Load a policy from a YAML file or from YAML text.
+
+        Args:
+            path_or_text: A path (``os.PathLike``, or a one-line string naming an existing
+                file) or the YAML text itself. A one-line string ending in ``.yaml`` or
+                ``.yml`` must name an existing file.
+
+        Returns:
+            The validated policy, with ``source`` set to the file name or ``<text>``.
+
+        Raises:
+            PolicyError: The file is missing or unreadable, the YAML is malformed or has
+                duplicate keys, or the policy is invalid.
+
+        """
+        if isinstance(path_or_text, os.PathLike):
+            source = os.fspath(path_or_text)
+            text = _read(Path(source), source)
+        elif _names_a_file(path_or_text):
+            source = path_or_text
+            text = _read(Path(source), source)
+        else:
+            source, text = "<text>", path_or_text
+        data = _parse_yaml(text, source)
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise PolicyError([_top_level_issue(data, source)])
+        return cls.from_dict(data, source=source)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> Policy:
+        """Validate a policy given as plain data (as parsed from YAML or JSON).
+
+        Args:
+            data: The policy document, keyed as in YAML (``global``, not ``global_``).
+            source: Where it came from, for messages.
+
+        Returns:
+            The validated policy.
+
+        Raises:
+            PolicyError: The policy is invalid; every problem is listed.
+
+        """
+        if not isinstance(data, Mapping):
+            raise PolicyError([_top_level_issue(data, source)])
+        issues: list[PolicyIssue] = []
+        document: dict[Any, Any] = {}
+        for key, value in data.items():
+            if key in ("source", "global_"):  # Python-side names, not policy keys
+                issues.append(_unknown_key_issue(cls, key, (key,), source))
+            else:
+                document[key] = value
+        try:
+            policy = cls.model_validate({**document, "source": source})
+        except ValidationError as error:
+            issues += _translate(error, document, source)
+        else:
+            if not issues:
+                return policy
+        raise PolicyError(_in_document_order(issues, data))
+
+    # -- lookups -----------------------------------------------------------------------------
+
+    def agent_for(self, workflow_type: str) -> tuple[str, AgentPolicy] | None:
+        """The agent entry that governs a workflow type.
+
+        Args:
+            workflow_type: The workflow type name.
+
+        Returns:
+            ``(entry name, entry)`` for the entry named so or listing it in
+            ``workflow_types``, or ``None``.
+
+        """
+        name = self._agent_names.get(workflow_type)
+        return None if name is None else (name, self.agents[name])
+
+    def tool_for(self, activity_type: str) -> tuple[str, ToolPolicy] | None:
+        """The tool entry that governs an activity type.
+
+        Args:
+            activity_type: The activity type name.
+
+        Returns:
+            ``(entry name, entry)`` for the entry named so or listing it in
+            ``activity_types``, or ``None``.
+
+        """
+        name = self._tool_names.get(activity_type)
+        return None if name is None else (name, self.tools[name])
+
+    def quotas_for(self, workflow_type: str) -> Quotas:
+        """The quotas of a workflow type.
+
+        Args:
+            workflow_type: The workflow type name.
+
+        Returns:
+            Its agent entry's ``quotas`` if the entry sets them, else ``defaults.quotas``.
+
+        """
+        entry = self.agent_for(workflow_type)
+        if entry is not None and "quotas" in entry[1].model_fields_set:
+            return entry[1].quotas
+        return self.defaults.quotas
+
+    def estimate_for_activity(self, activity_type: str) -> Estimate:
+        """What one dispatch of an activity type is expected to use at most.
+
+        Args:
+            activity_type: The activity type name.
+
+        Returns:
+            Its tool entry's ``estimate`` if the entry sets one, else ``defaults.estimate``.
+
+        """
+        entry = self.tool_for(activity_type)
+        if entry is not None and "estimate" in entry[1].model_fields_set:
+            return entry[1].estimate
+        return self.defaults.estimate
+
+    def estimate_for_child(self, workflow_type: str) -> Estimate:
+        """What a child workflow of this type needs at least; reserved in its parent.
+
+        Args:
+            workflow_type: The child's workflow type name.
+
+        Returns:
+            Its agent entry's ``estimate``, or a zero estimate.
+
+        """
+        entry = self.agent_for(workflow_type)
+        return entry[1].estimate if entry is not None else _ZERO_ESTIMATE
+
+    def child_allowance_for(self, workflow_type: str) -> float:
+        """The fraction of a run's remaining budget carved out for each child it starts.
+
+        Args:
+            workflow_type: The parent's workflow type name.
+
+        Returns:
+            Its agent entry's ``child_allowance`` if set, else ``defaults.child_allowance``.
+
+        """
+        entry = self.agent_for(workflow_type)
+        if entry is not None and "child_allowance" in entry[1].model_fields_set:
+            return entry[1].child_allowance
+        return self.defaults.child_allowance
+
+    def on_breach_of(self, spec: LimitSpec) -> OnBreach:
+        """What a breach of a quota does, with ``defaults.on_breach`` filled in.
+
+        Args:
+            spec: The quota.
+
+        Returns:
+            ``"terminate"`` or ``"alert"``.
+
+        """
+        return spec.on_breach if spec.on_breach is not None else self.defaults.on_breach
+
+    def warn_at_of(self, spec: LimitSpec) -> float | None:
+        """The warning fraction of a quota, with ``defaults.warn_at`` filled in.
+
+        Args:
+            spec: The quota.
+
+        Returns:
+            A fraction in (0, 1], or ``None`` for no warning.
+
+        """
+        return spec.warn_at if spec.warn_at is not None else self.defaults.warn_at
+
+    def cost_usd(self, model: str | None, input_tokens: int, output_tokens: int) -> float | None:
+        """Price tokens from the ``models`` table.
+
+        Args:
+            model: The model name, as reported by the activity.
+            input_tokens: Input (prompt) tokens.
+            output_tokens: Output (completion) tokens.
+
+        Returns:
+            US dollars, or ``None`` when the model is not in the table.
+
+        """
+        price = self.models.get(model) if model is not None else None
+        if price is None:
+            return None
+        return input_tokens / 1000 * price.input_per_1k + output_tokens / 1000 * price.output_per_1k
+
+
+_ZERO_ESTIMATE = Estimate()
+
+
+def _claims(entries: Mapping[str, BaseModel], attribute: str) -> dict[str, str]:
+    """Type name -> entry name; the first claim wins (conflicts are rejected later)."""
+    names: dict[str, str] = {}
+    for name, entry in entries.items():
+        names.setdefault(name, name)
+        for claimed in getattr(entry, attribute):
+            names.setdefault(claimed, name)
+    return names
+
+
+# -- reading YAML ---------------------------------------------------------------------------
+
+
+class _PolicyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses duplicate keys in a mapping."""
+
+    def load_checked(self, source: str) -> Any:
+        """Compose the single document, check its keys, and construct it."""
+        node = self.get_single_node()
+        if node is None:
+            return None
+        issues: list[PolicyIssue] = []
+        self._check_keys(node, (), source, issues, set())
+        if issues:
+            raise PolicyError(issues)
+        return self.construct_document(node)
+
+    def _check_keys(
+        self,
+        node: yaml.Node,
+        path: tuple[str | int, ...],
+        source: str,
+        issues: list[PolicyIssue],
+        seen: set[int],
+    ) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], yaml.Node] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key_value = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if isinstance(key_value, str):
+                    identity = (key_node.tag, key_value)
+                    if identity in first:
+                        issues.append(
+                            PolicyIssue(
+                                source=source,
+                                path=_render((*path, key_value)),
+                                value=key_value,
+                                expected=(
+                                    "each key at most once in a mapping (first given on line "
+                                    f"{first[identity].start_mark.line + 1}, again on line "
+                                    f"{key_node.start_mark.line + 1})"
+                                ),
+                            )
+                        )
+                    else:
+                        first[identity] = key_node
+                    self._check_keys(value_node, (*path, key_value), source, issues, seen)
+                else:
+                    self._check_keys(value_node, path, source, issues, seen)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self._check_keys(item, (*path, index), source, issues, seen)
+
+
+def _names_a_file(text: str) -> bool:
+    """Whether a string is meant as a file name rather than as YAML text."""
+    if "\n" in text:
+        return False
+    if text.strip().lower().endswith((".yaml", ".yml")):
+        return True
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _read(path: Path, source: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        expected = "an existing policy file"
+        problem: Any = str(path.absolute())
+    except UnicodeDecodeError as error:
+        expected, problem = "a UTF-8 text file", str(error)
+    except OSError as error:
+        expected, problem = "a readable policy file", error.strerror or str(error)
+    raise PolicyError([PolicyIssue(source=source, path="", value=problem, expected=expected)])
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    loader = _PolicyLoader(text)
+    try:
+        return loader.load_checked(source)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        problem = error.problem or str(error)
+        if error.context:
+            since = error.context_mark
+            started = f" started on line {since.line + 1}" if since is not None else ""
+            problem = f"{error.context}{started}: {problem}"
+        if mark is None:
+            issue = PolicyIssue(source=source, path="", value=problem, expected="valid YAML")
+        else:
+            lines = text.splitlines()
+            line = lines[mark.line].rstrip() if mark.line < len(lines) else "<end of text>"
+            issue = PolicyIssue(
+                source=source,
+                path=f"line {mark.line + 1}, column {mark.column + 1}",
+                value=_short(line),
+                expected=f"valid YAML ({problem})",
+            )
+        raise PolicyError([issue]) from error
+    except yaml.YAMLError as error:
+        raise PolicyError(
+            [PolicyIssue(source=source, path="", value=str(error), expected="valid YAML")]
+        ) from error
+    finally:
+        loader.dispose()
+
+
+# -- translating validation errors ---------------------------------------------------------
+
+
+_PHRASES = {
+    "missing": "a value (this field is required)",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "recursion_loop": "a value without recursive aliases",
+}
+
+
+def _translate(error: ValidationError, data: Any, source: str) -> list[PolicyIssue]:
+    issues: dict[str, PolicyIssue] = {}
+    for detail in error.errors(include_url=False):
+        loc = tuple(detail["loc"])
+        context = detail.get("ctx") or {}
+        value = context.get("value", detail["input"])
+        at = tuple(context.get("at", ()))
+        if detail["type"] == "extra_forbidden":
+            value = loc[-1]
+        elif detail["type"] == "missing":
+            value = None
+        path, dropped = _yaml_path((*loc, *at), data, detail["type"] == "missing")
+        expected = _expected(detail, loc)
+        if dropped == ["limit"] and (isinstance(value, bool) or not isinstance(value, int | float)):
+            expected += ", or a mapping of limit, on_breach and warn_at"
+        rendered = _render(path)
+        if rendered not in issues:
+            issues[rendered] = PolicyIssue(
+                source=source, path=rendered, value=_short(value), expected=expected
+            )
+    return list(issues.values())
+
+
+def _expected(detail: ErrorDetails, loc: tuple[str | int, ...]) -> str:
+    kind = detail["type"]
+    if kind.startswith(_ERROR):
+        return detail["msg"]
+    if kind == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        if model is None:
+            return "no such key"
+        return _known_fields(model, loc[-1])
+    if kind == "literal_error":
+        options = str((detail.get("ctx") or {}).get("expected", ""))
+        return "one of " + options.replace(" or ", ", ")
+    if kind in ("model_type", "model_attributes_type"):
+        model = _model_at(loc)
+        if model is not None:
+            return "a mapping with keys among: " + ", ".join(_field_keys(model))
+    if kind in _PHRASES:
+        return _PHRASES[kind]
+    message = detail["msg"]
+    return message.removeprefix("Input should be ").removeprefix("Value error, ")
+
+
+def _yaml_path(
+    loc: Sequence[str | int], data: Any, missing: bool
+) -> tuple[list[str | int], list[str | int]]:
+    """The YAML keys and list indexes in a pydantic location, and what was dropped.
+
+    Segments that do not exist in the document (union tags, ``[key]``, the ``limit`` of a
+    bare quota number) are dropped, except the last one of a ``missing`` error.
+    """
+    path: list[str | int] = []
+    node = data
+    for index, segment in enumerate(loc):
+        if isinstance(node, Mapping):
+            if segment in node:
+                path.append(segment)
+                node = node[segment]
+            elif missing and index == len(loc) - 1:
+                path.append(segment)
+        elif isinstance(node, list) and isinstance(segment, int) and 0 <= segment < len(node):
+            path.append(segment)
+            node = node[segment]
+        else:
+            return path, list(loc[index:])
+    return path, []
+
+
+def _render(path: Sequence[str | int]) -> str:
+    text = ""
+    for segment in path:
+        if isinstance(segment, int):
+            text += f"[{segment}]"
+        elif re.fullmatch(r"[^.\s\[\]\"]+", segment):
+            text += f".{segment}" if text else segment
+        else:
+            text += f"[{segment!r}]"
+    return text
+
+
+def _short(value: Any) -> Any:
+    text = repr(value)
+    return value if len(text) <= 100 else text[:97] + "..."
+
+
+def _unwrap(annotation: Any) -> Any:
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin in (Union, types.UnionType):
+            members = [a for a in get_args(annotation) if a is not type(None)]
+            if len(members) != 1:
+                return annotation
+            annotation = members[0]
+        else:
+            return annotation
+
+
+def _model_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The model class validating the value at a pydantic location, if any."""
+    current: Any = Policy
+    for segment in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = next(
+                (f for n, f in current.model_fields.items() if segment in (n, f.alias)), None
+            )
+            if field is not None:
+                current = field.annotation
+        elif get_origin(current) is dict:
+            current = get_args(current)[1]
+        elif get_origin(current) is list:
+            current = get_args(current)[0]
+        else:
+            return None
+    current = _unwrap(current)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _field_keys(model: type[BaseModel]) -> list[str]:
+    return [f.alias or n for n, f in model.model_fields.items() if not f.exclude]
+
+
+def _known_fields(model: type[BaseModel], key: Any) -> str:
+    known = _field_keys(model)
+    expected = "one of the known fields: " + ", ".join(known)
+    close = difflib.get_close_matches(str(key), known, n=1)
+    return expected + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def _unknown_key_issue(
+    model: type[BaseModel], key: Any, path: tuple[str | int, ...], source: str
+) -> PolicyIssue:
+    return PolicyIssue(
+        source=source, path=_render(path), value=key, expected=_known_fields(model, key)
+    )
+
+
+def _top_level_issue(data: Any, source: str) -> PolicyIssue:
+    return PolicyIssue(
+        source=source,
+        path="",
+        value=_short(data),
+        expected="a mapping at the top level, with keys among: " + ", ".join(_field_keys(Policy)),
+    )
+
+
+def _in_document_order(issues: list[PolicyIssue], data: Any) -> list[PolicyIssue]:
+    """Sort issues by where their path first appears in the document."""
+    order: dict[str, int] = {}
+    stack: set[int] = set()
+
+    def walk(node: Any, path: tuple[str | int, ...]) -> None:
+        order.setdefault(_render(path), len(order))
+        if id(node) in stack:
+            return
+        if isinstance(node, Mapping):
+            stack.add(id(node))
+            for key, value in node.items():
+                walk(value, (*path, key))
+            stack.discard(id(node))
+        elif isinstance(node, list):
+            stack.add(id(node))
+            for index, value in enumerate(node):
+                walk(value, (*path, index))
+            stack.discard(id(node))
+
+    walk(data, ())
+
+    def position(issue: PolicyIssue) -> int:
+        path = issue.path
+        while path not in order:
+            shorter = re.sub(r"(\.[^.\[]*|\[[^\]]*\])$", "", path)
+            path = "" if shorter == path else shorter
+        return order[path]
+
+    return sorted(issues, key=position)
+
+
+__all__ = [
+    "PER_TASK_LIMITS",
+    "AgentPolicy",
+    "Defaults",
+    "Estimate",
+    "GlobalLimits",
+    "LimitSpec",
+    "LoopDetection",
+    "ModelPrice",
+    "OnBreach",
+    "Policy",
+    "PriorityClass",
+    "PrioritySettings",
+    "Quotas",
+    "Throttle",
+    "ToolPolicy",
+]

