@@ -45,12 +45,13 @@ class Sequential:
         return n
 
 
-async def timed(client: Client, task_queue: str, n: int) -> float:
-    started = time.perf_counter()
+async def timed(client: Client, task_queue: str, n: int) -> tuple[float, float]:
+    """Wall seconds of one run, and CPU seconds this process (client + worker) spent on it."""
+    started, cpu = time.perf_counter(), time.process_time()
     await client.execute_workflow(
         Sequential.run, n, id=f"bench-{uuid.uuid4()}", task_queue=task_queue
     )
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 async def main() -> None:
@@ -75,20 +76,34 @@ async def main() -> None:
         ):
             await timed(plain, "plain", 20)  # warm up both workers
             await timed(governed, "governed", 20)
-            ratios = []
-            print(f"{args.activities} sequential trivial activities per run")
-            print(f"{'round':>5} {'ungoverned s':>13} {'governed s':>11} {'ratio':>6}")
+            ratios, cpu_ratios, cpu_extra = [], [], []
+            n = args.activities
+            print(f"{n} sequential trivial activities per run; wall time and worker CPU time")
+            print(
+                f"{'round':>5} {'ungoverned s':>13} {'governed s':>11} {'ratio':>6}"
+                f" {'cpu ms/dispatch':>16} {'governed':>9} {'cpu ratio':>9}"
+            )
             for round_no in range(1, args.rounds + 1):
                 if round_no % 2:
-                    base = await timed(plain, "plain", args.activities)
-                    gov = await timed(governed, "governed", args.activities)
+                    base, base_cpu = await timed(plain, "plain", n)
+                    gov, gov_cpu = await timed(governed, "governed", n)
                 else:
-                    gov = await timed(governed, "governed", args.activities)
-                    base = await timed(plain, "plain", args.activities)
+                    gov, gov_cpu = await timed(governed, "governed", n)
+                    base, base_cpu = await timed(plain, "plain", n)
                 ratios.append(gov / base)
-                print(f"{round_no:>5} {base:>13.3f} {gov:>11.3f} {gov / base:>6.3f}", flush=True)
-            per = statistics.median(ratios)
-            print(f"median ratio governed/ungoverned: {per:.3f}")
+                cpu_ratios.append(gov_cpu / base_cpu)
+                cpu_extra.append((gov_cpu - base_cpu) / n * 1000)
+                print(
+                    f"{round_no:>5} {base:>13.3f} {gov:>11.3f} {gov / base:>6.3f}"
+                    f" {base_cpu / n * 1000:>16.3f} {gov_cpu / n * 1000:>9.3f}"
+                    f" {gov_cpu / base_cpu:>9.3f}",
+                    flush=True,
+                )
+            print(f"median wall-time ratio governed/ungoverned: {statistics.median(ratios):.3f}")
+            print(
+                f"median worker-CPU ratio governed/ungoverned: {statistics.median(cpu_ratios):.3f}"
+            )
+            print(f"median extra worker CPU per dispatch: {statistics.median(cpu_extra):.3f} ms")
     finally:
         await env.shutdown()
 

@@ -6,6 +6,7 @@ Run it with `make demo` (which starts the embedded dev server and sets TEMPORAL_
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import uuid
@@ -13,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from temporalio import workflow
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.worker import Worker
 
@@ -135,6 +137,8 @@ def summary(title: str, breach: BreachDetails | None, snaps: list[BudgetSnapshot
 
 
 async def main() -> int:
+    logging.basicConfig(level=logging.WARNING, format="  [log] %(message)s")
+    workflow.logger.workflow_info_on_message = False
     address = os.environ.get("TEMPORAL_ADDRESS", "127.0.0.1:7233")
     policy = Policy.from_yaml(POLICY)
     client = await Client.connect(address, plugins=[GovernorPlugin(policy)])

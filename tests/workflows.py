@@ -225,3 +225,53 @@ ALL_WORKFLOWS = [
     Trivial,
 ]
 ALL_ACTIVITIES = [spend, noop, usage_shaped, flaky, always_fails, whoami]
+
+
+@dataclass
+class Nap:
+    seconds: float
+    tokens: int = 10
+
+
+@workflow.defn
+class Napper:
+    """Spends, sleeps (workflow time), spends again."""
+
+    @workflow.run
+    async def run(self, nap: Nap) -> str:
+        await workflow.execute_activity(spend, Spend(output_tokens=nap.tokens), **_T)
+        await workflow.sleep(nap.seconds)
+        await workflow.execute_activity(spend, Spend(output_tokens=nap.tokens), **_T)
+        return "awake"
+
+
+@dataclass
+class Chain:
+    tokens: int
+    runs_left: int
+
+
+@workflow.defn
+class Continuer:
+    """Spends then continues as new, `runs_left` times."""
+
+    @workflow.run
+    async def run(self, chain: Chain) -> str:
+        await workflow.execute_activity(spend, Spend(output_tokens=chain.tokens), **_T)
+        if chain.runs_left > 0:
+            workflow.continue_as_new(Chain(chain.tokens, chain.runs_left - 1))
+        return "done"
+
+
+@workflow.defn
+class Priced:
+    @workflow.run
+    async def run(self, calls: int) -> int:
+        for _ in range(calls):
+            await workflow.execute_activity(
+                spend, Spend(input_tokens=1000, output_tokens=1000, model="m1"), **_T
+            )
+        return calls
+
+
+ALL_WORKFLOWS += [Napper, Continuer, Priced]

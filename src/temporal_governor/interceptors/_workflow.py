@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import functools
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ClassVar
 
 import temporalio.workflow
@@ -29,7 +30,7 @@ from ..context import (
     with_context,
 )
 from ..errors import BUDGET_EXCEEDED, RUNAWAY_LOOP, BreachDetails
-from ..policy import Policy
+from ..policy import Estimate, Policy
 from ..usage import Usage
 from ._run import BUDGET_QUERY, CHILD_KEY_PREFIX, GovernedRun
 from ._wire import attach_usage, take_failure_usage, take_usage, usage_marker
@@ -116,10 +117,7 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
         policy = run.policy
         tool = policy.tool_for(input.activity)
         counts = 1.0 if tool is None or tool[1].counts_as_tool_call else 0.0
-        guess = explicit_estimate()
-        if guess is None:
-            est = policy.estimate_for_activity(input.activity)
-            guess = Amounts(tokens=est.tokens, cost_usd=est.cost_usd, tool_calls=est.tool_calls)
+        guess = explicit_estimate() or _amounts(policy.estimate_for_activity(input.activity))
         key = run.next_key("activity", input.activity)
         run.reserve(key, guess + Amounts(tool_calls=counts), f"activity {input.activity}")
         context = run.context.model_copy(
@@ -134,30 +132,15 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
             run.release(key)
             raise
 
-        async def settle() -> Any:
-            try:
-                raw = await inner
-            except ActivityError as error:
-                usage = take_failure_usage(error.cause)
-                run.commit(key, _activity_amounts(usage, counts))
-                raise
-            except BaseException:
-                run.commit(key, Amounts(tool_calls=counts))
-                raise
-            usage = take_usage(raw.payload)
-            run.commit(key, _activity_amounts(usage, counts))
-            return _decode(raw, ret_type)
-
-        return run.track(_GovernedActivityHandle(inner, settle()))
+        charge = functools.partial(_activity_amounts, counts=counts)
+        settle = _settle(run, key, inner, ret_type, charge)
+        return run.track(_GovernedActivityHandle(inner, settle))
 
     async def start_child_workflow(
         self, input: StartChildWorkflowInput
     ) -> temporalio.workflow.ChildWorkflowHandle[Any, Any]:
         run = self.run
-        explicit = explicit_estimate()
-        if explicit is None:
-            est = run.policy.estimate_for_child(input.workflow)
-            explicit = Amounts(tokens=est.tokens, cost_usd=est.cost_usd, tool_calls=est.tool_calls)
+        explicit = explicit_estimate() or _amounts(run.policy.estimate_for_child(input.workflow))
         key = f"{CHILD_KEY_PREFIX}{input.id}"
         allowance = run.carve(key, input.workflow, explicit)
         reserved = run.ledger.reservations[key]
@@ -178,21 +161,9 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
             run.release(key)
             raise
 
-        async def settle() -> Any:
-            try:
-                raw = await inner
-            except ChildWorkflowError as error:
-                usage = take_failure_usage(error.cause) or _breach_usage(error.cause)
-                run.commit(key, _child_amounts(usage, reserved))
-                raise
-            except BaseException:
-                run.commit(key, _child_amounts(None, reserved))
-                raise
-            usage = take_usage(raw.payload)
-            run.commit(key, _child_amounts(usage, reserved))
-            return _decode(raw, ret_type)
-
-        return run.track(_GovernedChildHandle(inner, settle()))
+        charge = functools.partial(_child_amounts, reserved=reserved)
+        settle = _settle(run, key, inner, ret_type, charge)
+        return run.track(_GovernedChildHandle(inner, settle))
 
     def continue_as_new(self, input: ContinueAsNewInput) -> Any:
         run = self.run
@@ -201,6 +172,33 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
         )
         input.headers = with_context(input.headers, context)
         return self.next.continue_as_new(input)
+
+
+async def _settle(
+    run: GovernedRun,
+    key: str,
+    inner: Awaitable[RawValue],
+    ret_type: type | None,
+    charge: Callable[[Usage | None], Amounts],
+) -> Any:
+    """Await a dispatch, commit what it used (success, failure or cancel), return its result."""
+    try:
+        raw = await inner
+    except (ActivityError, ChildWorkflowError) as error:
+        run.commit(key, charge(take_failure_usage(error.cause) or _breach_usage(error.cause)))
+        raise
+    except BaseException:
+        run.commit(key, charge(None))
+        raise
+    run.commit(key, charge(take_usage(raw.payload)))
+    return _decode(raw, ret_type)
+
+
+def _amounts(estimate: Estimate) -> Amounts:
+    """The amounts a policy estimate reserves."""
+    return Amounts(
+        tokens=estimate.tokens, cost_usd=estimate.cost_usd, tool_calls=estimate.tool_calls
+    )
 
 
 def _decode(raw: RawValue, ret_type: type | None) -> Any:
