@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import temporalio.client
 import temporalio.worker
 
+from ..decisions import DecisionSink
 from ..policy import Policy
 from ._activity import GovernedActivityInbound, _LocalCarry
 from ._client import GovernedClientOutbound
@@ -21,12 +24,15 @@ class GovernanceInterceptor(temporalio.client.Interceptor, temporalio.worker.Int
 
     Args:
         policy: The policy to enforce.
+        sinks: Receivers of every governance decision (see
+            :class:`~temporal_governor.decisions.DecisionSink`), e.g. OpenTelemetry.
 
     """
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, sinks: Sequence[DecisionSink] = ()) -> None:
         self.policy = policy
-        self._workflow_class = GovernedWorkflowInbound.bind(policy)
+        self.sinks = tuple(sinks)
+        self._workflow_class = GovernedWorkflowInbound.bind(policy, self.sinks)
         self._carry = _LocalCarry()
 
     def intercept_client(

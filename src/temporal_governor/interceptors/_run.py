@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ from ..accounting import (
     RunLedger,
 )
 from ..context import AllowanceEntry, BudgetContext, Deadline
+from ..decisions import DecisionRecord, DecisionSink, DispatchKind
 from ..errors import BreachDetails, BudgetExceeded, ChainLink, RunawayLoop
 from ..policy import PER_TASK_LIMITS, Policy
 
@@ -64,9 +66,12 @@ class BudgetSnapshot(BaseModel):
 class GovernedRun:
     """Budget state of one workflow run, rebuilt deterministically on every replay."""
 
-    def __init__(self, policy: Policy, context: BudgetContext) -> None:
+    def __init__(
+        self, policy: Policy, context: BudgetContext, sinks: Sequence[DecisionSink] = ()
+    ) -> None:
         info = temporalio.workflow.info()
         self.policy = policy
+        self.sinks = sinks
         self.info = info
         self.context = context
         self.agent = info.workflow_type
@@ -81,6 +86,8 @@ class GovernedRun:
         self._wall_alerted = False
         self.children_spend = ZERO
         self.in_flight: set[asyncio.Future[Any]] = set()
+        self._targets: dict[str, tuple[DispatchKind, str]] = {}
+        self._models: dict[str, dict[str, int]] = {}
 
     # -- construction -------------------------------------------------------------------
 
@@ -148,6 +155,8 @@ class GovernedRun:
 
     def reserve(self, key: str, amounts: Amounts, dispatch: str) -> None:
         """Reserve a dispatch's estimate, or halt the run with :class:`BudgetExceeded`."""
+        kind, _, target = dispatch.partition(" ")
+        self._targets[key] = (kind if kind in ("activity", "child") else "", target)  # type: ignore[assignment]
         if self.breach is not None:
             raise self._halt_again(dispatch)
         self._check_deadline(key, dispatch)
@@ -155,9 +164,12 @@ class GovernedRun:
         if refusal is not None:
             self.ledger.log_breach(key, refusal)
             raise self._halt(refusal, dispatch)
+        self._log_new_events()
 
-    def commit(self, key: str, actual: Amounts) -> None:
+    def commit(self, key: str, actual: Amounts, models: dict[str, int] | None = None) -> None:
         """Commit a finished dispatch's usage and release the rest of its reservation."""
+        if models:
+            self._models[key] = models
         if key.startswith(CHILD_KEY_PREFIX) and key in self.ledger.reservations:
             self.children_spend = self.children_spend + actual
         self.ledger.commit(key, actual)
@@ -166,6 +178,7 @@ class GovernedRun:
     def release(self, key: str) -> None:
         """Release the reservation of a dispatch that never started."""
         self.ledger.release(key)
+        self._log_new_events()
 
     def carve(self, key: str, child_type: str, estimate: Amounts) -> dict[str, AllowanceEntry]:
         """Reserve a child's allowance out of this run's remaining budget.
@@ -175,6 +188,7 @@ class GovernedRun:
         estimate, or nothing at all, remains.
         """
         dispatch = f"child {child_type}"
+        self._targets[key] = ("child", child_type)
         if self.breach is not None:
             raise self._halt_again(dispatch)
         depth = self.context.depth + 1
@@ -304,8 +318,19 @@ class GovernedRun:
     _logged = 0
 
     def _log_new_events(self) -> None:
+        replaying = temporalio.workflow.unsafe.is_replaying()
         for event in self.ledger.new_events(self._logged):
             self._logged = event.seq
+            if self.sinks:
+                decision = self._record(event)
+                for sink in self.sinks:
+                    sink.record(decision, replaying=replaying)
+                if event.kind in ("commit", "refuse"):
+                    remaining = {
+                        r: left for r in RESOURCES if (left := self.ledger.remaining(r)) is not None
+                    }
+                    for sink in self.sinks:
+                        sink.remaining(decision, remaining, replaying=replaying)
             if event.kind in ("warn", "alert", "breach", "overage"):
                 temporalio.workflow.logger.warning(
                     "governance %s: %s of %s: observed %s, ceiling %s (%s)",
@@ -316,6 +341,30 @@ class GovernedRun:
                     event.ceiling,
                     event.key,
                 )
+
+    def _record(self, event: GovernanceEvent) -> DecisionRecord:
+        dispatch, target = self._targets.get(event.key, ("", ""))
+        return DecisionRecord(
+            seq=event.seq,
+            kind=event.kind,
+            event_id=self.info.get_current_history_length(),
+            time=temporalio.workflow.now(),
+            workflow_id=self.info.workflow_id,
+            run_id=self.info.run_id,
+            agent=self.agent,
+            depth=self.context.depth,
+            tenant=self.context.attribution.tenant,
+            owner=self.context.attribution.owner,
+            dispatch=dispatch,
+            target=target,
+            key=event.key,
+            amounts=event.amounts,
+            models=self._models.pop(event.key, {}) if event.kind == "commit" else {},
+            limit=event.limit,
+            scope=event.scope,
+            observed=event.observed,
+            ceiling=event.ceiling,
+        )
 
     def snapshot(self) -> BudgetSnapshot:
         """The run's budget as the ``governor.budget`` query reports it."""

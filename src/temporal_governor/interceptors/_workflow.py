@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, ClassVar
 
 import temporalio.workflow
@@ -29,6 +29,7 @@ from ..context import (
     register_workflow_context,
     with_context,
 )
+from ..decisions import DecisionSink
 from ..errors import BUDGET_EXCEEDED, RUNAWAY_LOOP, BreachDetails
 from ..policy import Estimate, Policy
 from ..usage import Usage
@@ -45,11 +46,14 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
     """
 
     policy: ClassVar[Policy]
+    sinks: ClassVar[Sequence[DecisionSink]] = ()
 
     @classmethod
-    def bind(cls, policy: Policy) -> type[GovernedWorkflowInbound]:
-        """A subclass of this interceptor that governs with ``policy``."""
-        return type(cls.__name__, (cls,), {"policy": policy})
+    def bind(
+        cls, policy: Policy, sinks: Sequence[DecisionSink] = ()
+    ) -> type[GovernedWorkflowInbound]:
+        """A subclass of this interceptor that governs with ``policy`` and reports to ``sinks``."""
+        return type(cls.__name__, (cls,), {"policy": policy, "sinks": tuple(sinks)})
 
     def __init__(self, next: WorkflowInboundInterceptor) -> None:
         super().__init__(next)
@@ -62,7 +66,7 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
     async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
         assert self._outbound is not None
         context = decode_context(input.headers) or BudgetContext()
-        run = GovernedRun(self.policy, context)
+        run = GovernedRun(self.policy, context, self.sinks)
         self._outbound.run = run
         temporalio.workflow.set_query_handler(BUDGET_QUERY, run.budget_query)
         register_workflow_context(run.info.run_id, context)
@@ -185,12 +189,14 @@ async def _settle(
     try:
         raw = await inner
     except (ActivityError, ChildWorkflowError) as error:
-        run.commit(key, charge(take_failure_usage(error.cause) or _breach_usage(error.cause)))
+        usage = take_failure_usage(error.cause) or _breach_usage(error.cause)
+        run.commit(key, charge(usage), usage.models if usage else None)
         raise
     except BaseException:
         run.commit(key, charge(None))
         raise
-    run.commit(key, charge(take_usage(raw.payload)))
+    usage = take_usage(raw.payload)
+    run.commit(key, charge(usage), usage.models if usage else None)
     return _decode(raw, ret_type)
 
 
