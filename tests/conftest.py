@@ -44,6 +44,12 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
     environment = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(binary),
         dev_server_log_level="error",
+        dev_server_extra_args=[
+            "--search-attribute",
+            "GovernorTenant=Keyword",
+            "--search-attribute",
+            "GovernorState=Keyword",
+        ],
     )
     try:
         yield environment

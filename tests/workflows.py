@@ -275,3 +275,13 @@ class Priced:
 
 
 ALL_WORKFLOWS += [Napper, Continuer, Priced]
+
+
+@workflow.defn(name="planner")
+class ChangedPlanner:
+    """The demo's planner after a code change: it searches before planning."""
+
+    @workflow.run
+    async def run(self, request: Any) -> Any:
+        await workflow.execute_activity("vector-search", "first", **_T)
+        return None

@@ -335,6 +335,20 @@ class Defaults(BaseModel):
     """Child allowance of workflows without an agent entry (or whose entry sets none)."""
 
 
+class Visibility(BaseModel):
+    """What governed runs show in Temporal's UI and visibility store."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    memo: bool = Field(default=True, strict=True)
+    """Write the run's spend summary into its memo (key ``governor``) when it ends."""
+    search_attributes: bool = Field(default=False, strict=True)
+    """Set the ``GovernorTenant`` and ``GovernorState`` search attributes. They must be
+    registered on the namespace first (the plugin does it on a dev server; see
+    docs/observability.md for a cluster); off by default because an unregistered
+    attribute blocks the run's workflow tasks."""
+
+
 class Policy(BaseModel):
     """A governance policy: global limits, defaults, prices, agents and tools.
 
@@ -356,6 +370,8 @@ class Policy(BaseModel):
     """Agent entries, by name (a workflow type, or any name with ``workflow_types``)."""
     tools: dict[str, ToolPolicy] = Field(default_factory=dict)
     """Tool entries, by name (an activity type, or any name with ``activity_types``)."""
+    visibility: Visibility = Field(default_factory=Visibility)
+    """Memo and search attributes of governed runs."""
     source: str = Field(default="<dict>", exclude=True)
     """Where the policy was loaded from, for messages; not part of the policy itself."""
 
@@ -925,4 +941,5 @@ __all__ = [
     "Quotas",
     "Throttle",
     "ToolPolicy",
+    "Visibility",
 ]

@@ -392,6 +392,18 @@ class GovernedRun:
             recent_events=self.ledger.events[-_RECENT_EVENTS:],
         )
 
+    def summary(self, state: str) -> dict[str, Any]:
+        """The spend summary written to the run's memo when it ends."""
+        return {
+            "state": state,
+            "tenant": self.context.attribution.tenant,
+            "owner": self.context.attribution.owner,
+            "agent": self.agent,
+            "depth": self.context.depth,
+            "spent": self.ledger.committed.nonzero(),
+            "breach": self.breach.breach.message() if self.breach else None,
+        }
+
     def budget_query(self, *args: Any) -> dict[str, Any]:
         """Query handler: the snapshot as JSON-ready data."""
         return self.snapshot().model_dump(mode="json")

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, ClassVar
 
 import temporalio.workflow
-from temporalio.common import RawValue
+from temporalio.common import RawValue, SearchAttributeKey, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 from temporalio.worker import (
     ContinueAsNewInput,
@@ -70,6 +70,11 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
         self._outbound.run = run
         temporalio.workflow.set_query_handler(BUDGET_QUERY, run.budget_query)
         register_workflow_context(run.info.run_id, context)
+        visibility = self.policy.visibility
+        if visibility.search_attributes:
+            temporalio.workflow.upsert_search_attributes(
+                [TENANT_ATTRIBUTE.value_set(context.attribution.tenant), _state("running")]
+            )
         main = asyncio.ensure_future(self.next.execute_workflow(input))
         main.add_done_callback(_retrieve)
         try:
@@ -83,14 +88,17 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
                 # let the cancellations become commands before the run fails
                 for _ in range(3):
                     await asyncio.sleep(0)
+                _publish(run, "breached")
                 raise run.final_error()
             try:
                 result = main.result()
             except ApplicationError as error:
+                _publish(run, "failed")
                 spent = Usage.from_amounts(run.ledger.committed)
                 if spent.amounts().nonzero() and error.type not in (BUDGET_EXCEEDED, RUNAWAY_LOOP):
                     error._details = (*error.details, usage_marker(spent))
                 raise
+            _publish(run, "completed")
             payload = (
                 result.payload
                 if isinstance(result, RawValue)
@@ -205,6 +213,27 @@ def _amounts(estimate: Estimate) -> Amounts:
     return Amounts(
         tokens=estimate.tokens, cost_usd=estimate.cost_usd, tool_calls=estimate.tool_calls
     )
+
+
+TENANT_ATTRIBUTE = SearchAttributeKey.for_keyword("GovernorTenant")
+"""Search attribute: the tenant a governed run is attributed to."""
+STATE_ATTRIBUTE = SearchAttributeKey.for_keyword("GovernorState")
+"""Search attribute: ``running``, ``completed``, ``failed`` or ``breached``."""
+MEMO_KEY = "governor"
+"""Memo key of a governed run's spend summary."""
+
+
+def _state(state: str) -> SearchAttributeUpdate[str]:
+    return STATE_ATTRIBUTE.value_set(state)
+
+
+def _publish(run: GovernedRun, state: str) -> None:
+    """Show how the run ended in its memo and search attributes, as the policy asks."""
+    visibility = run.policy.visibility
+    if visibility.search_attributes:
+        temporalio.workflow.upsert_search_attributes([_state(state)])
+    if visibility.memo:
+        temporalio.workflow.upsert_memo({MEMO_KEY: run.summary(state)})
 
 
 def _decode(raw: RawValue, ret_type: type | None) -> Any:
