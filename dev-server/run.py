@@ -76,6 +76,11 @@ def main() -> int:
             str(db),
             "--log-level",
             "error",
+            # the governor's visibility attributes (policy `visibility.search_attributes`)
+            "--search-attribute",
+            "GovernorTenant=Keyword",
+            "--search-attribute",
+            "GovernorState=Keyword",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

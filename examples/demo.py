@@ -29,8 +29,11 @@ from temporal_governor import (
     Policy,
     attribution,
 )
+from temporal_governor.render import render_html
+from temporal_governor.replay import fetch_tree, review
 
 POLICY = Path(__file__).with_name("governance.yaml")
+OUT = Path(__file__).resolve().parent.parent / "out"
 
 
 async def snapshot(handle: WorkflowHandle[Any, Any]) -> BudgetSnapshot:
@@ -136,6 +139,40 @@ def summary(title: str, breach: BreachDetails | None, snaps: list[BudgetSnapshot
         )
 
 
+async def incident_review(client: Client, policy: Policy) -> None:
+    """Replay the runaway tree from history, as `temporal-governor replay` does."""
+    print("\n-- incident review: replaying demo-runaway's history with the governor")
+    histories = await fetch_tree(client, "demo-runaway")
+    OUT.mkdir(exist_ok=True)
+    folder = OUT / "histories"
+    folder.mkdir(exist_ok=True)
+    for old in folder.glob("*.json"):
+        old.unlink()
+    for i, history in enumerate(histories):
+        (folder / f"{i:03d}-{history.workflow_id.replace('/', '_')}.json").write_text(
+            history.to_json()
+        )
+    report = await review(
+        "demo-runaway", policy=policy, workflows=[Planner, Executor], histories=histories
+    )
+    [chain] = report.breaches
+    print(
+        f"  {len(report.runs)} runs, {len(report.decisions)} decisions rebuilt; breach at history "
+        f"event {chain.decision.event_id} of {chain.decision.agent}/{chain.decision.workflow_id}"
+    )
+    print("  consumers of the exceeded budget:")
+    for row in chain.consumers:
+        print(f"    {row.group:<28} {row.dispatches:>3} dispatches {row.tokens:>9,.0f} tokens")
+    (OUT / "report.html").write_text(render_html(report))
+    (OUT / "report.json").write_text(report.model_dump_json(indent=2))
+    print(f"  full report: {OUT / 'report.html'} (and report.json); histories in {folder}/")
+    print(
+        "  again, offline: .venv/bin/temporal-governor replay demo-runaway "
+        "--policy examples/governance.yaml --workflows examples.agents "
+        "--history out/histories"
+    )
+
+
 async def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="  [log] %(message)s")
     workflow.logger.workflow_info_on_message = False
@@ -165,6 +202,7 @@ async def main() -> int:
         )
         summary("normal request", normal_breach, normal)
         summary("runaway request", breach, runaway)
+        await incident_review(client, policy)
     root = next(s for s in runaway if s.depth == 0)
     overdraft = max((lim.committed - lim.ceiling for lim in root.limits), default=0.0)
     ok = normal_breach is None and breach is not None and overdraft <= 0

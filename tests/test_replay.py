@@ -24,7 +24,6 @@ POLICY = Policy.from_yaml(
     DEMO_POLICY.replace("max_tokens_per_task: 50_000", "max_tokens_per_task: 20_000").replace(
         "max_tokens_per_task: 30_000", "max_tokens_per_task: 8_000"
     )
-    + "\nvisibility: { search_attributes: true }\n"
 )
 WORKFLOWS = [Planner, Executor]
 

@@ -16,6 +16,7 @@ Example::
 
 from .accounting import Amounts, GovernanceEvent, LimitState
 from .context import Attribution, BudgetContext, attribution, current_attribution, estimate
+from .decisions import DecisionRecord, DecisionSink
 from .errors import (
     BUDGET_EXCEEDED,
     GOVERNANCE_KILLED,
@@ -29,8 +30,10 @@ from .errors import (
     RunawayLoop,
 )
 from .interceptors import BUDGET_QUERY, BudgetSnapshot, GovernanceInterceptor
-from .plugin import GovernorPlugin
+from .plugin import GovernorPlugin, register_search_attributes
 from .policy import Policy
+from .report import IncidentReport
+from .telemetry import OpenTelemetrySink
 from .usage import Usage, report_usage
 
 __all__ = [
@@ -45,11 +48,15 @@ __all__ = [
     "BudgetExceeded",
     "BudgetSnapshot",
     "ChainLink",
+    "DecisionRecord",
+    "DecisionSink",
     "GovernanceEvent",
     "GovernanceInterceptor",
     "GovernorError",
     "GovernorPlugin",
+    "IncidentReport",
     "LimitState",
+    "OpenTelemetrySink",
     "Policy",
     "PolicyError",
     "PolicyIssue",
@@ -58,5 +65,6 @@ __all__ = [
     "attribution",
     "current_attribution",
     "estimate",
+    "register_search_attributes",
     "report_usage",
 ]

@@ -8,7 +8,7 @@ parent) and the reservations of its in-flight dispatches.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -52,7 +52,10 @@ class Amounts(BaseModel):
         return float(getattr(self, resource))
 
     def __add__(self, other: Amounts) -> Amounts:
-        return Amounts(**{r: self.get(r) + other.get(r) for r in RESOURCES})
+        return Amounts.model_construct(None, **{r: self.get(r) + other.get(r) for r in RESOURCES})
+
+    def __sub__(self, other: Amounts) -> Amounts:
+        return Amounts.model_construct(None, **{r: self.get(r) - other.get(r) for r in RESOURCES})
 
     def without(self, *resources: str) -> Amounts:
         """A copy with the named resources set to zero.
@@ -159,14 +162,12 @@ class RunLedger:
     events: list[GovernanceEvent] = field(default_factory=list)
     max_events: int = 2000
     event_count: int = 0
+    _reserved: Amounts = ZERO
 
     @property
     def reserved(self) -> Amounts:
         """The sum of open reservations."""
-        total = ZERO
-        for amounts in self.reservations.values():
-            total = total + amounts
-        return total
+        return self._reserved
 
     def remaining(self, resource: str) -> float | None:
         """What may still be reserved of a resource under every terminate limit.
@@ -254,6 +255,7 @@ class RunLedger:
             )
             return refusal
         self.reservations[key] = amounts
+        self._reserved = self._reserved + amounts
         self._log("reserve", key, amounts)
         self._alerts(key, self.reserved)
         return None
@@ -272,6 +274,7 @@ class RunLedger:
         reserved = self.reservations.pop(key, None)
         if reserved is None:
             return
+        self._reserved = self._reserved - reserved if self.reservations else ZERO
         self.committed = self.committed + actual
         self._log("commit", key, actual)
         released = {r: reserved.get(r) - actual.get(r) for r in RESOURCES}
@@ -302,6 +305,7 @@ class RunLedger:
         """
         reserved = self.reservations.pop(key, None)
         if reserved is not None:
+            self._reserved = self._reserved - reserved if self.reservations else ZERO
             self._log("release", key, reserved)
 
     def log_breach(self, key: str, refusal: Refusal) -> None:
@@ -402,7 +406,7 @@ class RunLedger:
         if len(self.events) > self.max_events:
             del self.events[: len(self.events) - self.max_events]
 
-    def new_events(self, since: int) -> Iterable[GovernanceEvent]:
+    def new_events(self, since: int) -> Sequence[GovernanceEvent]:
         """Events logged after sequence number ``since``.
 
         Args:
@@ -412,7 +416,8 @@ class RunLedger:
             The newer events, oldest first.
 
         """
-        return (event for event in self.events if event.seq > since)
+        newer = self.event_count - since
+        return self.events[-newer:] if newer > 0 else []
 
 
 def amounts_from(values: Mapping[str, float]) -> Amounts:

@@ -127,8 +127,9 @@ def main() -> None:
     "--history",
     "history_files",
     multiple=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Exported history JSON of a run of the tree (repeatable); no server needed.",
+    type=click.Path(exists=True),
+    help="Exported history JSON of a run of the tree, or a folder of them (repeatable); "
+    "no server needed.",
 )
 @click.option(
     "--json", "json_out", type=click.Path(dir_okay=False), help="Write the report as JSON."
@@ -140,6 +141,12 @@ def main() -> None:
     help="Write a self-contained HTML report.",
 )
 @click.option("--quiet", is_flag=True, help="Do not print the terminal report.")
+@click.option(
+    "--sandbox/--no-sandbox",
+    default=False,
+    show_default=True,
+    help="Replay inside the workflow sandbox (slower; determinism is checked either way).",
+)
 def replay(
     workflow_id: str,
     policy_path: str,
@@ -151,6 +158,7 @@ def replay(
     json_out: str | None,
     html_out: str | None,
     quiet: bool,
+    sandbox: bool,
 ) -> None:
     r"""Replay a run's tree with the governor and report every decision and the breach.
 
@@ -182,13 +190,19 @@ def replay(
                 bar.update(tasks[stage], completed=done, total=total)
 
             if history_files:
-                histories = load_histories([Path(f) for f in history_files], workflow_id)
+                files = [
+                    found
+                    for given in map(Path, history_files)
+                    for found in (sorted(given.glob("*.json")) if given.is_dir() else [given])
+                ]
+                histories = load_histories(files, workflow_id)
                 return await review(
                     workflow_id,
                     policy=policy,
                     workflows=classes,
                     histories=histories,
                     progress=progress,
+                    sandboxed=sandbox,
                 )
             client = await _connect(address, namespace)
             return await review(
@@ -198,6 +212,7 @@ def replay(
                 client=client,
                 run_id=run_id,
                 progress=progress,
+                sandboxed=sandbox,
             )
 
     try:

@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import TracerProvider
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client
 from temporalio.plugin import SimplePlugin
-from temporalio.worker import WorkflowRunner
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+from .decisions import DecisionSink
 from .interceptors import GovernanceInterceptor
+from .interceptors._workflow import STATE_ATTRIBUTE, TENANT_ATTRIBUTE
 from .policy import Policy
+from .telemetry import OpenTelemetrySink
 
 PLUGIN_NAME = "temporal-governor"
+
+_logger = logging.getLogger(__name__)
 
 
 def _share_governor_with_sandbox(runner: WorkflowRunner | None) -> WorkflowRunner:
@@ -28,19 +41,72 @@ def _share_governor_with_sandbox(runner: WorkflowRunner | None) -> WorkflowRunne
     return runner
 
 
+async def register_search_attributes(client: Client) -> None:
+    """Register ``GovernorTenant`` and ``GovernorState`` on the client's namespace.
+
+    Works where the operator API is open (a dev server, a self-hosted cluster); on
+    Temporal Cloud register them in the namespace settings instead. Attributes that
+    already exist are left as they are.
+
+    Args:
+        client: A connected client.
+
+    """
+    keyword = IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+    try:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=client.namespace,
+                search_attributes={TENANT_ATTRIBUTE.name: keyword, STATE_ATTRIBUTE.name: keyword},
+            )
+        )
+    except RPCError as error:
+        if error.status != RPCStatusCode.ALREADY_EXISTS:
+            raise
+
+
 class GovernorPlugin(SimplePlugin):
     """Installs the governor on a client and on every worker and replayer built from it.
 
     Args:
         policy: The policy to enforce.
+        telemetry: Emit OpenTelemetry spans, events and metrics of every decision.
+        tracer_provider: Where spans go (default: the global provider).
+        meter_provider: Where metrics go (default: the global provider).
+        sinks: More receivers of every decision.
 
     """
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        telemetry: bool = True,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        sinks: Sequence[DecisionSink] = (),
+    ) -> None:
         self.policy = policy
-        self.interceptor = GovernanceInterceptor(policy)
+        all_sinks: list[DecisionSink] = list(sinks)
+        if telemetry:
+            all_sinks.append(OpenTelemetrySink(tracer_provider, meter_provider))
+        self.interceptor = GovernanceInterceptor(policy, sinks=all_sinks)
         super().__init__(
             PLUGIN_NAME,
             interceptors=[self.interceptor],
             workflow_runner=_share_governor_with_sandbox,
         )
+
+    async def run_worker(self, worker: Worker, next: Callable[[Worker], Awaitable[None]]) -> None:
+        """Register the search attributes the policy uses, then run the worker."""
+        if self.policy.visibility.search_attributes:
+            try:
+                await register_search_attributes(worker.client)
+            except RPCError as error:
+                _logger.warning(
+                    "could not register the governor's search attributes (%s); register "
+                    "GovernorTenant and GovernorState (Keyword) on namespace %s",
+                    error,
+                    worker.client.namespace,
+                )
+        await super().run_worker(worker, next)

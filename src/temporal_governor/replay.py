@@ -17,7 +17,7 @@ from typing import Any
 
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
-from temporalio.worker import Replayer
+from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
 from .accounting import RESOURCES
 from .context import HEADER, BudgetContext
@@ -406,6 +406,7 @@ async def review(
     run_id: str | None = None,
     histories: Sequence[WorkflowHistory] | None = None,
     progress: Progress | None = None,
+    sandboxed: bool = True,
 ) -> IncidentReport:
     """Replay a workflow tree with the governor in review mode and report its decisions.
 
@@ -422,6 +423,8 @@ async def review(
         run_id: The root run (default: the latest run of ``workflow_id``).
         histories: Histories to review instead of fetching.
         progress: Called while fetching and replaying.
+        sandboxed: Replay inside the workflow sandbox, as workers run the code. ``False``
+            replays without it, faster; determinism is still checked command by command.
 
     Returns:
         The incident report.
@@ -440,7 +443,9 @@ async def review(
     replayer = Replayer(
         workflows=workflows,
         interceptors=[GovernanceInterceptor(policy, sinks=[collector])],
-        workflow_runner=_share_governor_with_sandbox(None),
+        workflow_runner=(
+            _share_governor_with_sandbox(None) if sandboxed else UnsandboxedWorkflowRunner()
+        ),
     )
     failures: dict[str, Exception] = {}
     done = 0

@@ -201,11 +201,21 @@ async def _settle(
         run.commit(key, charge(usage), usage.models if usage else None)
         raise
     except BaseException:
-        run.commit(key, charge(None))
+        if not _evicting():
+            run.commit(key, charge(None))
         raise
     usage = take_usage(raw.payload)
     run.commit(key, charge(usage), usage.models if usage else None)
     return _decode(raw, ret_type)
+
+
+def _evicting() -> bool:
+    """Whether the worker is evicting this run from its cache (not a real cancellation).
+
+    The SDK cancels every task of an evicted run; that is no outcome of the dispatch, and
+    committing it would hand sinks settle records no history event stands for.
+    """
+    return bool(getattr(asyncio.get_running_loop(), "_deleting", False))
 
 
 def _amounts(estimate: Estimate) -> Amounts:
