@@ -18,7 +18,9 @@ RESOURCES: tuple[str, ...] = ("tokens", "cost_usd", "tool_calls", "subtasks", "c
 """The additive resources a dispatch consumes. Wall time is a deadline, not an amount."""
 
 OnBreach = Literal["terminate", "alert"]
-EventKind = Literal["reserve", "commit", "release", "refuse", "warn", "alert", "breach", "overage"]
+EventKind = Literal[
+    "reserve", "commit", "release", "refuse", "warn", "alert", "breach", "overage", "wait"
+]
 
 _EPSILON = 1e-9
 
@@ -307,6 +309,20 @@ class RunLedger:
         if reserved is not None:
             self._reserved = self._reserved - reserved if self.reservations else ZERO
             self._log("release", key, reserved)
+
+    def note_wait(
+        self, key: str, *, limit: str, scope: str, observed: float, ceiling: float
+    ) -> None:
+        """Record that a dispatch waits for a shared scope's budget or window.
+
+        Args:
+            key: The waiting dispatch.
+            limit: The limit that refused it for now.
+            scope: That limit's scope.
+            observed: What the scope would have held.
+            ceiling: The limit's ceiling.
+        """
+        self._log("wait", key, ZERO, limit=limit, scope=scope, observed=observed, ceiling=ceiling)
 
     def log_breach(self, key: str, refusal: Refusal) -> None:
         """Record that a refusal halted the run.

@@ -16,11 +16,13 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+from .activities import ledger_call
 from .decisions import DecisionSink
 from .interceptors import GovernanceInterceptor
 from .interceptors._workflow import STATE_ATTRIBUTE, TENANT_ATTRIBUTE
 from .policy import Policy
 from .telemetry import OpenTelemetrySink
+from .workflows import GovernorLedger
 
 PLUGIN_NAME = "temporal-governor"
 
@@ -94,6 +96,8 @@ class GovernorPlugin(SimplePlugin):
         super().__init__(
             PLUGIN_NAME,
             interceptors=[self.interceptor],
+            workflows=[GovernorLedger],
+            activities=[ledger_call],
             workflow_runner=_share_governor_with_sandbox,
         )
 

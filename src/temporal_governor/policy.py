@@ -160,6 +160,13 @@ class LimitSpec(BaseModel):
 WallTimeSpec = Annotated[LimitSpec | None, BeforeValidator(_wall_time)]
 
 
+def _duration_seconds(value: Any) -> Any:
+    return _seconds(value, at=None) if isinstance(value, str) else value
+
+
+WaitSeconds = Annotated[NonNegativeNumber, BeforeValidator(_duration_seconds)]
+
+
 class Quotas(BaseModel):
     """The quotas of one agent.
 
@@ -203,6 +210,84 @@ class Quotas(BaseModel):
             if spec is not None:
                 specs[resource] = spec
         return specs
+
+
+class SharedQuotas(BaseModel):
+    """Quotas of a scope shared across runs (a tenant, an owner), kept by the ledger.
+
+    Each resource has a total and per-second, per-minute, per-hour and per-day windows;
+    a window rolls over on its boundary (fixed windows in workflow time).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_tokens: LimitSpec | None = None
+    """Model tokens in total across every run of the scope."""
+    max_tokens_per_second: LimitSpec | None = None
+    """Model tokens per second across every run of the scope."""
+    max_tokens_per_minute: LimitSpec | None = None
+    """Model tokens per minute across every run of the scope."""
+    max_tokens_per_hour: LimitSpec | None = None
+    """Model tokens per hour across every run of the scope."""
+    max_tokens_per_day: LimitSpec | None = None
+    """Model tokens per day across every run of the scope."""
+    max_cost_usd: LimitSpec | None = None
+    """US dollars in total across every run of the scope."""
+    max_cost_usd_per_second: LimitSpec | None = None
+    """US dollars per second across every run of the scope."""
+    max_cost_usd_per_minute: LimitSpec | None = None
+    """US dollars per minute across every run of the scope."""
+    max_cost_usd_per_hour: LimitSpec | None = None
+    """US dollars per hour across every run of the scope."""
+    max_cost_usd_per_day: LimitSpec | None = None
+    """US dollars per day across every run of the scope."""
+    max_tool_calls: LimitSpec | None = None
+    """Tool calls in total across every run of the scope."""
+    max_tool_calls_per_second: LimitSpec | None = None
+    """Tool calls per second across every run of the scope."""
+    max_tool_calls_per_minute: LimitSpec | None = None
+    """Tool calls per minute across every run of the scope."""
+    max_tool_calls_per_hour: LimitSpec | None = None
+    """Tool calls per hour across every run of the scope."""
+    max_tool_calls_per_day: LimitSpec | None = None
+    """Tool calls per day across every run of the scope."""
+    max_subtasks: LimitSpec | None = None
+    """Child workflows started in total across every run of the scope."""
+    max_concurrent_tasks: LimitSpec | None = None
+    """Dispatches (activities and child workflows) in flight at once across the scope."""
+
+
+class TenantPolicy(BaseModel):
+    """Limits of one tenant, and of each owner within it, across all their runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    quotas: SharedQuotas = Field(default_factory=SharedQuotas)
+    """Limits of the tenant as a whole."""
+    per_owner: SharedQuotas = Field(default_factory=SharedQuotas)
+    """Limits of each owner of the tenant (every owner gets these)."""
+
+
+OnRefusal = Literal["terminate", "wait"]
+
+
+class SharedSettings(BaseModel):
+    """How scopes shared across runs are enforced."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ledger_id: str = "temporal-governor-ledger"
+    """Workflow id of the ledger entity workflow that keeps every shared scope."""
+    on_refusal: OnRefusal = "terminate"
+    """A refused shared reservation halts the run (``terminate``) or waits for budget or
+    the window to roll over (``wait``), up to ``max_wait``."""
+    max_wait: WaitSeconds = 30.0
+    """Longest a ``wait`` refusal waits before it halts the run (seconds or a duration)."""
+    reservation_ttl: WaitSeconds = 600.0
+    """A reservation not settled within this time is released by the ledger (a run that
+    died without releasing)."""
+    continue_as_new_after: PositiveInt = 2000
+    """The ledger continues as new after this many updates, carrying its state."""
 
 
 class Estimate(BaseModel):
@@ -372,6 +457,10 @@ class Policy(BaseModel):
     """Tool entries, by name (an activity type, or any name with ``activity_types``)."""
     visibility: Visibility = Field(default_factory=Visibility)
     """Memo and search attributes of governed runs."""
+    tenants: dict[str, TenantPolicy] = Field(default_factory=dict)
+    """Per-tenant limits across runs; the entry ``default`` applies to tenants without one."""
+    shared: SharedSettings = Field(default_factory=SharedSettings)
+    """How limits shared across runs are enforced (the ledger)."""
     source: str = Field(default="<dict>", exclude=True)
     """Where the policy was loaded from, for messages; not part of the policy itself."""
 
@@ -935,10 +1024,14 @@ __all__ = [
     "LoopDetection",
     "ModelPrice",
     "OnBreach",
+    "OnRefusal",
     "Policy",
     "PriorityClass",
     "PrioritySettings",
     "Quotas",
+    "SharedQuotas",
+    "SharedSettings",
+    "TenantPolicy",
     "Throttle",
     "ToolPolicy",
     "Visibility",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import temporalio.workflow
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,6 +24,7 @@ from ..context import AllowanceEntry, BudgetContext, Deadline
 from ..decisions import DecisionRecord, DecisionSink, DispatchKind
 from ..errors import BreachDetails, BudgetExceeded, ChainLink, RunawayLoop
 from ..policy import PER_TASK_LIMITS, Policy
+from ._shared import SharedBudget
 
 BUDGET_QUERY = "governor.budget"
 """Name of the query every governed workflow answers with a :class:`BudgetSnapshot`."""
@@ -88,6 +89,7 @@ class GovernedRun:
         self.in_flight: set[asyncio.Future[Any]] = set()
         self._targets: dict[str, tuple[DispatchKind, str]] = {}
         self._models: dict[str, dict[str, int]] = {}
+        self.shared = SharedBudget(self)
 
     # -- construction -------------------------------------------------------------------
 
@@ -174,6 +176,17 @@ class GovernedRun:
             self.children_spend = self.children_spend + actual
         self.ledger.commit(key, actual)
         self._log_new_events()
+
+    def note_wait(self, key: str, limit: str, scope: str, observed: float, ceiling: float) -> None:
+        """Record that a dispatch waits for a shared scope (policy ``shared.on_refusal: wait``)."""
+        self.ledger.note_wait(key, limit=limit, scope=scope, observed=observed, ceiling=ceiling)
+        self._log_new_events()
+
+    def halt_shared(self, key: str, refusal: Refusal, dispatch: str) -> NoReturn:
+        """Halt the run because a shared scope refused a dispatch."""
+        self.ledger.release(key)
+        self.ledger.log_breach(key, refusal)
+        raise self._halt(refusal, dispatch)
 
     def release(self, key: str) -> None:
         """Release the reservation of a dispatch that never started."""

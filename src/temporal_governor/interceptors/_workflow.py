@@ -21,6 +21,7 @@ from temporalio.worker import (
 )
 
 from ..accounting import Amounts
+from ..activities._ledger import LEDGER_ACTIVITY
 from ..context import (
     BudgetContext,
     decode_context,
@@ -33,6 +34,7 @@ from ..decisions import DecisionSink
 from ..errors import BUDGET_EXCEEDED, RUNAWAY_LOOP, BreachDetails
 from ..policy import Estimate, Policy
 from ..usage import Usage
+from ..workflows._ledger import LEDGER_WORKFLOW
 from ._run import BUDGET_QUERY, CHILD_KEY_PREFIX, GovernedRun
 from ._wire import attach_usage, take_failure_usage, take_usage, usage_marker
 
@@ -65,6 +67,8 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
 
     async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
         assert self._outbound is not None
+        if temporalio.workflow.info().workflow_type == LEDGER_WORKFLOW:
+            return await self.next.execute_workflow(input)
         context = decode_context(input.headers) or BudgetContext()
         run = GovernedRun(self.policy, context, self.sinks)
         self._outbound.run = run
@@ -88,8 +92,10 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
                 # let the cancellations become commands before the run fails
                 for _ in range(3):
                     await asyncio.sleep(0)
+                await run.shared.release_all()
                 _publish(run, "breached")
                 raise run.final_error()
+            await run.shared.release_all()
             try:
                 result = main.result()
             except ApplicationError as error:
@@ -114,7 +120,7 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
 class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
     """Wraps every activity, local activity and child workflow dispatch of a run."""
 
-    run: GovernedRun
+    run: GovernedRun | None = None
 
     def start_activity(self, input: StartActivityInput) -> temporalio.workflow.ActivityHandle[Any]:
         return self._start_activity(input, self.next.start_activity)
@@ -125,7 +131,9 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
         return self._start_activity(input, self.next.start_local_activity)
 
     def _start_activity(self, input: Any, start: Any) -> temporalio.workflow.ActivityHandle[Any]:
-        run = self.run
+        if self.run is None or input.activity == LEDGER_ACTIVITY:
+            return start(input)  # type: ignore[no-any-return]
+        run: GovernedRun = self.run
         policy = run.policy
         tool = policy.tool_for(input.activity)
         counts = 1.0 if tool is None or tool[1].counts_as_tool_call else 0.0
@@ -138,20 +146,42 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
         input.headers = with_context(input.headers, context)
         ret_type = input.ret_type
         input.ret_type = RawValue
-        try:
-            inner = start(input)
-        except BaseException:
-            run.release(key)
-            raise
-
         charge = functools.partial(_activity_amounts, counts=counts)
-        settle = _settle(run, key, inner, ret_type, charge)
-        return run.track(_GovernedActivityHandle(inner, settle))
+        limits = run.shared.limits_for(input.activity)
+        if not limits:
+            try:
+                inner = start(input)
+            except BaseException:
+                run.release(key)
+                raise
+            return run.track(
+                _GovernedActivityHandle(inner, _settle(run, key, inner, ret_type, charge))
+            )
+        wanted = guess + Amounts(tool_calls=counts)
+        shared_amounts = {**wanted.nonzero(), "concurrency": 1.0}
+
+        async def flow() -> Any:
+            ledger_key = await run.shared.reserve(
+                key, limits, shared_amounts, f"activity {input.activity}"
+            )
+            try:
+                inner = start(input)
+            except BaseException:
+                run.release(key)
+                await run.shared.settle(ledger_key, {})
+                raise
+            handle.inner = inner
+            return await _settle(run, key, inner, ret_type, charge, ledger_key)
+
+        handle = _GovernedActivityHandle(None, flow())
+        return run.track(handle)
 
     async def start_child_workflow(
         self, input: StartChildWorkflowInput
     ) -> temporalio.workflow.ChildWorkflowHandle[Any, Any]:
-        run = self.run
+        if self.run is None:
+            return await self.next.start_child_workflow(input)
+        run: GovernedRun = self.run
         explicit = explicit_estimate() or _amounts(run.policy.estimate_for_child(input.workflow))
         key = f"{CHILD_KEY_PREFIX}{input.id}"
         allowance = run.carve(key, input.workflow, explicit)
@@ -167,18 +197,28 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
         input.headers = with_context(input.headers, context)
         ret_type = input.ret_type
         input.ret_type = RawValue
+        limits = run.shared.limits_for(None)
+        ledger_key = None
         try:
+            if limits:
+                ledger_key = await run.shared.reserve(
+                    key, limits, {"subtasks": 1.0, "concurrency": 1.0}, f"child {input.workflow}"
+                )
             inner = await self.next.start_child_workflow(input)
         except BaseException:
             run.release(key)
+            if ledger_key is not None:
+                await run.shared.settle(ledger_key, {})
             raise
 
         charge = functools.partial(_child_amounts, reserved=reserved)
-        settle = _settle(run, key, inner, ret_type, charge)
+        settle = _settle(run, key, inner, ret_type, charge, ledger_key)
         return run.track(_GovernedChildHandle(inner, settle))
 
     def continue_as_new(self, input: ContinueAsNewInput) -> Any:
         run = self.run
+        if run is None:
+            return self.next.continue_as_new(input)
         context = run.context.model_copy(
             update={"carried": run.ledger.committed + run.ledger.reserved, "deadline": run.deadline}
         )
@@ -192,21 +232,34 @@ async def _settle(
     inner: Awaitable[RawValue],
     ret_type: type | None,
     charge: Callable[[Usage | None], Amounts],
+    ledger_key: str | None = None,
 ) -> Any:
-    """Await a dispatch, commit what it used (success, failure or cancel), return its result."""
+    """Await a dispatch, commit what it used (success, failure or cancel), return its result.
+
+    With a ``ledger_key`` the usage is also settled in the shared scopes.
+    """
+    actual: Amounts | None = None
     try:
         raw = await inner
     except (ActivityError, ChildWorkflowError) as error:
         usage = take_failure_usage(error.cause) or _breach_usage(error.cause)
-        run.commit(key, charge(usage), usage.models if usage else None)
+        actual = charge(usage)
+        run.commit(key, actual, usage.models if usage else None)
         raise
     except BaseException:
         if not _evicting():
-            run.commit(key, charge(None))
+            actual = charge(None)
+            run.commit(key, actual)
         raise
-    usage = take_usage(raw.payload)
-    run.commit(key, charge(usage), usage.models if usage else None)
-    return _decode(raw, ret_type)
+    else:
+        usage = take_usage(raw.payload)
+        actual = charge(usage)
+        run.commit(key, actual, usage.models if usage else None)
+        return _decode(raw, ret_type)
+    finally:
+        if ledger_key is not None and actual is not None and run.breach is None:
+            shared = actual.without("child_workflows")
+            await run.shared.settle(ledger_key, shared.nonzero())
 
 
 def _evicting() -> bool:
@@ -286,16 +339,23 @@ def _child_amounts(usage: Usage | None, reserved: Amounts) -> Amounts:
 
 
 class _GovernedActivityHandle(temporalio.workflow.ActivityHandle[Any]):
-    """The handle agent code gets: resolves to the converted result once usage is settled."""
+    """The handle agent code gets: resolves to the converted result once usage is settled.
+
+    With shared scopes the real activity starts only after the ledger granted it, so
+    ``inner`` is set later.
+    """
 
     def __init__(
-        self, inner: temporalio.workflow.ActivityHandle[Any], settle: Coroutine[Any, Any, Any]
+        self,
+        inner: temporalio.workflow.ActivityHandle[Any] | None,
+        settle: Coroutine[Any, Any, Any],
     ):
         super().__init__(settle)
-        self._inner = inner
+        self.inner = inner
 
     def cancel(self, msg: Any | None = None) -> bool:
-        self._inner.cancel(msg)
+        if self.inner is not None:
+            self.inner.cancel(msg)
         return super().cancel(msg)
 
 

@@ -1,0 +1,70 @@
+"""The activity through which governed workflows talk to the ledger.
+
+Workflows cannot send Updates to other workflows, so a governed run reaches the ledger
+through this (local) activity: an update-with-start, which starts the ledger if it is not
+running yet and applies the update in one call. The update id is the idempotency key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+from temporalio import activity
+from temporalio.client import WithStartWorkflowOperation, WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
+
+from ..workflows._ledger import LEDGER_WORKFLOW, MALFORMED_UPDATE, LedgerState
+
+LEDGER_ACTIVITY = "temporal_governor.ledger"
+"""Activity type of :func:`ledger_call`; the governor never governs its own activities."""
+
+
+class LedgerCall(BaseModel):
+    """One call to the ledger."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ledger_id: str
+    update: Literal["reserve", "settle", "release_run"]
+    request: dict[str, Any]
+    update_id: str
+    """Idempotency key of the call."""
+    task_queue: str | None = None
+    """Where the ledger runs if it must be started (default: this activity's queue)."""
+    continue_as_new_after: int = 2000
+
+
+@activity.defn(name=LEDGER_ACTIVITY)
+async def ledger_call(call: dict[str, Any]) -> Any:
+    """Apply one update to the ledger, starting the ledger if needed.
+
+    Args:
+        call: A :class:`LedgerCall` as JSON data.
+
+    Returns:
+        The update's result.
+    """
+    parsed = LedgerCall.model_validate(call)
+    client = activity.client()
+    start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
+        LEDGER_WORKFLOW,
+        LedgerState(continue_as_new_after=parsed.continue_as_new_after).model_dump(mode="json"),
+        id=parsed.ledger_id,
+        task_queue=parsed.task_queue or activity.info().task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+    try:
+        return await client.execute_update_with_start_workflow(
+            parsed.update,
+            parsed.request,
+            id=parsed.update_id,
+            start_workflow_operation=start,
+        )
+    except WorkflowUpdateFailedError as error:
+        cause = error.cause
+        if isinstance(cause, ApplicationError) and cause.type == MALFORMED_UPDATE:
+            # the ledger's validator rejected it: the same request would be rejected again
+            raise ApplicationError(str(cause), type=MALFORMED_UPDATE, non_retryable=True) from None
+        raise

@@ -1,0 +1,191 @@
+"""Which limits shared across runs apply to a dispatch: pure, no Temporal.
+
+Scopes are named ``global``, ``tenant:<t>``, ``owner:<t>/<o>``, ``agent:<workflow type>``
+and ``tool:<tool name>``. A dispatch is checked against every scope that applies to it
+and reserved in all of them or in none (the ledger does that in one update).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from .policy import LimitSpec, Policy, SharedQuotas
+
+SharedResource = Literal["tokens", "cost_usd", "tool_calls", "subtasks", "concurrency"]
+
+WINDOWS: dict[str, float | None] = {
+    "": None,
+    "_per_second": 1.0,
+    "_per_minute": 60.0,
+    "_per_hour": 3600.0,
+    "_per_day": 86400.0,
+}
+"""Field-name suffix of a windowed quota, and its window in seconds (``None``: total)."""
+
+
+class SharedLimit(BaseModel):
+    """One limit of one shared scope, as the ledger enforces it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    """Where it comes from in the policy, e.g. ``tenants.acme.quotas.max_tokens_per_minute``."""
+    scope: str
+    """The scope, e.g. ``tenant:acme``."""
+    resource: SharedResource
+    ceiling: float
+    window_s: float | None = None
+    """Fixed window length in seconds; ``None`` for a total."""
+    on_breach: Literal["terminate", "alert"] = "terminate"
+
+    @property
+    def counter(self) -> str:
+        """The ledger counter this limit reads: scope, resource and window."""
+        window = "total" if self.window_s is None else f"{self.window_s:g}s"
+        return f"{self.scope}|{self.resource}|{window}"
+
+
+def _quota_limits(
+    policy: Policy, quotas: SharedQuotas, scope: str, path: str
+) -> Iterator[SharedLimit]:
+    for resource in ("tokens", "cost_usd", "tool_calls"):
+        for suffix, window in WINDOWS.items():
+            field = f"max_{resource}{suffix}"
+            spec = getattr(quotas, field)
+            if spec is not None:
+                yield _limit(policy, spec, f"{path}.{field}", scope, resource, window)
+    if quotas.max_subtasks is not None:
+        yield _limit(policy, quotas.max_subtasks, f"{path}.max_subtasks", scope, "subtasks", None)
+    if quotas.max_concurrent_tasks is not None:
+        yield _limit(
+            policy,
+            quotas.max_concurrent_tasks,
+            f"{path}.max_concurrent_tasks",
+            scope,
+            "concurrency",
+            None,
+        )
+
+
+def _limit(
+    policy: Policy,
+    spec: LimitSpec,
+    name: str,
+    scope: str,
+    resource: SharedResource,
+    window: float | None,
+) -> SharedLimit:
+    return SharedLimit(
+        name=name,
+        scope=scope,
+        resource=resource,
+        ceiling=float(spec.limit),
+        window_s=window,
+        on_breach=policy.on_breach_of(spec),
+    )
+
+
+def shared_limits(
+    policy: Policy,
+    *,
+    tenant: str,
+    owner: str | None,
+    agent: str,
+    tool: str | None,
+) -> list[SharedLimit]:
+    """Every shared limit that applies to a dispatch.
+
+    Args:
+        policy: The policy.
+        tenant: The tenant the dispatching run is attributed to.
+        owner: Its owner, if any.
+        agent: The dispatching run's workflow type.
+        tool: The activity type for an activity dispatch, ``None`` for a child workflow.
+
+    Returns:
+        The limits, global first, then tenant, owner, agent and tool.
+    """
+    limits: list[SharedLimit] = []
+    glob = policy.global_
+    if glob.max_concurrent_tasks is not None:
+        limits.append(
+            SharedLimit(
+                name="global.max_concurrent_tasks",
+                scope="global",
+                resource="concurrency",
+                ceiling=float(glob.max_concurrent_tasks),
+            )
+        )
+    for field, resource in (
+        ("max_tokens_per_minute", "tokens"),
+        ("max_tool_calls_per_minute", "tool_calls"),
+    ):
+        value = getattr(glob, field)
+        if value is not None:
+            limits.append(
+                SharedLimit(
+                    name=f"global.{field}",
+                    scope="global",
+                    resource=resource,
+                    ceiling=float(value),
+                    window_s=60.0,
+                )
+            )
+    entry_name = tenant if tenant in policy.tenants else "default"
+    entry = policy.tenants.get(entry_name)
+    if entry is not None:
+        limits += _quota_limits(
+            policy, entry.quotas, f"tenant:{tenant}", f"tenants.{entry_name}.quotas"
+        )
+        if owner is not None:
+            limits += _quota_limits(
+                policy,
+                entry.per_owner,
+                f"owner:{tenant}/{owner}",
+                f"tenants.{entry_name}.per_owner",
+            )
+    agent_entry = policy.agent_for(agent)
+    if agent_entry is not None:
+        name, agent_policy = agent_entry
+        for field, resource in (
+            ("max_tokens_per_minute", "tokens"),
+            ("max_tool_calls_per_minute", "tool_calls"),
+        ):
+            spec = getattr(agent_policy.quotas, field)
+            if spec is not None:
+                limits.append(
+                    _limit(
+                        policy,
+                        spec,
+                        f"agents.{name}.quotas.{field}",
+                        f"agent:{name}",
+                        resource,  # type: ignore[arg-type]
+                        60.0,
+                    )
+                )
+    tool_entry = policy.tool_for(tool) if tool is not None else None
+    if tool_entry is not None:
+        name, tool_policy = tool_entry
+        if tool_policy.max_qps is not None:
+            limits.append(
+                SharedLimit(
+                    name=f"tools.{name}.max_qps",
+                    scope=f"tool:{name}",
+                    resource="tool_calls",
+                    ceiling=float(tool_policy.max_qps),
+                    window_s=1.0,
+                )
+            )
+        if tool_policy.max_concurrent_requests is not None:
+            limits.append(
+                SharedLimit(
+                    name=f"tools.{name}.max_concurrent_requests",
+                    scope=f"tool:{name}",
+                    resource="concurrency",
+                    ceiling=float(tool_policy.max_concurrent_requests),
+                )
+            )
+    return limits
