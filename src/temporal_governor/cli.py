@@ -325,3 +325,104 @@ def list_runs(
 
 def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@main.command()
+@click.option("--tenant", default=None, help="Show this tenant's scopes (and its owners').")
+@click.option("--scope", "scope_prefix", default=None, help="Show scopes starting with this.")
+@click.option(
+    "--ledger-id",
+    default=None,
+    help="The ledger's workflow id (default: from --policy, else temporal-governor-ledger).",
+)
+@click.option(
+    "--policy",
+    "policy_path",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Read the ledger id from this policy.",
+)
+@click.option("--namespace", default=_NAMESPACE, show_default=True)
+@click.option("--address", default=_ADDRESS, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the ledger state as JSON.")
+def budget(
+    tenant: str | None,
+    scope_prefix: str | None,
+    ledger_id: str | None,
+    policy_path: str | None,
+    namespace: str,
+    address: str,
+    as_json: bool,
+) -> None:
+    r"""Show the shared ledger: committed and reserved spend per scope, window and ceiling.
+
+    \b
+    Example:
+      temporal-governor budget --tenant acme
+      temporal-governor budget --scope tool: --json
+    """
+    if ledger_id is None:
+        ledger_id = (
+            _load_policy(policy_path).shared.ledger_id
+            if policy_path
+            else "temporal-governor-ledger"
+        )
+    if tenant is not None and scope_prefix is not None:
+        raise click.UsageError("give --tenant or --scope, not both")
+
+    async def run() -> dict[str, Any]:
+        client = await _connect(address, namespace)
+        state: dict[str, Any] = await client.get_workflow_handle(ledger_id).query("state", "")
+        return state
+
+    try:
+        state = asyncio.run(run())
+    except RPCError as error:
+        _fail(f"ledger {ledger_id}: {error}", EXIT_UNREACHABLE)
+    counters = [
+        c
+        for c in state["counters"]
+        if (
+            tenant is None
+            or c["scope"] in (f"tenant:{tenant}",)
+            or c["scope"].startswith(f"owner:{tenant}/")
+        )
+        and (scope_prefix is None or c["scope"].startswith(scope_prefix))
+    ]
+    if as_json:
+        import json
+
+        click.echo(json.dumps({**state, "counters": counters}, indent=2))
+        return
+    table = Table(title=f"ledger {ledger_id}" + (f": tenant {tenant}" if tenant else ""))
+    for column in (
+        "scope",
+        "resource",
+        "window",
+        "committed",
+        "reserved",
+        "ceiling",
+        "left",
+        "limit",
+    ):
+        table.add_column(
+            column,
+            justify="right" if column in ("committed", "reserved", "ceiling", "left") else "left",
+        )
+    for c in sorted(counters, key=lambda c: (c["scope"], c["resource"], c["window_s"] or 0)):
+        ceiling = c.get("ceiling")
+        left = ceiling - c["committed"] - c["reserved"] if ceiling is not None else None
+        table.add_row(
+            c["scope"],
+            c["resource"],
+            "total" if c["window_s"] is None else f"{c['window_s']:g} s",
+            f"{c['committed']:,.4g}",
+            f"{c['reserved']:,.4g}",
+            "" if ceiling is None else f"{ceiling:,.4g}",
+            "" if left is None else f"{left:,.4g}",
+            c.get("limit", ""),
+        )
+    Console().print(table)
+    Console().print(f"open reservations: {state['open_reservations']}")
+    if not counters:
+        sys.exit(1)

@@ -24,6 +24,7 @@ from ..context import AllowanceEntry, BudgetContext, Deadline
 from ..decisions import DecisionRecord, DecisionSink, DispatchKind
 from ..errors import BreachDetails, BudgetExceeded, ChainLink, RunawayLoop
 from ..policy import PER_TASK_LIMITS, Policy
+from ..scopes import SharedLimit
 from ._shared import SharedBudget
 
 BUDGET_QUERY = "governor.budget"
@@ -62,6 +63,11 @@ class BudgetSnapshot(BaseModel):
     event_count: int
     recent_events: list[GovernanceEvent] = Field(default_factory=list)
     """The last decisions, oldest first."""
+    shared_limits: list[SharedLimit] = Field(default_factory=list)
+    """Limits shared across runs (tenant, owner, agent, tool, global) that applied to this
+    run's dispatches so far; their spend is in the ledger (``temporal-governor budget``)."""
+    shared_open: int = 0
+    """This run's open reservations in the ledger."""
 
 
 class GovernedRun:
@@ -403,6 +409,8 @@ class GovernedRun:
             breach=self.breach.breach if self.breach else None,
             event_count=self.ledger.event_count,
             recent_events=self.ledger.events[-_RECENT_EVENTS:],
+            shared_limits=self.shared.applied(),
+            shared_open=len(self.shared.open),
         )
 
     def summary(self, state: str) -> dict[str, Any]:

@@ -48,6 +48,14 @@ class SharedBudget:
             )
         return self._limits[tool]
 
+    def applied(self) -> list[SharedLimit]:
+        """Every shared limit seen so far, once each."""
+        seen: dict[str, SharedLimit] = {}
+        for limits in self._limits.values():
+            for limit in limits:
+                seen.setdefault(f"{limit.counter}|{limit.name}", limit)
+        return list(seen.values())
+
     async def _call(self, update: str, request: dict[str, Any], update_id: str) -> Any:
         call = LedgerCall(
             ledger_id=self.settings.ledger_id,

@@ -1,0 +1,184 @@
+"""Budgets shared across runs, kept by the ledger entity workflow (one worker process)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+import yaml
+from temporalio.client import WorkflowFailureError
+
+from shared_workflows import IN_FLIGHT, SHARED_ACTIVITIES, SHARED_WORKFLOWS, FanOut, Paced
+from temporal_governor import BUDGET_QUERY, BreachDetails, BudgetSnapshot, Policy, attribution
+from workflows import ALL_ACTIVITIES, ALL_WORKFLOWS, Spender, Steps
+
+WORKFLOWS = [*ALL_WORKFLOWS, *SHARED_WORKFLOWS]
+ACTIVITIES = [*ALL_ACTIVITIES, *SHARED_ACTIVITIES]
+
+
+def policy(body: str) -> Policy:
+    """The policy with a ledger of its own, so tests do not share counters."""
+    data = yaml.safe_load(body)
+    data.setdefault("shared", {})["ledger_id"] = f"ledger-{uuid.uuid4().hex[:8]}"
+    return Policy.from_dict(data)
+
+
+async def ledger_state(g, scope: str = "") -> dict:
+    handle = g.client.get_workflow_handle(g.plugin.policy.shared.ledger_id)
+    return await handle.query("state", scope)
+
+
+def counter(state: dict, scope: str, resource: str) -> dict:
+    return next(c for c in state["counters"] if c["scope"] == scope and c["resource"] == resource)
+
+
+async def test_racing_runs_never_overspend_a_tenant_and_strand_nothing(governed) -> None:
+    p = policy(
+        """
+tenants: { acme: { quotas: { max_tokens: 2000 } } }
+tools: { spend: { estimate: { tokens: 100 } } }
+"""
+    )
+    async with governed(p, WORKFLOWS, ACTIVITIES) as g:
+        with attribution(tenant="acme"):
+            handles = [await g.start(Spender.run, Steps(tokens=[100] * 4)) for _ in range(20)]
+        outcomes = await asyncio.gather(*(h.result() for h in handles), return_exceptions=True)
+        refused = [o for o in outcomes if isinstance(o, WorkflowFailureError)]
+        assert refused, "demand (8,000) is four times the ceiling: some runs must be halted"
+        for failure in refused:
+            details = BreachDetails.from_error(failure)
+            assert details is not None and details.scope == "tenant:acme"
+            assert details.limit == "tenants.acme.quotas.max_tokens"
+        spent_by_runs = 0.0
+        for h in handles:
+            snap = BudgetSnapshot.model_validate(await h.query(BUDGET_QUERY))
+            spent_by_runs += snap.committed.get("tokens", 0.0)
+        state = await ledger_state(g, "tenant:acme")
+        tokens = counter(state, "tenant:acme", "tokens")
+        assert tokens["committed"] <= 2000
+        assert tokens["committed"] == pytest.approx(spent_by_runs)
+        assert tokens["reserved"] == 0 and state["open_reservations"] == 0
+        for resource, granted in state["granted"].items():
+            assert state["committed"].get(resource, 0) + state["released"].get(
+                resource, 0
+            ) == pytest.approx(granted)
+
+
+async def test_one_tenant_exhausting_its_budget_changes_nothing_for_another(governed) -> None:
+    p = policy(
+        """
+tenants:
+  default: { quotas: { max_tokens: 300 } }
+tools: { spend: { estimate: { tokens: 100 } } }
+"""
+    )
+    async with governed(p, WORKFLOWS, ACTIVITIES) as g:
+        with attribution(tenant="acme"), pytest.raises(WorkflowFailureError) as failure:
+            await g.run(Spender.run, Steps(tokens=[100] * 5))
+        assert BreachDetails.from_error(failure.value).scope == "tenant:acme"  # type: ignore[union-attr]
+        with attribution(tenant="globex"):
+            assert await g.run(Spender.run, Steps(tokens=[100] * 3)) == 3
+        state = await ledger_state(g)
+        assert counter(state, "tenant:acme", "tokens")["committed"] == 300
+        assert counter(state, "tenant:globex", "tokens")["committed"] == 300
+
+
+async def test_concurrency_limit_holds_slots_for_the_activity(governed) -> None:
+    p = policy(
+        """
+tools: { tracked: { max_concurrent_requests: 3 } }
+shared: { on_refusal: wait, max_wait: 20s }
+"""
+    )
+    IN_FLIGHT.update(now=0, max=0)
+    async with governed(p, WORKFLOWS, ACTIVITIES) as g:
+        assert await g.run(FanOut.run, 10) == 100
+        state = await ledger_state(g, "tool:tracked")
+    assert 1 <= IN_FLIGHT["max"] <= 3, f"max concurrent observed: {IN_FLIGHT['max']}"
+    assert counter(state, "tool:tracked", "concurrency")["reserved"] == 0
+
+
+async def test_windows_roll_over_and_wait_mode_waits_for_them(governed) -> None:
+    p = policy(
+        """
+tenants: { default: { quotas: { max_tokens_per_second: 200 } } }
+tools: { tracked: { estimate: { tokens: 100 } } }
+shared: { on_refusal: wait, max_wait: 30s }
+"""
+    )
+    async with governed(p, WORKFLOWS, ACTIVITIES) as g:
+        handle = await g.start(Paced.run, 6)
+        times = await handle.result()
+        snap = BudgetSnapshot.model_validate(await handle.query(BUDGET_QUERY))
+    # 6 x 100 tokens at 200 per one-second window: at least 3 windows, so >= 2 s of workflow time
+    assert times[-1] - times[0] >= 1.9
+    per_window: dict[int, int] = {}
+    for t in times:
+        per_window[int(t)] = per_window.get(int(t), 0) + 100
+    assert max(per_window.values()) <= 300  # a dispatch near a boundary may settle in the next
+    assert snap.event_count and any(e.kind == "wait" for e in snap.recent_events)
+
+
+async def test_terminate_on_shared_refusal_names_the_scope(governed) -> None:
+    p = policy(
+        "global: { max_tokens_per_minute: 250 }\ntools: { spend: { estimate: { tokens: 100 } } }"
+    )
+    async with governed(p, WORKFLOWS, ACTIVITIES) as g:
+        with pytest.raises(WorkflowFailureError) as failure:
+            await g.run(Spender.run, Steps(tokens=[100] * 5))
+        details = BreachDetails.from_error(failure.value)
+        assert details is not None
+        assert (details.scope, details.limit, details.ceiling) == (
+            "global",
+            "global.max_tokens_per_minute",
+            250,
+        )
+        assert details.committed == 200 and details.observed == 300
+
+
+async def test_budget_query_and_cli_show_shared_scopes(governed, env) -> None:
+    from click.testing import CliRunner
+
+    from temporal_governor.cli import main as cli
+
+    p = policy(
+        """
+tenants: { acme: { quotas: { max_tokens: 5000, max_tokens_per_minute: 4000 } } }
+tools: { spend: { estimate: { tokens: 100 } } }
+"""
+    )
+    async with governed(p, WORKFLOWS, ACTIVITIES) as g:
+        with attribution(tenant="acme"):
+            handle = await g.start(Spender.run, Steps(tokens=[70, 30]))
+        assert await handle.result() == 2
+        snap = BudgetSnapshot.model_validate(await handle.query(BUDGET_QUERY))
+        assert {limit.name for limit in snap.shared_limits} == {
+            "tenants.acme.quotas.max_tokens",
+            "tenants.acme.quotas.max_tokens_per_minute",
+        }
+        assert snap.shared_open == 0
+        address = env.client.service_client.config.target_host
+        args = [
+            "budget",
+            "--tenant",
+            "acme",
+            "--ledger-id",
+            p.shared.ledger_id,
+            "--address",
+            address,
+        ]
+        result = await asyncio.to_thread(CliRunner().invoke, cli, [*args, "--json"])
+        assert result.exit_code == 0, result.output
+        counters = {
+            (c["scope"], c["resource"], c["window_s"]): c
+            for c in json.loads(result.output)["counters"]
+        }
+        assert counters[("tenant:acme", "tokens", None)]["committed"] == 100
+        assert counters[("tenant:acme", "tokens", None)]["ceiling"] == 5000
+        assert counters[("tenant:acme", "tokens", 60.0)]["committed"] == 100
+        table = await asyncio.to_thread(CliRunner().invoke, cli, args, env={"COLUMNS": "200"})
+        assert table.exit_code == 0 and "tenant:acme" in table.output and "5,000" in table.output
+        other = await asyncio.to_thread(CliRunner().invoke, cli, [*args[:2], "nobody", *args[3:]])
+        assert other.exit_code == 1
