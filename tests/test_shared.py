@@ -58,6 +58,7 @@ tools: { spend: { estimate: { tokens: 100 } } }
         state = await ledger_state(g, "tenant:acme")
         tokens = counter(state, "tenant:acme", "tokens")
         assert tokens["committed"] <= 2000
+        assert tokens["committed"] >= 1500, "leases must not let one run starve the others"
         assert tokens["committed"] == pytest.approx(spent_by_runs)
         assert tokens["reserved"] == 0 and state["open_reservations"] == 0
         for resource, granted in state["granted"].items():
@@ -182,3 +183,25 @@ tools: { spend: { estimate: { tokens: 100 } } }
         assert table.exit_code == 0 and "tenant:acme" in table.output and "5,000" in table.output
         other = await asyncio.to_thread(CliRunner().invoke, cli, [*args[:2], "nobody", *args[3:]])
         assert other.exit_code == 1
+
+
+async def test_leases_replace_per_dispatch_round_trips(governed) -> None:
+    body = """
+tenants: { default: { quotas: { max_tokens: 1_000_000 } } }
+tools: { spend: { estimate: { tokens: 100 } } }
+"""
+    calls = {}
+    for leases in (True, False):
+        p = policy(body + f"shared: {{ leases: {str(leases).lower()} }}\n")
+        async with governed(p, WORKFLOWS, ACTIVITIES) as g:
+            handle = await g.start(Spender.run, Steps(tokens=[50] * 10))
+            assert await handle.result() == 10
+            history = await handle.fetch_history()
+            calls[leases] = sum(
+                1 for e in history.events if e.HasField("marker_recorded_event_attributes")
+            )
+            state = await ledger_state(g)
+            assert counter(state, "tenant:default", "tokens")["committed"] == 500
+            assert state["open_reservations"] == 0
+    assert calls[False] == 20  # a reserve and a settle per dispatch
+    assert calls[True] == 2  # one lease, settled when the run ends

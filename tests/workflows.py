@@ -285,3 +285,41 @@ class ChangedPlanner:
     async def run(self, request: Any) -> Any:
         await workflow.execute_activity("vector-search", "first", **_T)
         return None
+
+
+# --- added for test_shared_processes ---
+
+SLOW_SPEND_SECONDS = 0.0
+"""How long `slow_spend` sleeps after reporting (tests/worker_process.py sets it)."""
+
+
+@activity.defn(name="slow_spend")
+async def slow_spend(tokens: int) -> int:
+    """Reports `tokens`, then heartbeats while it sleeps; returns the attempt number."""
+    report_usage(output_tokens=tokens)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SLOW_SPEND_SECONDS
+    while True:
+        activity.heartbeat()
+        left = deadline - loop.time()
+        if left <= 0:
+            return activity.info().attempt
+        await asyncio.sleep(min(0.2, left))
+
+
+@workflow.defn
+class SlowSpender:
+    """Calls `slow_spend` by name; a dead worker's attempt is retried after 2 s of silence."""
+
+    @workflow.run
+    async def run(self, tokens: int) -> int:
+        return await workflow.execute_activity(
+            "slow_spend",
+            tokens,
+            result_type=int,
+            start_to_close_timeout=timedelta(seconds=60),
+            heartbeat_timeout=timedelta(seconds=2),
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(milliseconds=100), maximum_attempts=5
+            ),
+        )

@@ -286,6 +286,15 @@ class SharedSettings(BaseModel):
     reservation_ttl: WaitSeconds = 600.0
     """A reservation not settled within this time is released by the ledger (a run that
     died without releasing)."""
+    leases: bool = Field(default=True, strict=True)
+    """Reserve chunks of shared budget (leases) and reserve against them locally, instead
+    of one ledger round trip per dispatch; concurrency limits are always per dispatch."""
+    lease_dispatches: PositiveInt = 20
+    """A lease asks for this many dispatches' worth of their estimate (the ledger grants
+    at most a fair share of what is left, and at least one dispatch's worth)."""
+    lease_max_share: Fraction = 0.1
+    """The largest fraction of a scope's remaining budget one lease may take, so that one
+    busy run cannot starve the others."""
     continue_as_new_after: PositiveInt = 2000
     """The ledger continues as new after this many updates, carrying its state."""
 

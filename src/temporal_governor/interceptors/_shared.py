@@ -1,7 +1,19 @@
-"""A governed run's side of the shared ledger: reserve, settle and release across runs."""
+"""A governed run's side of the shared ledger: reserve, settle and release across runs.
+
+Two ways to reserve in shared scopes:
+
+- **per dispatch**: one ``reserve`` update before the dispatch and one ``settle`` after;
+  always used for concurrency limits (a slot is held for exactly one dispatch);
+- **leases** (policy ``shared.leases``, on by default): the run reserves a chunk of the
+  scopes' budget once (``shared.lease_dispatches`` times the dispatch's estimate, never
+  more than a fair share of what is left) and reserves against it locally, with no round
+  trip; the lease is settled with what was really used when it runs out, ages, or the run
+  ends. The scopes' ceilings still hold exactly, because a lease is a reservation.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +37,36 @@ _CALL_RETRY = RetryPolicy(
 _DEFAULT_RETRY_S = 0.5
 
 
+@dataclass
+class _Lease:
+    """A chunk of shared budget held by this run, reserved against locally."""
+
+    ledger_key: str
+    granted: dict[str, float]
+    taken_at: float
+    used: dict[str, float] = field(default_factory=dict)
+    held: dict[str, float] = field(default_factory=dict)
+    dispatches: int = 0
+    retired: bool = False
+
+    def fits(self, wanted: dict[str, float]) -> bool:
+        return all(
+            self.granted.get(r, 0.0) - self.used.get(r, 0.0) - self.held.get(r, 0.0) >= v - 1e-9
+            for r, v in wanted.items()
+        )
+
+
+@dataclass
+class Ticket:
+    """What one dispatch holds in the shared scopes, to settle when it ends."""
+
+    lease: _Lease | None = None
+    leased: dict[str, float] = field(default_factory=dict)
+    ledger_key: str | None = None
+    per_dispatch: tuple[str, ...] = ()
+    """Resources reserved per dispatch (settled with their actual, concurrency with 0)."""
+
+
 class SharedBudget:
     """Reservations of one run in the scopes shared across runs (tenant, agent, tool ...)."""
 
@@ -33,7 +75,10 @@ class SharedBudget:
         self.settings = run.policy.shared
         self.open: set[str] = set()
         self._limits: dict[str | None, list[SharedLimit]] = {}
+        self._leases: dict[tuple[str, ...], _Lease] = {}
+        self._retired: list[_Lease] = []
         self._owner = f"{run.info.workflow_id}/{run.info.run_id}"
+        self._calls = 0
 
     def limits_for(self, tool: str | None) -> list[SharedLimit]:
         """The shared limits of a dispatch of this run (``tool`` None for a child)."""
@@ -56,6 +101,8 @@ class SharedBudget:
                 seen.setdefault(f"{limit.counter}|{limit.name}", limit)
         return list(seen.values())
 
+    # -- ledger calls -------------------------------------------------------------------
+
     async def _call(self, update: str, request: dict[str, Any], update_id: str) -> Any:
         call = LedgerCall(
             ledger_id=self.settings.ledger_id,
@@ -71,40 +118,40 @@ class SharedBudget:
             retry_policy=_CALL_RETRY,
         )
 
-    async def reserve(
-        self, key: str, limits: list[SharedLimit], amounts: dict[str, float], dispatch: str
-    ) -> str:
-        """Reserve in every shared scope or none; wait or halt on refusal as the policy says.
-
-        Returns:
-            The ledger key of the reservation, to settle it with.
-        """
+    async def _reserve(
+        self,
+        key: str,
+        limits: list[SharedLimit],
+        wanted: dict[str, float],
+        dispatch: str,
+        lease_of: int = 0,
+    ) -> tuple[str, dict[str, float]]:
+        """One reservation in the ledger, waiting or halting on refusal as the policy says."""
         waited = 0.0
-        attempt = 0
-        needed: set[str] = {limit.resource for limit in limits}
-        wanted: dict[str, float] = {r: float(amounts.get(r, 0.0)) for r in needed}
         while True:
-            attempt += 1
-            ledger_key = f"{self._owner}/{key}#{attempt}"
-            request = {
+            self._calls += 1
+            ledger_key = f"{self._owner}/{key}#{self._calls}"
+            request: dict[str, Any] = {
                 "key": ledger_key,
                 "run": self._owner,
-                "amounts": wanted,
+                "amounts": {r: v * max(lease_of, 1) for r, v in wanted.items()},
                 "limits": [limit.model_dump(mode="json") for limit in limits],
                 "ttl_s": self.settings.reservation_ttl,
             }
+            if lease_of:
+                request["minimum"] = wanted
+                request["max_share"] = self.settings.lease_max_share
             result = ReserveResult.model_validate(
                 await self._call("reserve", request, f"reserve:{ledger_key}")
             )
             if result.granted:
                 self.open.add(ledger_key)
-                return ledger_key
+                return ledger_key, result.amounts
             refusal = result.refusal
             assert refusal is not None
             left = self.settings.max_wait - waited
             if self.settings.on_refusal == "wait" and left > 0:
-                pause = min(left, refusal.retry_after_s or _DEFAULT_RETRY_S)
-                pause = max(pause, 0.05)
+                pause = max(0.05, min(left, refusal.retry_after_s or _DEFAULT_RETRY_S))
                 self.run.note_wait(
                     key, refusal.limit, refusal.scope, refusal.observed, refusal.ceiling
                 )
@@ -119,22 +166,97 @@ class SharedBudget:
                     scope=refusal.scope,
                     observed=refusal.observed,
                     ceiling=refusal.ceiling,
-                    committed=refusal.observed - wanted.get(refusal.resource, 0.0),
+                    committed=refusal.committed,
                     overage=0.0,
                 ),
                 dispatch,
             )
 
-    async def settle(self, ledger_key: str, actual: dict[str, float]) -> None:
-        """Commit a dispatch's actual usage in the shared scopes and release the rest."""
+    async def _settle_key(self, ledger_key: str, actual: dict[str, float]) -> None:
         if ledger_key not in self.open:
             return
         self.open.discard(ledger_key)
         await self._call("settle", {"key": ledger_key, "actual": actual}, f"settle:{ledger_key}")
 
+    # -- the run's interface --------------------------------------------------------------
+
+    async def reserve(
+        self, key: str, limits: list[SharedLimit], amounts: dict[str, float], dispatch: str
+    ) -> Ticket:
+        """Reserve a dispatch in every shared scope that applies, or halt/wait.
+
+        Returns:
+            The ticket to settle when the dispatch ends.
+        """
+        ticket = Ticket()
+        per_dispatch = [lim for lim in limits if lim.resource == "concurrency"]
+        leasable = [lim for lim in limits if lim.resource != "concurrency"]
+        if leasable and not self.settings.leases:
+            per_dispatch, leasable = limits, []
+        if leasable:
+            wanted: dict[str, float] = {
+                lim.resource: float(amounts.get(lim.resource, 0.0)) for lim in leasable
+            }
+            signature = tuple(sorted(f"{lim.counter}|{lim.ceiling:g}" for lim in leasable))
+            lease = self._leases.get(signature)
+            now = temporalio.workflow.now().timestamp()
+            stale = lease is not None and now - lease.taken_at > self.settings.reservation_ttl / 2
+            if lease is None or stale or not lease.fits(wanted):
+                if lease is not None:
+                    await self._retire(signature, lease)
+                ledger_key, granted = await self._reserve(
+                    key, leasable, wanted, dispatch, lease_of=self.settings.lease_dispatches
+                )
+                lease = _Lease(ledger_key=ledger_key, granted=granted, taken_at=now)
+                self._leases[signature] = lease
+            for resource, value in wanted.items():
+                lease.held[resource] = lease.held.get(resource, 0.0) + value
+            lease.dispatches += 1
+            ticket.lease, ticket.leased = lease, wanted
+        if per_dispatch:
+            wanted = {
+                str(lim.resource): float(amounts.get(lim.resource, 0.0)) for lim in per_dispatch
+            }
+            ticket.per_dispatch = tuple(wanted)
+            try:
+                ticket.ledger_key, _ = await self._reserve(key, per_dispatch, wanted, dispatch)
+            except BaseException:
+                await self.settle(ticket, {})
+                raise
+        return ticket
+
+    async def settle(self, ticket: Ticket, actual: dict[str, float]) -> None:
+        """Commit a finished dispatch's usage in the shared scopes and release the rest."""
+        lease = ticket.lease
+        if lease is not None:
+            for resource, value in ticket.leased.items():
+                lease.held[resource] = lease.held.get(resource, 0.0) - value
+                lease.used[resource] = lease.used.get(resource, 0.0) + actual.get(resource, 0.0)
+            ticket.lease = None
+            if lease.retired and not any(v > 1e-9 for v in lease.held.values()):
+                await self._settle_key(lease.ledger_key, lease.used)
+        if ticket.ledger_key is not None:
+            key, ticket.ledger_key = ticket.ledger_key, None
+            await self._settle_key(
+                key, {r: actual.get(r, 0.0) for r in ticket.per_dispatch if r != "concurrency"}
+            )
+
+    async def _retire(self, signature: tuple[str, ...], lease: _Lease) -> None:
+        """Stop reserving against a lease; settle it once its dispatches have ended."""
+        self._leases.pop(signature, None)
+        lease.retired = True
+        if not any(v > 1e-9 for v in lease.held.values()):
+            await self._settle_key(lease.ledger_key, lease.used)
+        else:
+            self._retired.append(lease)
+
     async def release_all(self) -> None:
-        """Release every open reservation of the run (it is ending)."""
-        if not self.open:
-            return
-        self.open.clear()
-        await self._call("release_run", {"run": self._owner}, f"release_run:{self._owner}")
+        """Settle every lease with what was used, release everything else (the run ends)."""
+        for signature, lease in list(self._leases.items()):
+            await self._retire(signature, lease)
+        for lease in self._retired:
+            await self._settle_key(lease.ledger_key, lease.used)
+        self._retired.clear()
+        if self.open:
+            self.open.clear()
+            await self._call("release_run", {"run": self._owner}, f"release_run:{self._owner}")

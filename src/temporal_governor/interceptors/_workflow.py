@@ -36,6 +36,7 @@ from ..policy import Estimate, Policy
 from ..usage import Usage
 from ..workflows._ledger import LEDGER_WORKFLOW
 from ._run import BUDGET_QUERY, CHILD_KEY_PREFIX, GovernedRun
+from ._shared import Ticket
 from ._wire import attach_usage, take_failure_usage, take_usage, usage_marker
 
 _ActivityStart = StartActivityInput | StartLocalActivityInput
@@ -161,17 +162,17 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
         shared_amounts = {**wanted.nonzero(), "concurrency": 1.0}
 
         async def flow() -> Any:
-            ledger_key = await run.shared.reserve(
+            ticket = await run.shared.reserve(
                 key, limits, shared_amounts, f"activity {input.activity}"
             )
             try:
                 inner = start(input)
             except BaseException:
                 run.release(key)
-                await run.shared.settle(ledger_key, {})
+                await run.shared.settle(ticket, {})
                 raise
             handle.inner = inner
-            return await _settle(run, key, inner, ret_type, charge, ledger_key)
+            return await _settle(run, key, inner, ret_type, charge, ticket)
 
         handle = _GovernedActivityHandle(None, flow())
         return run.track(handle)
@@ -198,21 +199,21 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
         ret_type = input.ret_type
         input.ret_type = RawValue
         limits = run.shared.limits_for(None)
-        ledger_key = None
+        ticket = None
         try:
             if limits:
-                ledger_key = await run.shared.reserve(
+                ticket = await run.shared.reserve(
                     key, limits, {"subtasks": 1.0, "concurrency": 1.0}, f"child {input.workflow}"
                 )
             inner = await self.next.start_child_workflow(input)
         except BaseException:
             run.release(key)
-            if ledger_key is not None:
-                await run.shared.settle(ledger_key, {})
+            if ticket is not None:
+                await run.shared.settle(ticket, {})
             raise
 
         charge = functools.partial(_child_amounts, reserved=reserved)
-        settle = _settle(run, key, inner, ret_type, charge, ledger_key)
+        settle = _settle(run, key, inner, ret_type, charge, ticket)
         return run.track(_GovernedChildHandle(inner, settle))
 
     def continue_as_new(self, input: ContinueAsNewInput) -> Any:
@@ -232,11 +233,11 @@ async def _settle(
     inner: Awaitable[RawValue],
     ret_type: type | None,
     charge: Callable[[Usage | None], Amounts],
-    ledger_key: str | None = None,
+    ticket: Ticket | None = None,
 ) -> Any:
     """Await a dispatch, commit what it used (success, failure or cancel), return its result.
 
-    With a ``ledger_key`` the usage is also settled in the shared scopes.
+    With a shared-scope ``ticket`` the usage is also settled in the shared scopes.
     """
     actual: Amounts | None = None
     try:
@@ -257,9 +258,8 @@ async def _settle(
         run.commit(key, actual, usage.models if usage else None)
         return _decode(raw, ret_type)
     finally:
-        if ledger_key is not None and actual is not None and run.breach is None:
-            shared = actual.without("child_workflows")
-            await run.shared.settle(ledger_key, shared.nonzero())
+        if ticket is not None and actual is not None and run.breach is None:
+            await run.shared.settle(ticket, actual.nonzero())
 
 
 def _evicting() -> bool:

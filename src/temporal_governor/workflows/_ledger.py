@@ -42,6 +42,8 @@ class LedgerRefusal(BaseModel):
     observed: float
     """What the scope would hold with this reservation (committed + reserved + request)."""
     ceiling: float
+    committed: float = 0.0
+    """What the scope had committed (in the current window, for a windowed limit)."""
     retry_after_s: float | None = None
     """When a windowed limit's window rolls over, seconds from now."""
 
@@ -61,6 +63,8 @@ class ReserveRequest(BaseModel):
     """The reservation is released if not settled within this time."""
     minimum: dict[SharedResource, NonNegativeFloat] | None = None
     """For a lease: grant as much of ``amounts`` as a fair share allows, at least this."""
+    max_share: float = Field(default=0.1, gt=0, le=1)
+    """For a lease: the largest fraction of what is left that one lease may take."""
 
 
 class ReserveResult(BaseModel):
@@ -327,6 +331,7 @@ class GovernorLedger:
                         resource=limit.resource,
                         observed=observed,
                         ceiling=limit.ceiling,
+                        committed=counter.committed,
                         retry_after_s=retry,
                     ),
                 )
@@ -361,7 +366,7 @@ class GovernorLedger:
                 for r in self.state.reservations.values()
                 if r.lease and limit.counter in r.counters
             )
-            fair = max(left / holders, minimum.get(limit.resource, 0.0))
+            fair = max(min(left / holders, left * req.max_share), minimum.get(limit.resource, 0.0))
             grant[limit.resource] = min(grant.get(limit.resource, 0.0), fair)
         return grant
 

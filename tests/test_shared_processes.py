@@ -1,0 +1,391 @@
+"""The ledger across worker processes: racing workers, a killed worker, hostile updates.
+
+Workers run as separate OS processes (tests/worker_process.py), so the only thing they
+share is the ledger entity workflow on the dev server. Every test has its own task queue
+and its own ledger id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import pytest
+import yaml
+from temporalio.api.enums.v1 import EventType, PendingActivityState
+from temporalio.client import (
+    Client,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+
+from conftest import RECORDED, Recorded
+from temporal_governor import (
+    BUDGET_QUERY,
+    BreachDetails,
+    BudgetSnapshot,
+    GovernorPlugin,
+    Policy,
+    attribution,
+)
+from temporal_governor.workflows._ledger import MALFORMED_UPDATE
+from workflows import ALL_ACTIVITIES, ALL_WORKFLOWS, SlowSpender, Spender, Steps
+
+WORKER = Path(__file__).resolve().parent / "worker_process.py"
+ROOT = WORKER.parents[1]
+PROCESS_WORKFLOWS = [*ALL_WORKFLOWS, SlowSpender]
+READY_TIMEOUT = 30.0
+T = TypeVar("T")
+
+
+async def bounded(awaitable: Awaitable[T], seconds: float = 15.0) -> T:
+    return await asyncio.wait_for(awaitable, seconds)
+
+
+def write_policy(tmp_path: Path, data: dict[str, Any]) -> tuple[Path, Policy, str]:
+    """A policy file with a ledger of its own; returns its path, the policy, the ledger id."""
+    ledger_id = f"ledger-{uuid.uuid4().hex[:12]}"
+    data = {**data, "shared": {**data.get("shared", {}), "ledger_id": ledger_id}}
+    path = tmp_path / f"policy-{ledger_id}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path, Policy.from_yaml(path), ledger_id
+
+
+class WorkerProcesses:
+    """Governed workers in OS processes of their own; `close()` leaves none behind."""
+
+    def __init__(self, env: WorkflowEnvironment, task_queue: str, policy_file: Path) -> None:
+        self.address = env.client.service_client.config.target_host
+        self.namespace = env.client.namespace
+        self.task_queue = task_queue
+        self.policy_file = policy_file
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: list[IO[bytes]] = []
+
+    async def start(self, slow_activity_seconds: float = 0.0) -> subprocess.Popen[bytes]:
+        log_path = self.policy_file.parent / f"worker-{len(self.procs)}.log"
+        log = log_path.open("wb")
+        self.logs.append(log)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(WORKER),
+                "--address",
+                self.address,
+                "--namespace",
+                self.namespace,
+                "--task-queue",
+                self.task_queue,
+                "--policy-file",
+                str(self.policy_file),
+                "--slow-activity-seconds",
+                str(slow_activity_seconds),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
+        self.procs.append(proc)
+        assert proc.stdout is not None
+        try:
+            line = await bounded(asyncio.to_thread(proc.stdout.readline), READY_TIMEOUT)
+        except TimeoutError:
+            line = b""
+        if line.strip() != b"ready":
+            proc.kill()
+            log.flush()
+            raise AssertionError(f"worker process did not start:\n{log_path.read_text()[-3000:]}")
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        for log in self.logs:
+            log.close()
+
+
+def governed_client(env: WorkflowEnvironment, policy: Policy) -> Client:
+    return Client(
+        env.client.service_client,
+        namespace=env.client.namespace,
+        plugins=[GovernorPlugin(policy)],
+    )
+
+
+def new_task_queue(policy: Policy) -> str:
+    task_queue = f"tq-procs-{uuid.uuid4()}"
+    RECORDED.append(Recorded(task_queue, policy, PROCESS_WORKFLOWS))
+    return task_queue
+
+
+async def ledger_state(client: Client, ledger_id: str, scope: str = "") -> dict[str, Any]:
+    return await bounded(client.get_workflow_handle(ledger_id).query("state", scope))
+
+
+def counter(state: dict[str, Any], scope: str, resource: str) -> dict[str, Any]:
+    return next(c for c in state["counters"] if c["scope"] == scope and c["resource"] == resource)
+
+
+def assert_balanced(state: dict[str, Any]) -> None:
+    """Everything ever granted was committed or released, nothing is held."""
+    assert state["open_reservations"] == 0
+    assert not any(state["reserved"].values())
+    for resource, granted in state["granted"].items():
+        settled = state["committed"].get(resource, 0.0) + state["released"].get(resource, 0.0)
+        assert settled == pytest.approx(granted), resource
+
+
+async def committed_tokens(handle: WorkflowHandle[Any, Any]) -> float:
+    snapshot = BudgetSnapshot.model_validate(await bounded(handle.query(BUDGET_QUERY)))
+    return snapshot.committed.get("tokens", 0.0)
+
+
+async def activity_identities(handle: WorkflowHandle[Any, Any]) -> set[str]:
+    history = await bounded(handle.fetch_history())
+    return {
+        event.activity_task_started_event_attributes.identity
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+    }
+
+
+async def test_fifty_runs_on_two_worker_processes_never_overspend_a_tenant(
+    env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    policy_file, policy, ledger_id = write_policy(
+        tmp_path,
+        {
+            "tenants": {"acme": {"quotas": {"max_tokens": 3000}}},
+            "tools": {"spend": {"estimate": {"tokens": 100}}},
+        },
+    )
+    task_queue = new_task_queue(policy)
+    client = governed_client(env, policy)
+    workers = WorkerProcesses(env, task_queue, policy_file)
+    try:
+        procs = await asyncio.gather(workers.start(), workers.start())
+        with attribution(tenant="acme"):
+            handles = await bounded(
+                asyncio.gather(
+                    *(
+                        client.start_workflow(
+                            Spender.run,
+                            Steps(tokens=[100] * 3),
+                            id=f"spender-{i}-{uuid.uuid4()}",
+                            task_queue=task_queue,
+                        )
+                        for i in range(50)
+                    )
+                )
+            )
+        outcomes = await bounded(
+            asyncio.gather(*(h.result() for h in handles), return_exceptions=True), 45
+        )
+
+        completed = [o for o in outcomes if o == 3]
+        refused = [o for o in outcomes if isinstance(o, WorkflowFailureError)]
+        assert len(completed) + len(refused) == 50, [
+            o for o in outcomes if o != 3 and not isinstance(o, WorkflowFailureError)
+        ]
+        assert refused, "demand (15,000) is five times the ceiling: runs must be halted"
+        assert len(completed) <= 10
+        for failure in refused:
+            details = BreachDetails.from_error(failure)
+            assert details is not None
+            assert details.scope == "tenant:acme"
+            assert details.limit == "tenants.acme.quotas.max_tokens"
+
+        by_runs = await bounded(asyncio.gather(*(committed_tokens(h) for h in handles)))
+        state = await ledger_state(client, ledger_id, "tenant:acme")
+        tokens = counter(state, "tenant:acme", "tokens")
+        assert tokens["committed"] <= 3000
+        assert tokens["committed"] == pytest.approx(sum(by_runs))
+        assert tokens["reserved"] == pytest.approx(0, abs=1e-6)
+        assert_balanced(state)
+
+        identities: set[str] = set()
+        for found in await bounded(asyncio.gather(*(activity_identities(h) for h in handles))):
+            identities |= found
+        pids = {identity.split("@")[0] for identity in identities}
+        assert pids == {str(proc.pid) for proc in procs}, identities
+    finally:
+        workers.close()
+
+
+async def test_worker_killed_mid_activity_leaves_an_exact_ledger(
+    env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    reported = 250
+    policy_file, policy, ledger_id = write_policy(
+        tmp_path,
+        {
+            "tenants": {"acme": {"quotas": {"max_tokens": 10_000}}},
+            "tools": {"slow_spend": {"estimate": {"tokens": 1000}}},
+        },
+    )
+    task_queue = new_task_queue(policy)
+    client = governed_client(env, policy)
+    workers = WorkerProcesses(env, task_queue, policy_file)
+    try:
+        doomed = await workers.start(slow_activity_seconds=60)
+        with attribution(tenant="acme"):
+            handle = await bounded(
+                client.start_workflow(
+                    SlowSpender.run,
+                    reported,
+                    id=f"slow-{uuid.uuid4()}",
+                    task_queue=task_queue,
+                )
+            )
+
+        async def reported_and_sleeping() -> None:
+            # the first heartbeat comes after report_usage: the attempt has spent
+            while True:
+                description = await handle.describe()
+                for pending in description.raw_description.pending_activities:
+                    if (
+                        pending.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+                        and pending.HasField("last_heartbeat_time")
+                    ):
+                        return
+                await asyncio.sleep(0.1)
+
+        await bounded(reported_and_sleeping(), 20)
+        held = await ledger_state(client, ledger_id, "tenant:acme")
+        assert held["open_reservations"] >= 1
+        assert counter(held, "tenant:acme", "tokens")["reserved"] >= 1000, "the estimate is held"
+
+        doomed.kill()
+        doomed.wait(timeout=5)
+        await workers.start(slow_activity_seconds=0)
+        attempt = await bounded(handle.result(), 30)
+        assert attempt >= 2, "the killed attempt was retried on the other worker"
+
+        by_run = await committed_tokens(handle)
+        state = await ledger_state(client, ledger_id, "tenant:acme")
+        tokens = counter(state, "tenant:acme", "tokens")
+        # what it reported, never twice: the dead attempt's usage is unknown to anybody
+        # (not counted) or, at most, counted once
+        assert tokens["committed"] in (pytest.approx(reported), pytest.approx(2 * reported))
+        assert tokens["committed"] == pytest.approx(by_run)
+        assert tokens["reserved"] == pytest.approx(0, abs=1e-6)
+        assert_balanced(state)
+    finally:
+        workers.close()
+
+
+def _limit(resource: str = "tokens", **override: Any) -> dict[str, Any]:
+    return {
+        "name": f"tenants.acme.quotas.max_{resource}",
+        "scope": "tenant:acme",
+        "resource": resource,
+        "ceiling": 1000.0,
+        **override,
+    }
+
+
+def _reserve(**override: Any) -> dict[str, Any]:
+    return {
+        "key": "client/k1",
+        "run": "client/run",
+        "amounts": {"tokens": 10.0},
+        "limits": [_limit()],
+        "ttl_s": 60.0,
+        **override,
+    }
+
+
+MALFORMED: list[tuple[str, str, Any]] = [
+    ("missing key", "reserve", {k: v for k, v in _reserve().items() if k != "key"}),
+    ("empty key", "reserve", _reserve(key="")),
+    ("missing run", "reserve", {k: v for k, v in _reserve().items() if k != "run"}),
+    ("negative amount", "reserve", _reserve(amounts={"tokens": -5.0})),
+    ("unknown resource", "reserve", _reserve(amounts={"gold": 1.0})),
+    ("limit on an unreserved resource", "reserve", _reserve(limits=[_limit("cost_usd")])),
+    ("amount as text", "reserve", _reserve(amounts={"tokens": "lots"})),
+    ("amounts as a list", "reserve", _reserve(amounts=[10])),
+    ("limits not a list", "reserve", _reserve(limits="tenant:acme")),
+    ("limit without ceiling", "reserve", _reserve(limits=[{**_limit(), "ceiling": None}])),
+    ("unknown field", "reserve", _reserve(sneaky=True)),
+    ("zero ttl", "reserve", _reserve(ttl_s=0)),
+    ("settle without key", "settle", {"actual": {"tokens": 1.0}}),
+    ("settle negative actual", "settle", {"key": "client/k1", "actual": {"tokens": -1.0}}),
+    ("release_run without run", "release_run", {}),
+    ("release_run wrong type", "release_run", {"run": 42}),
+]
+
+
+async def test_malformed_or_unknown_ledger_update_is_rejected_and_changes_nothing(
+    env: WorkflowEnvironment, governed: Any
+) -> None:
+    policy = Policy.from_dict(
+        {
+            "tenants": {"acme": {"quotas": {"max_tokens": 1000}}},
+            "tools": {"spend": {"estimate": {"tokens": 100}}},
+            "shared": {"ledger_id": f"ledger-{uuid.uuid4().hex[:12]}"},
+        }
+    )
+    ledger_id = policy.shared.ledger_id
+    async with governed(policy, ALL_WORKFLOWS, ALL_ACTIVITIES) as g:
+        with attribution(tenant="acme"):
+            assert await bounded(g.run(Spender.run, Steps(tokens=[70]))) == 1
+        ledger = g.client.get_workflow_handle(ledger_id)
+        before = await ledger_state(g.client, ledger_id)
+        assert counter(before, "tenant:acme", "tokens")["committed"] == 70
+        assert_balanced(before)
+
+        for what, update, request in MALFORMED:
+            with pytest.raises(WorkflowUpdateFailedError) as rejected:
+                await bounded(ledger.execute_update(update, request, id=f"bad-{uuid.uuid4()}"))
+            cause = rejected.value.cause
+            assert isinstance(cause, ApplicationError), what
+            assert cause.type == MALFORMED_UPDATE, what
+        # rejected by the SDK before any validator runs: an argument that does not convert
+        # to the handler's parameter, and an update name the ledger does not have
+        for update, request in (("reserve", "reserve everything"), ("spend_it_all", _reserve())):
+            with pytest.raises((WorkflowUpdateFailedError, RPCError)):
+                await bounded(ledger.execute_update(update, request, id=f"bad-{uuid.uuid4()}"))
+        assert await ledger_state(g.client, ledger_id) == before
+
+        # the same update id twice counts once (Temporal deduplicates it) ...
+        first = await bounded(ledger.execute_update("reserve", _reserve(), id="same"))
+        second = await bounded(ledger.execute_update("reserve", _reserve(), id="same"))
+        assert first == second
+        assert first["granted"] and first["amounts"] == {"tokens": 10.0}
+        # ... and so does the same key under another update id (the ledger remembers it)
+        again = await bounded(ledger.execute_update("reserve", _reserve(), id="same-key"))
+        assert again["granted"] and again["duplicate"]
+        held = await ledger_state(g.client, ledger_id)
+        assert held["open_reservations"] == before["open_reservations"] + 1
+        assert held["reserved"] == {"tokens": 10.0}
+        assert counter(held, "tenant:acme", "tokens")["reserved"] == 10.0
+        assert held["granted"]["tokens"] == before["granted"]["tokens"] + 10.0
+
+        settle = {"key": "client/k1", "actual": {"tokens": 4.0}}
+        done = await bounded(ledger.execute_update("settle", settle, id="settle-same"))
+        assert done["settled"] and done["released"] == {"tokens": 6.0}
+        await bounded(ledger.execute_update("settle", settle, id="settle-same"))
+        late = await bounded(ledger.execute_update("settle", settle, id="settle-again"))
+        assert not late["settled"]
+        after = await ledger_state(g.client, ledger_id)
+        assert counter(after, "tenant:acme", "tokens")["committed"] == 74
+        assert after["committed"]["tokens"] == before["committed"]["tokens"] + 4.0
+        assert_balanced(after)

@@ -1,0 +1,69 @@
+"""A governed worker in an OS process of its own, for tests/test_shared_processes.py.
+
+    python tests/worker_process.py --address A --task-queue Q --policy-file P
+        [--namespace N] [--slow-activity-seconds S]
+
+Connects with ``GovernorPlugin(Policy.from_yaml(P))``, runs a worker with the workflows
+and activities of tests/workflows.py, prints ``ready`` on stdout once the worker polls,
+and runs until SIGTERM or SIGINT (SIGKILL, of course, stops it mid-flight).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # make `workflows` importable
+
+import workflows  # noqa: E402
+from temporalio.client import Client  # noqa: E402
+from temporalio.worker import Worker  # noqa: E402
+
+from temporal_governor import GovernorPlugin, Policy  # noqa: E402
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--namespace", default="default")
+    parser.add_argument("--task-queue", required=True)
+    parser.add_argument("--policy-file", required=True)
+    parser.add_argument(
+        "--slow-activity-seconds",
+        type=float,
+        default=0.0,
+        help="how long `slow_spend` sleeps (heartbeating) after it reported its usage",
+    )
+    return parser.parse_args(argv)
+
+
+async def main(argv: list[str] | None = None) -> None:
+    args = _arguments(argv)
+    workflows.SLOW_SPEND_SECONDS = args.slow_activity_seconds
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    client = await Client.connect(
+        args.address,
+        namespace=args.namespace,
+        plugins=[GovernorPlugin(Policy.from_yaml(args.policy_file))],
+    )
+    async with Worker(
+        client,
+        task_queue=args.task_queue,
+        workflows=[*workflows.ALL_WORKFLOWS, workflows.SlowSpender],
+        activities=[*workflows.ALL_ACTIVITIES, workflows.slow_spend],
+        # a killed peer's sticky queue is given up quickly, so its runs move on
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
+    ):
+        print("ready", flush=True)
+        await stop.wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
