@@ -9,6 +9,7 @@ import uuid
 import pytest
 import yaml
 from temporalio.client import WorkflowFailureError
+from temporalio.service import RPCError
 
 from shared_workflows import IN_FLIGHT, SHARED_ACTIVITIES, SHARED_WORKFLOWS, FanOut, Paced
 from temporal_governor import BUDGET_QUERY, BreachDetails, BudgetSnapshot, Policy, attribution
@@ -205,3 +206,32 @@ tools: { spend: { estimate: { tokens: 100 } } }
             assert state["open_reservations"] == 0
     assert calls[False] == 20  # a reserve and a settle per dispatch
     assert calls[True] == 2  # one lease, settled when the run ends
+
+
+async def test_max_concurrent_tasks_limits_runs_at_once(governed) -> None:
+    from workflows import Nap, Napper
+
+    p = policy(
+        """
+tenants: { acme: { quotas: { max_concurrent_tasks: 2 } } }
+shared: { on_refusal: wait, max_wait: 30s }
+"""
+    )
+    async with governed(p, WORKFLOWS, ACTIVITIES) as g:
+        with attribution(tenant="acme"):
+            handles = [await g.start(Napper.run, Nap(seconds=0.5)) for _ in range(5)]
+        seen = 0.0
+        done = asyncio.gather(*(h.result() for h in handles))
+        while not done.done():
+            try:
+                state = await ledger_state(g, "tenant:acme")
+            except RPCError:  # the first run has not started the ledger yet
+                state = {"counters": []}
+            slots = [c for c in state["counters"] if c["resource"] == "concurrency"]
+            if slots:
+                seen = max(seen, slots[0]["reserved"])
+            await asyncio.sleep(0.05)
+        assert await done == ["awake"] * 5
+        state = await ledger_state(g, "tenant:acme")
+    assert seen == 2, f"most runs holding a slot at once: {seen}"
+    assert counter(state, "tenant:acme", "concurrency")["reserved"] == 0

@@ -48,18 +48,22 @@ class SharedLimit(BaseModel):
         return f"{self.scope}|{self.resource}|{window}"
 
 
+Dispatch = Literal["run", "activity", "child"]
+
+
 def _quota_limits(
-    policy: Policy, quotas: SharedQuotas, scope: str, path: str
+    policy: Policy, quotas: SharedQuotas, scope: str, path: str, kind: Dispatch
 ) -> Iterator[SharedLimit]:
-    for resource in ("tokens", "cost_usd", "tool_calls"):
-        for suffix, window in WINDOWS.items():
-            field = f"max_{resource}{suffix}"
-            spec = getattr(quotas, field)
-            if spec is not None:
-                yield _limit(policy, spec, f"{path}.{field}", scope, resource, window)
-    if quotas.max_subtasks is not None:
+    if kind == "activity":
+        for resource in ("tokens", "cost_usd", "tool_calls"):
+            for suffix, window in WINDOWS.items():
+                field = f"max_{resource}{suffix}"
+                spec = getattr(quotas, field)
+                if spec is not None:
+                    yield _limit(policy, spec, f"{path}.{field}", scope, resource, window)
+    if kind == "child" and quotas.max_subtasks is not None:
         yield _limit(policy, quotas.max_subtasks, f"{path}.max_subtasks", scope, "subtasks", None)
-    if quotas.max_concurrent_tasks is not None:
+    if kind == "run" and quotas.max_concurrent_tasks is not None:
         yield _limit(
             policy,
             quotas.max_concurrent_tasks,
@@ -95,22 +99,31 @@ def shared_limits(
     owner: str | None,
     agent: str,
     tool: str | None,
+    kind: Dispatch | None = None,
 ) -> list[SharedLimit]:
-    """Every shared limit that applies to a dispatch.
+    """Every shared limit that applies to a run's start or to one of its dispatches.
+
+    A run's start takes a concurrency slot (``max_concurrent_tasks``: runs at once); an
+    activity reserves tokens, cost and tool calls (and a tool's concurrency); a child
+    workflow reserves a subtask.
 
     Args:
         policy: The policy.
-        tenant: The tenant the dispatching run is attributed to.
+        tenant: The tenant the run is attributed to.
         owner: Its owner, if any.
-        agent: The dispatching run's workflow type.
-        tool: The activity type for an activity dispatch, ``None`` for a child workflow.
+        agent: The run's workflow type.
+        tool: The activity type for an activity dispatch.
+        kind: ``run``, ``activity`` or ``child``; by default ``activity`` when ``tool`` is
+            given, else ``child``.
 
     Returns:
         The limits, global first, then tenant, owner, agent and tool.
     """
+    if kind is None:
+        kind = "activity" if tool is not None else "child"
     limits: list[SharedLimit] = []
     glob = policy.global_
-    if glob.max_concurrent_tasks is not None:
+    if kind == "run" and glob.max_concurrent_tasks is not None:
         limits.append(
             SharedLimit(
                 name="global.max_concurrent_tasks",
@@ -124,7 +137,7 @@ def shared_limits(
         ("max_tool_calls_per_minute", "tool_calls"),
     ):
         value = getattr(glob, field)
-        if value is not None:
+        if kind == "activity" and value is not None:
             limits.append(
                 SharedLimit(
                     name=f"global.{field}",
@@ -138,7 +151,7 @@ def shared_limits(
     entry = policy.tenants.get(entry_name)
     if entry is not None:
         limits += _quota_limits(
-            policy, entry.quotas, f"tenant:{tenant}", f"tenants.{entry_name}.quotas"
+            policy, entry.quotas, f"tenant:{tenant}", f"tenants.{entry_name}.quotas", kind
         )
         if owner is not None:
             limits += _quota_limits(
@@ -146,8 +159,9 @@ def shared_limits(
                 entry.per_owner,
                 f"owner:{tenant}/{owner}",
                 f"tenants.{entry_name}.per_owner",
+                kind,
             )
-    agent_entry = policy.agent_for(agent)
+    agent_entry = policy.agent_for(agent) if kind == "activity" else None
     if agent_entry is not None:
         name, agent_policy = agent_entry
         for field, resource in (
@@ -166,7 +180,7 @@ def shared_limits(
                         60.0,
                     )
                 )
-    tool_entry = policy.tool_for(tool) if tool is not None else None
+    tool_entry = policy.tool_for(tool) if tool is not None and kind == "activity" else None
     if tool_entry is not None:
         name, tool_policy = tool_entry
         if tool_policy.max_qps is not None:

@@ -22,7 +22,7 @@ from temporalio.common import RetryPolicy
 
 from ..accounting import Refusal
 from ..activities._ledger import LEDGER_ACTIVITY, LedgerCall
-from ..scopes import SharedLimit, shared_limits
+from ..scopes import Dispatch, SharedLimit, shared_limits
 from ..workflows._ledger import ReserveResult
 
 if TYPE_CHECKING:
@@ -74,24 +74,26 @@ class SharedBudget:
         self.run = run
         self.settings = run.policy.shared
         self.open: set[str] = set()
-        self._limits: dict[str | None, list[SharedLimit]] = {}
+        self._limits: dict[str, list[SharedLimit]] = {}
         self._leases: dict[tuple[str, ...], _Lease] = {}
         self._retired: list[_Lease] = []
         self._owner = f"{run.info.workflow_id}/{run.info.run_id}"
         self._calls = 0
 
-    def limits_for(self, tool: str | None) -> list[SharedLimit]:
-        """The shared limits of a dispatch of this run (``tool`` None for a child)."""
-        if tool not in self._limits:
+    def limits_for(self, tool: str | None, kind: Dispatch | None = None) -> list[SharedLimit]:
+        """The shared limits of the run's start (``kind="run"``) or of a dispatch."""
+        cache_key = f"{kind or ''}:{tool or ''}"
+        if cache_key not in self._limits:
             attribution = self.run.context.attribution
-            self._limits[tool] = shared_limits(
+            self._limits[cache_key] = shared_limits(
                 self.run.policy,
                 tenant=attribution.tenant,
                 owner=attribution.owner,
                 agent=self.run.agent,
                 tool=tool,
+                kind=kind,
             )
-        return self._limits[tool]
+        return self._limits[cache_key]
 
     def applied(self) -> list[SharedLimit]:
         """Every shared limit seen so far, once each."""

@@ -80,6 +80,10 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
             temporalio.workflow.upsert_search_attributes(
                 [TENANT_ATTRIBUTE.value_set(context.attribution.tenant), _state("running")]
             )
+        run_limits = run.shared.limits_for(None, kind="run")
+        if run_limits:
+            # a concurrency slot for the run itself (max_concurrent_tasks), before its code runs
+            await run.shared.reserve("run", run_limits, {"concurrency": 1.0}, "run start")
         main = asyncio.ensure_future(self.next.execute_workflow(input))
         main.add_done_callback(_retrieve)
         try:
