@@ -300,12 +300,7 @@ class GovernedRun:
 
     def _halt_again(self, dispatch: str) -> BudgetExceeded:
         assert self.breach is not None
-        details = self.breach.breach.model_copy(update={"dispatch": dispatch})
-        return (
-            type(self.breach)(details)
-            if isinstance(self.breach, RunawayLoop)
-            else BudgetExceeded(details)
-        )
+        return self._error(self.breach.breach.model_copy(update={"dispatch": dispatch}))
 
     def _details(self, refusal: Refusal, dispatch: str) -> BreachDetails:
         return BreachDetails(
@@ -325,12 +320,13 @@ class GovernedRun:
     def final_error(self) -> BudgetExceeded:
         """The breach to fail the run with, its spend brought up to date."""
         assert self.breach is not None
-        details = self.breach.breach.model_copy(update={"spent": self.ledger.committed.nonzero()})
-        return (
-            RunawayLoop(details)
-            if isinstance(self.breach, RunawayLoop)
-            else BudgetExceeded(details)
-        )
+        spent = self.ledger.committed.nonzero()
+        return self._error(self.breach.breach.model_copy(update={"spent": spent}))
+
+    def _error(self, details: BreachDetails) -> BudgetExceeded:
+        """A fresh error of the same kind as the run's breach."""
+        loop = isinstance(self.breach, RunawayLoop)
+        return RunawayLoop(details) if loop else BudgetExceeded(details)
 
     # -- reporting ------------------------------------------------------------------------
 
