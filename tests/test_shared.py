@@ -235,3 +235,53 @@ shared: { on_refusal: wait, max_wait: 30s }
         state = await ledger_state(g, "tenant:acme")
     assert seen == 2, f"most runs holding a slot at once: {seen}"
     assert counter(state, "tenant:acme", "concurrency")["reserved"] == 0
+
+
+async def test_ledger_continues_as_new_with_its_state(governed) -> None:
+    p = policy(
+        """
+tenants: { default: { quotas: { max_tokens: 100_000 } } }
+tools: { spend: { estimate: { tokens: 100 } } }
+shared: { leases: false, continue_as_new_after: 6 }
+"""
+    )
+    async with governed(p, WORKFLOWS, ACTIVITIES) as g:
+        first = await g.run(Spender.run, Steps(tokens=[10] * 4))  # 8 updates: continues as new
+        assert first == 4
+        before = await ledger_state(g)
+        assert await g.run(Spender.run, Steps(tokens=[10] * 4)) == 4
+        after = await ledger_state(g)
+        history_runs = [
+            wf async for wf in g.client.list_workflows(f'WorkflowId = "{p.shared.ledger_id}"')
+        ]
+    assert len(history_runs) >= 2, "the ledger should have continued as new"
+    assert before["run_id"] != after["run_id"]
+    assert counter(after, "tenant:default", "tokens")["committed"] == 80
+    assert after["open_reservations"] == 0
+
+
+async def test_unsettled_reservations_expire_and_are_released(governed, env) -> None:
+    from temporal_governor.scopes import shared_limits
+    from temporal_governor.workflows import LEDGER_WORKFLOW
+
+    p = policy("tenants: { default: { quotas: { max_tokens: 1000 } } }")
+    async with governed(p, WORKFLOWS, ACTIVITIES) as g:
+        limits = shared_limits(p, tenant="t", owner=None, agent="a", tool="x")
+        handle = await g.client.start_workflow(
+            LEDGER_WORKFLOW, {}, id=p.shared.ledger_id, task_queue=g.task_queue
+        )
+        request = {
+            "key": "dead-run/activity:1",
+            "run": "dead-run",
+            "amounts": {"tokens": 400},
+            "limits": [limit.model_dump(mode="json") for limit in limits],
+            "ttl_s": 1.0,
+        }
+        assert (await handle.execute_update("reserve", request))["granted"]
+        assert counter(await handle.query("state", ""), "tenant:t", "tokens")["reserved"] == 400
+        await asyncio.sleep(2.0)  # the ledger's own timer sweeps the expired reservation
+        state = await handle.query("state", "")
+    tokens = counter(state, "tenant:t", "tokens")
+    assert (tokens["reserved"], tokens["committed"]) == (0, 0)
+    assert state["open_reservations"] == 0
+    assert state["released"]["tokens"] == state["granted"]["tokens"] == 400

@@ -10,6 +10,7 @@ replayed workflow task or a duplicate delivery never counts twice.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
 from datetime import UTC, timedelta
@@ -183,19 +184,25 @@ class GovernorLedger:
         self.state = LedgerState.model_validate(state or {})
         self._outcomes: OrderedDict[str, str] = OrderedDict(self.state.outcomes)
         self._updates = 0
+        self._wake = False
+        self._deadline: float | None = None
 
     @workflow.run
     async def run(self, state: dict[str, Any] | None = None) -> None:
         """Sweep expired reservations; continue as new before history grows large."""
         while True:
             timeout = self._next_expiry()
-            await workflow.wait_condition(
-                lambda: (
-                    self._updates >= self.state.continue_as_new_after
-                    or workflow.info().is_continue_as_new_suggested()
-                ),
-                timeout=timeout,
-            )
+            self._deadline = None if timeout is None else self._now() + timeout.total_seconds()
+            self._wake = False
+            with contextlib.suppress(TimeoutError):  # the soonest reservation expired
+                await workflow.wait_condition(
+                    lambda: (
+                        self._wake
+                        or self._updates >= self.state.continue_as_new_after
+                        or workflow.info().is_continue_as_new_suggested()
+                    ),
+                    timeout=timeout,
+                )
             self._sweep()
             if (
                 self._updates >= self.state.continue_as_new_after
@@ -348,6 +355,9 @@ class GovernorLedger:
             lease=req.minimum is not None,
         )
         _add(self.state.granted, grant)
+        expires_at = now + req.ttl_s
+        if self._deadline is None or expires_at < self._deadline:
+            self._wake = True  # the sweeping loop must wait for this sooner expiry
         return ReserveResult(key=req.key, granted=True, amounts=grant)
 
     def _lease_grant(
