@@ -516,3 +516,10 @@ def test_from_dict_rejects_python_side_names() -> None:
 def test_from_dict_rejects_a_non_mapping() -> None:
     with pytest.raises(PolicyError, match="a mapping at the top level"):
         Policy.from_dict([1, 2], source="inline")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("ttl", ["0", '"1000000000d"', "-5"])
+def test_reservation_ttl_must_be_a_positive_duration_of_at_most_30_days(ttl: str) -> None:
+    with pytest.raises(PolicyError) as error:
+        Policy.from_yaml(f"shared: {{ reservation_ttl: {ttl} }}")
+    assert "shared.reservation_ttl" in str(error.value) and "30 days" in str(error.value)

@@ -1,7 +1,7 @@
 """A governed worker in an OS process of its own, for tests/test_shared_processes.py.
 
     python tests/worker_process.py --address A --task-queue Q --policy-file P
-        [--namespace N] [--slow-activity-seconds S]
+        [--namespace N] [--slow-activity-seconds S] [--sticky-timeout-seconds T]
 
 Connects with ``GovernorPlugin(Policy.from_yaml(P))``, runs a worker with the workflows
 and activities of tests/workflows.py, prints ``ready`` on stdout once the worker polls,
@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # make `workflows` importable
 
-import workflows  # noqa: E402
-from temporalio.client import Client  # noqa: E402
-from temporalio.worker import Worker  # noqa: E402
+from temporalio.client import Client
+from temporalio.worker import Worker
 
-from temporal_governor import GovernorPlugin, Policy  # noqa: E402
+import workflows
+from temporal_governor import GovernorPlugin, Policy
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -37,6 +37,13 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=0.0,
         help="how long `slow_spend` sleeps (heartbeating) after it reported its usage",
+    )
+    parser.add_argument(
+        "--sticky-timeout-seconds",
+        type=float,
+        default=10.0,
+        help="how long a run's next workflow task waits for this worker before any worker "
+        "may take it (short when the test kills workers)",
     )
     return parser.parse_args(argv)
 
@@ -58,8 +65,7 @@ async def main(argv: list[str] | None = None) -> None:
         task_queue=args.task_queue,
         workflows=[*workflows.ALL_WORKFLOWS, workflows.SlowSpender],
         activities=[*workflows.ALL_ACTIVITIES, workflows.slow_spend],
-        # a killed peer's sticky queue is given up quickly, so its runs move on
-        sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=args.sticky_timeout_seconds),
     ):
         print("ready", flush=True)
         await stop.wait()

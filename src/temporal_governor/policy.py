@@ -165,6 +165,19 @@ def _duration_seconds(value: Any) -> Any:
 
 
 WaitSeconds = Annotated[NonNegativeNumber, BeforeValidator(_duration_seconds)]
+MAX_TTL_SECONDS = 30 * 86400.0
+TtlSeconds = Annotated[
+    float,
+    Field(gt=0, le=MAX_TTL_SECONDS),
+    BeforeValidator(
+        _number(
+            "a duration above 0 and at most 30 days ('10m', '2h', or seconds)",
+            exclusive=True,
+            maximum=MAX_TTL_SECONDS,
+        )
+    ),
+    BeforeValidator(_duration_seconds),
+]
 
 
 class Quotas(BaseModel):
@@ -283,7 +296,7 @@ class SharedSettings(BaseModel):
     the window to roll over (``wait``), up to ``max_wait``."""
     max_wait: WaitSeconds = 30.0
     """Longest a ``wait`` refusal waits before it halts the run (seconds or a duration)."""
-    reservation_ttl: WaitSeconds = 600.0
+    reservation_ttl: TtlSeconds = 600.0
     """A reservation not settled within this time is released by the ledger (a run that
     died without releasing)."""
     leases: bool = Field(default=True, strict=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from .policy import LimitSpec, Policy, SharedQuotas
 
@@ -29,15 +29,15 @@ WINDOWS: dict[str, float | None] = {
 class SharedLimit(BaseModel):
     """One limit of one shared scope, as the ledger enforces it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str
     """Where it comes from in the policy, e.g. ``tenants.acme.quotas.max_tokens_per_minute``."""
     scope: str
     """The scope, e.g. ``tenant:acme``."""
     resource: SharedResource
-    ceiling: float
-    window_s: float | None = None
+    ceiling: float = Field(ge=0)
+    window_s: float | None = Field(default=None, gt=0)
     """Fixed window length in seconds; ``None`` for a total."""
     on_breach: Literal["terminate", "alert"] = "terminate"
 

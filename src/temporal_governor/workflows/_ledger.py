@@ -25,6 +25,9 @@ from ..scopes import SharedLimit, SharedResource
 LEDGER_WORKFLOW = "temporal-governor-ledger"
 """Workflow type of the ledger."""
 
+MAX_TTL_S = 30 * 86400.0
+"""The longest a reservation may stay unsettled (30 days)."""
+
 MALFORMED_UPDATE = "MalformedLedgerUpdate"
 """``ApplicationError.type`` of a ledger update its validator rejected."""
 
@@ -52,7 +55,7 @@ class LedgerRefusal(BaseModel):
 class ReserveRequest(BaseModel):
     """Reserve amounts in every scope of ``limits``, or in none."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     key: str = Field(min_length=1)
     """Idempotency key: run, dispatch (and lease number)."""
@@ -60,7 +63,7 @@ class ReserveRequest(BaseModel):
     """``workflow_id/run_id`` of the caller, to release everything of a run at once."""
     amounts: dict[SharedResource, NonNegativeFloat]
     limits: list[SharedLimit]
-    ttl_s: PositiveFloat = 600.0
+    ttl_s: PositiveFloat = Field(default=600.0, le=MAX_TTL_S)
     """The reservation is released if not settled within this time."""
     minimum: dict[SharedResource, NonNegativeFloat] | None = None
     """For a lease: grant as much of ``amounts`` as a fair share allows, at least this."""
@@ -85,7 +88,7 @@ class ReserveResult(BaseModel):
 class SettleRequest(BaseModel):
     """Commit the actual usage of a reservation and release the rest."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     key: str = Field(min_length=1)
     actual: dict[SharedResource, NonNegativeFloat] = Field(default_factory=dict)
@@ -106,7 +109,7 @@ class SettleResult(BaseModel):
 class ReleaseRunRequest(BaseModel):
     """Release every open reservation of a run (the run is ending)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     run: str = Field(min_length=1)
 
@@ -161,6 +164,11 @@ class LedgerState(BaseModel):
 def _add(totals: dict[str, float], amounts: dict[str, float], sign: float = 1.0) -> None:
     for resource, value in amounts.items():
         totals[resource] = totals.get(resource, 0.0) + sign * value
+
+
+def _clean(value: float) -> float:
+    """Drop float residue: what is left of a counter after its last reservation went."""
+    return 0.0 if value < _EPSILON else value
 
 
 def _validated(model: type[BaseModel], data: Any) -> Any:
@@ -253,7 +261,7 @@ class GovernorLedger:
         for counter_id, held in reservation.counters.items():
             counter = self.state.counters[counter_id]
             self._roll(counter, now)
-            counter.reserved = max(0.0, counter.reserved - held)
+            counter.reserved = _clean(counter.reserved - held)
             counter.committed += actual.get(counter.resource, 0.0)
         released = {r: v - actual.get(r, 0.0) for r, v in reservation.amounts.items()}
         _add(self.state.committed, actual)
@@ -384,7 +392,7 @@ class GovernorLedger:
         reservation = self.state.reservations.pop(key)
         for counter_id, held in reservation.counters.items():
             counter = self.state.counters[counter_id]
-            counter.reserved = max(0.0, counter.reserved - held)
+            counter.reserved = _clean(counter.reserved - held)
         _add(self.state.released, reservation.amounts)
 
     def _sweep(self) -> None:
