@@ -24,7 +24,10 @@ test: lint
 	$(BIN)/pytest
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/replay_speed.py
+	$(BIN)/python bench/ledger_throughput.py
 
 clean:
 	rm -rf $(VENV) .temporal

@@ -308,6 +308,10 @@ class SharedSettings(BaseModel):
     lease_max_share: Fraction = 0.1
     """The largest fraction of a scope's remaining budget one lease may take, so that one
     busy run cannot starve the others."""
+    max_in_flight_updates: PositiveInt = 5
+    """Most ledger updates one worker process has in flight at once. Temporal refuses more
+    than 10 in-flight updates per workflow by default (``history.maxInFlightUpdates``):
+    keep this times the number of worker processes at or below that, or raise it."""
     continue_as_new_after: PositiveInt = 2000
     """The ledger continues as new after this many updates, carrying its state."""
 

@@ -7,6 +7,7 @@ running yet and applies the update in one call. The update id is the idempotency
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -34,6 +35,20 @@ class LedgerCall(BaseModel):
     task_queue: str | None = None
     """Where the ledger runs if it must be started (default: this activity's queue)."""
     continue_as_new_after: int = 2000
+    max_in_flight: int = 5
+    """Most updates this worker process sends to one ledger at once (Temporal refuses more
+    than 10 in-flight updates per workflow by default)."""
+
+
+_gates: dict[str, asyncio.Semaphore] = {}
+
+
+def _gate(ledger_id: str, size: int) -> asyncio.Semaphore:
+    """The per-process limit of in-flight updates to one ledger."""
+    gate = _gates.get(ledger_id)
+    if gate is None:
+        gate = _gates[ledger_id] = asyncio.Semaphore(size)
+    return gate
 
 
 @activity.defn(name=LEDGER_ACTIVITY)
@@ -56,12 +71,13 @@ async def ledger_call(call: dict[str, Any]) -> Any:
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
     )
     try:
-        return await client.execute_update_with_start_workflow(
-            parsed.update,
-            parsed.request,
-            id=parsed.update_id,
-            start_workflow_operation=start,
-        )
+        async with _gate(parsed.ledger_id, parsed.max_in_flight):
+            return await client.execute_update_with_start_workflow(
+                parsed.update,
+                parsed.request,
+                id=parsed.update_id,
+                start_workflow_operation=start,
+            )
     except WorkflowUpdateFailedError as error:
         cause = error.cause
         if isinstance(cause, ApplicationError) and cause.type == MALFORMED_UPDATE:

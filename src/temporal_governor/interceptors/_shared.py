@@ -112,6 +112,7 @@ class SharedBudget:
             request=request,
             update_id=update_id,
             continue_as_new_after=self.settings.continue_as_new_after,
+            max_in_flight=self.settings.max_in_flight_updates,
         )
         return await temporalio.workflow.execute_local_activity(
             LEDGER_ACTIVITY,
