@@ -181,3 +181,16 @@ def test_list_by_search_attribute(runaway, env) -> None:
     assert root["spent"]["tokens"] == pytest.approx(runaway["breach"].committed)
     other = CliRunner().invoke(cli, ["list", "--tenant", "globex", "--address", address, "--json"])
     assert runaway["id"] not in other.output
+
+
+async def test_register_search_attributes_is_idempotent(env) -> None:
+    from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+
+    from temporal_governor import register_search_attributes
+
+    await register_search_attributes(env.client)
+    await register_search_attributes(env.client)  # already there: no error
+    listed = await env.client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=env.client.namespace)
+    )
+    assert {"GovernorTenant", "GovernorState"} <= set(listed.custom_attributes)
