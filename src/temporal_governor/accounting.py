@@ -8,7 +8,7 @@ parent) and the reservations of its in-flight dispatches.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -58,18 +58,6 @@ class Amounts(BaseModel):
 
     def __sub__(self, other: Amounts) -> Amounts:
         return Amounts.model_construct(None, **{r: self.get(r) - other.get(r) for r in RESOURCES})
-
-    def without(self, *resources: str) -> Amounts:
-        """A copy with the named resources set to zero.
-
-        Args:
-            *resources: Resource names to clear.
-
-        Returns:
-            The new amounts.
-
-        """
-        return self.model_copy(update=dict.fromkeys(resources, 0.0))
 
     def nonzero(self) -> dict[str, float]:
         """The resources with a non-zero amount, as a plain mapping."""
@@ -434,16 +422,3 @@ class RunLedger:
         """
         newer = self.event_count - since
         return self.events[-newer:] if newer > 0 else []
-
-
-def amounts_from(values: Mapping[str, float]) -> Amounts:
-    """Build :class:`Amounts` from a mapping that may hold other keys.
-
-    Args:
-        values: A mapping with some of the :data:`RESOURCES` as keys.
-
-    Returns:
-        The amounts.
-
-    """
-    return Amounts(**{r: float(values[r]) for r in RESOURCES if r in values})
