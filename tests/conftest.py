@@ -6,6 +6,7 @@ of the session (tests/test_zz_replay.py) replays every history the suite produce
 
 from __future__ import annotations
 
+import os
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -25,6 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 SAMPLE_POLICY = SHARED / "policies" / "resource-governance.yaml"
 sys.path.insert(0, str(ROOT))  # make `examples` importable
+
+CONTROL_KEY_ID, CONTROL_SECRET = "test-key", "test-secret-not-for-production"
+# every worker, client and replayer of the session reads the same control keys
+os.environ["TEMPORAL_GOVERNOR_KEYS"] = f"{CONTROL_KEY_ID}={CONTROL_SECRET}"
 
 
 @dataclass

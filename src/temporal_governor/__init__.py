@@ -16,6 +16,19 @@ Example::
 
 from .accounting import Amounts, GovernanceEvent, LimitState
 from .context import Attribution, BudgetContext, attribution, current_attribution, estimate
+from .control import (
+    BACKPRESSURE_SIGNAL,
+    CONTROL_QUERY,
+    KILL_SIGNAL,
+    OVERRIDE_SIGNAL,
+    RESUME_SIGNAL,
+    BackpressureMessage,
+    Keyring,
+    KeyringError,
+    KillMessage,
+    OverrideMessage,
+    ResumeMessage,
+)
 from .decisions import DecisionRecord, DecisionSink
 from .errors import (
     BUDGET_EXCEEDED,
@@ -24,46 +37,70 @@ from .errors import (
     BreachDetails,
     BudgetExceeded,
     ChainLink,
+    GovernanceKilled,
     GovernorError,
     PolicyError,
     PolicyIssue,
     RunawayLoop,
 )
-from .interceptors import BUDGET_QUERY, BudgetSnapshot, GovernanceInterceptor
+from .interceptors import (
+    BUDGET_QUERY,
+    ActiveBackpressure,
+    BudgetSnapshot,
+    ControlStatus,
+    GovernanceInterceptor,
+    current_backpressure,
+)
 from .plugin import GovernorPlugin, register_search_attributes
 from .policy import Policy
 from .report import IncidentReport
 from .telemetry import OpenTelemetrySink
-from .usage import Usage, report_usage
+from .usage import Usage, emit_backpressure, report_usage
 
 __all__ = [
+    "BACKPRESSURE_SIGNAL",
     "BUDGET_EXCEEDED",
     "BUDGET_QUERY",
+    "CONTROL_QUERY",
     "GOVERNANCE_KILLED",
+    "KILL_SIGNAL",
+    "OVERRIDE_SIGNAL",
+    "RESUME_SIGNAL",
     "RUNAWAY_LOOP",
+    "ActiveBackpressure",
     "Amounts",
     "Attribution",
+    "BackpressureMessage",
     "BreachDetails",
     "BudgetContext",
     "BudgetExceeded",
     "BudgetSnapshot",
     "ChainLink",
+    "ControlStatus",
     "DecisionRecord",
     "DecisionSink",
     "GovernanceEvent",
     "GovernanceInterceptor",
+    "GovernanceKilled",
     "GovernorError",
     "GovernorPlugin",
     "IncidentReport",
+    "Keyring",
+    "KeyringError",
+    "KillMessage",
     "LimitState",
     "OpenTelemetrySink",
+    "OverrideMessage",
     "Policy",
     "PolicyError",
     "PolicyIssue",
+    "ResumeMessage",
     "RunawayLoop",
     "Usage",
     "attribution",
     "current_attribution",
+    "current_backpressure",
+    "emit_backpressure",
     "estimate",
     "register_search_attributes",
     "report_usage",

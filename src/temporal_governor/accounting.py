@@ -19,7 +19,17 @@ RESOURCES: tuple[str, ...] = ("tokens", "cost_usd", "tool_calls", "subtasks", "c
 
 OnBreach = Literal["terminate", "alert"]
 EventKind = Literal[
-    "reserve", "commit", "release", "refuse", "warn", "alert", "breach", "overage", "wait"
+    "reserve",
+    "commit",
+    "release",
+    "refuse",
+    "warn",
+    "alert",
+    "breach",
+    "overage",
+    "wait",
+    "control",
+    "control_rejected",
 ]
 
 _EPSILON = 1e-9
@@ -311,6 +321,20 @@ class RunLedger:
             ceiling: The limit's ceiling.
         """
         self._log("wait", key, ZERO, limit=limit, scope=scope, observed=observed, ceiling=ceiling)
+
+    def log_control(self, accepted: bool, signal: str, issuer: str, outcome: str) -> None:
+        """Record a control message the run accepted or rejected.
+
+        Args:
+            accepted: Whether it was applied.
+            signal: Its signal name (kept as ``key``).
+            issuer: Who sent it (kept as ``limit``).
+            outcome: What it changed, or why it was rejected (kept as ``scope``).
+
+        """
+        self._log(
+            "control" if accepted else "control_rejected", signal, ZERO, limit=issuer, scope=outcome
+        )
 
     def log_breach(self, key: str, refusal: Refusal) -> None:
         """Record that a refusal halted the run.

@@ -12,6 +12,7 @@ import contextvars
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 import temporalio.activity
 import temporalio.workflow
@@ -83,6 +84,9 @@ class BudgetContext(BaseModel):
     """The tightest ``loop_detection.max_depth`` of the receiver's ancestors."""
     max_depth_scope: str = ""
     """The scope that set :attr:`max_depth`."""
+    controls: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """For a starting root run: the fleet-wide kills and resumes in force for its tenant
+    and workflow type, as the ledger keeps them (scope -> signal -> stored message)."""
 
     @property
     def depth(self) -> int:

@@ -22,6 +22,9 @@ RUNAWAY_LOOP = "RunawayLoop"
 GOVERNANCE_KILLED = "GovernanceKilled"
 """``ApplicationError.type`` of a run stopped by an operator's kill signal."""
 
+KILL_LIMIT = "kill"
+"""``BreachDetails.limit`` of a run stopped by a kill (terminate, or a pause that timed out)."""
+
 
 class GovernorError(Exception):
     """Root of every error the governor raises to its users."""
@@ -100,9 +103,18 @@ class BreachDetails(BaseModel):
     """The tenant the run was attributed to."""
     spent: dict[str, float] = Field(default_factory=dict)
     """Total committed spend of the halted run (its whole subtree), per resource."""
+    killed_by: str = ""
+    """For a kill (``limit == "kill"``): the issuer of the kill signal."""
+    kill_reason: str = ""
+    """For a kill: the reason the issuer gave."""
 
     def message(self) -> str:
         """A one-line human statement of the breach."""
+        if self.limit == KILL_LIMIT:
+            text = f"{self.scope} killed by {self.killed_by or 'an operator'}"
+            if self.kill_reason:
+                text += f": {self.kill_reason}"
+            return text
         text = (
             f"{self.limit} ({self.resource}) of {self.scope} exceeded: "
             f"observed {_fmt(self.observed)} {'>' if self.observed > self.ceiling else '>='} "
@@ -131,6 +143,7 @@ class BreachDetails(BaseModel):
             if isinstance(current, ApplicationError) and current.type in (
                 BUDGET_EXCEEDED,
                 RUNAWAY_LOOP,
+                GOVERNANCE_KILLED,
             ):
                 for detail in current.details:
                     if isinstance(detail, BreachDetails):
@@ -181,13 +194,30 @@ class RunawayLoop(BudgetExceeded):
         super().__init__(details, RUNAWAY_LOOP)
 
 
+class GovernanceKilled(BudgetExceeded):
+    """A run stopped by an operator's kill (``terminate``, or a pause never resumed).
+
+    Terminal and non-retryable like a breach; its details have ``limit == "kill"``, the
+    issuer in ``killed_by`` and the reason in ``kill_reason``.
+
+    Args:
+        details: Who killed the run and why.
+
+    """
+
+    def __init__(self, details: BreachDetails) -> None:
+        super().__init__(details, GOVERNANCE_KILLED)
+
+
 __all__ = [
     "BUDGET_EXCEEDED",
     "GOVERNANCE_KILLED",
+    "KILL_LIMIT",
     "RUNAWAY_LOOP",
     "BreachDetails",
     "BudgetExceeded",
     "ChainLink",
+    "GovernanceKilled",
     "GovernorError",
     "PolicyError",
     "PolicyIssue",

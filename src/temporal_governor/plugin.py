@@ -17,6 +17,7 @@ from temporalio.worker import Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from .activities import ledger_call
+from .control import Keyring
 from .decisions import DecisionSink
 from .interceptors import GovernanceInterceptor
 from .interceptors._workflow import STATE_ATTRIBUTE, TENANT_ATTRIBUTE
@@ -76,6 +77,8 @@ class GovernorPlugin(SimplePlugin):
         tracer_provider: Where spans go (default: the global provider).
         meter_provider: Where metrics go (default: the global provider).
         sinks: More receivers of every decision.
+        keyring: The keys control messages are verified and relayed with (default: read
+            from the environment and file the policy's ``control`` section names).
 
     """
 
@@ -87,12 +90,13 @@ class GovernorPlugin(SimplePlugin):
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
         sinks: Sequence[DecisionSink] = (),
+        keyring: Keyring | None = None,
     ) -> None:
         self.policy = policy
         all_sinks: list[DecisionSink] = list(sinks)
         if telemetry:
             all_sinks.append(OpenTelemetrySink(tracer_provider, meter_provider))
-        self.interceptor = GovernanceInterceptor(policy, sinks=all_sinks)
+        self.interceptor = GovernanceInterceptor(policy, sinks=all_sinks, keyring=keyring)
         super().__init__(
             PLUGIN_NAME,
             interceptors=[self.interceptor],

@@ -148,6 +148,9 @@ class LimitSpec(BaseModel):
     warn_at: Fraction | None = None
     """Fraction of the ceiling at which a warning event is emitted; ``None`` inherits
     ``defaults.warn_at``."""
+    hard_ceiling: NonNegativeNumber | None = None
+    """The most an operator's override may raise this limit to, for a while; ``None``:
+    the limit itself is the hard ceiling (an override may only lower it)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -155,6 +158,21 @@ class LimitSpec(BaseModel):
         if isinstance(data, Mapping | BaseModel):
             return data
         return {"limit": data}
+
+    @model_validator(mode="after")
+    def _ceiling_above_limit(self) -> Self:
+        if self.hard_ceiling is not None and self.hard_ceiling < self.limit:
+            raise PydanticCustomError(
+                f"{_ERROR}_hard_ceiling",
+                f"a hard_ceiling at or above the limit ({self.limit:g})",
+                {"at": ("hard_ceiling",), "value": self.hard_ceiling},
+            )
+        return self
+
+    @property
+    def ceiling(self) -> float:
+        """The hard ceiling that no override can lift: ``hard_ceiling`` or the limit."""
+        return float(self.limit if self.hard_ceiling is None else self.hard_ceiling)
 
 
 WallTimeSpec = Annotated[LimitSpec | None, BeforeValidator(_wall_time)]
@@ -314,6 +332,48 @@ class SharedSettings(BaseModel):
     keep this times the number of worker processes at or below that, or raise it."""
     continue_as_new_after: PositiveInt = 2000
     """The ledger continues as new after this many updates, carrying its state."""
+
+
+BackpressurePropagation = Literal["up", "down", "both", "none"]
+AboveCeiling = Literal["reject", "clamp"]
+
+
+class ControlSettings(BaseModel):
+    """The control plane: who may kill, resume, slow down or override a governed run.
+
+    Signing keys are never written in the policy: they come from the environment variable
+    ``keys_env`` (``key-id=secret`` pairs, comma separated) and/or the file ``keys_file``
+    (a YAML or JSON mapping of key id to secret), read when a worker or the CLI starts.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keys_env: str = "TEMPORAL_GOVERNOR_KEYS"
+    """Environment variable holding ``key-id=secret[,key-id=secret...]``."""
+    keys_file: str | None = None
+    """A file with a mapping of key id to secret (relative paths: to the policy file)."""
+    signing_key: str | None = None
+    """The key id the CLI and the governor sign with (default: the first key found)."""
+    allow_unsigned_kill: bool = Field(default=True, strict=True)
+    """Accept an unsigned ``kill`` (safety first). ``resume`` and ``override`` always need
+    a valid signature."""
+    max_clock_skew: WaitSeconds = 300.0
+    """A signed message older (or newer) than this, in workflow time, is rejected as stale."""
+    pause_timeout: TtlSeconds = 86400.0
+    """A paused run not resumed within this time fails with ``GovernanceKilled``."""
+    above_ceiling: AboveCeiling = "reject"
+    """An override above a limit's hard ceiling is rejected, or clamped to the ceiling."""
+    max_override: TtlSeconds = 86400.0
+    """The longest an override may last; longer requests are cut to this."""
+    backpressure_propagation: BackpressurePropagation = "up"
+    """Where a run forwards backpressure it receives: to its parent chain (``up``), to its
+    running children (``down``), both, or nowhere."""
+    max_backpressure: TtlSeconds = 3600.0
+    """The longest one backpressure message may hold (its ``duration_ms`` is cut to this)."""
+    check_kills_at_start: bool = Field(default=True, strict=True)
+    """Every run asks the ledger, before its code starts, whether its tenant or agent type
+    is killed (one local activity per run start); off, only runs already running when a
+    tenant or agent kill is sent are reached."""
 
 
 class Estimate(BaseModel):
@@ -487,6 +547,8 @@ class Policy(BaseModel):
     """Per-tenant limits across runs; the entry ``default`` applies to tenants without one."""
     shared: SharedSettings = Field(default_factory=SharedSettings)
     """How limits shared across runs are enforced (the ledger)."""
+    control: ControlSettings = Field(default_factory=ControlSettings)
+    """The control plane: signing keys, kill, resume, backpressure and override rules."""
     source: str = Field(default="<dict>", exclude=True)
     """Where the policy was loaded from, for messages; not part of the policy itself."""
 

@@ -22,7 +22,13 @@ from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 from .accounting import RESOURCES
 from .context import HEADER, BudgetContext
 from .decisions import DecisionRecord
-from .errors import BUDGET_EXCEEDED, RUNAWAY_LOOP, BreachDetails, GovernorError
+from .errors import (
+    BUDGET_EXCEEDED,
+    GOVERNANCE_KILLED,
+    RUNAWAY_LOOP,
+    BreachDetails,
+    GovernorError,
+)
 from .interceptors import GovernanceInterceptor
 from .plugin import _share_governor_with_sandbox
 from .policy import Policy
@@ -181,6 +187,8 @@ def _status(history: WorkflowHistory) -> str:
             continue
         if status == "failed":
             failure = event.workflow_execution_failed_event_attributes.failure
+            if failure.application_failure_info.type == GOVERNANCE_KILLED:
+                return "killed"
             if failure.application_failure_info.type in (BUDGET_EXCEEDED, RUNAWAY_LOOP):
                 return "breached"
         return status
@@ -193,7 +201,8 @@ def _failure_breach(history: WorkflowHistory) -> BreachDetails | None:
             failure = event.workflow_execution_failed_event_attributes.failure
             payloads = failure.application_failure_info.details.payloads
             if (
-                failure.application_failure_info.type in (BUDGET_EXCEEDED, RUNAWAY_LOOP)
+                failure.application_failure_info.type
+                in (BUDGET_EXCEEDED, RUNAWAY_LOOP, GOVERNANCE_KILLED)
                 and payloads
             ):
                 try:

@@ -41,6 +41,8 @@ class Usage(BaseModel):
     """Tokens per model name."""
     unpriced_tokens: int = 0
     """Tokens of models missing from the price table and reported without a cost."""
+    backpressure: dict[str, Any] | None = None
+    """Backpressure the activity emitted (:func:`emit_backpressure`), the last one."""
 
     @property
     def tokens(self) -> int:
@@ -61,6 +63,7 @@ class Usage(BaseModel):
             attempts=self.attempts + other.attempts,
             models=models,
             unpriced_tokens=self.unpriced_tokens + other.unpriced_tokens,
+            backpressure=other.backpressure or self.backpressure,
         )
 
     def amounts(self) -> Amounts:
@@ -172,6 +175,48 @@ def report_usage(
     if cost_usd is not None and cost_usd < 0:
         raise ValueError(f"report_usage: cost_usd must be >= 0, got {cost_usd!r}")
     meter.add(int(input_tokens), int(output_tokens), cost_usd, model, int(tool_calls))
+
+
+def emit_backpressure(
+    *,
+    retry_after_ms: int = 0,
+    max_concurrency: int | None = None,
+    reduce_batch_to: int | None = None,
+    reason: str = "",
+    source: str = "",
+    duration_ms: int = 60_000,
+) -> None:
+    """Ask the workflow that dispatched this activity (and its parents) to slow down.
+
+    Call it from a governed activity, for example when a provider answers 429: the
+    backpressure rides back with the activity's result or failure, the run applies it
+    (spacing its dispatches ``retry_after_ms`` apart, at most ``max_concurrency`` in
+    flight, for ``duration_ms``) and forwards it up its parent chain as the policy's
+    ``control.backpressure_propagation`` says. Outside a governed activity it does nothing.
+
+    Args:
+        retry_after_ms: Least time between two dispatches while it holds.
+        max_concurrency: Most dispatches in flight at once while it holds.
+        reduce_batch_to: Advice to agent code: batch at most this many items.
+        reason: Why (kept in the audit trail).
+        source: Who is overloaded (a tool, a provider).
+        duration_ms: How long it holds.
+
+    """
+    meter = _meter.get()
+    if meter is None:
+        return
+    if retry_after_ms < 0 or duration_ms <= 0:
+        raise ValueError("emit_backpressure: retry_after_ms must be >= 0 and duration_ms > 0")
+    wanted: dict[str, Any] = {
+        "retry_after_ms": int(retry_after_ms),
+        "max_concurrency": max_concurrency,
+        "reduce_batch_to": reduce_batch_to,
+        "reason": reason,
+        "source": source,
+        "duration_ms": int(duration_ms),
+    }
+    meter.usage = meter.usage.model_copy(update={"backpressure": wanted})
 
 
 _INPUT_KEYS = ("input_tokens", "prompt_tokens", "request_tokens")

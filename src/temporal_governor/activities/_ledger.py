@@ -28,7 +28,7 @@ class LedgerCall(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     ledger_id: str
-    update: Literal["reserve", "settle", "release_run"]
+    update: Literal["reserve", "settle", "release_run", "control"]
     request: dict[str, Any]
     update_id: str
     """Idempotency key of the call."""

@@ -7,10 +7,12 @@ from collections.abc import Sequence
 import temporalio.client
 import temporalio.worker
 
+from ..control import Keyring
 from ..decisions import DecisionSink
 from ..policy import Policy
 from ._activity import GovernedActivityInbound, _LocalCarry
 from ._client import GovernedClientOutbound
+from ._control import ActiveBackpressure, ControlStatus, current_backpressure
 from ._run import BUDGET_QUERY, BudgetSnapshot
 from ._workflow import GovernedWorkflowInbound
 
@@ -26,20 +28,31 @@ class GovernanceInterceptor(temporalio.client.Interceptor, temporalio.worker.Int
         policy: The policy to enforce.
         sinks: Receivers of every governance decision (see
             :class:`~temporal_governor.decisions.DecisionSink`), e.g. OpenTelemetry.
+        keyring: The keys control messages are verified with (default: read from the
+            environment and file the policy's ``control`` section names).
+
+    Raises:
+        KeyringError: The control keys named by the policy cannot be read.
 
     """
 
-    def __init__(self, policy: Policy, sinks: Sequence[DecisionSink] = ()) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        sinks: Sequence[DecisionSink] = (),
+        keyring: Keyring | None = None,
+    ) -> None:
         self.policy = policy
         self.sinks = tuple(sinks)
-        self._workflow_class = GovernedWorkflowInbound.bind(policy, self.sinks)
+        self.keyring = keyring if keyring is not None else Keyring.from_policy(policy)
+        self._workflow_class = GovernedWorkflowInbound.bind(policy, self.sinks, self.keyring)
         self._carry = _LocalCarry()
 
     def intercept_client(
         self, next: temporalio.client.OutboundInterceptor
     ) -> temporalio.client.OutboundInterceptor:
-        """Attach attribution to workflow starts."""
-        return GovernedClientOutbound(next)
+        """Attach attribution (and fleet-wide kills in force) to workflow starts."""
+        return GovernedClientOutbound(next, self.policy)
 
     def intercept_activity(
         self, next: temporalio.worker.ActivityInboundInterceptor
@@ -54,4 +67,11 @@ class GovernanceInterceptor(temporalio.client.Interceptor, temporalio.worker.Int
         return self._workflow_class
 
 
-__all__ = ["BUDGET_QUERY", "BudgetSnapshot", "GovernanceInterceptor"]
+__all__ = [
+    "BUDGET_QUERY",
+    "ActiveBackpressure",
+    "BudgetSnapshot",
+    "ControlStatus",
+    "GovernanceInterceptor",
+    "current_backpressure",
+]

@@ -134,7 +134,8 @@ class GovernedActivityOutbound(ActivityOutboundInterceptor):
 
 
 def _has_spend(usage: Usage) -> bool:
-    return bool(usage.tokens or usage.cost_usd or usage.tool_calls)
+    """Whether the usage is worth sending back (spend, or backpressure to route)."""
+    return bool(usage.tokens or usage.cost_usd or usage.tool_calls or usage.backpressure)
 
 
 def _with_usage(error: BaseException, usage: Usage) -> BaseException:

@@ -1,20 +1,82 @@
-"""Client side: put the attribution of the enclosing block into the start header."""
+"""Client side: attribution and the fleet-wide kills in force go into the start header."""
 
 from __future__ import annotations
 
+import logging
+from datetime import timedelta
 from typing import Any
 
-from temporalio.client import OutboundInterceptor, StartWorkflowInput
+from temporalio.client import OutboundInterceptor, QueryWorkflowInput, StartWorkflowInput
+from temporalio.service import RPCError, RPCStatusCode
 
-from ..context import HEADER, BudgetContext, pending_attribution, with_context
+from ..context import HEADER, BudgetContext, decode_context, pending_attribution, with_context
+from ..policy import Policy
+from ..workflows._ledger import LEDGER_WORKFLOW
+
+_LOOKUP_TIMEOUT = timedelta(seconds=2)
+_logger = logging.getLogger(__name__)
 
 
 class GovernedClientOutbound(OutboundInterceptor):
-    """Adds the governor header to every workflow start that does not carry one."""
+    """Adds the governor header to every workflow start.
+
+    The header carries the attribution of the enclosing :func:`attribution` block and,
+    when the policy asks (``control.check_kills_at_start``), the kills and resumes the
+    ledger keeps for the run's tenant and workflow type: the run checks and applies them
+    before its code starts, so a tenant or agent kill also stops runs started after it.
+    Carrying them in the header (not looking them up from workflow code) keeps the run's
+    history independent of the worker's setup, and costs one query per start.
+    """
+
+    def __init__(self, next: OutboundInterceptor, policy: Policy) -> None:
+        super().__init__(next)
+        self._policy = policy
 
     async def start_workflow(self, input: StartWorkflowInput) -> Any:
-        if HEADER not in input.headers:
+        if input.workflow == LEDGER_WORKFLOW:
+            return await self.next.start_workflow(input)
+        context = decode_context(input.headers) if HEADER in input.headers else None
+        if context is None:
             attribution = pending_attribution()
-            if attribution is not None:
-                input.headers = with_context(input.headers, BudgetContext(attribution=attribution))
+            context = BudgetContext(attribution=attribution) if attribution else None
+        controls = (
+            await self._controls((context or BudgetContext()).attribution.tenant, input.workflow)
+            if self._policy.control.check_kills_at_start
+            else {}
+        )
+        if controls:
+            context = (context or BudgetContext()).model_copy(update={"controls": controls})
+        if context is not None:
+            input.headers = with_context(input.headers, context)
         return await self.next.start_workflow(input)
+
+    async def _controls(self, tenant: str, workflow_type: str) -> dict[str, Any]:
+        """The ledger's stored kills and resumes of the tenant and the workflow type."""
+        scopes = [f"tenant:{tenant}", f"agent:{workflow_type}"]
+        try:
+            result: dict[str, Any] = await self.next.query_workflow(
+                QueryWorkflowInput(
+                    id=self._policy.shared.ledger_id,
+                    run_id=None,
+                    query="controls",
+                    args=[scopes],
+                    reject_condition=None,
+                    headers={},
+                    ret_type=None,
+                    rpc_metadata={},
+                    rpc_timeout=_LOOKUP_TIMEOUT,
+                )
+            )
+        except RPCError as error:
+            if error.status != RPCStatusCode.NOT_FOUND:  # no ledger: nothing was ever killed
+                _logger.warning(
+                    "governor: could not read fleet kills from ledger %s (%s); starting "
+                    "without them",
+                    self._policy.shared.ledger_id,
+                    error,
+                )
+            return {}
+        except Exception as error:  # a query the ledger could not answer
+            _logger.warning("governor: fleet kill lookup failed (%s)", error)
+            return {}
+        return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import temporalio.workflow
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,10 +22,13 @@ from ..accounting import (
 )
 from ..context import AllowanceEntry, BudgetContext, Deadline
 from ..decisions import DecisionRecord, DecisionSink, DispatchKind
-from ..errors import BreachDetails, BudgetExceeded, ChainLink, RunawayLoop
+from ..errors import BreachDetails, BudgetExceeded, ChainLink, GovernanceKilled, RunawayLoop
 from ..policy import PER_TASK_LIMITS, Policy
 from ..scopes import SharedLimit
 from ._shared import SharedBudget
+
+if TYPE_CHECKING:
+    from ._control import ControlPlane, ControlRecord
 
 BUDGET_QUERY = "governor.budget"
 """Name of the query every governed workflow answers with a :class:`BudgetSnapshot`."""
@@ -96,6 +99,9 @@ class GovernedRun:
         self._targets: dict[str, tuple[DispatchKind, str]] = {}
         self._models: dict[str, dict[str, int]] = {}
         self.shared = SharedBudget(self)
+        self.killed = False
+        self.control: ControlPlane | None = None
+        """Set by the workflow interceptor once the control signals are installed."""
 
     # -- construction -------------------------------------------------------------------
 
@@ -289,6 +295,37 @@ class GovernedRun:
                     float(spec.limit),
                 )
 
+    def kill(self, details: BreachDetails) -> None:
+        """Stop the run with ``GovernanceKilled`` (a kill ``terminate`` or a pause timeout)."""
+        if self.breach is not None:
+            return
+        self.killed = True
+        self.breach = GovernanceKilled(details)
+        if not self.breached.done():
+            self.breached.set_result(None)
+
+    def raise_if_halted(self) -> None:
+        """Raise the run's breach or kill again (a dispatch asked for after the halt)."""
+        if self.breach is not None:
+            raise self._halt_again(self.breach.breach.dispatch)
+
+    def hard_ceiling(self, limit_name: str) -> float:
+        """The ceiling no override can lift for one of the run's own per-task limits."""
+        spec = getattr(self.policy.quotas_for(self.agent), limit_name, None)
+        return float("inf") if spec is None else spec.ceiling
+
+    def control_event(self, record: ControlRecord) -> None:
+        """Log a control message the run accepted or rejected (sinks, telemetry, log)."""
+        self.ledger.log_control(record.accepted, record.signal, record.issuer, record.outcome)
+        self._log_new_events()
+        temporalio.workflow.logger.info(
+            "governor control %s %s from %s: %s",
+            record.signal,
+            "accepted" if record.accepted else "REJECTED",
+            record.issuer or "?",
+            record.outcome,
+        )
+
     def _halt(self, refusal: Refusal, dispatch: str, loop: bool = False) -> BudgetExceeded:
         details = self._details(refusal, dispatch)
         error: BudgetExceeded = RunawayLoop(details) if loop else BudgetExceeded(details)
@@ -325,6 +362,8 @@ class GovernedRun:
 
     def _error(self, details: BreachDetails) -> BudgetExceeded:
         """A fresh error of the same kind as the run's breach."""
+        if isinstance(self.breach, GovernanceKilled):
+            return GovernanceKilled(details)
         loop = isinstance(self.breach, RunawayLoop)
         return RunawayLoop(details) if loop else BudgetExceeded(details)
 

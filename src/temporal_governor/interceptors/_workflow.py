@@ -30,16 +30,19 @@ from ..context import (
     register_workflow_context,
     with_context,
 )
+from ..control import Keyring
 from ..decisions import DecisionSink
-from ..errors import BUDGET_EXCEEDED, RUNAWAY_LOOP, BreachDetails
+from ..errors import BUDGET_EXCEEDED, GOVERNANCE_KILLED, RUNAWAY_LOOP, BreachDetails
 from ..policy import Estimate, Policy
 from ..usage import Usage
 from ..workflows._ledger import LEDGER_WORKFLOW
+from ._control import ControlPlane, forget_plane, register_plane
 from ._run import BUDGET_QUERY, CHILD_KEY_PREFIX, GovernedRun
 from ._shared import Ticket
 from ._wire import attach_usage, take_failure_usage, take_usage, usage_marker
 
 _ActivityStart = StartActivityInput | StartLocalActivityInput
+_GOVERNOR_FAILURES = (BUDGET_EXCEEDED, RUNAWAY_LOOP, GOVERNANCE_KILLED)
 
 
 class GovernedWorkflowInbound(WorkflowInboundInterceptor):
@@ -50,13 +53,18 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
 
     policy: ClassVar[Policy]
     sinks: ClassVar[Sequence[DecisionSink]] = ()
+    keyring: ClassVar[Keyring] = Keyring({})
 
     @classmethod
     def bind(
-        cls, policy: Policy, sinks: Sequence[DecisionSink] = ()
+        cls, policy: Policy, sinks: Sequence[DecisionSink] = (), keyring: Keyring | None = None
     ) -> type[GovernedWorkflowInbound]:
-        """A subclass of this interceptor that governs with ``policy`` and reports to ``sinks``."""
-        return type(cls.__name__, (cls,), {"policy": policy, "sinks": tuple(sinks)})
+        """A subclass of this interceptor that governs with ``policy`` and reports to ``sinks``.
+
+        ``keyring`` verifies (and signs relayed) control messages.
+        """
+        attributes = {"policy": policy, "sinks": tuple(sinks), "keyring": keyring or Keyring({})}
+        return type(cls.__name__, (cls,), attributes)
 
     def __init__(self, next: WorkflowInboundInterceptor) -> None:
         super().__init__(next)
@@ -74,7 +82,14 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
         run = GovernedRun(self.policy, context, self.sinks)
         self._outbound.run = run
         temporalio.workflow.set_query_handler(BUDGET_QUERY, run.budget_query)
+        plane = ControlPlane(run, self.keyring)
+        run.control = plane
+        plane.install()
         register_workflow_context(run.info.run_id, context)
+        register_plane(run.info.run_id, plane)
+        if context.controls:
+            # fleet-wide kills the starting client found in the ledger (see _client.py)
+            plane.apply_stored(context.controls)
         visibility = self.policy.visibility
         if visibility.search_attributes:
             temporalio.workflow.upsert_search_attributes(
@@ -84,21 +99,24 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
         if run_limits:
             # a concurrency slot for the run itself (max_concurrent_tasks), before its code runs
             await run.shared.reserve("run", run_limits, {"concurrency": 1.0}, "run start")
-        main = asyncio.ensure_future(self.next.execute_workflow(input))
-        main.add_done_callback(_retrieve)
+        main: asyncio.Future[Any] | None = None
         try:
-            await temporalio.workflow.wait(
-                [main, run.breached], return_when=asyncio.FIRST_COMPLETED
-            )
-            if run.breach is not None:
-                main.cancel()
+            if run.breach is None:  # a fleet kill found at start stops it before its code runs
+                main = asyncio.ensure_future(self.next.execute_workflow(input))
+                main.add_done_callback(_retrieve)
+                await temporalio.workflow.wait(
+                    [main, run.breached], return_when=asyncio.FIRST_COMPLETED
+                )
+            if run.breach is not None or main is None:
+                if main is not None:
+                    main.cancel()
                 for handle in list(run.in_flight):
                     handle.cancel()
                 # let the cancellations become commands before the run fails
                 for _ in range(3):
                     await asyncio.sleep(0)
                 await run.shared.release_all()
-                _publish(run, "breached")
+                _publish(run, "killed" if run.killed else "breached")
                 raise run.final_error()
             await run.shared.release_all()
             try:
@@ -106,7 +124,7 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
             except ApplicationError as error:
                 _publish(run, "failed")
                 spent = Usage.from_amounts(run.ledger.committed)
-                if spent.amounts().nonzero() and error.type not in (BUDGET_EXCEEDED, RUNAWAY_LOOP):
+                if spent.amounts().nonzero() and error.type not in _GOVERNOR_FAILURES:
                     error._details = (*error.details, usage_marker(spent))
                 raise
             _publish(run, "completed")
@@ -120,6 +138,7 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
             if not run.breached.done():
                 run.breached.cancel()
             forget_workflow_context(run.info.run_id)
+            forget_plane(run.info.run_id)
 
 
 class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
@@ -139,12 +158,14 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
         if self.run is None or input.activity == LEDGER_ACTIVITY:
             return start(input)  # type: ignore[no-any-return]
         run: GovernedRun = self.run
+        plane = run.control
+        assert plane is not None
         policy = run.policy
         tool = policy.tool_for(input.activity)
         counts = 1.0 if tool is None or tool[1].counts_as_tool_call else 0.0
         guess = explicit_estimate() or _amounts(policy.estimate_for_activity(input.activity))
-        key = run.next_key("activity", input.activity)
-        run.reserve(key, guess + Amounts(tool_calls=counts), f"activity {input.activity}")
+        wanted = guess + Amounts(tool_calls=counts)
+        dispatch = f"activity {input.activity}"
         context = run.context.model_copy(
             update={"chain": [*run.context.chain, run.link], "allowance": {}, "carried": None}
         )
@@ -153,32 +174,64 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
         input.ret_type = RawValue
         charge = functools.partial(_activity_amounts, counts=counts)
         limits = run.shared.limits_for(input.activity)
-        if not limits:
-            try:
-                inner = start(input)
-            except BaseException:
-                run.release(key)
-                raise
-            return run.track(
-                _GovernedActivityHandle(inner, _settle(run, key, inner, ret_type, charge))
-            )
-        wanted = guess + Amounts(tool_calls=counts)
         shared_amounts = {**wanted.nonzero(), "concurrency": 1.0}
 
-        async def flow() -> Any:
-            ticket = await run.shared.reserve(
-                key, limits, shared_amounts, f"activity {input.activity}"
-            )
+        async def dispatch_once() -> tuple[str, Any, Ticket | None]:
+            """Gate, reserve and start one attempt of the dispatch."""
+            await plane.gate()
+            key = run.next_key("activity", input.activity)
             try:
+                run.reserve(key, wanted, dispatch)
+            except BaseException:
+                plane.finished()
+                raise
+            ticket = None
+            try:
+                if limits:
+                    ticket = await run.shared.reserve(key, limits, shared_amounts, dispatch)
                 inner = start(input)
             except BaseException:
                 run.release(key)
-                await run.shared.settle(ticket, {})
+                plane.finished()
+                if ticket is not None:
+                    await run.shared.settle(ticket, {})
                 raise
-            handle.inner = inner
-            return await _settle(run, key, inner, ret_type, charge, ticket)
+            return key, inner, ticket
 
-        handle = _GovernedActivityHandle(None, flow())
+        async def flow(first: tuple[str, Any, Ticket | None] | None) -> Any:
+            attempt = first
+            while True:
+                if attempt is None:
+                    attempt = await dispatch_once()
+                key, inner, ticket = attempt
+                handle.inner = inner
+                plane.activities[key] = handle
+                try:
+                    return await _settle(
+                        run, key, inner, ret_type, charge, ticket, tool=input.activity
+                    )
+                except ActivityError:
+                    if id(inner) not in plane.cancelled_by_pause:
+                        raise
+                    plane.cancelled_by_pause.discard(id(inner))
+                    attempt = None  # paused: dispatch it again once resumed
+                finally:
+                    plane.activities.pop(key, None)
+                    plane.finished()
+
+        if limits or plane.holds():
+            handle = _GovernedActivityHandle(None, flow(None))
+            return run.track(handle)
+        # the common case: reserve and start now, in the same workflow task as agent code
+        key = run.next_key("activity", input.activity)
+        run.reserve(key, wanted, dispatch)
+        try:
+            inner = start(input)
+        except BaseException:
+            run.release(key)
+            raise
+        plane.started()
+        handle = _GovernedActivityHandle(inner, flow((key, inner, None)))
         return run.track(handle)
 
     async def start_child_workflow(
@@ -187,9 +240,19 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
         if self.run is None:
             return await self.next.start_child_workflow(input)
         run: GovernedRun = self.run
+        plane = run.control
+        assert plane is not None
         explicit = explicit_estimate() or _amounts(run.policy.estimate_for_child(input.workflow))
         key = f"{CHILD_KEY_PREFIX}{input.id}"
-        allowance = run.carve(key, input.workflow, explicit)
+        if plane.holds():
+            await plane.gate()
+        else:
+            plane.started()
+        try:
+            allowance = run.carve(key, input.workflow, explicit)
+        except BaseException:
+            plane.finished()
+            raise
         reserved = run.ledger.reservations[key]
         context = BudgetContext(
             attribution=run.context.attribution,
@@ -212,12 +275,13 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
             inner = await self.next.start_child_workflow(input)
         except BaseException:
             run.release(key)
+            plane.finished()
             if ticket is not None:
                 await run.shared.settle(ticket, {})
             raise
-
+        plane.joined(key, input.id)
         charge = functools.partial(_child_amounts, reserved=reserved)
-        settle = _settle(run, key, inner, ret_type, charge, ticket)
+        settle = _settled_child(plane, key, _settle(run, key, inner, ret_type, charge, ticket))
         return run.track(_GovernedChildHandle(inner, settle))
 
     def continue_as_new(self, input: ContinueAsNewInput) -> Any:
@@ -225,7 +289,11 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
         if run is None:
             return self.next.continue_as_new(input)
         context = run.context.model_copy(
-            update={"carried": run.ledger.committed + run.ledger.reserved, "deadline": run.deadline}
+            update={
+                "carried": run.ledger.committed + run.ledger.reserved,
+                "deadline": run.deadline,
+                "controls": {},
+            }
         )
         input.headers = with_context(input.headers, context)
         return self.next.continue_as_new(input)
@@ -238,18 +306,27 @@ async def _settle(
     ret_type: type | None,
     charge: Callable[[Usage | None], Amounts],
     ticket: Ticket | None = None,
+    tool: str | None = None,
 ) -> Any:
     """Await a dispatch, commit what it used (success, failure or cancel), return its result.
 
-    With a shared-scope ``ticket`` the usage is also settled in the shared scopes.
+    With a shared-scope ``ticket`` the usage is also settled in the shared scopes. An
+    activity a pause cancelled is charged its whole reservation: what it spent before it
+    stopped is unknown, and the governor never assumes money was not spent.
     """
     actual: Amounts | None = None
     try:
         raw = await inner
     except (ActivityError, ChildWorkflowError) as error:
         usage = take_failure_usage(error.cause) or _breach_usage(error.cause)
-        actual = charge(usage)
+        plane = run.control
+        if usage is None and plane is not None and id(inner) in plane.cancelled_by_pause:
+            actual = run.ledger.reservations.get(key) or charge(None)
+        else:
+            actual = charge(usage)
         run.commit(key, actual, usage.models if usage else None)
+        if usage is not None and usage.backpressure and plane is not None and tool:
+            plane.emitted(usage.backpressure, tool)
         raise
     except BaseException:
         if not _evicting():
@@ -260,10 +337,20 @@ async def _settle(
         usage = take_usage(raw.payload)
         actual = charge(usage)
         run.commit(key, actual, usage.models if usage else None)
+        if usage is not None and usage.backpressure and run.control is not None and tool:
+            run.control.emitted(usage.backpressure, tool)
         return _decode(raw, ret_type)
     finally:
         if ticket is not None and actual is not None and run.breach is None:
             await run.shared.settle(ticket, actual.nonzero())
+
+
+async def _settled_child(plane: ControlPlane, key: str, settle: Awaitable[Any]) -> Any:
+    """A child's settlement that also tells the control plane the child has ended."""
+    try:
+        return await settle
+    finally:
+        plane.left(key)
 
 
 def _evicting() -> bool:

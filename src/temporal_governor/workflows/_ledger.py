@@ -14,7 +14,7 @@ import contextlib
 import math
 from collections import OrderedDict
 from datetime import UTC, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, ValidationError
 from temporalio import workflow
@@ -114,6 +114,31 @@ class ReleaseRunRequest(BaseModel):
     run: str = Field(min_length=1)
 
 
+class ControlRecordRequest(BaseModel):
+    """Keep a fleet-wide kill or resume (a tenant's or an agent type's) for runs that start later.
+
+    The ledger stores the message as sent; it does not verify it. Every run that reads it
+    verifies its signature itself, and judges its age against ``recorded_at_ms`` (when the
+    ledger took it), so a forged or replayed message stored here changes nothing.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    scope: str = Field(pattern=r"^(tenant|agent):.+$", max_length=300)
+    """``tenant:<name>`` or ``agent:<workflow type>``."""
+    signal: Literal["governor.kill", "governor.resume"]
+    message: dict[str, Any]
+
+
+class StoredControl(BaseModel):
+    """A fleet-wide control message as the ledger keeps it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    message: dict[str, Any]
+    recorded_at_ms: int
+
+
 class Counter(BaseModel):
     """Committed and reserved amounts of one scope, resource and window."""
 
@@ -159,6 +184,8 @@ class LedgerState(BaseModel):
     released: dict[str, float] = Field(default_factory=dict)
     continue_as_new_after: int = 2000
     """Updates per run before continuing as new."""
+    controls: dict[str, dict[str, StoredControl]] = Field(default_factory=dict)
+    """Scope -> signal -> the latest fleet-wide kill and resume of that scope."""
 
 
 def _add(totals: dict[str, float], amounts: dict[str, float], sign: float = 1.0) -> None:
@@ -288,6 +315,28 @@ class GovernorLedger:
     @release_run.validator
     def _check_release_run(self, request: dict[str, Any]) -> None:
         _validated(ReleaseRunRequest, request)
+
+    @workflow.update(name="control")
+    def control(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Keep the latest kill or resume of a tenant or agent type for runs that start later."""
+        self._updates += 1
+        req: ControlRecordRequest = _validated(ControlRecordRequest, request)
+        stored = StoredControl(message=req.message, recorded_at_ms=int(self._now() * 1000))
+        self.state.controls.setdefault(req.scope, {})[req.signal] = stored
+        return stored.model_dump(mode="json")
+
+    @control.validator
+    def _check_control(self, request: dict[str, Any]) -> None:
+        _validated(ControlRecordRequest, request)
+
+    @workflow.query(name="controls")
+    def query_controls(self, scopes: list[str]) -> dict[str, Any]:
+        """The stored kills and resumes of these scopes (``tenant:<name>``, ``agent:<type>``)."""
+        return {
+            scope: {signal: c.model_dump(mode="json") for signal, c in by_signal.items()}
+            for scope in scopes
+            if (by_signal := self.state.controls.get(scope))
+        }
 
     @workflow.query(name="state")
     def query_state(self, scope_prefix: str = "") -> dict[str, Any]:
@@ -434,6 +483,7 @@ class GovernorLedger:
 __all__ = [
     "LEDGER_WORKFLOW",
     "MALFORMED_UPDATE",
+    "ControlRecordRequest",
     "GovernorLedger",
     "LedgerRefusal",
     "LedgerState",
@@ -442,4 +492,5 @@ __all__ = [
     "ReserveResult",
     "SettleRequest",
     "SettleResult",
+    "StoredControl",
 ]

@@ -1,0 +1,348 @@
+"""Control messages (kill, resume, backpressure, override), their signing and their checks.
+
+Every control message is a pydantic model sent as the single argument of a signal to a
+governed run. It names who sent it and why, when (``issued_at_ms``), a one-time
+``nonce``, and is signed with HMAC-SHA256 over its canonical form: the message as JSON
+with sorted keys, no whitespace, UTF-8, without ``signature`` and ``relay``. The run
+checks it with :class:`ControlCheck` in workflow code (deterministically: time is the
+workflow's, and the nonces seen are workflow state), so a replay reaches the same verdicts
+as long as the worker that replays has the same keys.
+
+Keys never live in the policy: :meth:`Keyring.from_policy` reads them from the
+environment variable and the file that ``control`` names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import GovernorError
+from .policy import PER_TASK_LIMITS, ControlSettings, Policy
+
+KILL_SIGNAL = "governor.kill"
+"""Signal: stop a run (``pause`` until an authorised resume, or ``terminate``)."""
+RESUME_SIGNAL = "governor.resume"
+"""Signal: let a paused run dispatch again (signed only)."""
+BACKPRESSURE_SIGNAL = "governor.backpressure"
+"""Signal: slow a run's dispatches down for a while."""
+OVERRIDE_SIGNAL = "governor.override"
+"""Signal: raise or lower a limit of a run for a while, never above its hard ceiling."""
+CONTROL_QUERY = "governor.control"
+"""Query: the run's control state and the audit trail of control messages."""
+
+Target = Literal["run", "tree", "tenant", "agent"]
+"""What a message is for: one run, a run and its descendants, a tenant's or an agent
+type's runs."""
+Relay = Literal["up", "down"]
+
+_Name = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class ControlMessage(BaseModel):
+    """What every control message carries: who, why, for whom, when, and its signature."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    issuer: _Name
+    """Who sent it (a person, a service, or ``governor:<workflow id>`` when relayed)."""
+    reason: str = Field(default="", max_length=2000)
+    """Why: kept in the audit trail."""
+    target: Target = "run"
+    workflow_id: str | None = Field(default=None, max_length=1000)
+    """For ``run`` and ``tree``: the workflow the message is for."""
+    tenant: str | None = Field(default=None, max_length=200)
+    """For ``tenant``: the tenant whose runs it is for."""
+    agent: str | None = Field(default=None, max_length=200)
+    """For ``agent``: the workflow type whose runs it is for."""
+    issued_at_ms: int = Field(ge=0)
+    """When it was issued, epoch milliseconds; too far from the run's clock is stale."""
+    nonce: str = Field(min_length=8, max_length=128)
+    """A one-time value: a run rejects a nonce it has seen."""
+    key_id: str | None = Field(default=None, max_length=200)
+    signature: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """Hex HMAC-SHA256 of :func:`canonical` with the key ``key_id``."""
+    relay: Relay | None = None
+    """Set by the governor when it forwards a message up or down the tree (not signed)."""
+
+
+class KillMessage(ControlMessage):
+    """Stop dispatching: ``pause`` (rest until resumed) or ``terminate`` (fail the run)."""
+
+    action: Literal["kill"] = "kill"
+    mode: Literal["pause", "terminate"] = "pause"
+
+
+class ResumeMessage(ControlMessage):
+    """Let a paused run dispatch again."""
+
+    action: Literal["resume"] = "resume"
+
+
+class BackpressureMessage(ControlMessage):
+    """Slow down: space dispatches, cap those in flight, suggest smaller batches."""
+
+    action: Literal["backpressure"] = "backpressure"
+    retry_after_ms: int = Field(default=0, ge=0, le=3_600_000)
+    """Least time between two dispatches of the run while the backpressure holds."""
+    max_concurrency: int | None = Field(default=None, ge=1)
+    """Most dispatches in flight at once while it holds."""
+    reduce_batch_to: int | None = Field(default=None, ge=1)
+    """Advice to agent code (see ``current_backpressure()``): batch at most this many."""
+    source: str = Field(default="", max_length=200)
+    """Who is overloaded (a tool, a provider, a downstream agent)."""
+    duration_ms: int = Field(default=60_000, gt=0)
+    """How long it holds (cut to the policy's ``control.max_backpressure``)."""
+
+
+class OverrideMessage(ControlMessage):
+    """Set a per-task limit of a run to ``value`` for ``duration_s`` seconds."""
+
+    action: Literal["override"] = "override"
+    limit: str = Field(min_length=1, max_length=100)
+    """A per-task quota name, e.g. ``max_tokens_per_task``."""
+    value: float = Field(ge=0)
+    duration_s: float = Field(default=3600.0, gt=0)
+    """How long the override holds (cut to the policy's ``control.max_override``)."""
+
+
+AnyControl = KillMessage | ResumeMessage | BackpressureMessage | OverrideMessage
+M = TypeVar("M", bound=ControlMessage)
+
+MESSAGE_OF_SIGNAL: dict[str, type[ControlMessage]] = {
+    KILL_SIGNAL: KillMessage,
+    RESUME_SIGNAL: ResumeMessage,
+    BACKPRESSURE_SIGNAL: BackpressureMessage,
+    OVERRIDE_SIGNAL: OverrideMessage,
+}
+"""Signal name -> the message model it carries."""
+SIGNAL_OF_ACTION = {
+    model.model_fields["action"].default: name for name, model in MESSAGE_OF_SIGNAL.items()
+}
+
+
+def canonical(message: ControlMessage) -> bytes:
+    """The bytes a message's signature covers: sorted-key compact JSON, UTF-8.
+
+    ``signature`` and ``relay`` are left out; ``action`` is in, so a signed kill cannot be
+    replayed as a resume.
+    """
+    data = message.model_dump(mode="json", exclude={"signature", "relay"})
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def new_nonce() -> str:
+    """A random nonce for a message sent from outside workflow code."""
+    return uuid.uuid4().hex
+
+
+class KeyringError(GovernorError):
+    """The control keys could not be read (the message names the file or variable)."""
+
+
+class Keyring:
+    """The HMAC keys a worker verifies control messages with and the CLI signs them with.
+
+    Args:
+        keys: Key id -> secret.
+        signing_key: The key id to sign with (default: the first).
+
+    """
+
+    def __init__(self, keys: Mapping[str, bytes], signing_key: str | None = None) -> None:
+        self.keys = dict(keys)
+        if signing_key is not None and signing_key not in self.keys:
+            raise KeyringError(
+                f"control.signing_key {signing_key!r} is not among the keys found "
+                f"({', '.join(sorted(self.keys)) or 'none'})"
+            )
+        self.signing_key = signing_key or next(iter(self.keys), None)
+
+    @classmethod
+    def from_policy(cls, policy: Policy, environ: Mapping[str, str] | None = None) -> Keyring:
+        """Read the keys the policy's ``control`` section names.
+
+        Args:
+            policy: The policy (``control.keys_env``, ``control.keys_file``).
+            environ: The environment (default ``os.environ``).
+
+        Raises:
+            KeyringError: The variable or the file is malformed or unreadable.
+
+        """
+        return cls.from_settings(policy.control, policy.source, environ)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: ControlSettings,
+        policy_source: str = "<dict>",
+        environ: Mapping[str, str] | None = None,
+    ) -> Keyring:
+        """Read the keys of a ``control`` section (see :meth:`from_policy`)."""
+        env = os.environ if environ is None else environ
+        keys: dict[str, bytes] = {}
+        text = env.get(settings.keys_env, "").strip()
+        for pair in filter(None, (p.strip() for p in text.split(","))):
+            key_id, sep, secret = pair.partition("=")
+            if not sep or not key_id.strip() or not secret.strip():
+                raise KeyringError(
+                    f"${settings.keys_env}: expected key-id=secret pairs separated by commas, "
+                    f"got an entry without both ({key_id.strip() or '<empty>'}=...)"
+                )
+            keys[key_id.strip()] = secret.strip().encode()
+        if settings.keys_file:
+            keys.update(_read_key_file(settings.keys_file, policy_source))
+        return cls(keys, settings.signing_key)
+
+    def sign(self, message: M, key_id: str | None = None) -> M:
+        """The message with ``key_id`` and ``signature`` set.
+
+        Raises:
+            KeyringError: There is no key to sign with.
+
+        """
+        kid = key_id or self.signing_key
+        if kid is None or kid not in self.keys:
+            raise KeyringError(
+                "no control key to sign with: set $TEMPORAL_GOVERNOR_KEYS (key-id=secret) or "
+                "control.keys_file in the policy"
+            )
+        unsigned = message.model_copy(update={"key_id": kid, "signature": None})
+        digest = hmac.new(self.keys[kid], canonical(unsigned), hashlib.sha256).hexdigest()
+        return unsigned.model_copy(update={"signature": digest})
+
+    def signature_problem(self, message: ControlMessage) -> str | None:
+        """Why a message's signature is not valid, or ``None`` when it is."""
+        if message.signature is None:
+            return "unsigned"
+        if message.key_id is None or message.key_id not in self.keys:
+            return f"unknown key id {message.key_id!r}"
+        expected = hmac.new(self.keys[message.key_id], canonical(message), hashlib.sha256)
+        if not hmac.compare_digest(expected.hexdigest(), message.signature):
+            return "bad signature"
+        return None
+
+
+def _read_key_file(name: str, policy_source: str) -> dict[str, bytes]:
+    path = Path(name)
+    if not path.is_absolute() and policy_source not in ("<dict>", "<text>"):
+        path = Path(policy_source).parent / path
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise KeyringError(f"control.keys_file {path}: cannot read it ({error})") from None
+    if not isinstance(data, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) and v for k, v in data.items()
+    ):
+        raise KeyringError(
+            f"control.keys_file {path}: expected a mapping of key id to secret (strings)"
+        )
+    return {k: v.encode() for k, v in data.items()}
+
+
+class ControlCheck:
+    """Validates and authorises control messages for one run (deterministic).
+
+    Args:
+        keyring: The keys to verify signatures with.
+        settings: The policy's ``control`` section.
+
+    """
+
+    def __init__(self, keyring: Keyring, settings: ControlSettings) -> None:
+        self.keyring = keyring
+        self.settings = settings
+        self._nonces: dict[str, int] = {}
+
+    def check(
+        self, signal: str, args: tuple[Any, ...], now_ms: int
+    ) -> tuple[AnyControl | None, str | None]:
+        """Parse and authorise one signal's arguments.
+
+        Args:
+            signal: The signal name (selects the message model).
+            args: The signal's arguments as decoded.
+            now_ms: The run's clock (workflow time), epoch milliseconds.
+
+        Returns:
+            ``(message, None)`` when accepted (its nonce is then remembered), else
+            ``(message or None, why it was rejected)``.
+
+        """
+        model = MESSAGE_OF_SIGNAL.get(signal)
+        if model is None:
+            return None, f"unknown control signal {signal!r}"
+        if len(args) != 1 or not isinstance(args[0], Mapping):
+            return None, "malformed: expected one JSON object as the signal's argument"
+        try:
+            message: AnyControl = model.model_validate(args[0])  # type: ignore[assignment]
+        except ValidationError as error:
+            return None, "malformed: " + _problems(error)
+        problem = self.keyring.signature_problem(message)
+        if problem == "unsigned":
+            if not (message.action == "kill" and self.settings.allow_unsigned_kill):
+                return message, f"unsigned {message.action} (a valid signature is required)"
+        elif problem is not None:
+            return message, problem
+        skew_ms = self.settings.max_clock_skew * 1000
+        age_ms = now_ms - message.issued_at_ms
+        if abs(age_ms) > skew_ms:
+            return message, (
+                f"stale: issued {age_ms / 1000:.1f} s from the run's clock "
+                f"(control.max_clock_skew {self.settings.max_clock_skew:g} s)"
+            )
+        if message.nonce in self._nonces:
+            return message, f"replayed nonce {message.nonce}"
+        self._forget_old(now_ms, skew_ms)
+        self._nonces[message.nonce] = message.issued_at_ms
+        return message, None
+
+    def _forget_old(self, now_ms: int, skew_ms: float) -> None:
+        """Drop nonces so old that their messages would be rejected as stale anyway."""
+        for nonce in [n for n, at in self._nonces.items() if now_ms - at > 2 * skew_ms]:
+            del self._nonces[nonce]
+
+
+def _problems(error: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
+        for e in error.errors(include_url=False)
+    )
+
+
+def overridable(limit: str) -> bool:
+    """Whether ``limit`` names a per-task quota an override may change."""
+    return limit in PER_TASK_LIMITS and limit != "max_wall_time_per_task"
+
+
+__all__ = [
+    "BACKPRESSURE_SIGNAL",
+    "CONTROL_QUERY",
+    "KILL_SIGNAL",
+    "MESSAGE_OF_SIGNAL",
+    "OVERRIDE_SIGNAL",
+    "RESUME_SIGNAL",
+    "AnyControl",
+    "BackpressureMessage",
+    "ControlCheck",
+    "ControlMessage",
+    "Keyring",
+    "KeyringError",
+    "KillMessage",
+    "OverrideMessage",
+    "ResumeMessage",
+    "Target",
+    "canonical",
+    "new_nonce",
+    "overridable",
+]

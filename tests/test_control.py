@@ -1,0 +1,367 @@
+"""The control plane on a real dev server: kill, resume, backpressure, override, authorisation."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError
+
+from conftest import CONTROL_KEY_ID, CONTROL_SECRET
+from control_workflows import CONTROL_ACTIVITIES, CONTROL_WORKFLOWS, Branch, Loop, Looper, Relay
+from temporal_governor import (
+    BUDGET_QUERY,
+    CONTROL_QUERY,
+    GOVERNANCE_KILLED,
+    BreachDetails,
+    Keyring,
+    OverrideMessage,
+    Policy,
+    ResumeMessage,
+    attribution,
+)
+from temporal_governor.control_client import ControlClient, ControlTarget
+
+POLICY = Policy.from_dict(
+    {
+        "agents": {"Looper": {"quotas": {"max_tokens_per_task": 10_000}}},
+        "tools": {"step": {"estimate": {"tokens": 50}}},
+    }
+)
+
+
+def controller(g: Any, policy: Policy = POLICY, **kw: Any) -> ControlClient:
+    return ControlClient(g.client, policy, issuer="oncall@test", **kw)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+async def state_of(handle: WorkflowHandle[Any, Any]) -> dict[str, Any]:
+    return await handle.query(CONTROL_QUERY)  # type: ignore[no-any-return]
+
+
+async def is_paused(handle: WorkflowHandle[Any, Any]) -> bool:
+    try:
+        return (await state_of(handle))["state"] == "paused"
+    except Exception:
+        return False  # not started yet
+
+
+async def events(handle: WorkflowHandle[Any, Any]) -> list[Any]:
+    return [e async for e in handle.fetch_history_events()]
+
+
+def signalled_at(history: list[Any], signal: str) -> list[int]:
+    return [
+        e.event_id
+        for e in history
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+        and e.workflow_execution_signaled_event_attributes.signal_name == signal
+    ]
+
+
+def scheduled(history: list[Any]) -> list[Any]:
+    return [e for e in history if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def test_pause_then_authorised_resume_completes_with_correct_spend(governed) -> None:
+    async with governed(POLICY, CONTROL_WORKFLOWS, CONTROL_ACTIVITIES) as g:
+        handle = await g.start(Looper.run, Loop(steps=6, tokens=10, seconds=0.3))
+        await eventually(lambda: _committed(handle, "tool_calls", at_least=1))
+        sent = time.monotonic()
+        outcome = await controller(g).kill(ControlTarget.run(handle.id), reason="investigating")
+        assert outcome.signalled == [handle.id]
+        await eventually(lambda: is_paused(handle))
+        latency = time.monotonic() - sent
+        status = await state_of(handle)
+        assert status["paused_by"] == "oncall@test" and status["pause_reason"] == "investigating"
+        before = len(scheduled(await events(handle)))
+        await asyncio.sleep(1.0)
+        assert len(scheduled(await events(handle))) == before, "dispatched while paused"
+
+        await controller(g).resume(ControlTarget.run(handle.id), reason="false alarm")
+        assert await handle.result() == 60
+
+        history = await events(handle)
+        [kill_at] = signalled_at(history, "governor.kill")
+        [resume_at] = signalled_at(history, "governor.resume")
+        assert not [e for e in scheduled(history) if kill_at < e.event_id < resume_at]
+        status = await state_of(handle)
+        kill, resume = status["audit"]
+        assert kill["accepted"] and kill["outcome"].startswith("paused")
+        assert resume["accepted"] and resume["outcome"] == "resumed"
+        assert resume["issuer"] == "oncall@test" and resume["reason"] == "false alarm"
+        assert resume["key_id"] == CONTROL_KEY_ID
+        cancelled = int(kill["outcome"].split("; ")[1].split()[0])
+        assert cancelled in (0, 1)
+        budget = await handle.query(BUDGET_QUERY)
+        # a cancelled attempt is charged its reservation (50 tokens, 1 call); it ran again
+        assert budget["committed"]["tokens"] == 60 + 50 * cancelled
+        assert budget["committed"]["tool_calls"] == 6 + cancelled
+        print(f"kill to paused, client-observed: {latency * 1000:.0f} ms")
+
+
+async def _committed(handle: WorkflowHandle[Any, Any], resource: str, at_least: float) -> bool:
+    try:
+        budget = await handle.query(BUDGET_QUERY)
+    except Exception:
+        return False
+    return bool(budget["committed"].get(resource, 0) >= at_least)
+
+
+async def test_kill_terminate_fails_the_run_with_governance_killed(governed) -> None:
+    async with governed(POLICY, CONTROL_WORKFLOWS, CONTROL_ACTIVITIES) as g:
+        handle = await g.start(Looper.run, Loop(steps=50, seconds=0.1))
+        await eventually(lambda: _committed(handle, "tool_calls", at_least=1))
+        await controller(g).kill(
+            ControlTarget.run(handle.id), mode="terminate", reason="runaway spend"
+        )
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+        cause = failure.value.cause
+        assert isinstance(cause, ApplicationError)
+        assert cause.type == GOVERNANCE_KILLED and cause.non_retryable
+        details = BreachDetails.from_error(failure.value)
+        assert details is not None
+        assert details.killed_by == "oncall@test" and details.kill_reason == "runaway spend"
+        assert "killed by oncall@test: runaway spend" in str(cause)
+        status = await state_of(handle)
+        assert status["state"] == "killed"
+
+
+async def test_unauthorised_stale_replayed_and_malformed_messages_change_nothing(governed) -> None:
+    async with governed(POLICY, CONTROL_WORKFLOWS, CONTROL_ACTIVITIES) as g:
+        handle = await g.start(Looper.run, Loop(steps=3, seconds=0.2))
+        await controller(g).kill(ControlTarget.run(handle.id), reason="hold")
+        await eventually(lambda: is_paused(handle))
+
+        def resume(**kw: Any) -> ResumeMessage:
+            fields: dict[str, Any] = {
+                "issuer": "mallory",
+                "workflow_id": handle.id,
+                "issued_at_ms": now_ms(),
+                "nonce": uuid.uuid4().hex,
+            }
+            return ResumeMessage(**{**fields, **kw})
+
+        right = Keyring({CONTROL_KEY_ID: CONTROL_SECRET.encode()})
+        override = right.sign(
+            OverrideMessage(
+                issuer="ops",
+                workflow_id=handle.id,
+                issued_at_ms=now_ms(),
+                nonce=uuid.uuid4().hex,
+                limit="max_tokens_per_task",
+                value=9_000,
+            )
+        )
+        attempts: list[tuple[str, Any, str]] = [
+            ("governor.resume", resume().model_dump(mode="json"), "unsigned resume"),
+            (
+                "governor.resume",
+                Keyring({CONTROL_KEY_ID: b"guessed"}).sign(resume()).model_dump(mode="json"),
+                "bad signature",
+            ),
+            (
+                "governor.resume",
+                Keyring({"other": b"x"}).sign(resume()).model_dump(mode="json"),
+                "unknown key id",
+            ),
+            (
+                "governor.resume",
+                right.sign(resume(issued_at_ms=now_ms() - 3_600_000)).model_dump(mode="json"),
+                "stale",
+            ),
+            ("governor.resume", {"issuer": "mallory"}, "malformed"),
+            ("governor.override", "raise it please", "malformed"),
+            ("governor.override", override.model_dump(mode="json"), ""),
+            ("governor.override", override.model_dump(mode="json"), "replayed nonce"),
+            (
+                "governor.resume",
+                right.sign(resume(workflow_id="someone-else")).model_dump(mode="json"),
+                "misdirected",
+            ),
+        ]
+        for signal, payload, _ in attempts:
+            await handle.signal(signal, payload)
+        await eventually(lambda: _audit_size(handle, len(attempts) + 1))
+        status = await state_of(handle)
+        assert status["state"] == "paused", "a rejected resume resumed the run"
+        records = status["audit"][1:]
+        for record, (signal, _, why) in zip(records, attempts, strict=True):
+            assert record["signal"] == signal
+            if why:
+                assert not record["accepted"] and why in record["outcome"], record
+            else:
+                assert record["accepted"], record
+        assert status["rejected"] == len(attempts) - 1
+        assert [o["value"] for o in status["overrides"]] == [9_000]
+        budget = await handle.query(BUDGET_QUERY)
+        rejected_events = [e for e in budget["recent_events"] if e["kind"] == "control_rejected"]
+        assert len(rejected_events) == len(attempts) - 1
+
+        await controller(g).resume(ControlTarget.run(handle.id))
+        assert await handle.result() == 30  # the workflow went on
+
+
+async def _audit_size(handle: WorkflowHandle[Any, Any], size: int) -> bool:
+    return len((await state_of(handle))["audit"]) >= size
+
+
+async def test_tree_pause_reaches_grandchildren_and_tree_resume_releases_them(governed) -> None:
+    async with governed(POLICY, CONTROL_WORKFLOWS, CONTROL_ACTIVITIES) as g:
+        root = f"tree-{uuid.uuid4().hex[:8]}"
+        handle = await g.start(
+            "Brancher", Branch(levels=3, loop=Loop(steps=4, seconds=0.3)), id=root
+        )
+        runs = [
+            root,
+            f"{root}.c",
+            f"{root}.c.c",
+            f"{root}.loop",
+            f"{root}.c.loop",
+            f"{root}.c.c.loop",
+        ]
+        handles = [g.client.get_workflow_handle(w) for w in runs]
+        await eventually(lambda: _committed(handles[-1], "tool_calls", at_least=1))
+        await controller(g).kill(ControlTarget.tree(root), reason="tree hold")
+        for each in handles:
+            await eventually(lambda each=each: is_paused(each))
+        grandchild = await state_of(handles[-1])
+        assert grandchild["paused_by"] == "oncall@test"
+        assert grandchild["audit"][0]["relay"] == "down"
+        await controller(g).resume(ControlTarget.tree(root), reason="carry on")
+        result = await handle.result()
+        assert result["own"] == 40 and result["below"]["below"]["own"] == 40
+        for each in handles:
+            assert (await state_of(each))["state"] == "running"
+
+
+TENANT_POLICY_DATA: dict[str, Any] = {
+    "agents": {"Looper": {"quotas": {"max_tokens_per_task": 10_000}}},
+    "visibility": {"search_attributes": True},
+}
+
+
+async def test_tenant_kill_stops_running_and_later_runs_of_that_tenant_only(governed) -> None:
+    ledger = f"ledger-{uuid.uuid4().hex[:8]}"
+    policy = Policy.from_dict({**TENANT_POLICY_DATA, "shared": {"ledger_id": ledger}})
+    async with governed(policy, CONTROL_WORKFLOWS, CONTROL_ACTIVITIES) as g:
+        tenant = f"acme-{uuid.uuid4().hex[:6]}"
+        with attribution(tenant=tenant):
+            doomed = [await g.start(Looper.run, Loop(steps=100, seconds=0.1)) for _ in range(2)]
+        with attribution(tenant="globex"):
+            spared = await g.start(Looper.run, Loop(steps=5, seconds=0.1))
+
+        async def listed() -> bool:
+            query = f'GovernorTenant = "{tenant}" AND ExecutionStatus = "Running"'
+            return len([w async for w in g.client.list_workflows(query)]) == 2
+
+        await eventually(listed)
+        control = controller(g, policy, ledger_task_queue=g.task_queue)
+        outcome = await control.kill(ControlTarget.tenant(tenant), mode="terminate", reason="fraud")
+        assert outcome.stored and sorted(outcome.signalled) == sorted(h.id for h in doomed)
+        for handle in doomed:
+            with pytest.raises(WorkflowFailureError) as failure:
+                await handle.result()
+            assert failure.value.cause.type == GOVERNANCE_KILLED  # type: ignore[union-attr]
+        assert await spared.result() == 50
+
+        with attribution(tenant=tenant):
+            late = await g.start(Looper.run, Loop(steps=3))
+        with pytest.raises(WorkflowFailureError) as failure:
+            await late.result()
+        details = BreachDetails.from_error(failure.value)
+        assert details is not None and details.scope == f"tenant {tenant}"
+        assert not scheduled(await events(late)), "a killed tenant's new run dispatched"
+        with attribution(tenant="globex"):
+            assert await g.run(Looper.run, Loop(steps=2)) == 20
+
+        await control.resume(ControlTarget.tenant(tenant), reason="cleared")
+        with attribution(tenant=tenant):
+            assert await g.run(Looper.run, Loop(steps=2)) == 20
+
+
+HARD = {
+    "agents": {"Looper": {"quotas": {"max_tokens_per_task": {"limit": 100, "hard_ceiling": 150}}}},
+    "tools": {"step": {"estimate": {"tokens": 30}}},
+}
+
+
+@pytest.mark.parametrize(("mode", "ceiling"), [("reject", 100), ("clamp", 150)])
+async def test_override_never_lifts_the_hard_ceiling(governed, mode: str, ceiling: int) -> None:
+    policy = Policy.from_dict({**HARD, "control": {"above_ceiling": mode}})
+    async with governed(policy, CONTROL_WORKFLOWS, CONTROL_ACTIVITIES) as g:
+        handle = await g.start(Looper.run, Loop(steps=10, tokens=30, seconds=0.3))
+        await controller(g, policy).override(
+            ControlTarget.run(handle.id),
+            limit="max_tokens_per_task",
+            value=1_000_000,
+            reason="the customer said it is fine",
+        )
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+        details = BreachDetails.from_error(failure.value)
+        assert details is not None
+        assert details.limit == "max_tokens_per_task" and details.ceiling == ceiling
+        assert details.committed == ceiling // 30 * 30
+        [record] = (await state_of(handle))["audit"]
+        assert record["signal"] == "governor.override"
+        assert record["reason"] == "the customer said it is fine"
+        if mode == "reject":
+            assert not record["accepted"] and "above the hard ceiling 150" in record["outcome"]
+        else:
+            assert record["accepted"] and "clamped" in record["outcome"]
+            assert record["before"]["ceiling"] == 100 and record["after"]["ceiling"] == 150
+
+
+async def test_override_expires_and_restores_the_limit(governed) -> None:
+    policy = Policy.from_dict(HARD)
+    async with governed(policy, CONTROL_WORKFLOWS, CONTROL_ACTIVITIES) as g:
+        handle = await g.start(Looper.run, Loop(steps=10, tokens=30, seconds=0.3))
+        await controller(g, policy).override(
+            ControlTarget.run(handle.id), limit="max_tokens_per_task", value=150, duration_s=0.5
+        )
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+        details = BreachDetails.from_error(failure.value)
+        assert details is not None and details.ceiling == 100
+        assert (await state_of(handle))["overrides"] == []
+
+
+async def test_backpressure_spaces_dispatches_in_workflow_time_and_reaches_the_parent(
+    governed,
+) -> None:
+    async with governed(POLICY, CONTROL_WORKFLOWS, CONTROL_ACTIVITIES) as g:
+        parent = await g.start(Relay.run, Loop(steps=8, backpressure_at=2))
+        result = await parent.result()
+        assert result["tokens"] == 80 and result["source"] == "provider-x"
+        child = g.client.get_workflow_handle(f"{parent.id}.child")
+        times = [e.event_time.ToDatetime() for e in scheduled(await events(child))]
+        gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+        before, after = gaps[:2], gaps[2:]
+        assert max(before) < 0.4
+        assert min(after) >= 0.45, gaps  # retry_after_ms=500, measured in workflow time
+        child_status = await state_of(child)
+        assert child_status["backpressure"]["source"] == "provider-x"
+        parent_status = await state_of(parent)
+        [record] = parent_status["audit"]
+        assert record["accepted"] and record["relay"] == "up"
+        assert parent_status["backpressure"]["retry_after_ms"] == 500
