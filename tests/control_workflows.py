@@ -116,5 +116,26 @@ class Relay:
         }
 
 
-CONTROL_WORKFLOWS = [Looper, Brancher, Relay]
+@workflow.defn
+class Fanner:
+    """Waits for the `go` signal, then runs `steps` activities at once."""
+
+    def __init__(self) -> None:
+        self.go = False
+
+    @workflow.signal
+    def start_now(self) -> None:
+        self.go = True
+
+    @workflow.run
+    async def run(self, loop: Loop) -> int:
+        await workflow.wait_condition(lambda: self.go)
+        s = Step(tokens=loop.tokens, seconds=loop.seconds)
+        done = await asyncio.gather(
+            *(workflow.execute_activity(step, s, **_STEP) for _ in range(loop.steps))
+        )
+        return sum(done)
+
+
+CONTROL_WORKFLOWS = [Looper, Brancher, Relay, Fanner]
 CONTROL_ACTIVITIES = [step]

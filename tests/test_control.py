@@ -15,7 +15,15 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
 from conftest import CONTROL_KEY_ID, CONTROL_SECRET
-from control_workflows import CONTROL_ACTIVITIES, CONTROL_WORKFLOWS, Branch, Loop, Looper, Relay
+from control_workflows import (
+    CONTROL_ACTIVITIES,
+    CONTROL_WORKFLOWS,
+    Branch,
+    Fanner,
+    Loop,
+    Looper,
+    Relay,
+)
 from temporal_governor import (
     BUDGET_QUERY,
     CONTROL_QUERY,
@@ -365,3 +373,38 @@ async def test_backpressure_spaces_dispatches_in_workflow_time_and_reaches_the_p
         [record] = parent_status["audit"]
         assert record["accepted"] and record["relay"] == "up"
         assert parent_status["backpressure"]["retry_after_ms"] == 500
+
+
+def most_at_once(history: list[Any]) -> int:
+    """The most activities running at the same time, from their started/closed events."""
+    started = {
+        e.event_id: e.event_time.ToDatetime()
+        for e in history
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+    }
+    spans = []
+    for e in history:
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            attributes = e.activity_task_completed_event_attributes
+            spans.append((started[attributes.started_event_id], e.event_time.ToDatetime()))
+    edges = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    running = peak = 0
+    for _, delta in edges:
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+@pytest.mark.parametrize("cap", [None, 2])
+async def test_backpressure_caps_dispatches_in_flight(governed, cap: int | None) -> None:
+    async with governed(POLICY, CONTROL_WORKFLOWS, CONTROL_ACTIVITIES) as g:
+        handle = await g.start(Fanner.run, Loop(steps=6, seconds=0.4))
+        if cap is not None:
+            await controller(g).backpressure(
+                ControlTarget.run(handle.id), max_concurrency=cap, duration_ms=30_000
+            )
+            await eventually(lambda: _audit_size(handle, 1))
+        await handle.signal(Fanner.start_now)
+        assert await handle.result() == 60
+        peak = most_at_once(await events(handle))
+        assert peak == (cap or 6), peak
