@@ -2,29 +2,37 @@
 
 Exit codes: 0 success; 1 the replay found non-determinism (the workflow code changed
 since the run) or ``list`` found nothing; 2 bad usage or bad input (policy, files,
-modules); 3 the Temporal server could not be reached or the workflow was not found.
+modules, control keys, a control message the CLI refuses to send); 3 the Temporal server
+could not be reached, the workflow was not found, or a control message reached none of
+its runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
+from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
+from .control import Keyring, KeyringError, overridable
+from .control_client import ControlClient, ControlError, ControlOutcome, ControlTarget
 from .errors import PolicyError
 from .interceptors._workflow import STATE_ATTRIBUTE, TENANT_ATTRIBUTE
-from .policy import Policy
+from .policy import PER_TASK_LIMITS, Policy, _seconds
 from .replay import ReviewError, load_histories, review
 
 EXIT_NONDETERMINISM = 1
@@ -36,7 +44,7 @@ _NAMESPACE = os.environ.get("TEMPORAL_NAMESPACE", "default")
 
 
 def _fail(message: str, code: int) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}")
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}")
     sys.exit(code)
 
 
@@ -426,3 +434,430 @@ def budget(
     Console().print(f"open reservations: {state['open_reservations']}")
     if not counters:
         sys.exit(1)
+
+
+# -- control: kill, resume, backpressure, override, status ------------------------------------
+
+_FC = TypeVar("_FC", bound=Callable[..., Any])
+_Send = Callable[[ControlClient, ControlTarget], Awaitable[ControlOutcome]]
+_TARGETS: dict[str, Callable[[str], ControlTarget]] = {
+    "run": ControlTarget.run,
+    "tree": ControlTarget.tree,
+    "tenant": ControlTarget.tenant,
+    "agent": ControlTarget.agent,
+}
+_OVERRIDABLE = [name for name in PER_TASK_LIMITS if overridable(name)]
+
+
+def _examples(*lines: str) -> str:
+    """A command's epilog: example invocations, one a line, not re-wrapped by click."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _options(*decorators: Callable[[_FC], _FC]) -> Callable[[_FC], _FC]:
+    """Apply several click decorators as one, in the order written."""
+
+    def apply(command: _FC) -> _FC:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return apply
+
+
+_sending_options = _options(
+    click.option("--run", "target_run", metavar="WORKFLOW_ID", help="Target one run."),
+    click.option(
+        "--tree", "target_tree", metavar="WORKFLOW_ID", help="Target a run and its descendants."
+    ),
+    click.option("--tenant", "target_tenant", metavar="NAME", help="Target a tenant's runs."),
+    click.option(
+        "--agent", "target_agent", metavar="WORKFLOW_TYPE", help="Target a workflow type's runs."
+    ),
+    click.option(
+        "--policy",
+        "policy_path",
+        required=True,
+        type=click.Path(exists=True, dir_okay=False),
+        help="The policy (its control section says where the signing keys come from).",
+    ),
+    click.option("--issuer", default=None, help="Who is sending (default: the OS user)."),
+    click.option(
+        "--task-queue",
+        default=None,
+        help="A governed worker's task queue, to start the ledger for --tenant/--agent "
+        "if it is not running yet.",
+    ),
+    click.option("--namespace", default=_NAMESPACE, show_default=True),
+    click.option("--address", default=_ADDRESS, show_default=True),
+)
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    """Seconds from ``--for``: a number, or '500ms', '30s', '10m', '2h', '1d'."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = _seconds(value, None)
+        except ValueError:
+            raise click.BadParameter(
+                f"{value!r} is not a duration such as 30s, 10m, 2h or 1d (or seconds)"
+            ) from None
+    if seconds <= 0:
+        raise click.BadParameter(f"{value!r}: the duration must be more than 0")
+    return seconds
+
+
+def _target(common: dict[str, Any]) -> ControlTarget:
+    """The one target among ``--run``, ``--tree``, ``--tenant`` and ``--agent``."""
+    given = [(kind, common.pop(f"target_{kind}")) for kind in _TARGETS]
+    given = [(kind, value) for kind, value in given if value is not None]
+    if len(given) != 1:
+        problem = (
+            "no target given"
+            if not given
+            else "several targets given (" + ", ".join(f"--{kind}" for kind, _ in given) + ")"
+        )
+        raise click.UsageError(f"{problem}: give exactly one of --run, --tree, --tenant, --agent")
+    kind, value = given[0]
+    if not value.strip():
+        raise click.UsageError(f"--{kind} needs a non-empty value")
+    return _TARGETS[kind](value)
+
+
+def _keyring(policy: Policy, signed: bool) -> Keyring:
+    """The policy's control keys; fails (exit 2) if a signed message has no key to use."""
+    if not signed:
+        return Keyring({})
+    try:
+        keyring = Keyring.from_policy(policy)
+    except KeyringError as error:
+        _fail(str(error), EXIT_BAD_INPUT)
+    if keyring.signing_key is None:
+        where = f"${policy.control.keys_env} (key-id=secret[,key-id=secret...])"
+        if policy.control.keys_file:
+            where += f" or the file {policy.control.keys_file}"
+        _fail(f"no control key to sign with: set {where}", EXIT_BAD_INPUT)
+    return keyring
+
+
+def _send(common: dict[str, Any], label: str, send: _Send, *, signed: bool = True) -> None:
+    """Connect, send one control message as ``send`` does, and report what happened."""
+    target = _target(common)
+    policy = _load_policy(common["policy_path"])
+    keyring = _keyring(policy, signed)
+
+    async def run() -> ControlOutcome:
+        client = await _connect(common["address"], common["namespace"])
+        control = ControlClient(
+            client,
+            policy,
+            keyring=keyring,
+            issuer=common["issuer"],
+            ledger_task_queue=common["task_queue"],
+        )
+        return await send(control, target)
+
+    try:
+        outcome = asyncio.run(run())
+    except (ControlError, KeyringError) as error:
+        _fail(str(error), EXIT_BAD_INPUT)
+    except ValidationError as error:
+        _fail(f"{label}: invalid message: {_problems(error)}", EXIT_BAD_INPUT)
+    except RPCError as error:
+        _fail(f"{_describe(target)}: {error}", EXIT_UNREACHABLE)
+    _report(label, target, outcome)
+    if outcome.failed and not outcome.signalled and not outcome.stored:
+        sys.exit(EXIT_UNREACHABLE)
+
+
+def _problems(error: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
+        for e in error.errors(include_url=False)
+    )
+
+
+def _describe(target: ControlTarget) -> str:
+    return f"{target.kind} {target.value}"
+
+
+def _report(label: str, target: ControlTarget, outcome: ControlOutcome) -> None:
+    """Print who got the message, what failed, the warnings and the key it was signed with."""
+    console, errors = Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)
+    sent = outcome.signalled
+    if target.kind in ("run", "tree"):
+        if sent:
+            relay = " (its runs relay it down)" if target.kind == "tree" else ""
+            console.print(f"{escape(label)} sent to {escape(_describe(target))}{relay}")
+            console.print(
+                f"[dim]the run checks and audits it: temporal-governor status "
+                f"{escape(target.value)}[/]"
+            )
+    elif sent:
+        runs = "run" if len(sent) == 1 else "runs"
+        console.print(
+            f"{escape(label)} sent to {len(sent)} {runs} of {escape(_describe(target))}: "
+            + escape(", ".join(sent))
+        )
+    else:
+        console.print(f"{escape(label)}: no running runs of {escape(_describe(target))}")
+    if outcome.stored:
+        console.print("stored in the ledger for runs that start later")
+    for workflow_id, why in outcome.failed.items():
+        errors.print(f"[red]not delivered to {escape(workflow_id)}:[/] {escape(why)}")
+    for warning in outcome.warnings:
+        errors.print(f"[yellow]warning:[/] {escape(warning)}")
+    key_id = outcome.message.key_id
+    console.print(f"signed with key {escape(key_id)}" if key_id else "unsigned")
+
+
+@main.command(
+    epilog=_examples(
+        'temporal-governor kill --tenant acme --policy governance.yaml --reason "runaway spend"',
+    )
+)
+@_sending_options
+@click.option(
+    "--mode",
+    type=click.Choice(["pause", "terminate"]),
+    default="pause",
+    show_default=True,
+    help="pause: rest until resumed; terminate: fail the runs.",
+)
+@click.option("--reason", default="", help="Why (kept in the runs' audit trail).")
+@click.option("--unsigned", is_flag=True, help="Send without a signature (needs no key).")
+def kill(mode: str, reason: str, unsigned: bool, **common: Any) -> None:
+    """Pause or terminate a run, a tree, a tenant's or an agent type's runs."""
+    _send(
+        common,
+        f"kill ({mode})",
+        lambda control, target: control.kill(
+            target,
+            mode="terminate" if mode == "terminate" else "pause",
+            reason=reason,
+            sign=not unsigned,
+        ),
+        signed=not unsigned,
+    )
+
+
+@main.command(
+    epilog=_examples(
+        'temporal-governor resume --run wf-1 --policy governance.yaml --reason "fixed"',
+    )
+)
+@_sending_options
+@click.option("--reason", default="", help="Why (kept in the runs' audit trail).")
+def resume(reason: str, **common: Any) -> None:
+    """Let paused runs dispatch again (always signed)."""
+    _send(common, "resume", lambda control, target: control.resume(target, reason=reason))
+
+
+@main.command(
+    epilog=_examples(
+        "temporal-governor backpressure --agent Researcher --policy governance.yaml \\",
+        "    --retry-after-ms 2000 --max-concurrency 2 --source provider-x",
+    )
+)
+@_sending_options
+@click.option(
+    "--retry-after-ms",
+    required=True,
+    type=click.IntRange(0, 3_600_000),
+    help="Least time between two dispatches of a run.",
+)
+@click.option("--max-concurrency", type=click.IntRange(min=1), default=None, help="Most in flight.")
+@click.option(
+    "--reduce-batch-to",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Advice to agent code: batch at most this many.",
+)
+@click.option(
+    "--duration-ms",
+    type=click.IntRange(min=1),
+    default=60_000,
+    show_default=True,
+    help="How long it holds (cut to control.max_backpressure).",
+)
+@click.option("--source", default="", help="Who is overloaded (a tool, a provider...).")
+@click.option("--reason", default="", help="Why (kept in the runs' audit trail).")
+def backpressure(
+    retry_after_ms: int,
+    max_concurrency: int | None,
+    reduce_batch_to: int | None,
+    duration_ms: int,
+    source: str,
+    reason: str,
+    **common: Any,
+) -> None:
+    """Slow runs down for a while: space their dispatches, cap those in flight."""
+    _send(
+        common,
+        f"backpressure (retry after {retry_after_ms} ms, for {duration_ms} ms)",
+        lambda control, target: control.backpressure(
+            target,
+            retry_after_ms=retry_after_ms,
+            max_concurrency=max_concurrency,
+            reduce_batch_to=reduce_batch_to,
+            duration_ms=duration_ms,
+            source=source,
+            reason=reason,
+        ),
+    )
+
+
+@main.command(
+    epilog=_examples(
+        "temporal-governor override --run wf-1 --policy governance.yaml \\",
+        '    --limit max_tokens_per_task --value 50000 --for 2h --reason "long report"',
+    )
+)
+@_sending_options
+@click.option(
+    "--limit",
+    required=True,
+    type=click.Choice(_OVERRIDABLE),
+    help="The per-task quota to change.",
+)
+@click.option("--value", required=True, type=click.FloatRange(min=0), help="Its new ceiling.")
+@click.option(
+    "--for",
+    "duration_s",
+    metavar="DURATION",
+    callback=_duration,
+    default="1h",
+    show_default=True,
+    help="How long it holds: seconds or 500ms, 30s, 10m, 2h, 1d (cut to control.max_override).",
+)
+@click.option("--reason", default="", help="Why (kept in the runs' audit trail).")
+def override(limit: str, value: float, duration_s: float, reason: str, **common: Any) -> None:
+    """Set a per-task limit of runs for a while (never above its hard ceiling)."""
+    _send(
+        common,
+        f"override {limit} = {value:g} for {duration_s:g} s",
+        lambda control, target: control.override(
+            target, limit=limit, value=value, duration_s=duration_s, reason=reason
+        ),
+    )
+
+
+@main.command(
+    epilog=_examples(
+        "temporal-governor status wf-1",
+        "temporal-governor status wf-1 --json",
+    )
+)
+@click.argument("workflow_id")
+@click.option("--namespace", default=_NAMESPACE, show_default=True)
+@click.option("--address", default=_ADDRESS, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the control state and budget as JSON.")
+def status(workflow_id: str, namespace: str, address: str, as_json: bool) -> None:
+    """Show a run's control state, its audit trail of control messages and its spend."""
+
+    async def run() -> dict[str, Any]:
+        client = await _connect(address, namespace)
+        control = ControlClient(client, Policy.from_dict({}), keyring=Keyring({}))
+        return await control.status(workflow_id)
+
+    try:
+        state = asyncio.run(run())
+    except WorkflowQueryFailedError as error:
+        _fail(f"{workflow_id}: not a governed run? the query failed: {error}", EXIT_BAD_INPUT)
+    except RPCError as error:
+        _fail(f"workflow {workflow_id}: {error}", EXIT_UNREACHABLE)
+    if as_json:
+        click.echo(json.dumps(state, indent=2))
+        return
+    console = Console(soft_wrap=True)
+    _print_control(state["control"], console)
+    _print_budget(state["budget"], console)
+    _print_audit(state["control"]["audit"])
+
+
+def _when(value: str | None) -> str:
+    if not value:
+        return "-"
+    try:
+        return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except ValueError:
+        return value
+
+
+def _print_control(control: dict[str, Any], console: Console) -> None:
+    """The run's state, pause, backpressure and overrides."""
+    colour = {"running": "green", "paused": "yellow", "killed": "red"}.get(control["state"], "")
+    console.print(
+        f"[bold]{escape(control['workflow_id'])}[/] (run {control['run_id']}): "
+        f"[{colour}]{control['state']}[/]"
+    )
+    if control.get("paused_by") is not None:
+        console.print(
+            f"  paused by {escape(control['paused_by'])} since {_when(control['paused_since'])}"
+            f" ({escape(control.get('pause_reason') or 'no reason given')}); "
+            f"fails at {_when(control['pause_deadline'])} unless resumed"
+        )
+    pressure = control.get("backpressure")
+    if pressure:
+        console.print(f"  backpressure: {_pressure(pressure)}")
+    for o in control.get("overrides", []):
+        console.print(
+            f"  override {o['limit']}: {o['before']:g} -> {o['value']:g} until "
+            f"{_when(o['until'])} (hard ceiling {o['hard_ceiling']:g}; by {escape(o['issuer'])}: "
+            f"{escape(o['reason'] or '-')})"
+        )
+    console.print(
+        f"  control messages: {control['accepted']} accepted, {control['rejected']} rejected; "
+        f"{control['dispatches_refused_while_paused']} dispatches held while paused"
+    )
+
+
+def _pressure(pressure: dict[str, Any]) -> str:
+    """The backpressure holding on a run, in one line."""
+    caps = [f"retry after {pressure['retry_after_ms']} ms"]
+    if pressure.get("max_concurrency") is not None:
+        caps.append(f"at most {pressure['max_concurrency']} in flight")
+    if pressure.get("reduce_batch_to") is not None:
+        caps.append(f"batches of {pressure['reduce_batch_to']}")
+    return (
+        f"{', '.join(caps)} until {_when(pressure['until'])} "
+        f"(from {escape(pressure['source'] or pressure['issuer'])}: "
+        f"{escape(pressure['reason'] or '-')})"
+    )
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.4g}"
+
+
+def _print_budget(budget: dict[str, Any], console: Console) -> None:
+    """One line: committed spend per resource, and the breach if the run halted."""
+    committed = budget.get("committed") or {}
+    spent = ", ".join(f"{resource} {_number(v)}" for resource, v in sorted(committed.items()))
+    console.print(f"  budget committed: {spent or 'nothing yet'}")
+    breach = budget.get("breach")
+    if breach:
+        console.print(
+            f"  [red]halted:[/] {escape(breach['limit'])} "
+            f"({escape(breach.get('kill_reason') or breach['scope'])})"
+        )
+
+
+def _print_audit(control_audit: list[dict[str, Any]]) -> None:
+    """The audit trail of control messages, oldest first."""
+    table = Table(title="control messages")
+    for column in ("seq", "time", "signal", "ok", "issuer", "reason", "outcome"):
+        table.add_column(column, justify="right" if column == "seq" else "left")
+    for record in control_audit:
+        table.add_row(
+            str(record["seq"]),
+            _when(record["time"]),
+            record["signal"].removeprefix("governor."),
+            "[green]✓[/]" if record["accepted"] else "[red]✗[/]",
+            escape(record.get("issuer") or ""),
+            escape(record.get("reason") or ""),
+            escape(record["outcome"]),
+        )
+    Console().print(table)
