@@ -15,7 +15,14 @@ Example::
 """
 
 from .accounting import Amounts, GovernanceEvent, LimitState
-from .context import Attribution, BudgetContext, attribution, current_attribution, estimate
+from .context import (
+    Attribution,
+    BudgetContext,
+    attribution,
+    current_attribution,
+    current_decision,
+    estimate,
+)
 from .control import (
     BACKPRESSURE_SIGNAL,
     CONTROL_QUERY,
@@ -30,10 +37,12 @@ from .control import (
     ResumeMessage,
 )
 from .decisions import DecisionRecord, DecisionSink
+from .degradation import Decision
 from .errors import (
     BUDGET_EXCEEDED,
     GOVERNANCE_KILLED,
     RUNAWAY_LOOP,
+    TOOL_DISABLED,
     BreachDetails,
     BudgetExceeded,
     ChainLink,
@@ -67,6 +76,7 @@ __all__ = [
     "OVERRIDE_SIGNAL",
     "RESUME_SIGNAL",
     "RUNAWAY_LOOP",
+    "TOOL_DISABLED",
     "ActiveBackpressure",
     "Amounts",
     "Attribution",
@@ -77,6 +87,7 @@ __all__ = [
     "BudgetSnapshot",
     "ChainLink",
     "ControlStatus",
+    "Decision",
     "DecisionRecord",
     "DecisionSink",
     "GovernanceEvent",
@@ -100,6 +111,7 @@ __all__ = [
     "attribution",
     "current_attribution",
     "current_backpressure",
+    "current_decision",
     "emit_backpressure",
     "estimate",
     "register_search_attributes",

@@ -30,6 +30,10 @@ EventKind = Literal[
     "wait",
     "control",
     "control_rejected",
+    "loop",
+    "anomaly",
+    "throttle",
+    "degrade",
 ]
 
 _EPSILON = 1e-9
@@ -334,6 +338,30 @@ class RunLedger:
         """
         self._log(
             "control" if accepted else "control_rejected", signal, ZERO, limit=issuer, scope=outcome
+        )
+
+    def log_detector(
+        self,
+        kind: EventKind,
+        key: str,
+        detector: str,
+        message: str,
+        observed: float = 0.0,
+        ceiling: float = 0.0,
+    ) -> None:
+        """Record what a detector saw or decided (loop, anomaly, throttle, degrade).
+
+        Args:
+            kind: The event kind.
+            key: The dispatch concerned (may be empty).
+            detector: The detector or rule (kept as ``limit``).
+            message: What it saw (kept as ``scope``).
+            observed: The number it judged.
+            ceiling: The threshold it judged against.
+
+        """
+        self._log(
+            kind, key, ZERO, limit=detector, scope=message, observed=observed, ceiling=ceiling
         )
 
     def log_breach(self, key: str, refusal: Refusal) -> None:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from temporalio.api.common.v1 import Payload
 
 from .accounting import Amounts
+from .degradation import Decision
 from .errors import ChainLink
 
 HEADER = "temporal-governor"
@@ -84,6 +85,8 @@ class BudgetContext(BaseModel):
     """The tightest ``loop_detection.max_depth`` of the receiver's ancestors."""
     max_depth_scope: str = ""
     """The scope that set :attr:`max_depth`."""
+    decision: Decision | None = None
+    """For an activity: the degradation in force when it was dispatched."""
     controls: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """For a starting root run: the fleet-wide kills and resumes in force for its tenant
     and workflow type, as the ledger keeps them (scope -> signal -> stored message)."""
@@ -234,3 +237,19 @@ def current_attribution() -> BudgetContext | None:
     if temporalio.workflow.in_workflow():
         return _workflow_contexts.get(temporalio.workflow.info().run_id)
     return None
+
+
+def current_decision() -> Decision | None:
+    """Inside a governed activity: the degradation in force when it was dispatched.
+
+    ``None`` when no ``degrade`` rule applied (or outside a governed activity). Use it to
+    pick a cheaper model or a smaller ``max_tokens`` where the governor cannot rewrite
+    the arguments itself::
+
+        decision = temporal_governor.current_decision()
+        model = decision.model_for(request.model) if decision else request.model
+    """
+    if not temporalio.activity.in_activity():
+        return None
+    context = _activity_context.get()
+    return context.decision if context is not None else None

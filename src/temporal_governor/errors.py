@@ -22,6 +22,10 @@ RUNAWAY_LOOP = "RunawayLoop"
 GOVERNANCE_KILLED = "GovernanceKilled"
 """``ApplicationError.type`` of a run stopped by an operator's kill signal."""
 
+TOOL_DISABLED = "ToolDisabled"
+"""``ApplicationError.type`` of a dispatch refused by a degradation rule (``disable_tools``):
+not a halt; agent code may catch it and go on without the tool."""
+
 KILL_LIMIT = "kill"
 """``BreachDetails.limit`` of a run stopped by a kill (terminate, or a pause that timed out)."""
 
@@ -107,9 +111,17 @@ class BreachDetails(BaseModel):
     """For a kill (``limit == "kill"``): the issuer of the kill signal."""
     kill_reason: str = ""
     """For a kill: the reason the issuer gave."""
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    """For a detector's halt (``RunawayLoop``, anomaly): what it saw (the repeated call
+    signature, the cycle, the counts and numbers) and its ``message``."""
 
     def message(self) -> str:
         """A one-line human statement of the breach."""
+        if self.evidence.get("message"):
+            text = f"{self.limit} in {self.scope}: {self.evidence['message']}"
+            if self.dispatch:
+                text += f"; refused {self.dispatch}"
+            return text
         if self.limit == KILL_LIMIT:
             text = f"{self.scope} killed by {self.killed_by or 'an operator'}"
             if self.kill_reason:
@@ -214,6 +226,7 @@ __all__ = [
     "GOVERNANCE_KILLED",
     "KILL_LIMIT",
     "RUNAWAY_LOOP",
+    "TOOL_DISABLED",
     "BreachDetails",
     "BudgetExceeded",
     "ChainLink",

@@ -371,9 +371,9 @@ class ControlSettings(BaseModel):
     max_backpressure: TtlSeconds = 3600.0
     """The longest one backpressure message may hold (its ``duration_ms`` is cut to this)."""
     check_kills_at_start: bool = Field(default=True, strict=True)
-    """Every run asks the ledger, before its code starts, whether its tenant or agent type
-    is killed (one local activity per run start); off, only runs already running when a
-    tenant or agent kill is sent are reached."""
+    """A governed client reads the ledger's kills of the tenant and workflow type of every
+    run it starts (one query per start) and hands them to the run in its start header;
+    off, only runs already running when a tenant or agent kill is sent are reached."""
 
 
 class Estimate(BaseModel):
@@ -407,6 +407,13 @@ class PrioritySettings(BaseModel):
 
     default_class: PriorityClass = "normal"
     """The class of the agent's dispatches unless a tool entry says otherwise."""
+    fairness_by_tenant: bool = Field(default=True, strict=True)
+    """Also set Temporal's fairness key to the run's tenant, so that one tenant's backlog
+    cannot starve another's within a priority class (where the server supports it)."""
+
+
+DetectorAction = Literal["alert", "throttle", "terminate"]
+"""What a detector that fires does: log an event, slow the run down, or halt it."""
 
 
 class LoopDetection(BaseModel):
@@ -418,6 +425,114 @@ class LoopDetection(BaseModel):
     """How deep the tree of child workflows below a run of this agent may grow."""
     signature_window: PositiveInt | None = None
     """How many recent dispatch signatures are compared to spot a repeating loop."""
+    max_repeats: PositiveInt = 3
+    """Within ``signature_window``, a call (target and arguments) seen more often than
+    this is a loop."""
+    max_cycle_length: Annotated[int, Field(ge=2, le=16)] = 4
+    """Longest sequence of tool calls checked for back-to-back repetition."""
+    max_cycle_repeats: PositiveInt | None = None
+    """A sequence of 2..``max_cycle_length`` tools repeated back to back more than this
+    many times is a loop (it looks at tool names only: leave it off for agents that
+    legitimately alternate tools over many items)."""
+    max_consecutive_failures: PositiveInt | None = None
+    """More failed dispatches in a row than this (no success between) make a loop."""
+    max_iterations: PositiveInt | None = None
+    """Most dispatches one run may make."""
+    max_agent_visits: PositiveInt | None = None
+    """Most times this agent may appear in its own chain of ancestors (a cycle in the agent
+    call graph such as planner -> executor -> planner -> ...)."""
+    action: DetectorAction = "terminate"
+    """What a detected loop does (``terminate`` fails the run with ``RunawayLoop``)."""
+    throttle_delay: WaitSeconds = 1.0
+    """For ``action: throttle``: how long each looping dispatch is held back."""
+
+
+class PredictiveThrottle(BaseModel):
+    """Slow a run down before it breaches, from its burn rate."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    expected_duration: TtlSeconds
+    """How long a run of the agent is expected to last."""
+    max_delay: WaitSeconds = 5.0
+    """The longest one dispatch is held back."""
+
+
+class AnomalySettings(BaseModel):
+    """Spend anomaly detection against baselines kept in the ledger across runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    factor: PositiveNumber | None = None
+    """A run whose spend exceeds this many times the baseline mean is anomalous."""
+    zscore: PositiveNumber | None = None
+    """... or whose z-score against the baseline exceeds this."""
+    min_samples: PositiveInt = 5
+    """Runs a baseline needs before it judges anything."""
+    alpha: Annotated[float, Field(gt=0, le=1)] = 0.2
+    """Weight of the newest run in the exponentially weighted baseline."""
+    action: DetectorAction = "alert"
+    """What an anomaly does."""
+    throttle_delay: WaitSeconds = 1.0
+    """For ``action: throttle``: how long each dispatch is held back once anomalous."""
+    predictive: PredictiveThrottle | None = None
+    """Slow the run down when its burn rate would exhaust its budget before it ends."""
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> Self:
+        if self.factor is None and self.zscore is None:
+            raise PydanticCustomError(
+                f"{_ERROR}_anomaly",
+                "a factor or a zscore (or both)",
+                {"at": ("factor",), "value": None},
+            )
+        return self
+
+
+class DegradeRule(BaseModel):
+    """A graceful decision short of a halt, taken when budget runs low or on an anomaly."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    when_remaining_below: Fraction | None = None
+    """Applies once less than this fraction of the run's tightest budget remains."""
+    when_anomalous: bool = Field(default=False, strict=True)
+    """Applies once the run has been found anomalous."""
+    model_map: dict[str, str] = Field(default_factory=dict)
+    """Downgrade models: requested model -> the model to use instead."""
+    max_tokens: PositiveInt | None = None
+    """Cap ``max_tokens`` of model calls."""
+    disable_tools: list[str] = Field(default_factory=list)
+    """Activity types (optional tools) refused while the rule applies."""
+    rewrite_arguments: bool = Field(default=True, strict=True)
+    """Rewrite ``model`` / ``max_tokens`` in OpenAI-style activity arguments on the way in
+    (otherwise the activity reads the decision with ``current_decision()``)."""
+
+    @model_validator(mode="after")
+    def _has_trigger(self) -> Self:
+        if self.when_remaining_below is None and not self.when_anomalous:
+            raise PydanticCustomError(
+                f"{_ERROR}_degrade",
+                "when_remaining_below or when_anomalous",
+                {"at": ("when_remaining_below",), "value": None},
+            )
+        return self
+
+
+class RiskTier(BaseModel):
+    """Stricter rules for the tools and agents of one risk tier (``payment``, ``write`` ...)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_calls_per_task: NonNegativeInt | None = None
+    """Most calls of this tier's tools one run may make (0: none at all)."""
+    max_cost_usd_per_task: NonNegativeNumber | None = None
+    """Most dollars one run may spend in this tier's tools."""
+    max_consecutive_failures: PositiveInt | None = None
+    """More failed calls of this tier's tools in a row than this halt the run."""
+    loop_action: DetectorAction | None = None
+    """Action of a loop detected on this tier's tools (``terminate``: immediate halt),
+    instead of the agent's ``loop_detection.action``."""
 
 
 class AgentPolicy(BaseModel):
@@ -443,6 +558,12 @@ class AgentPolicy(BaseModel):
     """Scheduling priority of the agent's work."""
     loop_detection: LoopDetection = Field(default_factory=LoopDetection)
     """Runaway-loop guards."""
+    anomaly: AnomalySettings | None = None
+    """Spend anomaly detection against the agent's (and tenant's) baseline."""
+    degrade: list[DegradeRule] = Field(default_factory=list)
+    """Graceful decisions short of a halt; the first rule that applies is taken."""
+    risk_tier: str | None = None
+    """The agent's risk tier (a key of ``risk_tiers``): its rules apply to every dispatch."""
 
 
 class ToolPolicy(BaseModel):
@@ -463,6 +584,10 @@ class ToolPolicy(BaseModel):
     """Calls in flight at once across all callers (shared ledger)."""
     priority_class: PriorityClass | None = None
     """Scheduling class of this tool's calls."""
+    throttle: Throttle | None = None
+    """Rate limit on this tool's calls within one run (``max_qps`` is across runs)."""
+    risk_tier: str | None = None
+    """The tool's risk tier (a key of ``risk_tiers``)."""
 
 
 class GlobalLimits(BaseModel):
@@ -549,6 +674,8 @@ class Policy(BaseModel):
     """How limits shared across runs are enforced (the ledger)."""
     control: ControlSettings = Field(default_factory=ControlSettings)
     """The control plane: signing keys, kill, resume, backpressure and override rules."""
+    risk_tiers: dict[str, RiskTier] = Field(default_factory=dict)
+    """Rules per risk tier, named by tools' and agents' ``risk_tier``."""
     source: str = Field(default="<dict>", exclude=True)
     """Where the policy was loaded from, for messages; not part of the policy itself."""
 
@@ -559,6 +686,20 @@ class Policy(BaseModel):
         """Build the workflow-type and activity-type lookup tables."""
         self._agent_names = _claims(self.agents, "workflow_types")
         self._tool_names = _claims(self.tools, "activity_types")
+
+    @model_validator(mode="after")
+    def _tiers_exist(self) -> Self:
+        for section, entries in (("agents", self.agents), ("tools", self.tools)):
+            for name, entry in entries.items():
+                tier = getattr(entry, "risk_tier", None)
+                if tier is not None and tier not in self.risk_tiers:
+                    known = ", ".join(sorted(self.risk_tiers)) or "none defined"
+                    raise PydanticCustomError(
+                        f"{_ERROR}_tier",
+                        f"a tier defined in risk_tiers ({known})",
+                        {"at": (section, name, "risk_tier"), "value": tier},
+                    )
+        return self
 
     @model_validator(mode="after")
     def _one_claim_each(self) -> Self:

@@ -25,9 +25,11 @@ from ..decisions import DecisionRecord, DecisionSink, DispatchKind
 from ..errors import BreachDetails, BudgetExceeded, ChainLink, GovernanceKilled, RunawayLoop
 from ..policy import PER_TASK_LIMITS, Policy
 from ..scopes import SharedLimit
+from ._guard import RunGuard
 from ._shared import SharedBudget
 
 if TYPE_CHECKING:
+    from ..detectors import Verdict
     from ._control import ControlPlane, ControlRecord
 
 BUDGET_QUERY = "governor.budget"
@@ -100,6 +102,7 @@ class GovernedRun:
         self._models: dict[str, dict[str, int]] = {}
         self.shared = SharedBudget(self)
         self.killed = False
+        self.guard = RunGuard(self)
         self.control: ControlPlane | None = None
         """Set by the workflow interceptor once the control signals are installed."""
 
@@ -294,6 +297,40 @@ class GovernedRun:
                     elapsed,
                     float(spec.limit),
                 )
+
+    def halt(self, refusal: Refusal, dispatch: str) -> BudgetExceeded:
+        """Halt the run on a refusal decided outside the run's ledger (a risk tier's)."""
+        return self._halt(refusal, dispatch)
+
+    def halt_verdict(self, verdict: Verdict, dispatch: str, loop: bool) -> BudgetExceeded:
+        """Halt the run on a detector's verdict: ``RunawayLoop`` for a loop, else a breach.
+
+        The failure's details carry the verdict's evidence and message.
+        """
+        section = "loop_detection"
+        details = BreachDetails(
+            limit=f"{section}.{verdict.detector}" if loop else verdict.detector,
+            resource="dispatches" if loop else "spend",
+            scope=self.scope,
+            observed=float(verdict.evidence.get("value") or verdict.evidence.get("count") or 0),
+            ceiling=float(verdict.evidence.get("limit") or verdict.evidence.get("mean") or 0),
+            dispatch=dispatch,
+            chain=[*self.context.chain, self.link],
+            tenant=self.context.attribution.tenant,
+            spent=self.ledger.committed.nonzero(),
+            evidence={**verdict.evidence, "detector": verdict.detector, "message": verdict.message},
+        )
+        error: BudgetExceeded = RunawayLoop(details) if loop else BudgetExceeded(details)
+        if self.breach is None:
+            self.breach = error
+            self._log_new_events()
+            if not self.breached.done():
+                self.breached.set_result(None)
+        return error
+
+    def log_events(self) -> None:
+        """Hand the decisions logged since the last call to the sinks and the log."""
+        self._log_new_events()
 
     def kill(self, details: BreachDetails) -> None:
         """Stop the run with ``GovernanceKilled`` (a kill ``terminate`` or a pause timeout)."""

@@ -253,6 +253,18 @@ class SharedBudget:
         else:
             self._retired.append(lease)
 
+    async def baselines(self, keys: list[str]) -> dict[str, Any]:
+        """Read spend baselines kept in the ledger (anomaly detection)."""
+        result: dict[str, Any] = await self._call(
+            "baseline", {"keys": keys}, f"baseline:{self._owner}"
+        )
+        return result
+
+    async def observe(self, values: dict[str, float], alpha: float, min_samples: int) -> None:
+        """Fold a finished run's spend into the ledger's baselines."""
+        request = {"values": values, "alpha": alpha, "min_samples": min_samples}
+        await self._call("observe", request, f"observe:{self._owner}")
+
     async def release_all(self) -> None:
         """Settle every lease with what was used, release everything else (the run ends)."""
         for signature, lease in list(self._leases.items()):

@@ -32,6 +32,7 @@ from ..context import (
 )
 from ..control import Keyring
 from ..decisions import DecisionSink
+from ..degradation import rewrite_arguments
 from ..errors import BUDGET_EXCEEDED, GOVERNANCE_KILLED, RUNAWAY_LOOP, BreachDetails
 from ..policy import Estimate, Policy
 from ..usage import Usage
@@ -99,6 +100,8 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
         if run_limits:
             # a concurrency slot for the run itself (max_concurrent_tasks), before its code runs
             await run.shared.reserve("run", run_limits, {"concurrency": 1.0}, "run start")
+        if run.guard.anomaly is not None and run.breach is None:
+            run.guard.load_baselines(await run.shared.baselines(run.guard.baseline_keys()))
         main: asyncio.Future[Any] | None = None
         try:
             if run.breach is None:  # a fleet kill found at start stops it before its code runs
@@ -127,6 +130,10 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
                 if spent.amounts().nonzero() and error.type not in _GOVERNOR_FAILURES:
                     error._details = (*error.details, usage_marker(spent))
                 raise
+            anomaly = run.guard.anomaly
+            learnt = run.guard.observations()
+            if anomaly is not None and learnt:
+                await run.shared.observe(learnt, anomaly.alpha, anomaly.min_samples)
             _publish(run, "completed")
             payload = (
                 result.payload
@@ -166,8 +173,21 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
         guess = explicit_estimate() or _amounts(policy.estimate_for_activity(input.activity))
         wanted = guess + Amounts(tool_calls=counts)
         dispatch = f"activity {input.activity}"
+        guard = run.guard
+        run.raise_if_halted()
+        wait = guard.admit("activity", input.activity, input.args, dispatch)
+        decision = guard.decision
+        if decision is not None and decision.rewrite_arguments:
+            input.args = rewrite_arguments(input.args, decision)
+        if hasattr(input, "priority"):  # local activities have none
+            input.priority = guard.priority("activity", input.activity, input.priority)
         context = run.context.model_copy(
-            update={"chain": [*run.context.chain, run.link], "allowance": {}, "carried": None}
+            update={
+                "chain": [*run.context.chain, run.link],
+                "allowance": {},
+                "carried": None,
+                "decision": decision,
+            }
         )
         input.headers = with_context(input.headers, context)
         ret_type = input.ret_type
@@ -176,8 +196,10 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
         limits = run.shared.limits_for(input.activity)
         shared_amounts = {**wanted.nonzero(), "concurrency": 1.0}
 
-        async def dispatch_once() -> tuple[str, Any, Ticket | None]:
-            """Gate, reserve and start one attempt of the dispatch."""
+        async def dispatch_once(hold: float) -> tuple[str, Any, Ticket | None]:
+            """Wait ``hold`` seconds, gate, reserve and start one attempt of the dispatch."""
+            if hold > 0:
+                await temporalio.workflow.sleep(hold)
             await plane.gate()
             key = run.next_key("activity", input.activity)
             try:
@@ -199,16 +221,16 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
             return key, inner, ticket
 
         async def flow(first: tuple[str, Any, Ticket | None] | None) -> Any:
-            attempt = first
+            attempt, hold = first, wait
             while True:
                 if attempt is None:
-                    attempt = await dispatch_once()
+                    attempt, hold = await dispatch_once(hold), 0.0
                 key, inner, ticket = attempt
                 handle.inner = inner
                 plane.activities[key] = handle
                 try:
                     return await _settle(
-                        run, key, inner, ret_type, charge, ticket, tool=input.activity
+                        run, key, inner, ret_type, charge, ticket, ("activity", input.activity)
                     )
                 except ActivityError:
                     if id(inner) not in plane.cancelled_by_pause:
@@ -219,7 +241,7 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
                     plane.activities.pop(key, None)
                     plane.finished()
 
-        if limits or plane.holds():
+        if limits or wait > 0 or plane.holds():
             handle = _GovernedActivityHandle(None, flow(None))
             return run.track(handle)
         # the common case: reserve and start now, in the same workflow task as agent code
@@ -244,6 +266,11 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
         assert plane is not None
         explicit = explicit_estimate() or _amounts(run.policy.estimate_for_child(input.workflow))
         key = f"{CHILD_KEY_PREFIX}{input.id}"
+        run.raise_if_halted()
+        wait = run.guard.admit("child", input.workflow, input.args, f"child {input.workflow}")
+        input.priority = run.guard.priority("child", input.workflow, input.priority)
+        if wait > 0:
+            await temporalio.workflow.sleep(wait)
         if plane.holds():
             await plane.gate()
         else:
@@ -281,7 +308,11 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
             raise
         plane.joined(key, input.id)
         charge = functools.partial(_child_amounts, reserved=reserved)
-        settle = _settled_child(plane, key, _settle(run, key, inner, ret_type, charge, ticket))
+        settle = _settled_child(
+            plane,
+            key,
+            _settle(run, key, inner, ret_type, charge, ticket, ("child", input.workflow)),
+        )
         return run.track(_GovernedChildHandle(inner, settle))
 
     def continue_as_new(self, input: ContinueAsNewInput) -> Any:
@@ -306,27 +337,32 @@ async def _settle(
     ret_type: type | None,
     charge: Callable[[Usage | None], Amounts],
     ticket: Ticket | None = None,
-    tool: str | None = None,
+    target: tuple[str, str] = ("", ""),
 ) -> Any:
     """Await a dispatch, commit what it used (success, failure or cancel), return its result.
 
     With a shared-scope ``ticket`` the usage is also settled in the shared scopes. An
     activity a pause cancelled is charged its whole reservation: what it spent before it
     stopped is unknown, and the governor never assumes money was not spent.
+    ``target`` (kind and name) is what the run's guard counts the outcome against.
     """
+    kind, name = target
     actual: Amounts | None = None
     try:
         raw = await inner
     except (ActivityError, ChildWorkflowError) as error:
         usage = take_failure_usage(error.cause) or _breach_usage(error.cause)
         plane = run.control
-        if usage is None and plane is not None and id(inner) in plane.cancelled_by_pause:
+        paused = plane is not None and id(inner) in plane.cancelled_by_pause
+        if usage is None and paused:
             actual = run.ledger.reservations.get(key) or charge(None)
         else:
             actual = charge(usage)
         run.commit(key, actual, usage.models if usage else None)
-        if usage is not None and usage.backpressure and plane is not None and tool:
-            plane.emitted(usage.backpressure, tool)
+        if usage is not None and usage.backpressure and plane is not None and kind == "activity":
+            plane.emitted(usage.backpressure, name)
+        if name and not paused:
+            run.guard.after(kind, name, False, actual.cost_usd, key)
         raise
     except BaseException:
         if not _evicting():
@@ -337,8 +373,10 @@ async def _settle(
         usage = take_usage(raw.payload)
         actual = charge(usage)
         run.commit(key, actual, usage.models if usage else None)
-        if usage is not None and usage.backpressure and run.control is not None and tool:
-            run.control.emitted(usage.backpressure, tool)
+        if usage is not None and usage.backpressure and run.control is not None:
+            run.control.emitted(usage.backpressure, name)
+        if name:
+            run.guard.after(kind, name, True, actual.cost_usd, key)
         return _decode(raw, ret_type)
     finally:
         if ticket is not None and actual is not None and run.breach is None:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFlo
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
+from ..detectors import BaselineState, SpendBaseline
 from ..scopes import SharedLimit, SharedResource
 
 LEDGER_WORKFLOW = "temporal-governor-ledger"
@@ -130,6 +131,25 @@ class ControlRecordRequest(BaseModel):
     message: dict[str, Any]
 
 
+class BaselineRequest(BaseModel):
+    """Read spend baselines (``agent:<type>:<metric>``, ``tenant:<name>:<metric>``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keys: list[str] = Field(max_length=100)
+
+
+class ObserveRequest(BaseModel):
+    """Fold one finished run's spend into baselines (exponentially weighted)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    values: dict[str, NonNegativeFloat]
+    """Baseline key -> the run's value."""
+    alpha: float = Field(default=0.2, gt=0, le=1)
+    min_samples: int = Field(default=5, ge=1)
+
+
 class StoredControl(BaseModel):
     """A fleet-wide control message as the ledger keeps it."""
 
@@ -186,6 +206,8 @@ class LedgerState(BaseModel):
     """Updates per run before continuing as new."""
     controls: dict[str, dict[str, StoredControl]] = Field(default_factory=dict)
     """Scope -> signal -> the latest fleet-wide kill and resume of that scope."""
+    baselines: dict[str, BaselineState] = Field(default_factory=dict)
+    """Spend baselines across runs, by key (``agent:planner:tokens_per_run`` ...)."""
 
 
 def _add(totals: dict[str, float], amounts: dict[str, float], sign: float = 1.0) -> None:
@@ -328,6 +350,43 @@ class GovernorLedger:
     @control.validator
     def _check_control(self, request: dict[str, Any]) -> None:
         _validated(ControlRecordRequest, request)
+
+    @workflow.update(name="baseline")
+    def baseline(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The baselines of some keys (those never observed are left out)."""
+        self._updates += 1
+        req: BaselineRequest = _validated(BaselineRequest, request)
+        return {
+            key: self.state.baselines[key].model_dump(mode="json")
+            for key in req.keys
+            if key in self.state.baselines
+        }
+
+    @baseline.validator
+    def _check_baseline(self, request: dict[str, Any]) -> None:
+        _validated(BaselineRequest, request)
+
+    @workflow.update(name="observe")
+    def observe(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Fold a finished run's values into their baselines; returns the new baselines."""
+        self._updates += 1
+        req: ObserveRequest = _validated(ObserveRequest, request)
+        updated = {}
+        for key, value in req.values.items():
+            known = self.state.baselines.get(key)
+            baseline = (
+                SpendBaseline.from_state(known)
+                if known is not None
+                else SpendBaseline(alpha=req.alpha, min_samples=req.min_samples)
+            )
+            baseline.update(value)
+            self.state.baselines[key] = baseline.state()
+            updated[key] = baseline.state().model_dump(mode="json")
+        return updated
+
+    @observe.validator
+    def _check_observe(self, request: dict[str, Any]) -> None:
+        _validated(ObserveRequest, request)
 
     @workflow.query(name="controls")
     def query_controls(self, scopes: list[str]) -> dict[str, Any]:

@@ -1,0 +1,419 @@
+"""A governed run's detectors, throttles, priorities, risk tiers and degradation.
+
+Everything here runs in workflow code on the run's deterministic state: dispatches and
+their results as history delivers them, workflow time, and baselines read from the
+ledger through a local activity (its result is in history). A replay reaches the same
+verdicts, waits and decisions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import temporalio.common
+import temporalio.workflow
+from temporalio.exceptions import ApplicationError
+
+from ..accounting import EventKind, Refusal
+from ..degradation import Decision
+from ..detectors import (
+    AnomalyRule,
+    LoopDetector,
+    LoopRules,
+    SpendBaseline,
+    TokenBucket,
+    Verdict,
+    agent_cycle,
+    call_signature,
+    predictive_delay,
+)
+from ..errors import TOOL_DISABLED
+from ..policy import AgentPolicy, PriorityClass, RiskTier
+
+if TYPE_CHECKING:
+    from ._run import GovernedRun
+
+PRIORITY_KEYS: dict[PriorityClass, int] = {
+    "critical": 1,
+    "high": 2,
+    "normal": 3,
+    "low": 4,
+    "background": 5,
+}
+"""Policy priority class -> Temporal ``priority_key`` (1 runs first; servers default to 5
+levels, 3 being the default)."""
+
+_METRICS = ("tokens_per_run", "cost_usd_per_run", "tokens_per_minute")
+_MIN_RATE_WINDOW_S = 60.0
+"""A per-minute rate is judged (and learnt) only once a run has lasted this long."""
+
+
+class RunGuard:
+    """The guards of one run, consulted before every dispatch and after every result."""
+
+    def __init__(self, run: GovernedRun) -> None:
+        self.run = run
+        policy = run.policy
+        entry = policy.agent_for(run.agent)
+        self.agent: AgentPolicy | None = entry[1] if entry else None
+        loop = self.agent.loop_detection if self.agent else None
+        self.loop = loop
+        self.detector: LoopDetector | None = None
+        if loop is not None and (
+            loop.signature_window
+            or loop.max_cycle_repeats
+            or loop.max_consecutive_failures
+            or loop.max_iterations
+        ):
+            self.detector = LoopDetector(
+                LoopRules(
+                    signature_window=loop.signature_window,
+                    max_repeats=loop.max_repeats,
+                    max_cycle_length=loop.max_cycle_length,
+                    max_cycle_repeats=loop.max_cycle_repeats,
+                    max_consecutive_failures=loop.max_consecutive_failures,
+                    max_iterations=loop.max_iterations,
+                    action=loop.action,
+                )
+            )
+        throttle = self.agent.throttle if self.agent else None
+        self.bucket = TokenBucket(throttle.rate_per_sec, throttle.burst) if throttle else None
+        self.tool_buckets: dict[str, TokenBucket] = {}
+        self.tier_calls: dict[str, int] = {}
+        self.tier_cost: dict[str, float] = {}
+        self.tier_failures: dict[str, int] = {}
+        self.anomaly = self.agent.anomaly if self.agent else None
+        self.baselines: dict[str, SpendBaseline] = {}
+        self.anomalous: Verdict | None = None
+        self.decision: Decision | None = None
+        self._alerted: set[str] = set()
+
+    # -- before a dispatch ------------------------------------------------------------------
+
+    def admit(self, kind: str, target: str, args: Sequence[Any], key: str) -> float:
+        """Judge a dispatch before it is reserved.
+
+        Raises:
+            ApplicationError: ``ToolDisabled``, the tool is disabled by a degrade rule.
+            BudgetExceeded: A risk tier's limit, a loop or an anomaly halts the run.
+
+        Returns:
+            Seconds the dispatch must wait first (throttles, ``throttle`` actions).
+        """
+        dispatch = f"{kind} {target}"
+        decision = self.current_decision()
+        if kind == "activity" and decision is not None and target in decision.disabled_tools:
+            raise ApplicationError(
+                f"{target} is disabled for now: {decision.reason}",
+                {"decision": decision.model_dump(mode="json")},
+                type=TOOL_DISABLED,
+                non_retryable=True,
+            )
+        tier_name, tier = self._tier(kind, target)
+        if tier is not None:
+            self._check_tier(tier_name, tier, key, dispatch)
+        wait = 0.0
+        if kind == "child" and self.loop is not None and self.loop.max_agent_visits:
+            chain = [link.agent for link in [*self.run.context.chain, self.run.link]]
+            verdict = agent_cycle(
+                chain, target, self.loop.max_agent_visits, action=self.loop.action
+            )
+            if verdict is not None:
+                wait += self._act(verdict, key, dispatch, loop=True)
+        if self.detector is not None:
+            verdict = self.detector.on_dispatch(target, call_signature(target, args))
+            if verdict is not None:
+                if tier is not None and tier.loop_action is not None:
+                    verdict = verdict.model_copy(update={"action": tier.loop_action})
+                wait += self._act(verdict, key, dispatch, loop=True)
+        if self.anomalous is not None and self.anomalous.action == "throttle":
+            wait += self.anomaly.throttle_delay if self.anomaly else 0.0
+        now = temporalio.workflow.now().timestamp()
+        bucket = self._bucket_for(kind, target)
+        for each in (self.bucket, bucket):
+            if each is not None:
+                wait = max(wait, each.take(now))
+        wait = max(wait, self._predictive_delay())
+        if tier_name is not None:
+            self.tier_calls[tier_name] = self.tier_calls.get(tier_name, 0) + 1
+        if wait > 0:
+            self.run.ledger.log_detector(
+                "throttle", key, "throttle", f"{dispatch} held back {wait:.3f} s", observed=wait
+            )
+            self.run.log_events()
+        return wait
+
+    def _tier(self, kind: str, target: str) -> tuple[str | None, RiskTier | None]:
+        tiers = self.run.policy.risk_tiers
+        name: str | None = None
+        if kind == "activity":
+            tool = self.run.policy.tool_for(target)
+            name = tool[1].risk_tier if tool else None
+        if name is None and self.agent is not None:
+            name = self.agent.risk_tier
+        return name, (tiers.get(name) if name is not None else None)
+
+    def _check_tier(self, name: str | None, tier: RiskTier, key: str, dispatch: str) -> None:
+        calls = self.tier_calls.get(name or "", 0)
+        if tier.max_calls_per_task is not None and calls + 1 > tier.max_calls_per_task:
+            self._refuse(
+                key,
+                dispatch,
+                f"risk_tiers.{name}.max_calls_per_task",
+                "tool_calls",
+                calls + 1,
+                tier.max_calls_per_task,
+                calls,
+            )
+        spent = self.tier_cost.get(name or "", 0.0)
+        if tier.max_cost_usd_per_task is not None and spent >= tier.max_cost_usd_per_task:
+            self._refuse(
+                key,
+                dispatch,
+                f"risk_tiers.{name}.max_cost_usd_per_task",
+                "cost_usd",
+                spent,
+                tier.max_cost_usd_per_task,
+                spent,
+            )
+
+    def _refuse(
+        self,
+        key: str,
+        dispatch: str,
+        limit: str,
+        resource: str,
+        observed: float,
+        ceiling: float,
+        committed: float,
+    ) -> None:
+        refusal = Refusal(
+            limit=limit,
+            resource=resource,
+            scope=self.run.scope,
+            observed=observed,
+            ceiling=ceiling,
+            committed=committed,
+            overage=0.0,
+        )
+        self.run.ledger.log_breach(key, refusal)
+        raise self.run.halt(refusal, dispatch)
+
+    def _bucket_for(self, kind: str, target: str) -> TokenBucket | None:
+        if kind != "activity":
+            return None
+        if target not in self.tool_buckets:
+            tool = self.run.policy.tool_for(target)
+            throttle = tool[1].throttle if tool else None
+            if throttle is None:
+                return None
+            self.tool_buckets[target] = TokenBucket(throttle.rate_per_sec, throttle.burst)
+        return self.tool_buckets[target]
+
+    def _act(self, verdict: Verdict, key: str, dispatch: str, loop: bool) -> float:
+        """Carry out a verdict: halt, or hold the dispatch back, or report it once."""
+        kind: EventKind = "loop" if loop else "anomaly"
+        if verdict.action == "terminate":
+            self.run.ledger.log_detector(kind, key, verdict.detector, verdict.message)
+            raise self.run.halt_verdict(verdict, dispatch, loop=loop)
+        first = verdict.detector not in self._alerted
+        self._alerted.add(verdict.detector)
+        if first:
+            self.run.ledger.log_detector(kind, key, verdict.detector, verdict.message)
+            self.run.log_events()
+            temporalio.workflow.logger.warning(
+                "governance %s (%s): %s", kind, verdict.action, verdict.message
+            )
+        if verdict.action == "throttle":
+            source = self.loop if loop else self.anomaly
+            return float(source.throttle_delay) if source is not None else 0.0
+        return 0.0
+
+    def _predictive_delay(self) -> float:
+        predictive = self.anomaly.predictive if self.anomaly else None
+        if predictive is None:
+            return 0.0
+        binding = self.run.ledger.binding_limit("tokens") or self.run.ledger.binding_limit(
+            "cost_usd"
+        )
+        if binding is None:
+            return 0.0
+        spent = self.run.ledger.committed.get(binding.resource)
+        elapsed = (temporalio.workflow.now() - self.run.info.start_time).total_seconds()
+        return predictive_delay(
+            spent, binding.ceiling, elapsed, predictive.expected_duration, predictive.max_delay
+        )
+
+    # -- what a dispatch carries ---------------------------------------------------------------
+
+    def priority(self, kind: str, target: str, current: Any) -> Any:
+        """The Temporal priority a dispatch gets from the policy (code's own wins)."""
+        klass: PriorityClass | None = None
+        if kind == "activity":
+            tool = self.run.policy.tool_for(target)
+            klass = tool[1].priority_class if tool else None
+        settings = self.agent.priority if self.agent else None
+        if klass is None and settings is not None:
+            klass = settings.default_class
+        if klass is None:
+            return current
+        fairness = None
+        if settings is None or settings.fairness_by_tenant:
+            fairness = self.run.context.attribution.tenant
+        return temporalio.common.Priority(
+            priority_key=current.priority_key or PRIORITY_KEYS[klass],
+            fairness_key=current.fairness_key or fairness,
+            fairness_weight=current.fairness_weight,
+        )
+
+    def current_decision(self) -> Decision | None:
+        """The first ``degrade`` rule that applies now, as a decision (logged when it changes)."""
+        rules = self.agent.degrade if self.agent else []
+        decision: Decision | None = None
+        for index, rule in enumerate(rules):
+            reason = ""
+            if rule.when_anomalous and self.anomalous is not None:
+                reason = f"anomalous spend: {self.anomalous.message}"
+            elif rule.when_remaining_below is not None:
+                left = self._remaining_fraction()
+                if left is not None and left < rule.when_remaining_below:
+                    reason = f"{left:.0%} of the run's budget remains"
+            if reason:
+                decision = Decision(
+                    rule=index,
+                    reason=reason,
+                    model_map=rule.model_map,
+                    max_tokens=rule.max_tokens,
+                    disabled_tools=rule.disable_tools,
+                    rewrite_arguments=rule.rewrite_arguments,
+                )
+                break
+        if (decision and decision.rule) != (self.decision and self.decision.rule):
+            text = decision.reason if decision else "no degrade rule applies any more"
+            self.run.ledger.log_detector(
+                "degrade", "", f"degrade[{decision.rule}]" if decision else "degrade", text
+            )
+            self.run.log_events()
+        self.decision = decision
+        return decision
+
+    def _remaining_fraction(self) -> float | None:
+        fractions = []
+        for resource in ("tokens", "cost_usd", "tool_calls"):
+            binding = self.run.ledger.binding_limit(resource)
+            left = self.run.ledger.remaining(resource)
+            if binding is not None and left is not None and binding.ceiling > 0:
+                fractions.append(max(0.0, left) / binding.ceiling)
+        return min(fractions) if fractions else None
+
+    # -- after a result --------------------------------------------------------------------------
+
+    def after(self, kind: str, target: str, ok: bool, cost_usd: float, key: str) -> None:
+        """Count a finished dispatch: failures in a row, tier spend, anomalies."""
+        dispatch = f"{kind} {target}"
+        tier_name, tier = self._tier(kind, target)
+        if tier_name is not None:
+            self.tier_cost[tier_name] = self.tier_cost.get(tier_name, 0.0) + cost_usd
+            failures = 0 if ok else self.tier_failures.get(tier_name, 0) + 1
+            self.tier_failures[tier_name] = failures
+            limit = tier.max_consecutive_failures if tier is not None else None
+            if limit is not None and failures > limit:
+                self._halt_after(
+                    Verdict(
+                        detector="consecutive_failures",
+                        action="terminate",
+                        message=f"{failures} failed {tier_name}-tier calls in a row",
+                        evidence={"tier": tier_name, "count": failures, "limit": limit},
+                    ),
+                    key,
+                    dispatch,
+                )
+        found = self.detector.on_result(target, ok) if self.detector is not None else None
+        if found is not None:
+            if found.action == "terminate":
+                self._halt_after(found, key, dispatch)
+            else:
+                self._act(found, key, dispatch, loop=True)
+        self._check_anomaly(key, dispatch)
+
+    def _halt_after(self, verdict: Verdict, key: str, dispatch: str) -> None:
+        """Halt the run from a result (the failing dispatch already ended)."""
+        if self.run.breach is None:
+            self.run.ledger.log_detector("loop", key, verdict.detector, verdict.message)
+            self.run.halt_verdict(verdict, dispatch, loop=True)
+
+    # -- anomalies against baselines -----------------------------------------------------------
+
+    def baseline_keys(self) -> list[str]:
+        """The ledger keys of the baselines this run is judged against."""
+        tenant = self.run.context.attribution.tenant
+        return [
+            f"{scope}:{metric}"
+            for scope in (f"agent:{self.run.agent}", f"tenant:{tenant}")
+            for metric in _METRICS
+        ]
+
+    def load_baselines(self, states: dict[str, Any]) -> None:
+        """Take the baselines read from the ledger at run start."""
+        self.baselines = {key: SpendBaseline.from_state(state) for key, state in states.items()}
+
+    def values(self) -> dict[str, float]:
+        """The run's spend so far, per metric, as the baselines measure it."""
+        committed = self.run.ledger.committed
+        elapsed = (temporalio.workflow.now() - self.run.info.start_time).total_seconds()
+        values = {
+            "tokens_per_run": committed.tokens,
+            "cost_usd_per_run": committed.cost_usd,
+        }
+        if elapsed >= _MIN_RATE_WINDOW_S:
+            values["tokens_per_minute"] = committed.tokens / (elapsed / 60.0)
+        return values
+
+    def observations(self) -> dict[str, float]:
+        """What a finished, healthy run teaches its baselines (keyed for the ledger)."""
+        if self.anomaly is None or self.anomalous is not None or self.run.breach is not None:
+            return {}
+        tenant = self.run.context.attribution.tenant
+        return {
+            f"{scope}:{metric}": value
+            for metric, value in self.values().items()
+            for scope in (f"agent:{self.run.agent}", f"tenant:{tenant}")
+        }
+
+    def _check_anomaly(self, key: str, dispatch: str) -> None:
+        if self.anomaly is None or self.anomalous is not None or not self.baselines:
+            return
+        rule = AnomalyRule(
+            factor=self.anomaly.factor,
+            zscore=self.anomaly.zscore,
+            min_samples=self.anomaly.min_samples,
+            action=self.anomaly.action,
+        )
+        tenant = self.run.context.attribution.tenant
+        for metric, value in self.values().items():
+            for scope in (f"agent:{self.run.agent}", f"tenant:{tenant}"):
+                baseline = self.baselines.get(f"{scope}:{metric}")
+                if baseline is None:
+                    continue
+                verdict = rule.check(baseline, value, f"{metric} of {scope}")
+                if verdict is None:
+                    continue
+                self.anomalous = verdict
+                numbers = verdict.evidence
+                self.run.ledger.log_detector(
+                    "anomaly",
+                    key,
+                    verdict.detector,
+                    verdict.message,
+                    observed=float(numbers.get("value") or 0.0),
+                    ceiling=float(numbers.get("mean") or 0.0),
+                )
+                self.run.log_events()
+                temporalio.workflow.logger.warning("governance anomaly: %s", verdict.message)
+                if verdict.action == "terminate" and self.run.breach is None:
+                    self.run.halt_verdict(verdict, dispatch, loop=False)
+                return
+
+
+__all__ = ["PRIORITY_KEYS", "RunGuard"]

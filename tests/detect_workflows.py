@@ -1,0 +1,189 @@
+"""Workflows and activities of the detector, throttle, priority and degradation tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from temporalio import activity, workflow
+from temporalio.exceptions import ActivityError, ApplicationError
+
+import temporal_governor
+from temporal_governor import current_decision, report_usage
+
+_T = {"start_to_close_timeout": timedelta(seconds=20)}
+
+
+@activity.defn
+async def lookup(query: str) -> str:
+    report_usage(output_tokens=10)
+    return f"result for {query}"
+
+
+@activity.defn
+async def read_page(url: str) -> str:
+    report_usage(output_tokens=10)
+    return f"page {url}"
+
+
+@activity.defn
+async def pay(amount: int) -> str:
+    report_usage(cost_usd=0.01)
+    return f"paid {amount}"
+
+
+@activity.defn
+async def fragile(what: str) -> str:
+    """Fails when asked to (``fail ...``), succeeds otherwise."""
+    if what.startswith("fail"):
+        raise ApplicationError("tool broke", type="Broken", non_retryable=True)
+    return "fine"
+
+
+@activity.defn
+async def burn(tokens: int) -> int:
+    report_usage(output_tokens=tokens)
+    return tokens
+
+
+@activity.defn
+async def chat(request: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI-style call: echoes what it was asked to use and what the governor decided."""
+    report_usage(output_tokens=200, model=request["model"])
+    decision = current_decision()
+    return {
+        "model": request["model"],
+        "max_tokens": request.get("max_tokens"),
+        "decision": decision.model_dump(mode="json") if decision else None,
+    }
+
+
+@activity.defn
+async def web_search(query: str) -> str:
+    return f"searched {query}"
+
+
+@dataclass
+class Calls:
+    """A script of tool calls: (activity name, argument) pairs, run one after the other."""
+
+    calls: list[tuple[str, Any]] = field(default_factory=list)
+    catch: bool = False
+    """Catch failed calls and go on (an agent that keeps retrying)."""
+
+
+_TOOLS = {
+    "lookup": lookup,
+    "read_page": read_page,
+    "pay": pay,
+    "fragile": fragile,
+    "burn": burn,
+    "web_search": web_search,
+}
+
+
+@workflow.defn
+class ToolAgent:
+    """Runs its script of tool calls; returns how many succeeded."""
+
+    @workflow.run
+    async def run(self, script: Calls) -> int:
+        done = 0
+        for name, argument in script.calls:
+            try:
+                await workflow.execute_activity(_TOOLS[name], argument, **_T)
+                done += 1
+            except ActivityError:
+                if not script.catch:
+                    raise
+        return done
+
+
+@dataclass
+class Recursion:
+    levels: int
+
+
+@workflow.defn(name="rplanner")
+class RecursivePlanner:
+    """planner -> executor -> planner -> ... until `levels` runs deep."""
+
+    @workflow.run
+    async def run(self, r: Recursion) -> int:
+        if r.levels <= 1:
+            return 1
+        below: int = await workflow.execute_child_workflow(
+            "rexecutor", Recursion(r.levels - 1), id=f"{workflow.info().workflow_id}.x"
+        )
+        return below + 1
+
+
+@workflow.defn(name="rexecutor")
+class RecursiveExecutor:
+    @workflow.run
+    async def run(self, r: Recursion) -> int:
+        if r.levels <= 1:
+            return 1
+        below: int = await workflow.execute_child_workflow(
+            "rplanner", Recursion(r.levels - 1), id=f"{workflow.info().workflow_id}.p"
+        )
+        return below + 1
+
+
+@workflow.defn
+class Chatter:
+    """Asks `chat` for `model` four times, then tries the optional web_search tool."""
+
+    @workflow.run
+    async def run(self, model: str) -> dict[str, Any]:
+        answers = []
+        for _ in range(4):
+            request = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+            request["max_tokens"] = 500
+            answers.append(await workflow.execute_activity(chat, request, **_T))
+        try:
+            await workflow.execute_activity(web_search, "news", **_T)
+            searched = "ran"
+        except ApplicationError as error:
+            searched = error.type or ""
+        except ActivityError as error:
+            searched = f"activity error {error.cause}"
+        return {"answers": answers, "search": searched}
+
+
+@workflow.defn
+class Prioritised:
+    """One lookup, one pay, one child ToolAgent."""
+
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.execute_activity(lookup, "q", **_T)
+        await workflow.execute_activity(pay, 1, **_T)
+        await workflow.execute_child_workflow(
+            ToolAgent.run, Calls(calls=[("lookup", "x")]), id=f"{workflow.info().workflow_id}.c"
+        )
+
+
+@workflow.defn
+class Burner:
+    """Burns `tokens` per step for `steps` steps."""
+
+    @workflow.run
+    async def run(self, plan: list[int]) -> int:
+        total = 0
+        for tokens in plan:
+            with temporal_governor.estimate(tokens=0):
+                total += await workflow.execute_activity(burn, tokens, **_T)
+        return total
+
+
+DETECT_WORKFLOWS = [
+    ToolAgent,
+    RecursivePlanner,
+    RecursiveExecutor,
+    Chatter,
+    Prioritised,
+    Burner,
+]
+DETECT_ACTIVITIES = [lookup, read_page, pay, fragile, burn, chat, web_search]
