@@ -33,7 +33,21 @@ _TIMELINE_ALL = 60
 """Timelines up to this many decisions are shown whole."""
 _TIMELINE_OTHERS = 30
 """Beyond that: every governance decision, and this many of the latest others."""
-_GOVERNANCE_KINDS = frozenset({"warn", "alert", "overage", "refuse", "breach"})
+_GOVERNANCE_KINDS = frozenset(
+    {
+        "warn",
+        "alert",
+        "overage",
+        "refuse",
+        "breach",
+        "control",
+        "control_rejected",
+        "loop",
+        "anomaly",
+        "throttle",
+        "degrade",
+    }
+)
 _SHORT_ID = 24
 """Workflow ids longer than this are shortened in tables."""
 
@@ -56,6 +70,12 @@ _KIND_STYLES = {
     "overage": "red",
     "refuse": "bold red",
     "breach": "bold white on red",
+    "control": "bold blue",
+    "control_rejected": "bold magenta",
+    "loop": "bold red",
+    "anomaly": "bold yellow",
+    "throttle": "yellow",
+    "degrade": "yellow",
 }
 
 _STATUS_STYLES = {
@@ -514,6 +534,9 @@ li.breached > .run, tr.breached td { color: var(--bad); }
 .k-overage { color: var(--bad); font-weight: 600; }
 .k-refuse { color: var(--bad); font-weight: 700; }
 .k-breach { color: #fff; background: var(--bad); font-weight: 700; }
+.k-control { color: #1565c0; font-weight: 600; } .k-control_rejected { color: #8e24aa; font-weight: 700; }
+.k-loop { color: var(--bad); font-weight: 700; } .k-anomaly { color: var(--warn); font-weight: 700; }
+.k-throttle, .k-degrade { color: var(--warn); }
 svg.chart { width: 100%; max-width: 900px; height: auto; display: block; }
 svg.chart text { font: 11px system-ui, sans-serif; fill: var(--muted); }
 svg.chart .axis { stroke: #8a949e; stroke-width: 1; }
