@@ -534,8 +534,10 @@ li.breached > .run, tr.breached td { color: var(--bad); }
 .k-overage { color: var(--bad); font-weight: 600; }
 .k-refuse { color: var(--bad); font-weight: 700; }
 .k-breach { color: #fff; background: var(--bad); font-weight: 700; }
-.k-control { color: #1565c0; font-weight: 600; } .k-control_rejected { color: #8e24aa; font-weight: 700; }
-.k-loop { color: var(--bad); font-weight: 700; } .k-anomaly { color: var(--warn); font-weight: 700; }
+.k-control { color: #1565c0; font-weight: 600; }
+.k-control_rejected { color: #8e24aa; font-weight: 700; }
+.k-loop { color: var(--bad); font-weight: 700; }
+.k-anomaly { color: var(--warn); font-weight: 700; }
 .k-throttle, .k-degrade { color: var(--warn); }
 svg.chart { width: 100%; max-width: 900px; height: auto; display: block; }
 svg.chart text { font: 11px system-ui, sans-serif; fill: var(--muted); }
