@@ -1,4 +1,5 @@
-"""The demo: a normal planner request completes; a runaway planner is halted.
+"""The demo: a normal planner request completes; a runaway planner is halted; an operator
+pauses a request, an unsigned resume is refused, a signed one lets it finish.
 
 Run it with `make demo` (which starts the embedded dev server and sets TEMPORAL_ADDRESS).
 """
@@ -23,12 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from examples.agents import Executor, Planner, PlanRequest, call_llm, vector_search
 from temporal_governor import (
     BUDGET_QUERY,
+    CONTROL_QUERY,
     BreachDetails,
     BudgetSnapshot,
     GovernorPlugin,
     Policy,
     attribution,
 )
+from temporal_governor.control_client import ControlClient, ControlTarget
 from temporal_governor.render import render_html
 from temporal_governor.replay import fetch_tree, review
 
@@ -173,10 +176,47 @@ async def incident_review(client: Client, policy: Policy) -> None:
     )
 
 
+async def operator_pause(client: Client, policy: Policy, task_queue: str) -> bool:
+    """Pause a running request, try an unsigned resume (refused), resume it signed."""
+    print("\n-- an operator pauses a request, then resumes it")
+    control = ControlClient(client, policy, issuer="oncall@demo")
+    with attribution(tenant="acme", owner="bob@acme"):
+        handle = await client.start_workflow(
+            Planner.run,
+            PlanRequest(goal="draft the memo"),
+            id="demo-paused",
+            task_queue=task_queue,
+        )
+    while not (await snapshot(handle)).committed:
+        await asyncio.sleep(0.05)
+    await control.kill(ControlTarget.run(handle.id), reason="checking the prompt")
+    status = await handle.query(CONTROL_QUERY)
+    while status["state"] != "paused":
+        await asyncio.sleep(0.02)
+        status = await handle.query(CONTROL_QUERY)
+    print(f"  paused by {status['paused_by']}: {status['pause_reason']}")
+    unsigned = control.resume_message(ControlTarget.run(handle.id), reason="let me through")
+    await handle.signal("governor.resume", unsigned.model_dump(mode="json"))
+    await asyncio.sleep(0.3)
+    status = await handle.query(CONTROL_QUERY)
+    refused = status["audit"][-1]
+    print(f"  unsigned resume from {refused['issuer']}: refused ({refused['outcome']})")
+    await control.resume(ControlTarget.run(handle.id), reason="prompt is fine")
+    result = await handle.result()
+    status = await handle.query(CONTROL_QUERY)
+    print(
+        f"  resumed by {status['audit'][-1]['issuer']}; completed after {result.rounds} round(s);"
+        f" audit: {status['accepted']} accepted, {status['rejected']} rejected"
+    )
+    return status["state"] == "running" and status["rejected"] == 1 and not refused["accepted"]
+
+
 async def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="  [log] %(message)s")
     workflow.logger.workflow_info_on_message = False
     address = os.environ.get("TEMPORAL_ADDRESS", "127.0.0.1:7233")
+    # the control-plane signing key (in production: from your secret store, never in YAML)
+    os.environ.setdefault("TEMPORAL_GOVERNOR_KEYS", "demo=demo-secret-change-me")
     policy = Policy.from_yaml(POLICY)
     client = await Client.connect(address, plugins=[GovernorPlugin(policy)])
     task_queue = f"agents-{uuid.uuid4().hex[:8]}"
@@ -200,12 +240,13 @@ async def main() -> int:
             "demo-runaway",
             ceiling,
         )
+        paused_ok = await operator_pause(client, policy, task_queue)
         summary("normal request", normal_breach, normal)
         summary("runaway request", breach, runaway)
         await incident_review(client, policy)
     root = next(s for s in runaway if s.depth == 0)
     overdraft = max((lim.committed - lim.ceiling for lim in root.limits), default=0.0)
-    ok = normal_breach is None and breach is not None and overdraft <= 0
+    ok = normal_breach is None and breach is not None and overdraft <= 0 and paused_ok
     print("\ndemo", "OK" if ok else "FAILED", "- overdraft", max(0.0, overdraft))
     return 0 if ok else 1
 

@@ -123,7 +123,7 @@ async def test_pause_then_authorised_resume_completes_with_correct_spend(governe
         # a cancelled attempt is charged its reservation (50 tokens, 1 call); it ran again
         assert budget["committed"]["tokens"] == 60 + 50 * cancelled
         assert budget["committed"]["tool_calls"] == 6 + cancelled
-        print(f"kill to paused, client-observed: {latency * 1000:.0f} ms")
+        print(f"kill to paused, client-observed: {latency * 1000:.0f} ms; cancelled {cancelled}")
 
 
 async def _committed(handle: WorkflowHandle[Any, Any], resource: str, at_least: float) -> bool:

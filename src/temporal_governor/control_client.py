@@ -138,7 +138,11 @@ class ControlClient:
 
     async def resume(self, target: ControlTarget, *, reason: str = "") -> ControlOutcome:
         """Let the target's paused runs dispatch again (always signed)."""
-        return await self._send(target, ResumeMessage(**self._common(target, reason)))
+        return await self._send(target, self.resume_message(target, reason=reason))
+
+    def resume_message(self, target: ControlTarget, *, reason: str = "") -> ResumeMessage:
+        """An unsigned resume for ``target`` (sign it with ``self.keyring.sign``)."""
+        return ResumeMessage(**self._common(target, reason))
 
     async def backpressure(
         self,
