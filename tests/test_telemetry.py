@@ -593,3 +593,32 @@ def test_global_providers_by_default() -> None:
     sink.record(record("reserve", 1, amounts={"tokens": 1}), replaying=False)
     sink.record(record("commit", 2, amounts={"tokens": 1}), replaying=False)
     sink.remaining(record("commit", 2), {"tokens": 5}, replaying=False)
+
+
+async def test_a_rejected_control_message_emits_a_telemetry_event(env: WorkflowEnvironment) -> None:
+    telemetry = Telemetry()
+    policy = Policy.from_yaml(SPENDER_1000)
+    workflow_id = f"otel-{uuid.uuid4()}"
+    unsigned = {
+        "issuer": "mallory",
+        "workflow_id": workflow_id,
+        "issued_at_ms": int(datetime.now(UTC).timestamp() * 1000),
+        "nonce": uuid.uuid4().hex,
+    }
+    async with governed_with(env, policy, [telemetry.sink]) as running:
+        handle = await running.client.start_workflow(
+            Spender.run,
+            Steps(tokens=[10, 10]),
+            id=workflow_id,
+            task_queue=running.task_queue,
+            start_signal="governor.resume",
+            start_signal_args=[unsigned],
+        )
+        assert await handle.result() == 2  # the run went on
+    [span] = telemetry.events("control_rejected", handle.id)
+    [event] = span.events
+    assert event.name == "governance.control_rejected"
+    details = dict(event.attributes or {})
+    assert details["limit_name"] == "mallory"  # the issuer
+    assert str(details["scope"]).startswith("unsigned resume")  # why it was rejected
+    assert dict(span.attributes or {})["governor.key"] == "governor.resume"
