@@ -247,7 +247,7 @@ def replay(
 @click.option("--tenant", default=None, help="Only runs of this tenant.")
 @click.option(
     "--state",
-    type=click.Choice(["running", "completed", "failed", "breached"]),
+    type=click.Choice(["running", "completed", "failed", "breached", "killed"]),
     default=None,
     help="Only runs in this governor state.",
 )

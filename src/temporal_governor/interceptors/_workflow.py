@@ -410,7 +410,7 @@ def _amounts(estimate: Estimate) -> Amounts:
 TENANT_ATTRIBUTE = SearchAttributeKey.for_keyword("GovernorTenant")
 """Search attribute: the tenant a governed run is attributed to."""
 STATE_ATTRIBUTE = SearchAttributeKey.for_keyword("GovernorState")
-"""Search attribute: ``running``, ``completed``, ``failed`` or ``breached``."""
+"""Search attribute: ``running``, ``completed``, ``failed``, ``breached`` or ``killed``."""
 MEMO_KEY = "governor"
 """Memo key of a governed run's spend summary."""
 
