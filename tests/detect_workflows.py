@@ -178,7 +178,30 @@ class Burner:
         return total
 
 
+@dataclass
+class Chain:
+    runs_left: int
+    per_run: int
+    done: int = 0
+
+
+@workflow.defn
+class Rechainer:
+    """`per_run` distinct lookups, then continue as new, `runs_left` times."""
+
+    @workflow.run
+    async def run(self, chain: Chain) -> int:
+        for i in range(chain.per_run):
+            await workflow.execute_activity(lookup, f"q{chain.done + i}", **_T)
+        if chain.runs_left <= 1:
+            return chain.done + chain.per_run
+        workflow.continue_as_new(
+            Chain(chain.runs_left - 1, chain.per_run, chain.done + chain.per_run)
+        )
+
+
 DETECT_WORKFLOWS = [
+    Rechainer,
     ToolAgent,
     RecursivePlanner,
     RecursiveExecutor,

@@ -15,8 +15,10 @@ from detect_workflows import (
     DETECT_WORKFLOWS,
     Burner,
     Calls,
+    Chain,
     Chatter,
     Prioritised,
+    Rechainer,
     Recursion,
     ToolAgent,
 )
@@ -107,6 +109,7 @@ async def test_failures_in_a_row_and_the_iteration_cap(governed) -> None:
         kind, details = await failure_of(handle)
         assert kind == RUNAWAY_LOOP and details.limit == "loop_detection.consecutive_failures"
         assert details.evidence["count"] == 4  # more than max_consecutive_failures: 3
+        assert details.observed == 4 and details.ceiling == 3
         assert len(scheduled(await history(handle))) == 4
         many = [("lookup", f"q{i}") for i in range(60)]
         kind, details = await failure_of(await g.start(ToolAgent.run, Calls(calls=many)))
@@ -301,3 +304,14 @@ async def test_risk_tiers_set_stricter_limits_and_immediate_halts(governed) -> N
         assert kind == BUDGET_EXCEEDED
         assert details.limit == "risk_tiers.payment.max_calls_per_task"
         assert details.ceiling == 3
+
+
+async def test_continue_as_new_does_not_reset_the_loop_detector(governed) -> None:
+    policy = Policy.from_dict(agent("Rechainer", loop_detection={"max_iterations": 5}))
+    async with governed(policy, DETECT_WORKFLOWS, DETECT_ACTIVITIES) as g:
+        assert await g.run(Rechainer.run, Chain(runs_left=1, per_run=5)) == 5
+        handle = await g.start(Rechainer.run, Chain(runs_left=3, per_run=3))
+        kind, details = await failure_of(handle)
+        assert kind == RUNAWAY_LOOP and details.limit == "loop_detection.iterations"
+        assert details.evidence["iterations"] == 6  # the third dispatch of the second run
+        assert details.observed == 6 and details.ceiling == 5

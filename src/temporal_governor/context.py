@@ -87,6 +87,9 @@ class BudgetContext(BaseModel):
     """The scope that set :attr:`max_depth`."""
     decision: Decision | None = None
     """For an activity: the degradation in force when it was dispatched."""
+    guard_state: dict[str, Any] | None = None
+    """Loop-detector and throttle state carried over a continue-as-new, so a loop cannot
+    escape detection (or an iteration cap) by continuing as new."""
     controls: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """For a starting root run: the fleet-wide kills and resumes in force for its tenant
     and workflow type, as the ledger keeps them (scope -> signal -> stored message)."""

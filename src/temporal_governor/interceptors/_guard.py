@@ -21,6 +21,7 @@ from ..detectors import (
     AnomalyRule,
     LoopDetector,
     LoopRules,
+    LoopState,
     SpendBaseline,
     TokenBucket,
     Verdict,
@@ -60,12 +61,14 @@ class RunGuard:
         loop = self.agent.loop_detection if self.agent else None
         self.loop = loop
         self.detector: LoopDetector | None = None
+        carried = run.context.guard_state or {}
         if loop is not None and (
             loop.signature_window
             or loop.max_cycle_repeats
             or loop.max_consecutive_failures
             or loop.max_iterations
         ):
+            state = carried.get("loop")
             self.detector = LoopDetector(
                 LoopRules(
                     signature_window=loop.signature_window,
@@ -75,10 +78,13 @@ class RunGuard:
                     max_consecutive_failures=loop.max_consecutive_failures,
                     max_iterations=loop.max_iterations,
                     action=loop.action,
-                )
+                ),
+                LoopState.model_validate(state) if state else None,
             )
         throttle = self.agent.throttle if self.agent else None
         self.bucket = TokenBucket(throttle.rate_per_sec, throttle.burst) if throttle else None
+        if self.bucket is not None and carried.get("bucket"):
+            self.bucket = TokenBucket.from_state(carried["bucket"])
         self.tool_buckets: dict[str, TokenBucket] = {}
         self.tier_calls: dict[str, int] = {}
         self.tier_cost: dict[str, float] = {}
@@ -88,6 +94,15 @@ class RunGuard:
         self.anomalous: Verdict | None = None
         self.decision: Decision | None = None
         self._alerted: set[str] = set()
+
+    def carry(self) -> dict[str, Any] | None:
+        """The state a continue-as-new hands to the next run of the chain."""
+        state: dict[str, Any] = {}
+        if self.detector is not None:
+            state["loop"] = self.detector.state().model_dump(mode="json")
+        if self.bucket is not None:
+            state["bucket"] = self.bucket.state()
+        return state or None
 
     # -- before a dispatch ------------------------------------------------------------------
 

@@ -42,6 +42,19 @@ CHILD_KEY_PREFIX = "child:"
 _F = TypeVar("_F", bound="asyncio.Future[Any]")
 
 
+_OBSERVED_KEYS = ("value", "count", "iterations", "visits")
+_CEILING_KEYS = ("limit", "max", "max_repeats", "max_visits", "mean")
+
+
+def _first_number(evidence: dict[str, Any], keys: tuple[str, ...]) -> float:
+    """The first of ``keys`` that a detector's evidence holds as a number (else 0)."""
+    for key in keys:
+        value = evidence.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return 0.0
+
+
 class BudgetSnapshot(BaseModel):
     """What the ``governor.budget`` query returns: spend and remaining per limit and scope."""
 
@@ -312,8 +325,8 @@ class GovernedRun:
             limit=f"{section}.{verdict.detector}" if loop else verdict.detector,
             resource="dispatches" if loop else "spend",
             scope=self.scope,
-            observed=float(verdict.evidence.get("value") or verdict.evidence.get("count") or 0),
-            ceiling=float(verdict.evidence.get("limit") or verdict.evidence.get("mean") or 0),
+            observed=_first_number(verdict.evidence, _OBSERVED_KEYS),
+            ceiling=_first_number(verdict.evidence, _CEILING_KEYS),
             dispatch=dispatch,
             chain=[*self.context.chain, self.link],
             tenant=self.context.attribution.tenant,

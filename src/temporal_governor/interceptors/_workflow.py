@@ -324,6 +324,7 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
                 "carried": run.ledger.committed + run.ledger.reserved,
                 "deadline": run.deadline,
                 "controls": {},
+                "guard_state": run.guard.carry(),
             }
         )
         input.headers = with_context(input.headers, context)
