@@ -103,6 +103,8 @@ class ToolAgent:
 @dataclass
 class Recursion:
     levels: int
+    query: str | None = None
+    """Each level first looks this up (the same call at every level, if set)."""
 
 
 @workflow.defn(name="rplanner")
@@ -111,10 +113,12 @@ class RecursivePlanner:
 
     @workflow.run
     async def run(self, r: Recursion) -> int:
+        if r.query is not None:
+            await workflow.execute_activity(lookup, r.query, **_T)
         if r.levels <= 1:
             return 1
         below: int = await workflow.execute_child_workflow(
-            "rexecutor", Recursion(r.levels - 1), id=f"{workflow.info().workflow_id}.x"
+            "rexecutor", Recursion(r.levels - 1, r.query), id=f"{workflow.info().workflow_id}.x"
         )
         return below + 1
 
@@ -123,10 +127,12 @@ class RecursivePlanner:
 class RecursiveExecutor:
     @workflow.run
     async def run(self, r: Recursion) -> int:
+        if r.query is not None:
+            await workflow.execute_activity(lookup, r.query, **_T)
         if r.levels <= 1:
             return 1
         below: int = await workflow.execute_child_workflow(
-            "rplanner", Recursion(r.levels - 1), id=f"{workflow.info().workflow_id}.p"
+            "rplanner", Recursion(r.levels - 1, r.query), id=f"{workflow.info().workflow_id}.p"
         )
         return below + 1
 

@@ -315,3 +315,18 @@ async def test_continue_as_new_does_not_reset_the_loop_detector(governed) -> Non
         assert kind == RUNAWAY_LOOP and details.limit == "loop_detection.iterations"
         assert details.evidence["iterations"] == 6  # the third dispatch of the second run
         assert details.observed == 6 and details.ceiling == 5
+
+
+async def test_a_call_repeated_down_a_chain_of_sub_agents_is_a_loop(governed) -> None:
+    guards = {"loop_detection": {"signature_window": 32, "max_repeats": 3}}
+    policy = Policy.from_dict({"agents": {"rplanner": guards, "rexecutor": guards}})
+    async with governed(policy, DETECT_WORKFLOWS, DETECT_ACTIVITIES) as g:
+        # each run makes the call once: three levels stay within max_repeats ...
+        assert await g.run("rplanner", Recursion(3, query="same question")) == 3
+        # ... a deeper chain repeats it a fourth time: only the tree can see that
+        handle = await g.start("rplanner", Recursion(10, query="same question"))
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+        details = BreachDetails.from_error(failure.value)
+        assert details is not None and details.limit == "loop_detection.repeated_signature"
+        assert len(details.chain) == 4  # the fourth level made the fourth identical call

@@ -88,8 +88,9 @@ class BudgetContext(BaseModel):
     decision: Decision | None = None
     """For an activity: the degradation in force when it was dispatched."""
     guard_state: dict[str, Any] | None = None
-    """Loop-detector and throttle state carried over a continue-as-new, so a loop cannot
-    escape detection (or an iteration cap) by continuing as new."""
+    """Loop-detector and throttle state carried over a continue-as-new (so a loop cannot
+    escape detection or an iteration cap by continuing as new), or for a child the
+    parent's recent call signatures (so a loop spanning sub-agents is seen)."""
     controls: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """For a starting root run: the fleet-wide kills and resumes in force for its tenant
     and workflow type, as the ledger keeps them (scope -> signal -> stored message)."""

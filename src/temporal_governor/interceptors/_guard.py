@@ -95,6 +95,17 @@ class RunGuard:
         self.decision: Decision | None = None
         self._alerted: set[str] = set()
 
+    def inherit(self) -> dict[str, Any] | None:
+        """What a child inherits: the recent call signatures and tools.
+
+        So a loop that spans sub-agents (each repeating its parent's call) is seen.
+        """
+        if self.detector is None:
+            return None
+        state = self.detector.state()
+        loop = {"signatures": state.signatures, "targets": state.targets}
+        return {"loop": LoopState.model_validate(loop).model_dump(mode="json")}
+
     def carry(self) -> dict[str, Any] | None:
         """The state a continue-as-new hands to the next run of the chain."""
         state: dict[str, Any] = {}

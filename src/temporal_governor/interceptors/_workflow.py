@@ -288,6 +288,7 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
             deadline=run.deadline,
             max_depth=run.max_depth,
             max_depth_scope=run.max_depth_scope,
+            guard_state=run.guard.inherit(),
         )
         input.headers = with_context(input.headers, context)
         ret_type = input.ret_type
