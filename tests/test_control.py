@@ -408,3 +408,29 @@ async def test_backpressure_caps_dispatches_in_flight(governed, cap: int | None)
         assert await handle.result() == 60
         peak = most_at_once(await events(handle))
         assert peak == (cap or 6), peak
+
+
+async def test_a_tree_override_reaches_every_run_of_the_tree(governed) -> None:
+    policy = Policy.from_dict({**HARD, "control": {"above_ceiling": "clamp"}})
+    async with governed(policy, CONTROL_WORKFLOWS, CONTROL_ACTIVITIES) as g:
+        root = f"tree-{uuid.uuid4().hex[:8]}"
+        handle = await g.start(
+            "Brancher", Branch(levels=2, loop=Loop(steps=10, tokens=30, seconds=0.3)), id=root
+        )
+        looper = g.client.get_workflow_handle(f"{root}.c.loop")
+        await eventually(lambda: _committed(looper, "tool_calls", at_least=1))
+        await controller(g, policy).override(
+            ControlTarget.tree(root), limit="max_tokens_per_task", value=150
+        )
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        for loop_id in (f"{root}.loop", f"{root}.c.loop"):
+            status = await state_of(g.client.get_workflow_handle(loop_id))
+            assert [o["value"] for o in status["overrides"]] == [150], status
+        with pytest.raises(WorkflowFailureError) as failure:
+            await g.client.get_workflow_handle(f"{root}.loop").result()
+        details = BreachDetails.from_error(failure.value)
+        assert details is not None and details.ceiling == 150
+        # the Brancher runs have no such quota of their own: they record why they did not apply it
+        [record] = (await state_of(handle))["audit"]
+        assert not record["accepted"] and "is not set for agent Brancher" in record["outcome"]

@@ -380,6 +380,8 @@ class ControlPlane:
     # -- overrides ---------------------------------------------------------------------------
 
     def _override(self, message: OverrideMessage) -> None:
+        if message.target == "tree":
+            self._relay_down(message)  # every run of the tree judges it for its own limits
         if not overridable(message.limit):
             self._reject(
                 OVERRIDE_SIGNAL,
