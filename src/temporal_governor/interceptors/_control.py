@@ -169,8 +169,9 @@ class ControlPlane:
         return self.status().model_dump(mode="json")
 
     def status(self) -> ControlStatus:
-        """The run's control state and audit trail."""
-        self._expire()
+        """The run's control state and audit trail (read only: queries must not change state)."""
+        now = temporalio.workflow.now()
+        pressure = self.backpressure
         state: RunState = (
             "killed" if self.run.killed else "paused" if self.paused is not None else "running"
         )
@@ -182,8 +183,8 @@ class ControlPlane:
             paused_by=self.paused.issuer if self.paused else None,
             pause_reason=self.paused.reason if self.paused else None,
             pause_deadline=self.pause_deadline,
-            backpressure=self.backpressure,
-            overrides=list(self.overrides.values()),
+            backpressure=pressure if pressure is not None and now < pressure.until else None,
+            overrides=[o for o in self.overrides.values() if now < o.until],
             dispatches_refused_while_paused=self.held_while_paused,
             accepted=self._accepted,
             rejected=self._rejected,
