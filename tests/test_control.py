@@ -434,3 +434,34 @@ async def test_a_tree_override_reaches_every_run_of_the_tree(governed) -> None:
         # the Brancher runs have no such quota of their own: they record why they did not apply it
         [record] = (await state_of(handle))["audit"]
         assert not record["accepted"] and "is not set for agent Brancher" in record["outcome"]
+
+
+async def test_a_tenant_kill_reaches_running_runs_through_the_ledger_without_visibility(
+    governed,
+) -> None:
+    tenant = f"initech-{uuid.uuid4().hex[:6]}"
+    policy = Policy.from_dict(
+        {
+            "tenants": {tenant: {"quotas": {"max_tokens": 1_000_000}}},
+            "shared": {"ledger_id": f"ledger-{uuid.uuid4().hex[:8]}", "leases": False},
+        }
+    )
+    async with governed(policy, CONTROL_WORKFLOWS, CONTROL_ACTIVITIES) as g:
+        with attribution(tenant=tenant):
+            handle = await g.start(Looper.run, Loop(steps=100, seconds=0.1))
+        await eventually(lambda: _committed(handle, "tool_calls", at_least=1))
+        control = controller(g, policy, ledger_task_queue=g.task_queue)
+        outcome = await control.kill(ControlTarget.tenant(tenant), mode="terminate", reason="x")
+        assert outcome.stored and outcome.signalled == [] and outcome.warnings
+        kind_and_details = await _killed(handle)
+        assert kind_and_details.scope == f"tenant {tenant}"
+        assert len(scheduled(await events(handle))) < 100
+
+
+async def _killed(handle: WorkflowHandle[Any, Any]) -> BreachDetails:
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    assert failure.value.cause.type == GOVERNANCE_KILLED  # type: ignore[union-attr]
+    details = BreachDetails.from_error(failure.value)
+    assert details is not None
+    return details

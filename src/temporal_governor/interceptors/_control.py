@@ -298,23 +298,32 @@ class ControlPlane:
         self._record(message, True, "resumed", before=before, after={"state": "running"})
 
     def apply_stored(self, stored: dict[str, Any]) -> None:
-        """Apply the fleet-wide kills the ledger keeps for this run's tenant and agent type.
+        """Apply fleet-wide kills and resumes the ledger keeps for this run's tenant and agent.
 
-        Each message is checked like a signal, its age judged against when the ledger took
-        it. A scope whose latest message is an authentic resume is not killed.
+        They come in the start header, or back with a ledger reservation. Each message is
+        checked like a signal, its age judged against when the ledger took it. Per scope the
+        newer of kill and resume wins; a resume that wins lifts a pause it finds.
         """
         for scope in sorted(stored):
             by_signal = stored[scope]
             kill, resume = by_signal.get(KILL_SIGNAL), by_signal.get(RESUME_SIGNAL)
-            if kill is None:
-                continue
-            if resume is not None and resume["recorded_at_ms"] >= kill["recorded_at_ms"]:
+            if resume is not None and (
+                kill is None or resume["recorded_at_ms"] >= kill["recorded_at_ms"]
+            ):
                 message, problem = self.check.check(
                     RESUME_SIGNAL, (resume["message"],), int(resume["recorded_at_ms"])
                 )
-                if problem is None and message is not None and not self._misdirected(message):
-                    continue  # lifted
-            self.receive(KILL_SIGNAL, (kill["message"],), now_ms=int(kill["recorded_at_ms"]))
+                if problem is None and message is not None:
+                    problem = self._misdirected(message)
+                if problem is None and message is not None:
+                    if self.paused is not None:
+                        self._apply(message)
+                    continue  # the kill, if any, is lifted
+                if kill is None:
+                    self._reject(RESUME_SIGNAL, message, problem or "rejected")
+                    continue
+            if kill is not None:
+                self.receive(KILL_SIGNAL, (kill["message"],), now_ms=int(kill["recorded_at_ms"]))
 
     def joined(self, key: str, workflow_id: str) -> None:
         """A child started: pause it too if this run is paused meanwhile."""

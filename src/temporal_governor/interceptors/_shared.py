@@ -79,6 +79,9 @@ class SharedBudget:
         self._retired: list[_Lease] = []
         self._owner = f"{run.info.workflow_id}/{run.info.run_id}"
         self._calls = 0
+        self._controls_since_ms = 0
+        attribution = run.context.attribution
+        self._control_scopes = [f"tenant:{attribution.tenant}", f"agent:{run.agent}"]
 
     def limits_for(self, tool: str | None, kind: Dispatch | None = None) -> list[SharedLimit]:
         """The shared limits of the run's start (``kind="run"``) or of a dispatch."""
@@ -144,9 +147,14 @@ class SharedBudget:
             if lease_of:
                 request["minimum"] = wanted
                 request["max_share"] = self.settings.lease_max_share
+            if self.run.policy.control.check_kills_at_start:
+                request["controls_for"] = self._control_scopes
+                request["controls_since_ms"] = self._controls_since_ms
             result = ReserveResult.model_validate(
                 await self._call("reserve", request, f"reserve:{ledger_key}")
             )
+            if result.controls:
+                self._apply_controls(result.controls)
             if result.granted:
                 self.open.add(ledger_key)
                 return ledger_key, result.amounts
@@ -174,6 +182,16 @@ class SharedBudget:
                 ),
                 dispatch,
             )
+
+    def _apply_controls(self, controls: dict[str, dict[str, Any]]) -> None:
+        """Apply fleet kills and resumes the ledger sent back with a reservation, once each."""
+        for by_signal in controls.values():
+            for stored in by_signal.values():
+                self._controls_since_ms = max(self._controls_since_ms, stored["recorded_at_ms"])
+        if self.run.control is not None:
+            self.run.control.apply_stored(controls)
+        if self.run.breach is not None:
+            self.run.raise_if_halted()
 
     async def _settle_key(self, ledger_key: str, actual: dict[str, float]) -> None:
         if ledger_key not in self.open:

@@ -70,6 +70,10 @@ class ReserveRequest(BaseModel):
     """For a lease: grant as much of ``amounts`` as a fair share allows, at least this."""
     max_share: float = Field(default=0.1, gt=0, le=1)
     """For a lease: the largest fraction of what is left that one lease may take."""
+    controls_for: list[str] = Field(default_factory=list, max_length=10)
+    """Scopes (``tenant:<name>``, ``agent:<type>``) whose stored kills and resumes the
+    caller wants back with the result, if newer than ``controls_since_ms``."""
+    controls_since_ms: int = 0
 
 
 class ReserveResult(BaseModel):
@@ -84,6 +88,9 @@ class ReserveResult(BaseModel):
     refusal: LedgerRefusal | None = None
     duplicate: bool = False
     """The key was seen before; this is the earlier outcome."""
+    controls: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Stored kills and resumes of the requested scopes, newer than the caller has seen:
+    the caller verifies and applies them (the ledger itself verifies nothing)."""
 
 
 class SettleRequest(BaseModel):
@@ -281,8 +288,19 @@ class GovernorLedger:
             result = ReserveResult.model_validate_json(earlier)
             return result.model_copy(update={"duplicate": True}).model_dump(mode="json")
         result = self._reserve(req)
+        controls = self._controls_since(req.controls_for, req.controls_since_ms)
+        if controls:
+            result = result.model_copy(update={"controls": controls})
         self._remember(f"reserve:{req.key}", result.model_dump_json())
         return result.model_dump(mode="json")
+
+    def _controls_since(self, scopes: list[str], since_ms: int) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        for scope in scopes:
+            for signal, stored in self.state.controls.get(scope, {}).items():
+                if stored.recorded_at_ms > since_ms:
+                    found.setdefault(scope, {})[signal] = stored.model_dump(mode="json")
+        return found
 
     @reserve.validator
     def _check_reserve(self, request: dict[str, Any]) -> None:
