@@ -51,10 +51,8 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from temporal_governor import GovernorPlugin, Policy
+from temporal_governor import PRIORITY_KEYS, BreachDetails, GovernorPlugin, Policy
 from temporal_governor.detectors import LoopDetector, LoopRules, TokenBucket, call_signature
-from temporal_governor.errors import BreachDetails
-from temporal_governor.interceptors._guard import PRIORITY_KEYS
 
 POLICY_OFF = """
 defaults:

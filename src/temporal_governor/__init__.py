@@ -54,6 +54,7 @@ from .errors import (
 )
 from .interceptors import (
     BUDGET_QUERY,
+    PRIORITY_KEYS,
     ActiveBackpressure,
     BudgetSnapshot,
     ControlStatus,
@@ -74,6 +75,7 @@ __all__ = [
     "GOVERNANCE_KILLED",
     "KILL_SIGNAL",
     "OVERRIDE_SIGNAL",
+    "PRIORITY_KEYS",
     "RESUME_SIGNAL",
     "RUNAWAY_LOOP",
     "TOOL_DISABLED",

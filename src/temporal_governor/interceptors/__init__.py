@@ -13,6 +13,7 @@ from ..policy import Policy
 from ._activity import GovernedActivityInbound, _LocalCarry
 from ._client import GovernedClientOutbound
 from ._control import ActiveBackpressure, ControlStatus, current_backpressure
+from ._guard import PRIORITY_KEYS
 from ._run import BUDGET_QUERY, BudgetSnapshot
 from ._workflow import GovernedWorkflowInbound
 
@@ -69,6 +70,7 @@ class GovernanceInterceptor(temporalio.client.Interceptor, temporalio.worker.Int
 
 __all__ = [
     "BUDGET_QUERY",
+    "PRIORITY_KEYS",
     "ActiveBackpressure",
     "BudgetSnapshot",
     "ControlStatus",
