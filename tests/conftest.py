@@ -6,10 +6,12 @@ of the session (tests/test_zz_replay.py) replays every history the suite produce
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,3 +106,12 @@ def governed(env: WorkflowEnvironment) -> GovernedFactory:
             yield Governed(client, task_queue, plugin)
 
     return factory
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
+    """Poll ``check`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)

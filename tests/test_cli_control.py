@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,7 @@ from click.testing import CliRunner, Result
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from conftest import CONTROL_KEY_ID
+from conftest import CONTROL_KEY_ID, eventually
 from control_workflows import CONTROL_ACTIVITIES, CONTROL_WORKFLOWS, Loop, Looper
 from temporal_governor import CONTROL_QUERY, Policy
 from temporal_governor.cli import EXIT_BAD_INPUT, EXIT_UNREACHABLE
@@ -45,14 +43,6 @@ def policy_file(tmp_path: Path) -> tuple[Policy, str]:
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY_YAML)
     return Policy.from_yaml(path), str(path)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
 
 
 async def control_state(handle: WorkflowHandle[Any, Any]) -> dict[str, Any]:

@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 
-from conftest import CONTROL_KEY_ID, CONTROL_SECRET
+from conftest import CONTROL_KEY_ID, CONTROL_SECRET, eventually
 from control_workflows import (
     CONTROL_ACTIVITIES,
     CONTROL_WORKFLOWS,
@@ -47,14 +46,6 @@ POLICY = Policy.from_dict(
 
 def controller(g: Any, policy: Policy = POLICY, **kw: Any) -> ControlClient:
     return ControlClient(g.client, policy, issuer="oncall@test", **kw)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
 
 
 async def state_of(handle: WorkflowHandle[Any, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import html
 import math
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import get_args
 
 from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
@@ -24,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from .accounting import RESOURCES
+from .accounting import RESOURCES, EventKind
 from .decisions import DecisionRecord
 from .policy import PER_TASK_LIMITS
 from .report import CausalChain, IncidentReport, RunNode, SpendRow, SpendSeries
@@ -33,21 +34,8 @@ _TIMELINE_ALL = 60
 """Timelines up to this many decisions are shown whole."""
 _TIMELINE_OTHERS = 30
 """Beyond that: every governance decision, and this many of the latest others."""
-_GOVERNANCE_KINDS = frozenset(
-    {
-        "warn",
-        "alert",
-        "overage",
-        "refuse",
-        "breach",
-        "control",
-        "control_rejected",
-        "loop",
-        "anomaly",
-        "throttle",
-        "degrade",
-    }
-)
+_GOVERNANCE_KINDS = frozenset(get_args(EventKind)) - {"reserve", "commit", "release", "wait"}
+"""Decision kinds shown in full in reports (the dispatch bookkeeping ones are summarised)."""
 _SHORT_ID = 24
 """Workflow ids longer than this are shortened in tables."""
 
