@@ -366,6 +366,8 @@ async def _settle(
         if name and not paused:
             run.guard.after(kind, name, False, actual.cost_usd, key)
         raise
+    except GeneratorExit:
+        raise  # the coroutine is closed unfinished (the run left the cache): no outcome
     except BaseException:
         if not _evicting():
             actual = charge(None)
