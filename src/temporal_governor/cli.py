@@ -225,7 +225,7 @@ def replay(
 
     try:
         report = asyncio.run(run())
-    except ReviewError as error:
+    except (ReviewError, KeyringError) as error:
         _fail(str(error), EXIT_BAD_INPUT)
     except RPCError as error:
         _fail(f"{workflow_id}: {error}", EXIT_UNREACHABLE)
