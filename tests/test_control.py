@@ -456,3 +456,19 @@ async def _killed(handle: WorkflowHandle[Any, Any]) -> BreachDetails:
     details = BreachDetails.from_error(failure.value)
     assert details is not None
     return details
+
+
+async def test_a_paused_run_shows_as_paused_in_visibility(governed) -> None:
+    policy = Policy.from_dict({**TENANT_POLICY_DATA})
+    async with governed(policy, CONTROL_WORKFLOWS, CONTROL_ACTIVITIES) as g:
+        handle = await g.start(Looper.run, Loop(steps=3, seconds=0.2))
+        await controller(g, policy).kill(ControlTarget.run(handle.id), reason="look")
+
+        async def listed_as(state: str) -> bool:
+            query = f'WorkflowId = "{handle.id}" AND GovernorState = "{state}"'
+            return len([w async for w in g.client.list_workflows(query)]) == 1
+
+        await eventually(lambda: listed_as("paused"))
+        await controller(g, policy).resume(ControlTarget.run(handle.id))
+        assert await handle.result() == 30
+        await eventually(lambda: listed_as("completed"))

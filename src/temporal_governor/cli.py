@@ -31,7 +31,7 @@ from temporalio.service import RPCError
 from .control import Keyring, KeyringError, overridable
 from .control_client import ControlClient, ControlError, ControlOutcome, ControlTarget
 from .errors import PolicyError
-from .interceptors._workflow import STATE_ATTRIBUTE, TENANT_ATTRIBUTE
+from .interceptors._visibility import STATE_ATTRIBUTE, TENANT_ATTRIBUTE
 from .policy import PER_TASK_LIMITS, Policy, _seconds
 from .replay import ReviewError, load_histories, review
 
@@ -247,7 +247,7 @@ def replay(
 @click.option("--tenant", default=None, help="Only runs of this tenant.")
 @click.option(
     "--state",
-    type=click.Choice(["running", "completed", "failed", "breached", "killed"]),
+    type=click.Choice(["running", "paused", "completed", "failed", "breached", "killed"]),
     default=None,
     help="Only runs in this governor state.",
 )

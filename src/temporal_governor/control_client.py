@@ -37,7 +37,7 @@ from .control import (
 )
 from .errors import GovernorError
 from .interceptors._run import BUDGET_QUERY
-from .interceptors._workflow import TENANT_ATTRIBUTE
+from .interceptors._visibility import TENANT_ATTRIBUTE
 from .policy import Policy
 from .workflows._ledger import LEDGER_WORKFLOW, LedgerState
 

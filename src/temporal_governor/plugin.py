@@ -20,7 +20,7 @@ from .activities import ledger_call
 from .control import Keyring
 from .decisions import DecisionSink
 from .interceptors import GovernanceInterceptor
-from .interceptors._workflow import STATE_ATTRIBUTE, TENANT_ATTRIBUTE
+from .interceptors._visibility import STATE_ATTRIBUTE, TENANT_ATTRIBUTE
 from .policy import Policy
 from .telemetry import OpenTelemetrySink
 from .workflows import GovernorLedger

@@ -38,6 +38,7 @@ from ..control import (
     overridable,
 )
 from ..errors import KILL_LIMIT, BreachDetails
+from ._visibility import STATE_ATTRIBUTE
 
 if TYPE_CHECKING:
     from ._run import GovernedRun
@@ -271,6 +272,7 @@ class ControlPlane:
             f"paused; {cancelled} in-flight activities cancelled (re-dispatched on resume), "
             f"{len(self.children)} children paused",
         )
+        self._show("paused")
         self._watch = asyncio.ensure_future(self._pause_watch(message))
 
     async def _pause_watch(self, message: KillMessage) -> None:
@@ -296,6 +298,7 @@ class ControlPlane:
         self.paused = None
         self.paused_since = self.pause_deadline = None
         self._record(message, True, "resumed", before=before, after={"state": "running"})
+        self._show("running")
 
     def apply_stored(self, stored: dict[str, Any]) -> None:
         """Apply fleet-wide kills and resumes the ledger keeps for this run's tenant and agent.
@@ -597,6 +600,11 @@ class ControlPlane:
         if len(self._audit) > 2 * _AUDIT_KEPT:
             del self._audit[:_AUDIT_KEPT]
         self.run.control_event(record)
+
+    def _show(self, state: str) -> None:
+        """Show the run as paused or running again in its ``GovernorState`` attribute."""
+        if self.run.policy.visibility.search_attributes:
+            temporalio.workflow.upsert_search_attributes([STATE_ATTRIBUTE.value_set(state)])
 
     def _reject(self, signal: str, message: AnyControl | None, problem: str) -> None:
         self._record(message, False, problem, signal=signal)

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, ClassVar
 
 import temporalio.workflow
-from temporalio.common import RawValue, SearchAttributeKey, SearchAttributeUpdate
+from temporalio.common import RawValue, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 from temporalio.worker import (
     ContinueAsNewInput,
@@ -40,6 +40,7 @@ from ..workflows._ledger import LEDGER_WORKFLOW
 from ._control import ControlPlane, forget_plane, register_plane
 from ._run import BUDGET_QUERY, CHILD_KEY_PREFIX, GovernedRun
 from ._shared import Ticket
+from ._visibility import MEMO_KEY, STATE_ATTRIBUTE, TENANT_ATTRIBUTE
 from ._wire import attach_usage, take_failure_usage, take_usage, usage_marker
 
 _ActivityStart = StartActivityInput | StartLocalActivityInput
@@ -409,14 +410,6 @@ def _amounts(estimate: Estimate) -> Amounts:
     return Amounts(
         tokens=estimate.tokens, cost_usd=estimate.cost_usd, tool_calls=estimate.tool_calls
     )
-
-
-TENANT_ATTRIBUTE = SearchAttributeKey.for_keyword("GovernorTenant")
-"""Search attribute: the tenant a governed run is attributed to."""
-STATE_ATTRIBUTE = SearchAttributeKey.for_keyword("GovernorState")
-"""Search attribute: ``running``, ``completed``, ``failed``, ``breached`` or ``killed``."""
-MEMO_KEY = "governor"
-"""Memo key of a governed run's spend summary."""
 
 
 def _state(state: str) -> SearchAttributeUpdate[str]:
