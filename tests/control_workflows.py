@@ -137,5 +137,35 @@ class Fanner:
         return sum(done)
 
 
-CONTROL_WORKFLOWS = [Looper, Brancher, Relay, Fanner]
+@dataclass
+class Hops:
+    runs_left: int
+    nap: float = 1.0
+
+
+@workflow.defn
+class Hopper:
+    """One step, a nap (no dispatch), then continue as new, `runs_left` times."""
+
+    @workflow.run
+    async def run(self, hops: Hops) -> int:
+        await workflow.execute_activity(step, Step(), **_STEP)
+        await workflow.sleep(hops.nap)
+        if hops.runs_left <= 1:
+            return 10
+        workflow.continue_as_new(Hops(hops.runs_left - 1, hops.nap))
+
+
+@workflow.defn
+class Canceller:
+    """Starts a step and cancels its handle at once, then runs one more step."""
+
+    @workflow.run
+    async def run(self) -> int:
+        handle = workflow.start_activity(step, Step(), **_STEP)
+        handle.cancel()
+        return await workflow.execute_activity(step, Step(), **_STEP)
+
+
+CONTROL_WORKFLOWS = [Looper, Brancher, Relay, Fanner, Hopper, Canceller]
 CONTROL_ACTIVITIES = [step]

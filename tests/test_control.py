@@ -18,7 +18,10 @@ from control_workflows import (
     CONTROL_ACTIVITIES,
     CONTROL_WORKFLOWS,
     Branch,
+    Canceller,
     Fanner,
+    Hopper,
+    Hops,
     Loop,
     Looper,
     Relay,
@@ -472,3 +475,60 @@ async def test_a_paused_run_shows_as_paused_in_visibility(governed) -> None:
         await controller(g, policy).resume(ControlTarget.run(handle.id))
         assert await handle.result() == 30
         await eventually(lambda: listed_as("completed"))
+
+
+async def test_fleet_kill_then_resume_lets_new_runs_go_and_a_newer_agent_pause_holds(
+    governed,
+) -> None:
+    tenant = f"umbrella-{uuid.uuid4().hex[:6]}"
+    policy = Policy.from_dict(
+        {
+            "tenants": {tenant: {"quotas": {"max_tokens": 1_000_000}}},
+            "shared": {"ledger_id": f"ledger-{uuid.uuid4().hex[:8]}"},
+        }
+    )
+    async with governed(policy, CONTROL_WORKFLOWS, CONTROL_ACTIVITIES) as g:
+        control = controller(g, policy, ledger_task_queue=g.task_queue)
+        await control.kill(ControlTarget.tenant(tenant), reason="hold")
+        await control.resume(ControlTarget.tenant(tenant), reason="cleared")
+        with attribution(tenant=tenant):
+            # the header and the first reservation both carry the old kill and its resume
+            assert await g.run(Looper.run, Loop(steps=3)) == 30
+        await control.kill(ControlTarget.agent("Looper"), reason="bad prompt release")
+        with attribution(tenant=tenant):
+            held = await g.start(Looper.run, Loop(steps=2))
+        await eventually(lambda: is_paused(held))  # the tenant's older resume does not lift it
+        assert (await state_of(held))["paused_by"] == "oncall@test"
+        await control.resume(ControlTarget.agent("Looper"), reason="fixed")
+        assert await held.result() == 20
+
+
+async def test_a_pause_survives_continue_as_new(governed) -> None:
+    async with governed(POLICY, CONTROL_WORKFLOWS, CONTROL_ACTIVITIES) as g:
+        handle = await g.start(Hopper.run, Hops(runs_left=2, nap=1.0))
+        first_run = (await handle.describe()).run_id
+        await eventually(lambda: _committed(handle, "tool_calls", at_least=1))
+        await controller(g).kill(ControlTarget.run(handle.id), reason="hold over the hop")
+
+        async def hopped_and_paused() -> bool:
+            latest = g.client.get_workflow_handle(handle.id)
+            if (await latest.describe()).run_id == first_run:
+                return False
+            return await is_paused(latest)
+
+        await eventually(hopped_and_paused)
+        latest = g.client.get_workflow_handle(handle.id)
+        assert (await state_of(latest))["audit"][0][
+            "outcome"
+        ] == "still paused after continue-as-new"
+        await controller(g).resume(ControlTarget.run(handle.id))
+        assert await latest.result() == 10
+
+
+async def test_a_dispatch_cancelled_before_it_ran_releases_its_reservation(governed) -> None:
+    async with governed(POLICY, CONTROL_WORKFLOWS, CONTROL_ACTIVITIES) as g:
+        handle = await g.start(Canceller.run)
+        assert await handle.result() == 10
+        budget = await handle.query(BUDGET_QUERY)
+        assert budget["reserved"] == {} and budget["in_flight"] == 0
+        assert budget["committed"]["tool_calls"] == 2

@@ -265,7 +265,12 @@ class ControlCheck:
         self._nonces: dict[str, int] = {}
 
     def check(
-        self, signal: str, args: tuple[Any, ...], now_ms: int
+        self,
+        signal: str,
+        args: tuple[Any, ...],
+        now_ms: int,
+        *,
+        stored: bool = False,
     ) -> tuple[AnyControl | None, str | None]:
         """Parse and authorise one signal's arguments.
 
@@ -273,6 +278,9 @@ class ControlCheck:
             signal: The signal name (selects the message model).
             args: The signal's arguments as decoded.
             now_ms: The run's clock (workflow time), epoch milliseconds.
+            stored: The message comes from the ledger (a fleet kill or resume): it must be
+                signed, and its nonce is not consumed (the caller deduplicates stored
+                messages by identity instead).
 
         Returns:
             ``(message, None)`` when accepted (its nonce is then remembered), else
@@ -290,6 +298,8 @@ class ControlCheck:
             return None, "malformed: " + _problems(error)
         problem = self.keyring.signature_problem(message)
         if problem == "unsigned":
+            if stored:
+                return message, f"unsigned stored {message.action} (a valid signature is required)"
             if not (message.action == "kill" and self.settings.allow_unsigned_kill):
                 return message, f"unsigned {message.action} (a valid signature is required)"
         elif problem is not None:
@@ -301,11 +311,21 @@ class ControlCheck:
                 f"stale: issued {age_ms / 1000:.1f} s from the run's clock "
                 f"(control.max_clock_skew {self.settings.max_clock_skew:g} s)"
             )
+        if stored:
+            return message, None
         if message.nonce in self._nonces:
             return message, f"replayed nonce {message.nonce}"
         self._forget_old(now_ms, skew_ms)
         self._nonces[message.nonce] = message.issued_at_ms
         return message, None
+
+    def nonces(self) -> dict[str, int]:
+        """The nonces seen and not yet forgotten (carried over a continue-as-new)."""
+        return dict(self._nonces)
+
+    def remember(self, nonces: dict[str, int]) -> None:
+        """Take over the nonces an earlier run of the chain had seen."""
+        self._nonces.update(nonces)
 
     def _forget_old(self, now_ms: int, skew_ms: float) -> None:
         """Drop nonces so old that their messages would be rejected as stale anyway."""

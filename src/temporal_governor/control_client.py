@@ -4,7 +4,7 @@
 status`` commands use; call it from your own tools the same way::
 
     control = ControlClient(client, policy, issuer="oncall@acme")
-    await control.kill(Target.tenant("acme"), reason="runaway spend")
+    await control.kill(ControlTarget.tenant("acme"), reason="runaway spend")
 
 A run or tree target is one signal to that workflow (a tree's runs relay it down). A
 tenant or agent target is stored in the ledger first, so that runs starting later find it

@@ -141,7 +141,8 @@ class ControlPlane:
         """Key -> handle of in-flight activities (a pause cancels them)."""
         self.children: dict[str, str] = {}
         """Key -> workflow id of running children (a pause is forwarded to them)."""
-        self.cancelled_by_pause: set[int] = set()
+        self.cancelled_by_pause: set[str] = set()
+        """Keys of in-flight activities a pause cancelled (to dispatch again on resume)."""
         self.held_while_paused = 0
         self._last_dispatch: datetime | None = None
         self._audit: list[ControlRecord] = []
@@ -150,6 +151,8 @@ class ControlPlane:
         self._seq = 0
         self._watch: asyncio.Future[Any] | None = None
         self._sends: set[asyncio.Future[Any]] = set()
+        self._fleet: dict[str, dict[str, tuple[int, AnyControl]]] = {}
+        self._fleet_seen: set[tuple[str, str, int]] = set()
 
     # -- installation -------------------------------------------------------------------
 
@@ -246,6 +249,10 @@ class ControlPlane:
         if self.run.killed or self.run.breach is not None:
             self._record(message, True, "already stopped; nothing changed")
             return
+        if message.mode == "terminate" and message.signature is None:
+            # an unsigned kill stops spend but cannot do what only a resume could undo
+            message = message.model_copy(update={"mode": "pause"})
+            self._record(message, True, "unsigned terminate taken as a pause")
         if message.mode == "terminate":
             self._record(message, True, "terminated")
             if message.target != "run":
@@ -260,10 +267,10 @@ class ControlPlane:
         self.paused, self.paused_since = message, now
         self.pause_deadline = now + timedelta(seconds=self.settings.pause_timeout)
         cancelled = 0
-        for handle in list(self.activities.values()):
+        for key, handle in list(self.activities.items()):
             inner = getattr(handle, "inner", None)
             if inner is not None and not inner.done():
-                self.cancelled_by_pause.add(id(inner))
+                self.cancelled_by_pause.add(key)
                 inner.cancel()
                 cancelled += 1
         self._record(
@@ -301,32 +308,61 @@ class ControlPlane:
         self._show("running")
 
     def apply_stored(self, stored: dict[str, Any]) -> None:
-        """Apply fleet-wide kills and resumes the ledger keeps for this run's tenant and agent.
+        """Take the fleet-wide kills and resumes the ledger keeps for this run's tenant and agent.
 
-        They come in the start header, or back with a ledger reservation. Each message is
-        checked like a signal, its age judged against when the ledger took it. Per scope the
-        newer of kill and resume wins; a resume that wins lifts a pause it finds.
+        They come in the start header, or back with a ledger reservation. Each stored
+        message is taken once (by scope, signal and the time the ledger took it), must be
+        signed, and its age is judged against that time. Then per scope the newer of kill
+        and resume wins; the run is killed if any scope's kill wins, and a pause that came
+        from the fleet is lifted once none does.
         """
+        fresh = False
         for scope in sorted(stored):
-            by_signal = stored[scope]
-            kill, resume = by_signal.get(KILL_SIGNAL), by_signal.get(RESUME_SIGNAL)
-            if resume is not None and (
-                kill is None or resume["recorded_at_ms"] >= kill["recorded_at_ms"]
-            ):
+            for signal, entry in sorted(stored[scope].items()):
+                if signal not in (KILL_SIGNAL, RESUME_SIGNAL):
+                    continue
+                recorded_at = int(entry["recorded_at_ms"])
+                identity = (scope, signal, recorded_at)
+                if identity in self._fleet_seen:
+                    continue
+                self._fleet_seen.add(identity)
+                known = self._fleet.setdefault(scope, {}).get(signal)
+                if known is not None and known[0] > recorded_at:
+                    continue
                 message, problem = self.check.check(
-                    RESUME_SIGNAL, (resume["message"],), int(resume["recorded_at_ms"])
+                    signal, (entry["message"],), recorded_at, stored=True
                 )
                 if problem is None and message is not None:
                     problem = self._misdirected(message)
-                if problem is None and message is not None:
-                    if self.paused is not None:
-                        self._apply(message)
-                    continue  # the kill, if any, is lifted
-                if kill is None:
-                    self._reject(RESUME_SIGNAL, message, problem or "rejected")
+                if problem is not None or message is None:
+                    self._reject(signal, message, f"stored for {scope}: {problem or 'rejected'}")
                     continue
-            if kill is not None:
-                self.receive(KILL_SIGNAL, (kill["message"],), now_ms=int(kill["recorded_at_ms"]))
+                self._fleet[scope][signal] = (recorded_at, message)
+                fresh = True
+        if fresh:
+            self._judge_fleet()
+
+    def _judge_fleet(self) -> None:
+        winning: list[KillMessage] = []
+        resumes: list[tuple[int, AnyControl]] = []
+        for scope in sorted(self._fleet):
+            kill = self._fleet[scope].get(KILL_SIGNAL)
+            resume = self._fleet[scope].get(RESUME_SIGNAL)
+            if kill is not None and (resume is None or resume[0] < kill[0]):
+                assert isinstance(kill[1], KillMessage)
+                winning.append(kill[1])
+            elif resume is not None:
+                resumes.append(resume)
+        terminate = [k for k in winning if k.mode == "terminate" and k.signature is not None]
+        if terminate:
+            self._kill(terminate[0])
+        elif winning:
+            if self.paused is None:
+                self._kill(winning[0])
+        elif self.paused is not None and self.paused.target in ("tenant", "agent") and resumes:
+            latest = max(resumes, key=lambda r: r[0])[1]
+            assert isinstance(latest, ResumeMessage)
+            self._resume(latest)
 
     def joined(self, key: str, workflow_id: str) -> None:
         """A child started: pause it too if this run is paused meanwhile."""
@@ -338,6 +374,26 @@ class ControlPlane:
         """A child ended."""
         if self.children.pop(key, None) is not None:
             self.finished()
+
+    def carry(self) -> dict[str, Any]:
+        """What a continue-as-new hands on: the pause in force and the nonces seen."""
+        state: dict[str, Any] = {"nonces": self.check.nonces()}
+        if self.paused is not None:
+            state["paused"] = self.paused.model_dump(mode="json")
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take over what the previous run of a continue-as-new chain handed on."""
+        self.check.remember({str(k): int(v) for k, v in state.get("nonces", {}).items()})
+        paused = state.get("paused")
+        if paused:
+            message = KillMessage.model_validate(paused)
+            now = temporalio.workflow.now()
+            self.paused, self.paused_since = message, now
+            self.pause_deadline = now + timedelta(seconds=self.settings.pause_timeout)
+            self._record(message, True, "still paused after continue-as-new")
+            self._show("paused")
+            self._watch = asyncio.ensure_future(self._pause_watch(message))
 
     # -- backpressure ----------------------------------------------------------------------
 

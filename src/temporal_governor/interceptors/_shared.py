@@ -153,10 +153,11 @@ class SharedBudget:
             result = ReserveResult.model_validate(
                 await self._call("reserve", request, f"reserve:{ledger_key}")
             )
+            if result.granted:
+                self.open.add(ledger_key)  # before a returned kill can halt the run
             if result.controls:
                 self._apply_controls(result.controls)
             if result.granted:
-                self.open.add(ledger_key)
                 return ledger_key, result.amounts
             refusal = result.refusal
             assert refusal is not None

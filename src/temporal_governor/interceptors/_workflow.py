@@ -33,7 +33,13 @@ from ..context import (
 from ..control import Keyring
 from ..decisions import DecisionSink
 from ..degradation import rewrite_arguments
-from ..errors import BUDGET_EXCEEDED, GOVERNANCE_KILLED, RUNAWAY_LOOP, BreachDetails
+from ..errors import (
+    BUDGET_EXCEEDED,
+    GOVERNANCE_KILLED,
+    RUNAWAY_LOOP,
+    BreachDetails,
+    BudgetExceeded,
+)
 from ..policy import Estimate, Policy
 from ..usage import Usage
 from ..workflows._ledger import LEDGER_WORKFLOW
@@ -89,22 +95,9 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
         plane.install()
         register_workflow_context(run.info.run_id, context)
         register_plane(run.info.run_id, plane)
-        if context.controls:
-            # fleet-wide kills the starting client found in the ledger (see _client.py)
-            plane.apply_stored(context.controls)
-        visibility = self.policy.visibility
-        if visibility.search_attributes:
-            temporalio.workflow.upsert_search_attributes(
-                [TENANT_ATTRIBUTE.value_set(context.attribution.tenant), _state("running")]
-            )
-        run_limits = run.shared.limits_for(None, kind="run")
-        if run_limits:
-            # a concurrency slot for the run itself (max_concurrent_tasks), before its code runs
-            await run.shared.reserve("run", run_limits, {"concurrency": 1.0}, "run start")
-        if run.guard.anomaly is not None and run.breach is None:
-            run.guard.load_baselines(await run.shared.baselines(run.guard.baseline_keys()))
         main: asyncio.Future[Any] | None = None
         try:
+            await _start(run, plane, context)
             if run.breach is None:  # a fleet kill found at start stops it before its code runs
                 main = asyncio.ensure_future(self.next.execute_workflow(input))
                 main.add_done_callback(_retrieve)
@@ -131,10 +124,7 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
                 if spent.amounts().nonzero() and error.type not in _GOVERNOR_FAILURES:
                     error._details = (*error.details, usage_marker(spent))
                 raise
-            anomaly = run.guard.anomaly
-            learnt = run.guard.observations()
-            if anomaly is not None and learnt:
-                await run.shared.observe(learnt, anomaly.alpha, anomaly.min_samples)
+            await _learn(run)
             _publish(run, "completed")
             payload = (
                 result.payload
@@ -201,27 +191,36 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
             """Wait ``hold`` seconds, gate, reserve and start one attempt of the dispatch."""
             if hold > 0:
                 await temporalio.workflow.sleep(hold)
-            await plane.gate()
-            key = run.next_key("activity", input.activity)
-            try:
-                run.reserve(key, wanted, dispatch)
-            except BaseException:
-                plane.finished()
-                raise
-            ticket = None
-            try:
-                if limits:
-                    ticket = await run.shared.reserve(key, limits, shared_amounts, dispatch)
-                inner = start(input)
-            except BaseException:
+            while True:
+                await plane.gate()
+                key = run.next_key("activity", input.activity)
+                try:
+                    run.reserve(key, wanted, dispatch)
+                except BaseException:
+                    plane.finished()
+                    raise
+                ticket = None
+                try:
+                    if limits:
+                        ticket = await run.shared.reserve(key, limits, shared_amounts, dispatch)
+                    if plane.paused is None:
+                        return key, start(input), ticket
+                except BaseException:
+                    run.release(key)
+                    plane.finished()
+                    if ticket is not None:
+                        await run.shared.settle(ticket, {})
+                    raise
+                # paused while the ledger was asked: give the slot back, wait for the resume
                 run.release(key)
                 plane.finished()
                 if ticket is not None:
                     await run.shared.settle(ticket, {})
-                raise
-            return key, inner, ticket
+
+        entered = _Entered()
 
         async def flow(first: tuple[str, Any, Ticket | None] | None) -> Any:
+            entered.yes = True
             attempt, hold = first, wait
             while True:
                 if attempt is None:
@@ -234,11 +233,11 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
                         run, key, inner, ret_type, charge, ticket, ("activity", input.activity)
                     )
                 except ActivityError:
-                    if id(inner) not in plane.cancelled_by_pause:
+                    if key not in plane.cancelled_by_pause:
                         raise
-                    plane.cancelled_by_pause.discard(id(inner))
                     attempt = None  # paused: dispatch it again once resumed
                 finally:
+                    plane.cancelled_by_pause.discard(key)
                     plane.activities.pop(key, None)
                     plane.finished()
 
@@ -255,6 +254,9 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
             raise
         plane.started()
         handle = _GovernedActivityHandle(inner, flow((key, inner, None)))
+        handle.add_done_callback(
+            functools.partial(_never_ran, entered, run, key, lambda: charge(None), plane.finished)
+        )
         return run.track(handle)
 
     async def start_child_workflow(
@@ -310,12 +312,20 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
             raise
         plane.joined(key, input.id)
         charge = functools.partial(_child_amounts, reserved=reserved)
+        entered = _Entered()
         settle = _settled_child(
+            entered,
             plane,
             key,
             _settle(run, key, inner, ret_type, charge, ticket, ("child", input.workflow)),
         )
-        return run.track(_GovernedChildHandle(inner, settle))
+        handle = _GovernedChildHandle(inner, settle)
+        handle.add_done_callback(
+            functools.partial(
+                _never_ran, entered, run, key, lambda: reserved, functools.partial(plane.left, key)
+            )
+        )
+        return run.track(handle)
 
     def continue_as_new(self, input: ContinueAsNewInput) -> Any:
         run = self.run
@@ -326,7 +336,10 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
                 "carried": run.ledger.committed + run.ledger.reserved,
                 "deadline": run.deadline,
                 "controls": {},
-                "guard_state": run.guard.carry(),
+                "guard_state": {
+                    **(run.guard.carry() or {}),
+                    **({"control": run.control.carry()} if run.control else {}),
+                },
             }
         )
         input.headers = with_context(input.headers, context)
@@ -356,7 +369,7 @@ async def _settle(
     except (ActivityError, ChildWorkflowError) as error:
         usage = take_failure_usage(error.cause) or _breach_usage(error.cause)
         plane = run.control
-        paused = plane is not None and id(inner) in plane.cancelled_by_pause
+        paused = plane is not None and key in plane.cancelled_by_pause
         if usage is None and paused:
             actual = run.ledger.reservations.get(key) or charge(None)
         else:
@@ -388,12 +401,82 @@ async def _settle(
             await run.shared.settle(ticket, actual.nonzero())
 
 
-async def _settled_child(plane: ControlPlane, key: str, settle: Awaitable[Any]) -> Any:
+async def _settled_child(
+    entered: _Entered, plane: ControlPlane, key: str, settle: Coroutine[Any, Any, Any]
+) -> Any:
     """A child's settlement that also tells the control plane the child has ended."""
+    entered.yes = True
     try:
         return await settle
     finally:
         plane.left(key)
+
+
+async def _start(run: GovernedRun, plane: ControlPlane, context: BudgetContext) -> None:
+    """Everything before agent code runs; a halt here (``run.breach``) stops it running."""
+    if run.policy.visibility.search_attributes:
+        temporalio.workflow.upsert_search_attributes(
+            [TENANT_ATTRIBUTE.value_set(context.attribution.tenant), _state("running")]
+        )
+    carried = (context.guard_state or {}).get("control")
+    if carried:
+        plane.restore(carried)  # the pause and nonces of the run before a continue-as-new
+    if context.controls:
+        # fleet-wide kills the starting client found in the ledger (see _client.py)
+        plane.apply_stored(context.controls)
+    try:
+        run_limits = run.shared.limits_for(None, kind="run")
+        if run_limits and run.breach is None:
+            # a concurrency slot for the run itself (max_concurrent_tasks), before its code
+            await run.shared.reserve("run", run_limits, {"concurrency": 1.0}, "run start")
+    except BudgetExceeded:
+        return  # run.breach is set: the run fails with it
+    if run.guard.anomaly is not None and run.breach is None:
+        try:
+            run.guard.load_baselines(await run.shared.baselines(run.guard.baseline_keys()))
+        except ActivityError as error:  # fail open: a ledger outage does not stop agents
+            temporalio.workflow.logger.warning(
+                "governor: no spend baselines (%s); anomalies are not judged in this run", error
+            )
+
+
+async def _learn(run: GovernedRun) -> None:
+    """Fold a healthy completed run's spend into the ledger's baselines (fail open)."""
+    anomaly = run.guard.anomaly
+    learnt = run.guard.observations()
+    if anomaly is None or not learnt:
+        return
+    try:
+        await run.shared.observe(learnt, anomaly.alpha, anomaly.min_samples)
+    except ActivityError as error:
+        temporalio.workflow.logger.warning("governor: baselines not updated (%s)", error)
+
+
+class _Entered:
+    """Whether a dispatch's settling coroutine has started running."""
+
+    yes = False
+
+
+def _never_ran(
+    entered: _Entered,
+    run: GovernedRun,
+    key: str,
+    spent: Callable[[], Amounts],
+    ended: Callable[[], None],
+    task: asyncio.Future[Any],
+) -> None:
+    """Settle a dispatch whose handle was cancelled before its coroutine ever ran.
+
+    Cancelling a task before its first step closes the coroutine unstarted, so its own
+    commit and bookkeeping never happen; do them here (the dispatch's outcome is unknown,
+    so it is charged as a cancel).
+    """
+    if entered.yes or _evicting():
+        return
+    if key in run.ledger.reservations:
+        run.commit(key, spent())
+    ended()
 
 
 def _evicting() -> bool:
