@@ -206,7 +206,26 @@ class Rechainer:
         )
 
 
+@workflow.defn
+class Twins:
+    """Starts a child, then tries to start another with the same id (which must fail)."""
+
+    @workflow.run
+    async def run(self) -> str:
+        child_id = f"{workflow.info().workflow_id}.twin"
+        calls = Calls(calls=[("lookup", f"q{i}") for i in range(3)])
+        first = await workflow.start_child_workflow(ToolAgent.run, calls, id=child_id)
+        try:
+            await workflow.start_child_workflow(ToolAgent.run, calls, id=child_id)
+            second = "started"
+        except Exception as error:
+            second = type(error).__name__
+        await first
+        return second
+
+
 DETECT_WORKFLOWS = [
+    Twins,
     Rechainer,
     ToolAgent,
     RecursivePlanner,

@@ -21,6 +21,7 @@ from detect_workflows import (
     Rechainer,
     Recursion,
     ToolAgent,
+    Twins,
 )
 from temporal_governor import (
     BUDGET_EXCEEDED,
@@ -330,3 +331,14 @@ async def test_a_call_repeated_down_a_chain_of_sub_agents_is_a_loop(governed) ->
         details = BreachDetails.from_error(failure.value)
         assert details is not None and details.limit == "loop_detection.repeated_signature"
         assert len(details.chain) == 4  # the fourth level made the fourth identical call
+
+
+async def test_a_failed_start_of_a_duplicate_child_keeps_the_running_twins_budget(
+    governed,
+) -> None:
+    async with governed(Policy.from_dict({}), DETECT_WORKFLOWS, DETECT_ACTIVITIES) as g:
+        handle = await g.start(Twins.run)
+        assert await handle.result() != "started"
+        budget = await handle.query(BUDGET_QUERY)
+        assert budget["committed"]["tokens"] == 30  # the running twin's spend was committed
+        assert budget["reserved"] == {}

@@ -269,6 +269,9 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
         assert plane is not None
         explicit = explicit_estimate() or _amounts(run.policy.estimate_for_child(input.workflow))
         key = f"{CHILD_KEY_PREFIX}{input.id}"
+        if key in run.ledger.reservations:
+            # a child of this id still runs: this start will fail; never touch its reservation
+            key = run.next_key(CHILD_KEY_PREFIX.rstrip(":"), input.id)
         run.raise_if_halted()
         wait = run.guard.admit("child", input.workflow, input.args, f"child {input.workflow}")
         input.priority = run.guard.priority("child", input.workflow, input.priority)
