@@ -532,3 +532,26 @@ async def test_a_dispatch_cancelled_before_it_ran_releases_its_reservation(gover
         budget = await handle.query(BUDGET_QUERY)
         assert budget["reserved"] == {} and budget["in_flight"] == 0
         assert budget["committed"]["tool_calls"] == 2
+
+
+async def test_a_run_resting_in_a_fleet_pause_finds_the_fleet_resume_in_the_ledger(
+    governed,
+) -> None:
+    tenant = f"hooli-{uuid.uuid4().hex[:6]}"
+    policy = Policy.from_dict(
+        {
+            "shared": {"ledger_id": f"ledger-{uuid.uuid4().hex[:8]}"},
+            "control": {"fleet_poll_interval": "1s"},
+        }
+    )
+    async with governed(policy, CONTROL_WORKFLOWS, CONTROL_ACTIVITIES) as g:
+        control = controller(g, policy, ledger_task_queue=g.task_queue)
+        await control.kill(ControlTarget.tenant(tenant), reason="hold")
+        with attribution(tenant=tenant):
+            held = await g.start(Looper.run, Loop(steps=2))
+        await eventually(lambda: is_paused(held))
+        outcome = await control.resume(ControlTarget.tenant(tenant), reason="go")
+        assert outcome.signalled == []  # no visibility: only the ledger can tell it
+        assert await held.result() == 20
+        [kill, resume] = [r for r in (await state_of(held))["audit"] if r["accepted"]]
+        assert kill["outcome"].startswith("paused") and resume["outcome"] == "resumed"

@@ -370,6 +370,9 @@ class ControlSettings(BaseModel):
     running children (``down``), both, or nowhere."""
     max_backpressure: TtlSeconds = 3600.0
     """The longest one backpressure message may hold (its ``duration_ms`` is cut to this)."""
+    fleet_poll_interval: TtlSeconds = 30.0
+    """A run resting in a tenant or agent pause asks the ledger this often whether the
+    pause was lifted (so a fleet resume reaches it without visibility search attributes)."""
     check_kills_at_start: bool = Field(default=True, strict=True)
     """A governed client reads the ledger's kills of the tenant and workflow type of every
     run it starts (one query per start) and hands them to the run in its start header;

@@ -28,7 +28,9 @@ class LedgerCall(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     ledger_id: str
-    update: Literal["reserve", "settle", "release_run", "control", "baseline", "observe"]
+    update: Literal[
+        "reserve", "settle", "release_run", "control", "read_controls", "baseline", "observe"
+    ]
     request: dict[str, Any]
     update_id: str
     """Idempotency key of the call."""

@@ -150,6 +150,7 @@ class ControlPlane:
         self._rejected = 0
         self._seq = 0
         self._watch: asyncio.Future[Any] | None = None
+        self._poll: asyncio.Future[Any] | None = None
         self._sends: set[asyncio.Future[Any]] = set()
         self._fleet: dict[str, dict[str, tuple[int, AnyControl]]] = {}
         self._fleet_seen: set[tuple[str, str, int]] = set()
@@ -281,6 +282,24 @@ class ControlPlane:
         )
         self._show("paused")
         self._watch = asyncio.ensure_future(self._pause_watch(message))
+        if message.target in ("tenant", "agent") and self.settings.check_kills_at_start:
+            self._poll = asyncio.ensure_future(self._poll_fleet(message))
+
+    async def _poll_fleet(self, message: KillMessage) -> None:
+        """While a fleet pause holds, ask the ledger now and then whether it was lifted."""
+        interval = timedelta(seconds=self.settings.fleet_poll_interval)
+        while self.paused is message and self.run.breach is None:
+            with contextlib.suppress(TimeoutError):
+                await temporalio.workflow.wait_condition(
+                    lambda: self.paused is not message or self.run.breach is not None,
+                    timeout=interval,
+                )
+            if self.paused is not message or self.run.breach is not None:
+                return
+            try:
+                await self.run.shared.fleet_controls()
+            except Exception as error:  # the ledger may be down: try again later
+                temporalio.workflow.logger.warning("governor: fleet poll failed (%s)", error)
 
     async def _pause_watch(self, message: KillMessage) -> None:
         try:

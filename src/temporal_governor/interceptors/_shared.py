@@ -184,14 +184,14 @@ class SharedBudget:
                 dispatch,
             )
 
-    def _apply_controls(self, controls: dict[str, dict[str, Any]]) -> None:
+    def _apply_controls(self, controls: dict[str, dict[str, Any]], halt: bool = True) -> None:
         """Apply fleet kills and resumes the ledger sent back with a reservation, once each."""
         for by_signal in controls.values():
             for stored in by_signal.values():
                 self._controls_since_ms = max(self._controls_since_ms, stored["recorded_at_ms"])
         if self.run.control is not None:
             self.run.control.apply_stored(controls)
-        if self.run.breach is not None:
+        if halt and self.run.breach is not None:
             self.run.raise_if_halted()
 
     async def _settle_key(self, ledger_key: str, actual: dict[str, float]) -> None:
@@ -271,6 +271,16 @@ class SharedBudget:
             await self._settle_key(lease.ledger_key, lease.used)
         else:
             self._retired.append(lease)
+
+    async def fleet_controls(self) -> None:
+        """Ask the ledger for kills and resumes of the run's tenant and agent it has not seen."""
+        self._calls += 1
+        request = {"scopes": self._control_scopes, "since_ms": self._controls_since_ms}
+        found: dict[str, Any] = await self._call(
+            "read_controls", request, f"read_controls:{self._owner}#{self._calls}"
+        )
+        if found:
+            self._apply_controls(found, halt=False)
 
     async def baselines(self, keys: list[str]) -> dict[str, Any]:
         """Read spend baselines kept in the ledger (anomaly detection)."""

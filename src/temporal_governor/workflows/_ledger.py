@@ -157,6 +157,15 @@ class ObserveRequest(BaseModel):
     min_samples: int = Field(default=5, ge=1)
 
 
+class ReadControlsRequest(BaseModel):
+    """Read stored kills and resumes of some scopes, newer than ``since_ms``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scopes: list[str] = Field(max_length=10)
+    since_ms: int = 0
+
+
 class StoredControl(BaseModel):
     """A fleet-wide control message as the ledger keeps it."""
 
@@ -405,6 +414,20 @@ class GovernorLedger:
     @observe.validator
     def _check_observe(self, request: dict[str, Any]) -> None:
         _validated(ObserveRequest, request)
+
+    @workflow.update(name="read_controls")
+    def read_controls(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The stored kills and resumes of some scopes newer than ``since_ms``.
+
+        For workflows, which cannot query: a run resting in a fleet pause polls this.
+        """
+        self._updates += 1
+        req: ReadControlsRequest = _validated(ReadControlsRequest, request)
+        return self._controls_since(req.scopes, req.since_ms)
+
+    @read_controls.validator
+    def _check_read_controls(self, request: dict[str, Any]) -> None:
+        _validated(ReadControlsRequest, request)
 
     @workflow.query(name="controls")
     def query_controls(self, scopes: list[str]) -> dict[str, Any]:
