@@ -43,7 +43,7 @@ Action = Literal["alert", "throttle", "terminate"]
 SIGNATURE_LENGTH = 16
 """Hex characters kept from the SHA-256 digest by :func:`call_signature` (64 bits)."""
 
-_SIGNIFICANT_DIGITS = 6
+_SIGNIFICANT_DIGITS = 12
 _MAX_EXACT_INT = 2**53
 _RECENT_FAILURES = 16
 
@@ -65,15 +65,15 @@ def call_signature(target: str, args: Sequence[Any]) -> str:
     The arguments are normalised, then serialised as JSON with sorted keys and compact
     separators, and hashed with SHA-256 together with the target. Normalisation:
 
-    * pydantic models become ``model_dump(mode="json")``, dataclass instances
+    * pydantic models become ``model_dump(mode="python")``, dataclass instances
       ``dataclasses.asdict``, enums their value, mappings dicts with string keys, tuples
       and lists lists, sets and frozensets sorted lists;
-    * floats are rounded to 6 significant digits, and a float that is then integral
+    * floats are rounded to 12 significant digits, and a float that is then integral
       equals the same int (``1.0`` and ``1`` hash alike); NaN and infinities become
       strings;
     * runs of whitespace in strings collapse to one space, and ends are stripped;
-    * anything else becomes ``str(value)`` (so give such objects a stable ``__str__``:
-      the default one holds a memory address).
+    * anything else becomes ``str(value)``, or only its type name when it has neither a
+      ``__str__`` nor a ``__repr__`` of its own (the default ones hold a memory address).
 
     The result is the same for the same inputs in any process (no Python ``hash()``).
 
@@ -110,7 +110,9 @@ def _normalise(value: Any) -> Any:
     if isinstance(value, float):
         return _normalise_float(value)
     if isinstance(value, BaseModel):
-        return _normalise(value.model_dump(mode="json"))
+        # python mode keeps sets as sets, which are sorted below: a JSON dump would list
+        # them in hash order, which differs between processes
+        return _normalise(value.model_dump(mode="python"))
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return _normalise(dataclasses.asdict(value))
     if isinstance(value, enum.Enum):
@@ -122,15 +124,20 @@ def _normalise(value: Any) -> Any:
     if isinstance(value, set | frozenset):
         items = [_normalise(item) for item in value]
         return sorted(items, key=lambda item: json.dumps(item, sort_keys=True, default=str))
+    kind = type(value)
+    if kind.__str__ is object.__str__ and kind.__repr__ is object.__repr__:
+        return f"<{kind.__qualname__}>"  # the default repr holds a memory address
     return " ".join(str(value).split())
 
 
 def _normalise_float(value: float) -> float | int | str:
     if not math.isfinite(value):
         return str(value)
+    # 12 significant digits absorb float arithmetic noise (0.1 + 0.2 is 0.3) and keep
+    # distinct amounts, ids and epoch timestamps apart
     rounded = float(f"{value:.{_SIGNIFICANT_DIGITS}g}")
     if rounded.is_integer() and abs(rounded) < _MAX_EXACT_INT:
-        return int(rounded)  # also folds -0.0 into 0
+        return int(rounded)  # 1.0 hashes as 1; also folds -0.0 into 0
     return rounded
 
 
