@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -62,6 +64,17 @@ async def chat(request: dict[str, Any]) -> dict[str, Any]:
 @activity.defn
 async def web_search(query: str) -> str:
     return f"searched {query}"
+
+
+@activity.defn
+async def slow_lookup(seconds: float) -> float:
+    """Takes `seconds` (heartbeating, so a cancel stops it)."""
+    end = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < end:
+        activity.heartbeat()
+        await asyncio.sleep(0.05)
+    report_usage(output_tokens=1)
+    return seconds
 
 
 @dataclass
@@ -224,7 +237,34 @@ class Twins:
         return second
 
 
+@workflow.defn
+class Hedger:
+    """Asks five replicas at once, keeps the first answer and cancels the rest, `rounds` times."""
+
+    @workflow.run
+    async def run(self, rounds: int) -> int:
+        kept = 0
+        opts = {
+            "start_to_close_timeout": timedelta(seconds=30),
+            "heartbeat_timeout": timedelta(seconds=2),
+        }
+        for _ in range(rounds):
+            handles = [
+                workflow.start_activity(slow_lookup, 0.1 if i == 0 else 5.0 + i, **opts)
+                for i in range(5)
+            ]
+            done, pending = await workflow.wait(handles, return_when=asyncio.FIRST_COMPLETED)
+            for handle in pending:
+                handle.cancel()
+            for handle in pending:
+                with contextlib.suppress(ActivityError):
+                    await handle
+            kept += len(done)
+        return kept
+
+
 DETECT_WORKFLOWS = [
+    Hedger,
     Twins,
     Rechainer,
     ToolAgent,
@@ -234,4 +274,4 @@ DETECT_WORKFLOWS = [
     Prioritised,
     Burner,
 ]
-DETECT_ACTIVITIES = [lookup, read_page, pay, fragile, burn, chat, web_search]
+DETECT_ACTIVITIES = [lookup, read_page, pay, fragile, burn, chat, web_search, slow_lookup]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import uuid
 from typing import Any
@@ -17,6 +18,7 @@ from detect_workflows import (
     Calls,
     Chain,
     Chatter,
+    Hedger,
     Prioritised,
     Rechainer,
     Recursion,
@@ -342,3 +344,53 @@ async def test_a_failed_start_of_a_duplicate_child_keeps_the_running_twins_budge
         budget = await handle.query(BUDGET_QUERY)
         assert budget["committed"]["tokens"] == 30  # the running twin's spend was committed
         assert budget["reserved"] == {}
+
+
+async def test_cancelled_hedged_calls_are_not_failures(governed) -> None:
+    policy = Policy.from_dict(agent("Hedger", loop_detection={"max_consecutive_failures": 3}))
+    async with governed(policy, DETECT_WORKFLOWS, DETECT_ACTIVITIES) as g:
+        assert await g.run(Hedger.run, 2) == 2  # 8 cancels, no failure
+
+
+async def test_risk_tier_counters_survive_continue_as_new(governed) -> None:
+    policy = Policy.from_dict(
+        {
+            "tools": {"lookup": {"risk_tier": "read"}},
+            "risk_tiers": {"read": {"max_calls_per_task": 4}},
+        }
+    )
+    async with governed(policy, DETECT_WORKFLOWS, DETECT_ACTIVITIES) as g:
+        _kind, details = await failure_of(
+            await g.start(Rechainer.run, Chain(runs_left=3, per_run=2))
+        )
+        assert details.limit == "risk_tiers.read.max_calls_per_task"
+        assert details.observed == 5
+
+
+async def test_a_zero_ceiling_does_not_break_the_predictive_throttle(governed) -> None:
+    data = agent(
+        "Burner",
+        quotas={"max_cost_usd_per_task": 0},
+        anomaly={"factor": 100, "predictive": {"expected_duration": "10s"}},
+    )
+    async with governed(ledger_policy(data), DETECT_WORKFLOWS, DETECT_ACTIVITIES) as g:
+        handle = await g.start(Burner.run, [10, 10])
+        assert await asyncio.wait_for(handle.result(), timeout=20) == 20
+
+
+async def test_an_anomaly_halt_still_charges_the_tenant_for_the_dispatch_that_tripped_it(
+    governed,
+) -> None:
+    data = {
+        **agent("Burner", anomaly={"factor": 5, "min_samples": 3, "action": "terminate"}),
+        "tenants": {"default": {"quotas": {"max_tokens": 1_000_000}}},
+    }
+    policy = ledger_policy(data)
+    async with governed(policy, DETECT_WORKFLOWS, DETECT_ACTIVITIES) as g:
+        for _ in range(3):
+            assert await g.run(Burner.run, [100]) == 100
+        await failure_of(await g.start(Burner.run, [5000, 5000]))
+        ledger = g.client.get_workflow_handle(policy.shared.ledger_id)
+        state = await ledger.query("state", "tenant:default")
+        [tokens] = [c for c in state["counters"] if c["resource"] == "tokens"]
+        assert tokens["committed"] == 300 + 5000

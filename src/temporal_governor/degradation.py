@@ -43,43 +43,46 @@ class Decision(BaseModel):
 def rewrite_arguments(args: Sequence[Any], decision: Decision) -> list[Any]:
     """Apply a decision to OpenAI-style activity arguments.
 
-    Each argument that is a mapping, a dataclass or a pydantic model with a ``model``
-    field gets it mapped through ``model_map``; its ``max_tokens`` (or
-    ``max_completion_tokens`` / ``max_output_tokens``) is capped, or set when it is absent
-    on a request that names a model. Other arguments are left as they are.
+    Each argument that is a mapping, a dataclass or a pydantic model with a string
+    ``model`` field gets it mapped through ``model_map``, and its ``max_tokens`` (or
+    ``max_completion_tokens`` / ``max_output_tokens``) capped where it has one. Nothing
+    is added that was not there; a model is rebuilt through its own validation; an
+    argument that cannot be rebuilt is left as it was. Other arguments are untouched.
     """
     return [_rewrite(arg, decision) for arg in args]
 
 
 def _rewrite(arg: Any, decision: Decision) -> Any:
-    if isinstance(arg, Mapping):
-        changes = _changes(dict(arg), decision, can_add=True)
-        return {**arg, **changes} if changes else arg
-    if isinstance(arg, BaseModel):
-        changes = _changes(
-            {k: getattr(arg, k) for k in type(arg).model_fields if hasattr(arg, k)}, decision
-        )
-        return arg.model_copy(update=changes) if changes else arg
-    if dataclasses.is_dataclass(arg) and not isinstance(arg, type):
-        fields = {f.name: getattr(arg, f.name) for f in dataclasses.fields(arg)}
-        changes = _changes(fields, decision)
-        return dataclasses.replace(arg, **changes) if changes else arg
+    try:
+        if isinstance(arg, Mapping):
+            changes = _changes(dict(arg), decision)
+            return {**arg, **changes} if changes else arg
+        if isinstance(arg, BaseModel):
+            data = arg.model_dump()
+            changes = _changes(data, decision)
+            return type(arg).model_validate({**data, **changes}) if changes else arg
+        if dataclasses.is_dataclass(arg) and not isinstance(arg, type):
+            fields = {f.name: getattr(arg, f.name) for f in dataclasses.fields(arg)}
+            changes = _changes(fields, decision)
+            return dataclasses.replace(arg, **changes) if changes else arg
+    except (ValueError, TypeError):  # pydantic's ValidationError is a ValueError
+        return arg
     return arg
 
 
-def _changes(fields: dict[str, Any], decision: Decision, can_add: bool = False) -> dict[str, Any]:
+def _changes(fields: dict[str, Any], decision: Decision) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     model = fields.get("model")
     if not isinstance(model, str):
         return changes
     if model in decision.model_map:
         changes["model"] = decision.model_map[model]
-    if decision.max_tokens is not None:
-        present = [name for name in _TOKEN_FIELDS if name in fields]
-        for name in present or (["max_tokens"] if can_add else []):
+    cap = decision.max_tokens
+    if cap is not None:
+        for name in _TOKEN_FIELDS:
             value = fields.get(name)
-            if value is None or (isinstance(value, int) and value > decision.max_tokens):
-                changes[name] = decision.max_tokens
+            if isinstance(value, int | float) and not isinstance(value, bool) and value > cap:
+                changes[name] = cap
     return changes
 
 

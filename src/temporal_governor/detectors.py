@@ -125,7 +125,9 @@ def _normalise(value: Any) -> Any:
         items = [_normalise(item) for item in value]
         return sorted(items, key=lambda item: json.dumps(item, sort_keys=True, default=str))
     kind = type(value)
-    if kind.__str__ is object.__str__ and kind.__repr__ is object.__repr__:
+    as_str: object = kind.__str__
+    as_repr: object = kind.__repr__
+    if as_str is object.__str__ and as_repr is object.__repr__:
         return f"<{kind.__qualname__}>"  # the default repr holds a memory address
     return " ".join(str(value).split())
 

@@ -552,10 +552,13 @@ class ControlPlane:
         self._expire()
         return self.paused is not None or self.backpressure is not None
 
-    async def gate(self) -> None:
+    async def gate(self) -> bool:
         """Wait until a new dispatch may start: not paused, spaced and capped as asked.
 
         Counts the dispatch as running when it returns (:meth:`finished` undoes it).
+
+        Returns:
+            Whether it waited for a pause to end.
         """
         counted_hold = False
         while True:
@@ -591,6 +594,7 @@ class ControlPlane:
                 continue
             break
         self.started()
+        return counted_hold
 
     def _below(self, cap: int) -> bool:
         return self.running < cap or self.paused is not None

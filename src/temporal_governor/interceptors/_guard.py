@@ -94,6 +94,14 @@ class RunGuard:
         self.anomalous: Verdict | None = None
         self.decision: Decision | None = None
         self._alerted: set[str] = set()
+        self._pending_delay = 0.0
+        """A ``throttle`` verdict reached after a result, applied to the next dispatch."""
+        self.tier_calls.update(carried.get("tier_calls", {}))
+        self.tier_cost.update(carried.get("tier_cost", {}))
+        self.tier_failures.update(carried.get("tier_failures", {}))
+        self.chain_start: float = float(carried.get("chain_start", run.info.start_time.timestamp()))
+        """When the run's continue-as-new chain started (epoch seconds): rates and the
+        predictive throttle measure spend carried over from earlier runs against it."""
 
     def inherit(self) -> dict[str, Any] | None:
         """What a child inherits: the recent call signatures and tools.
@@ -113,7 +121,13 @@ class RunGuard:
             state["loop"] = self.detector.state().model_dump(mode="json")
         if self.bucket is not None:
             state["bucket"] = self.bucket.state()
-        return state or None
+        state.update(
+            tier_calls=self.tier_calls,
+            tier_cost=self.tier_cost,
+            tier_failures=self.tier_failures,
+            chain_start=self.chain_start,
+        )
+        return state
 
     # -- before a dispatch ------------------------------------------------------------------
 
@@ -155,20 +169,37 @@ class RunGuard:
                 wait += self._act(verdict, key, dispatch, loop=True)
         if self.anomalous is not None and self.anomalous.action == "throttle":
             wait += self.anomaly.throttle_delay if self.anomaly else 0.0
-        now = temporalio.workflow.now().timestamp()
-        bucket = self._bucket_for(kind, target)
-        for each in (self.bucket, bucket):
-            if each is not None:
-                wait = max(wait, each.take(now))
+        wait += self._pending_delay
+        self._pending_delay = 0.0
         wait = max(wait, self._predictive_delay())
         if tier_name is not None:
             self.tier_calls[tier_name] = self.tier_calls.get(tier_name, 0) + 1
+        self._log_wait(wait, key, dispatch)
+        return wait
+
+    def pace(self, kind: str, target: str, key: str) -> float:
+        """Take a token from the agent's and the tool's bucket for a dispatch starting now.
+
+        Called once the dispatch may start (after a pause or backpressure let it), so that
+        dispatches held by a pause do not all go at once when it ends.
+
+        Returns:
+            Seconds to wait before starting (0: go now).
+        """
+        now = temporalio.workflow.now().timestamp()
+        wait = 0.0
+        for bucket in (self.bucket, self._bucket_for(kind, target)):
+            if bucket is not None:
+                wait = max(wait, bucket.take(now))
+        self._log_wait(wait, key, f"{kind} {target}")
+        return wait
+
+    def _log_wait(self, wait: float, key: str, dispatch: str) -> None:
         if wait > 0:
             self.run.ledger.log_detector(
                 "throttle", key, "throttle", f"{dispatch} held back {wait:.3f} s", observed=wait
             )
             self.run.log_events()
-        return wait
 
     def _tier(self, kind: str, target: str) -> tuple[str | None, RiskTier | None]:
         tiers = self.run.policy.risk_tiers
@@ -240,13 +271,18 @@ class RunGuard:
     def _act(self, verdict: Verdict, key: str, dispatch: str, loop: bool) -> float:
         """Carry out a verdict: halt, or hold the dispatch back, or report it once."""
         kind: EventKind = "loop" if loop else "anomaly"
+        observed, ceiling = evidence_numbers(verdict.evidence)
         if verdict.action == "terminate":
-            self.run.ledger.log_detector(kind, key, verdict.detector, verdict.message)
+            self.run.ledger.log_detector(
+                kind, key, verdict.detector, verdict.message, observed, ceiling
+            )
             raise self.run.halt_verdict(verdict, dispatch, loop=loop)
         first = verdict.detector not in self._alerted
         self._alerted.add(verdict.detector)
         if first:
-            self.run.ledger.log_detector(kind, key, verdict.detector, verdict.message)
+            self.run.ledger.log_detector(
+                kind, key, verdict.detector, verdict.message, observed, ceiling
+            )
             self.run.log_events()
             temporalio.workflow.logger.warning(
                 "governance %s (%s): %s", kind, verdict.action, verdict.message
@@ -265,8 +301,10 @@ class RunGuard:
         )
         if binding is None:
             return 0.0
+        if binding.ceiling <= 0:
+            return 0.0  # nothing may be spent at all: the reservation refuses, no pacing
         spent = self.run.ledger.committed.get(binding.resource)
-        elapsed = (temporalio.workflow.now() - self.run.info.start_time).total_seconds()
+        elapsed = temporalio.workflow.now().timestamp() - self.chain_start
         return predictive_delay(
             spent, binding.ceiling, elapsed, predictive.expected_duration, predictive.max_delay
         )
@@ -328,8 +366,10 @@ class RunGuard:
         fractions = []
         for resource in ("tokens", "cost_usd", "tool_calls"):
             binding = self.run.ledger.binding_limit(resource)
-            left = self.run.ledger.remaining(resource)
-            if binding is not None and left is not None and binding.ceiling > 0:
+            if binding is not None and binding.ceiling > 0:
+                # committed spend only: estimates held by in-flight dispatches are worst
+                # cases, and a child's carved allowance is not spent yet
+                left = binding.ceiling - self.run.ledger.committed.get(resource)
                 fractions.append(max(0.0, left) / binding.ceiling)
         return min(fractions) if fractions else None
 
@@ -360,25 +400,28 @@ class RunGuard:
             if found.action == "terminate":
                 self._halt_after(found, key, dispatch)
             else:
-                self._act(found, key, dispatch, loop=True)
+                self._pending_delay += self._act(found, key, dispatch, loop=True)
         self._check_anomaly(key, dispatch)
 
     def _halt_after(self, verdict: Verdict, key: str, dispatch: str) -> None:
         """Halt the run from a result (the failing dispatch already ended)."""
         if self.run.breach is None:
-            self.run.ledger.log_detector("loop", key, verdict.detector, verdict.message)
+            observed, ceiling = evidence_numbers(verdict.evidence)
+            self.run.ledger.log_detector(
+                "loop", key, verdict.detector, verdict.message, observed, ceiling
+            )
             self.run.halt_verdict(verdict, dispatch, loop=True)
 
     # -- anomalies against baselines -----------------------------------------------------------
 
     def baseline_keys(self) -> list[str]:
         """The ledger keys of the baselines this run is judged against."""
+        return [f"{scope}:{metric}" for scope in self._baseline_scopes() for metric in _METRICS]
+
+    def _baseline_scopes(self) -> tuple[str, str]:
+        """The agent's baseline, and the agent's within its tenant (never mixed agents)."""
         tenant = self.run.context.attribution.tenant
-        return [
-            f"{scope}:{metric}"
-            for scope in (f"agent:{self.run.agent}", f"tenant:{tenant}")
-            for metric in _METRICS
-        ]
+        return f"agent:{self.run.agent}", f"tenant:{tenant}/agent:{self.run.agent}"
 
     def load_baselines(self, states: dict[str, Any]) -> None:
         """Take the baselines read from the ledger at run start."""
@@ -387,7 +430,7 @@ class RunGuard:
     def values(self) -> dict[str, float]:
         """The run's spend so far, per metric, as the baselines measure it."""
         committed = self.run.ledger.committed
-        elapsed = (temporalio.workflow.now() - self.run.info.start_time).total_seconds()
+        elapsed = temporalio.workflow.now().timestamp() - self.chain_start
         values = {
             "tokens_per_run": committed.tokens,
             "cost_usd_per_run": committed.cost_usd,
@@ -397,15 +440,24 @@ class RunGuard:
         return values
 
     def observations(self) -> dict[str, float]:
-        """What a finished, healthy run teaches its baselines (keyed for the ledger)."""
-        if self.anomaly is None or self.anomalous is not None or self.run.breach is not None:
+        """What a completed run teaches its baselines (keyed for the ledger).
+
+        A run found anomalous is learnt clipped at ``factor`` times the mean, so that a
+        lasting change of an agent's spend is learnt in time instead of being flagged for
+        ever, while one outlier moves the baseline only so far.
+        """
+        if self.anomaly is None or self.run.breach is not None:
             return {}
-        tenant = self.run.context.attribution.tenant
-        return {
-            f"{scope}:{metric}": value
-            for metric, value in self.values().items()
-            for scope in (f"agent:{self.run.agent}", f"tenant:{tenant}")
-        }
+        learnt: dict[str, float] = {}
+        for metric, value in self.values().items():
+            for scope in self._baseline_scopes():
+                key = f"{scope}:{metric}"
+                baseline = self.baselines.get(key)
+                if self.anomalous is not None and baseline is not None and baseline.count:
+                    cap = (self.anomaly.factor or 3.0) * baseline.mean
+                    value = min(value, cap) if cap > 0 else value
+                learnt[key] = value
+        return learnt
 
     def _check_anomaly(self, key: str, dispatch: str) -> None:
         if self.anomaly is None or self.anomalous is not None or not self.baselines:
@@ -416,9 +468,8 @@ class RunGuard:
             min_samples=self.anomaly.min_samples,
             action=self.anomaly.action,
         )
-        tenant = self.run.context.attribution.tenant
         for metric, value in self.values().items():
-            for scope in (f"agent:{self.run.agent}", f"tenant:{tenant}"):
+            for scope in self._baseline_scopes():
                 baseline = self.baselines.get(f"{scope}:{metric}")
                 if baseline is None:
                     continue
@@ -442,4 +493,21 @@ class RunGuard:
                 return
 
 
-__all__ = ["PRIORITY_KEYS", "RunGuard"]
+def evidence_numbers(evidence: dict[str, Any]) -> tuple[float, float]:
+    """The number a detector judged and its threshold, from a verdict's evidence."""
+    return _first_number(evidence, _OBSERVED_KEYS), _first_number(evidence, _CEILING_KEYS)
+
+
+_OBSERVED_KEYS = ("value", "count", "iterations", "visits")
+_CEILING_KEYS = ("limit", "max", "max_repeats", "max_visits", "mean")
+
+
+def _first_number(evidence: dict[str, Any], keys: tuple[str, ...]) -> float:
+    for key in keys:
+        value = evidence.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return 0.0
+
+
+__all__ = ["PRIORITY_KEYS", "RunGuard", "evidence_numbers"]

@@ -25,7 +25,7 @@ from ..decisions import DecisionRecord, DecisionSink, DispatchKind
 from ..errors import BreachDetails, BudgetExceeded, ChainLink, GovernanceKilled, RunawayLoop
 from ..policy import PER_TASK_LIMITS, Policy
 from ..scopes import SharedLimit
-from ._guard import RunGuard
+from ._guard import RunGuard, evidence_numbers
 from ._shared import SharedBudget
 
 if TYPE_CHECKING:
@@ -40,19 +40,6 @@ _CARVED = ("tokens", "cost_usd", "tool_calls", "child_workflows")
 _RECENT_EVENTS = 50
 CHILD_KEY_PREFIX = "child:"
 _F = TypeVar("_F", bound="asyncio.Future[Any]")
-
-
-_OBSERVED_KEYS = ("value", "count", "iterations", "visits")
-_CEILING_KEYS = ("limit", "max", "max_repeats", "max_visits", "mean")
-
-
-def _first_number(evidence: dict[str, Any], keys: tuple[str, ...]) -> float:
-    """The first of ``keys`` that a detector's evidence holds as a number (else 0)."""
-    for key in keys:
-        value = evidence.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    return 0.0
 
 
 class BudgetSnapshot(BaseModel):
@@ -325,8 +312,8 @@ class GovernedRun:
             limit=f"{section}.{verdict.detector}" if loop else verdict.detector,
             resource="dispatches" if loop else "spend",
             scope=self.scope,
-            observed=_first_number(verdict.evidence, _OBSERVED_KEYS),
-            ceiling=_first_number(verdict.evidence, _CEILING_KEYS),
+            observed=evidence_numbers(verdict.evidence)[0],
+            ceiling=evidence_numbers(verdict.evidence)[1],
             dispatch=dispatch,
             chain=[*self.context.chain, self.link],
             tenant=self.context.attribution.tenant,

@@ -9,7 +9,12 @@ from typing import Any, ClassVar
 
 import temporalio.workflow
 from temporalio.common import RawValue, SearchAttributeUpdate
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    ChildWorkflowError,
+)
 from temporalio.worker import (
     ContinueAsNewInput,
     ExecuteWorkflowInput,
@@ -187,12 +192,20 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
         limits = run.shared.limits_for(input.activity)
         shared_amounts = {**wanted.nonzero(), "concurrency": 1.0}
 
-        async def dispatch_once(hold: float) -> tuple[str, Any, Ticket | None]:
-            """Wait ``hold`` seconds, gate, reserve and start one attempt of the dispatch."""
+        async def dispatch_once(hold: float, paced: bool) -> tuple[str, Any, Ticket | None]:
+            """Wait ``hold`` seconds, gate, pace, reserve and start one attempt."""
             if hold > 0:
                 await temporalio.workflow.sleep(hold)
             while True:
-                await plane.gate()
+                if await plane.gate():
+                    paced = False  # held by a pause: take a fresh token, not all at once
+                if not paced:
+                    paced = True
+                    bucket = guard.pace("activity", input.activity, dispatch)
+                    if bucket > 0:
+                        plane.finished()
+                        await temporalio.workflow.sleep(bucket)
+                        continue
                 key = run.next_key("activity", input.activity)
                 try:
                     run.reserve(key, wanted, dispatch)
@@ -219,12 +232,15 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
 
         entered = _Entered()
 
-        async def flow(first: tuple[str, Any, Ticket | None] | None) -> Any:
+        async def flow(
+            first: tuple[str, Any, Ticket | None] | None, paced: bool, hold: float
+        ) -> Any:
             entered.yes = True
-            attempt, hold = first, wait
+            attempt = first
             while True:
                 if attempt is None:
-                    attempt, hold = await dispatch_once(hold), 0.0
+                    attempt = await dispatch_once(hold, paced)
+                    hold, paced = 0.0, False
                 key, inner, ticket = attempt
                 handle.inner = inner
                 plane.activities[key] = handle
@@ -242,7 +258,11 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
                     plane.finished()
 
         if limits or wait > 0 or plane.holds():
-            handle = _GovernedActivityHandle(None, flow(None))
+            handle = _GovernedActivityHandle(None, flow(None, False, wait))
+            return run.track(handle)
+        bucket = guard.pace("activity", input.activity, dispatch)
+        if bucket > 0:  # the token is taken: wait for it, then gate and start
+            handle = _GovernedActivityHandle(None, flow(None, True, bucket))
             return run.track(handle)
         # the common case: reserve and start now, in the same workflow task as agent code
         key = run.next_key("activity", input.activity)
@@ -253,7 +273,7 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
             run.release(key)
             raise
         plane.started()
-        handle = _GovernedActivityHandle(inner, flow((key, inner, None)))
+        handle = _GovernedActivityHandle(inner, flow((key, inner, None), True, 0.0))
         handle.add_done_callback(
             functools.partial(_never_ran, entered, run, key, lambda: charge(None), plane.finished)
         )
@@ -277,10 +297,20 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
         input.priority = run.guard.priority("child", input.workflow, input.priority)
         if wait > 0:
             await temporalio.workflow.sleep(wait)
-        if plane.holds():
-            await plane.gate()
-        else:
-            plane.started()
+        paced = False
+        while True:
+            if not plane.holds():
+                plane.started()
+            elif await plane.gate():
+                paced = False  # held by a pause: take a fresh token
+            if not paced:
+                paced = True
+                bucket = run.guard.pace("child", input.workflow, f"child {input.workflow}")
+                if bucket > 0:
+                    plane.finished()
+                    await temporalio.workflow.sleep(bucket)
+                    continue
+            break
         try:
             allowance = run.carve(key, input.workflow, explicit)
         except BaseException:
@@ -367,6 +397,7 @@ async def _settle(
     """
     kind, name = target
     actual: Amounts | None = None
+    settle_shared = True
     try:
         raw = await inner
     except (ActivityError, ChildWorkflowError) as error:
@@ -378,9 +409,11 @@ async def _settle(
         else:
             actual = charge(usage)
         run.commit(key, actual, usage.models if usage else None)
+        settle_shared = run.breach is None  # before a verdict below may halt the run
         if usage is not None and usage.backpressure and plane is not None and kind == "activity":
             plane.emitted(usage.backpressure, name)
-        if name and not paused:
+        if name and not paused and not isinstance(error.cause, CancelledError):
+            # a cancel (a hedged call, a timeout in agent code) is no failure of the tool
             run.guard.after(kind, name, False, actual.cost_usd, key)
         raise
     except GeneratorExit:
@@ -389,18 +422,20 @@ async def _settle(
         if not _evicting():
             actual = charge(None)
             run.commit(key, actual)
+            settle_shared = run.breach is None
         raise
     else:
         usage = take_usage(raw.payload)
         actual = charge(usage)
         run.commit(key, actual, usage.models if usage else None)
+        settle_shared = run.breach is None  # before a verdict below may halt the run
         if usage is not None and usage.backpressure and run.control is not None:
             run.control.emitted(usage.backpressure, name)
         if name:
             run.guard.after(kind, name, True, actual.cost_usd, key)
         return _decode(raw, ret_type)
     finally:
-        if ticket is not None and actual is not None and run.breach is None:
+        if ticket is not None and actual is not None and settle_shared:
             await run.shared.settle(ticket, actual.nonzero())
 
 
