@@ -627,7 +627,12 @@ def _report(label: str, target: ControlTarget, outcome: ControlOutcome) -> None:
     help="pause: rest until resumed; terminate: fail the runs.",
 )
 @click.option("--reason", default="", help="Why (kept in the runs' audit trail).")
-@click.option("--unsigned", is_flag=True, help="Send without a signature (needs no key).")
+@click.option(
+    "--unsigned",
+    is_flag=True,
+    help="Send without a signature (needs no key). Runs take an unsigned kill as a pause, "
+    "and only if the policy allows unsigned kills.",
+)
 def kill(mode: str, reason: str, unsigned: bool, **common: Any) -> None:
     """Pause or terminate a run, a tree, a tenant's or an agent type's runs."""
     _send(
