@@ -264,9 +264,6 @@ class ControlPlane:
         if self.paused is not None:
             self._record(message, True, "already paused")
             return
-        now = temporalio.workflow.now()
-        self.paused, self.paused_since = message, now
-        self.pause_deadline = now + timedelta(seconds=self.settings.pause_timeout)
         cancelled = 0
         for key, handle in list(self.activities.items()):
             inner = getattr(handle, "inner", None)
@@ -274,27 +271,36 @@ class ControlPlane:
                 self.cancelled_by_pause.add(key)
                 inner.cancel()
                 cancelled += 1
-        self._record(
+        self._rest(
             message,
-            True,
             f"paused; {cancelled} in-flight activities cancelled (re-dispatched on resume), "
             f"{len(self.children)} children paused",
         )
+
+    def _rest(self, message: KillMessage, outcome: str) -> None:
+        """Hold the run paused by ``message`` until it is lifted or ``pause_timeout`` ends."""
+        now = temporalio.workflow.now()
+        self.paused, self.paused_since = message, now
+        self.pause_deadline = now + timedelta(seconds=self.settings.pause_timeout)
+        self._record(message, True, outcome)
         self._show("paused")
         self._watch = asyncio.ensure_future(self._pause_watch(message))
         if message.target in ("tenant", "agent") and self.settings.check_kills_at_start:
             self._poll = asyncio.ensure_future(self._poll_fleet(message))
 
+    def _pause_over(self, message: KillMessage) -> bool:
+        """Whether the pause ``message`` started no longer holds (lifted, or the run halted)."""
+        return self.paused is not message or self.run.breach is not None
+
     async def _poll_fleet(self, message: KillMessage) -> None:
         """While a fleet pause holds, ask the ledger now and then whether it was lifted."""
         interval = timedelta(seconds=self.settings.fleet_poll_interval)
-        while self.paused is message and self.run.breach is None:
+        while not self._pause_over(message):
             with contextlib.suppress(TimeoutError):
                 await temporalio.workflow.wait_condition(
-                    lambda: self.paused is not message or self.run.breach is not None,
-                    timeout=interval,
+                    functools.partial(self._pause_over, message), timeout=interval
                 )
-            if self.paused is not message or self.run.breach is not None:
+            if self._pause_over(message):
                 return
             try:
                 await self.run.shared.fleet_controls()
@@ -304,7 +310,7 @@ class ControlPlane:
     async def _pause_watch(self, message: KillMessage) -> None:
         try:
             await temporalio.workflow.wait_condition(
-                lambda: self.paused is not message or self.run.breach is not None,
+                functools.partial(self._pause_over, message),
                 timeout=timedelta(seconds=self.settings.pause_timeout),
             )
         except TimeoutError:
@@ -406,13 +412,7 @@ class ControlPlane:
         self.check.remember({str(k): int(v) for k, v in state.get("nonces", {}).items()})
         paused = state.get("paused")
         if paused:
-            message = KillMessage.model_validate(paused)
-            now = temporalio.workflow.now()
-            self.paused, self.paused_since = message, now
-            self.pause_deadline = now + timedelta(seconds=self.settings.pause_timeout)
-            self._record(message, True, "still paused after continue-as-new")
-            self._show("paused")
-            self._watch = asyncio.ensure_future(self._pause_watch(message))
+            self._rest(KillMessage.model_validate(paused), "still paused after continue-as-new")
 
     # -- backpressure ----------------------------------------------------------------------
 
@@ -717,21 +717,18 @@ def current_backpressure() -> ActiveBackpressure | None:
 
 def _kill_details(run: GovernedRun, message: KillMessage) -> BreachDetails:
     scope = {
-        "run": f"run {run.agent}/{run.info.workflow_id}",
+        "run": run.scope,
         "tree": f"tree of {message.workflow_id}",
         "tenant": f"tenant {message.tenant}",
         "agent": f"agent {message.agent}",
     }[message.target]
-    return BreachDetails(
+    return run.details(
         limit=KILL_LIMIT,
         resource="control",
         scope=scope,
         observed=0.0,
         ceiling=0.0,
         dispatch=f"{message.mode} by {message.issuer}",
-        chain=[*run.context.chain, run.link],
-        tenant=run.context.attribution.tenant,
-        spent=run.ledger.committed.nonzero(),
         killed_by=message.issuer,
         kill_reason=message.reason,
     )

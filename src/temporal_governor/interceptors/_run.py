@@ -307,26 +307,18 @@ class GovernedRun:
 
         The failure's details carry the verdict's evidence and message.
         """
-        section = "loop_detection"
-        details = BreachDetails(
-            limit=f"{section}.{verdict.detector}" if loop else verdict.detector,
+        observed, ceiling = evidence_numbers(verdict.evidence)
+        details = self.details(
+            limit=f"loop_detection.{verdict.detector}" if loop else verdict.detector,
             resource="dispatches" if loop else "spend",
             scope=self.scope,
-            observed=evidence_numbers(verdict.evidence)[0],
-            ceiling=evidence_numbers(verdict.evidence)[1],
+            observed=observed,
+            ceiling=ceiling,
             dispatch=dispatch,
-            chain=[*self.context.chain, self.link],
-            tenant=self.context.attribution.tenant,
-            spent=self.ledger.committed.nonzero(),
             evidence={**verdict.evidence, "detector": verdict.detector, "message": verdict.message},
         )
         error: BudgetExceeded = RunawayLoop(details) if loop else BudgetExceeded(details)
-        if self.breach is None:
-            self.breach = error
-            self._log_new_events()
-            if not self.breached.done():
-                self.breached.set_result(None)
-        return error
+        return self._stop(error) if self.breach is None else error
 
     def log_events(self) -> None:
         """Hand the decisions logged since the last call to the sinks and the log."""
@@ -337,9 +329,7 @@ class GovernedRun:
         if self.breach is not None:
             return
         self.killed = True
-        self.breach = GovernanceKilled(details)
-        if not self.breached.done():
-            self.breached.set_result(None)
+        self._stop(GovernanceKilled(details))
 
     def raise_if_halted(self) -> None:
         """Raise the run's breach or kill again (a dispatch asked for after the halt)."""
@@ -366,6 +356,10 @@ class GovernedRun:
     def _halt(self, refusal: Refusal, dispatch: str, loop: bool = False) -> BudgetExceeded:
         details = self._details(refusal, dispatch)
         error: BudgetExceeded = RunawayLoop(details) if loop else BudgetExceeded(details)
+        return self._stop(error)
+
+    def _stop(self, error: BudgetExceeded) -> BudgetExceeded:
+        """Make ``error`` the run's breach and wake the workflow interceptor to fail the run."""
         self.breach = error
         self._log_new_events()
         if not self.breached.done():
@@ -377,18 +371,15 @@ class GovernedRun:
         return self._error(self.breach.breach.model_copy(update={"dispatch": dispatch}))
 
     def _details(self, refusal: Refusal, dispatch: str) -> BreachDetails:
+        return self.details(**refusal.model_dump(), dispatch=dispatch)
+
+    def details(self, **fields: Any) -> BreachDetails:
+        """Breach details of this run: ``fields`` plus its chain, tenant and spend so far."""
         return BreachDetails(
-            limit=refusal.limit,
-            resource=refusal.resource,
-            scope=refusal.scope,
-            observed=refusal.observed,
-            ceiling=refusal.ceiling,
-            committed=refusal.committed,
-            overage=refusal.overage,
-            dispatch=dispatch,
             chain=[*self.context.chain, self.link],
             tenant=self.context.attribution.tenant,
             spent=self.ledger.committed.nonzero(),
+            **fields,
         )
 
     def final_error(self) -> BudgetExceeded:

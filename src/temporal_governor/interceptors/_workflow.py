@@ -197,15 +197,8 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
             if hold > 0:
                 await temporalio.workflow.sleep(hold)
             while True:
-                if await plane.gate():
-                    paced = False  # held by a pause: take a fresh token, not all at once
-                if not paced:
-                    paced = True
-                    bucket = guard.pace("activity", input.activity, dispatch)
-                    if bucket > 0:
-                        plane.finished()
-                        await temporalio.workflow.sleep(bucket)
-                        continue
+                await _gate_and_pace(run, "activity", input.activity, paced)
+                paced = True
                 key = run.next_key("activity", input.activity)
                 try:
                     run.reserve(key, wanted, dispatch)
@@ -297,20 +290,7 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
         input.priority = run.guard.priority("child", input.workflow, input.priority)
         if wait > 0:
             await temporalio.workflow.sleep(wait)
-        paced = False
-        while True:
-            if not plane.holds():
-                plane.started()
-            elif await plane.gate():
-                paced = False  # held by a pause: take a fresh token
-            if not paced:
-                paced = True
-                bucket = run.guard.pace("child", input.workflow, f"child {input.workflow}")
-                if bucket > 0:
-                    plane.finished()
-                    await temporalio.workflow.sleep(bucket)
-                    continue
-            break
+        await _gate_and_pace(run, "child", input.workflow, paced=False)
         try:
             allowance = run.carve(key, input.workflow, explicit)
         except BaseException:
@@ -437,6 +417,28 @@ async def _settle(
     finally:
         if ticket is not None and actual is not None and settle_shared:
             await run.shared.settle(ticket, actual.nonzero())
+
+
+async def _gate_and_pace(run: GovernedRun, kind: str, target: str, paced: bool) -> None:
+    """Wait until a dispatch may start, then take its throttle token (unless ``paced``).
+
+    The token is taken once the pause and backpressure gate lets the dispatch through, and
+    taken again after a pause held it, so held dispatches do not all go at once on resume.
+    Counts the dispatch as running when it returns, like the gate.
+    """
+    plane = run.control
+    assert plane is not None
+    while True:
+        if await plane.gate():
+            paced = False  # held by a pause: take a fresh token
+        if paced:
+            return
+        paced = True
+        wait = run.guard.pace(kind, target, f"{kind} {target}")
+        if wait <= 0:
+            return
+        plane.finished()
+        await temporalio.workflow.sleep(wait)
 
 
 async def _settled_child(

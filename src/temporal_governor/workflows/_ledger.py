@@ -432,11 +432,7 @@ class GovernorLedger:
     @workflow.query(name="controls")
     def query_controls(self, scopes: list[str]) -> dict[str, Any]:
         """The stored kills and resumes of these scopes (``tenant:<name>``, ``agent:<type>``)."""
-        return {
-            scope: {signal: c.model_dump(mode="json") for signal, c in by_signal.items()}
-            for scope in scopes
-            if (by_signal := self.state.controls.get(scope))
-        }
+        return self._controls_since(scopes, -1)
 
     @workflow.query(name="state")
     def query_state(self, scope_prefix: str = "") -> dict[str, Any]:
