@@ -271,19 +271,13 @@ class RunGuard:
     def _act(self, verdict: Verdict, key: str, dispatch: str, loop: bool) -> float:
         """Carry out a verdict: halt, or hold the dispatch back, or report it once."""
         kind: EventKind = "loop" if loop else "anomaly"
-        observed, ceiling = evidence_numbers(verdict.evidence)
         if verdict.action == "terminate":
-            self.run.ledger.log_detector(
-                kind, key, verdict.detector, verdict.message, observed, ceiling
-            )
+            self._log_verdict(kind, verdict, key)
             raise self.run.halt_verdict(verdict, dispatch, loop=loop)
         first = verdict.detector not in self._alerted
         self._alerted.add(verdict.detector)
         if first:
-            self.run.ledger.log_detector(
-                kind, key, verdict.detector, verdict.message, observed, ceiling
-            )
-            self.run.log_events()
+            self._log_verdict(kind, verdict, key)
             temporalio.workflow.logger.warning(
                 "governance %s (%s): %s", kind, verdict.action, verdict.message
             )
@@ -291,6 +285,14 @@ class RunGuard:
             source = self.loop if loop else self.anomaly
             return float(source.throttle_delay) if source is not None else 0.0
         return 0.0
+
+    def _log_verdict(self, kind: EventKind, verdict: Verdict, key: str) -> None:
+        """A ``loop`` or ``anomaly`` event with the verdict's message and numbers."""
+        observed, ceiling = evidence_numbers(verdict.evidence)
+        self.run.ledger.log_detector(
+            kind, key, verdict.detector, verdict.message, observed, ceiling
+        )
+        self.run.log_events()
 
     def _predictive_delay(self) -> float:
         predictive = self.anomaly.predictive if self.anomaly else None
@@ -406,10 +408,7 @@ class RunGuard:
     def _halt_after(self, verdict: Verdict, key: str, dispatch: str) -> None:
         """Halt the run from a result (the failing dispatch already ended)."""
         if self.run.breach is None:
-            observed, ceiling = evidence_numbers(verdict.evidence)
-            self.run.ledger.log_detector(
-                "loop", key, verdict.detector, verdict.message, observed, ceiling
-            )
+            self._log_verdict("loop", verdict, key)
             self.run.halt_verdict(verdict, dispatch, loop=True)
 
     # -- anomalies against baselines -----------------------------------------------------------
@@ -477,16 +476,7 @@ class RunGuard:
                 if verdict is None:
                     continue
                 self.anomalous = verdict
-                numbers = verdict.evidence
-                self.run.ledger.log_detector(
-                    "anomaly",
-                    key,
-                    verdict.detector,
-                    verdict.message,
-                    observed=float(numbers.get("value") or 0.0),
-                    ceiling=float(numbers.get("mean") or 0.0),
-                )
-                self.run.log_events()
+                self._log_verdict("anomaly", verdict, key)
                 temporalio.workflow.logger.warning("governance anomaly: %s", verdict.message)
                 if verdict.action == "terminate" and self.run.breach is None:
                     self.run.halt_verdict(verdict, dispatch, loop=False)
