@@ -30,7 +30,7 @@ from temporalio.service import RPCError
 
 from .control import Keyring, KeyringError, overridable
 from .control_client import ControlClient, ControlError, ControlOutcome, ControlTarget
-from .errors import PolicyError
+from .errors import PolicyError, validation_problems
 from .interceptors._visibility import STATE_ATTRIBUTE, TENANT_ATTRIBUTE
 from .policy import PER_TASK_LIMITS, Policy, _seconds
 from .replay import ReviewError, load_histories, review
@@ -564,19 +564,12 @@ def _send(common: dict[str, Any], label: str, send: _Send, *, signed: bool = Tru
     except (ControlError, KeyringError) as error:
         _fail(str(error), EXIT_BAD_INPUT)
     except ValidationError as error:
-        _fail(f"{label}: invalid message: {_problems(error)}", EXIT_BAD_INPUT)
+        _fail(f"{label}: invalid message: {validation_problems(error)}", EXIT_BAD_INPUT)
     except RPCError as error:
         _fail(f"{_describe(target)}: {error}", EXIT_UNREACHABLE)
     _report(label, target, outcome)
     if outcome.failed and not outcome.signalled and not outcome.stored:
         sys.exit(EXIT_UNREACHABLE)
-
-
-def _problems(error: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
-        for e in error.errors(include_url=False)
-    )
 
 
 def _describe(target: ControlTarget) -> str:

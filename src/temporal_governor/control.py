@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import GovernorError
+from .errors import GovernorError, validation_problems
 from .policy import PER_TASK_LIMITS, ControlSettings, Policy
 
 KILL_SIGNAL = "governor.kill"
@@ -295,7 +295,7 @@ class ControlCheck:
         try:
             message: AnyControl = model.model_validate(args[0])  # type: ignore[assignment]
         except ValidationError as error:
-            return None, "malformed: " + _problems(error)
+            return None, "malformed: " + validation_problems(error)
         problem = self.keyring.signature_problem(message)
         if problem == "unsigned":
             if stored:
@@ -331,13 +331,6 @@ class ControlCheck:
         """Drop nonces so old that their messages would be rejected as stale anyway."""
         for nonce in [n for n, at in self._nonces.items() if now_ms - at > 2 * skew_ms]:
             del self._nonces[nonce]
-
-
-def _problems(error: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
-        for e in error.errors(include_url=False)
-    )
 
 
 def overridable(limit: str) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from temporalio.exceptions import ApplicationError
 
 BUDGET_EXCEEDED = "BudgetExceeded"
@@ -28,6 +28,14 @@ not a halt; agent code may catch it and go on without the tool."""
 
 KILL_LIMIT = "kill"
 """``BreachDetails.limit`` of a run stopped by a kill (terminate, or a pause that timed out)."""
+
+
+def validation_problems(error: ValidationError, whole: str = "message") -> str:
+    """A pydantic error as one line: ``field.path: problem; ...`` (``whole`` for the root)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or whole}: {e['msg']}"
+        for e in error.errors(include_url=False)
+    )
 
 
 class GovernorError(Exception):
@@ -235,4 +243,5 @@ __all__ = [
     "PolicyError",
     "PolicyIssue",
     "RunawayLoop",
+    "validation_problems",
 ]

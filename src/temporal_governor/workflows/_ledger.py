@@ -21,6 +21,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 from ..detectors import BaselineState, SpendBaseline
+from ..errors import validation_problems
 from ..scopes import SharedLimit, SharedResource
 
 LEDGER_WORKFLOW = "temporal-governor-ledger"
@@ -240,11 +241,9 @@ def _validated(model: type[BaseModel], data: Any) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in error.errors()
-        )
         raise ApplicationError(
-            f"malformed {model.__name__}: {problems}", type=MALFORMED_UPDATE
+            f"malformed {model.__name__}: {validation_problems(error, 'request')}",
+            type=MALFORMED_UPDATE,
         ) from None
 
 
