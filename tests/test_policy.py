@@ -18,7 +18,7 @@ from temporal_governor.policy import (
     Quotas,
 )
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "policies" / "resource-governance.yaml"
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "resource-governance.yaml"
 
 
 @pytest.fixture(scope="module")
