@@ -25,8 +25,6 @@ from temporalio.worker import Worker
 from temporal_governor import GovernorPlugin, Policy
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-SAMPLE_POLICY = SHARED / "policies" / "resource-governance.yaml"
 sys.path.insert(0, str(ROOT))  # make `examples` importable
 
 CONTROL_KEY_ID, CONTROL_SECRET = "test-key", "test-secret-not-for-production"
