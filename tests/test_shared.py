@@ -260,7 +260,9 @@ shared: { leases: false, continue_as_new_after: 6 }
     assert after["open_reservations"] == 0
 
 
-async def test_unsettled_reservations_expire_and_are_released(governed, env) -> None:
+async def test_unsettled_reservations_expire_charged_in_full_and_a_late_settle_corrects(
+    governed, env
+) -> None:
     from temporal_governor.scopes import shared_limits
     from temporal_governor.workflows import LEDGER_WORKFLOW
 
@@ -279,9 +281,23 @@ async def test_unsettled_reservations_expire_and_are_released(governed, env) -> 
         }
         assert (await handle.execute_update("reserve", request))["granted"]
         assert counter(await handle.query("state", ""), "tenant:t", "tokens")["reserved"] == 400
-        await asyncio.sleep(2.0)  # the ledger's own timer sweeps the expired reservation
-        state = await handle.query("state", "")
-    tokens = counter(state, "tenant:t", "tokens")
-    assert (tokens["reserved"], tokens["committed"]) == (0, 0)
-    assert state["open_reservations"] == 0
-    assert state["released"]["tokens"] == state["granted"]["tokens"] == 400
+        await asyncio.sleep(2.0)  # the ledger's own timer expires the reservation
+        expired = await handle.query("state", "")
+        late = await handle.execute_update(
+            "settle", {"key": "dead-run/activity:1", "actual": {"tokens": 150}}
+        )
+        again = await handle.execute_update(
+            "settle", {"key": "dead-run/activity:1", "actual": {"tokens": 150}}
+        )
+        corrected = await handle.query("state", "")
+    # the run never settled it: what it spent is unknown, so all of it is charged
+    tokens = counter(expired, "tenant:t", "tokens")
+    assert (tokens["reserved"], tokens["committed"]) == (0, 400)
+    assert expired["open_reservations"] == 0
+    assert expired["committed"]["tokens"] == expired["granted"]["tokens"] == 400
+    # a run that comes back and settles late is charged what it really used, once
+    assert late["settled"] and late["late"] and not again["settled"]
+    tokens = counter(corrected, "tenant:t", "tokens")
+    assert (tokens["reserved"], tokens["committed"]) == (0, 150)
+    assert corrected["committed"]["tokens"] == 150
+    assert corrected["committed"]["tokens"] + corrected["released"]["tokens"] == 400

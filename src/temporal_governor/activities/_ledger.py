@@ -16,7 +16,7 @@ from temporalio.client import WithStartWorkflowOperation, WorkflowUpdateFailedEr
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 
-from ..workflows._ledger import LEDGER_WORKFLOW, MALFORMED_UPDATE, LedgerState
+from ..workflows._ledger import LEDGER_FULL, LEDGER_WORKFLOW, MALFORMED_UPDATE, LedgerState
 
 LEDGER_ACTIVITY = "temporal_governor.ledger"
 """Activity type of :func:`ledger_call`; the governor never governs its own activities."""
@@ -82,7 +82,7 @@ async def ledger_call(call: dict[str, Any]) -> Any:
             )
     except WorkflowUpdateFailedError as error:
         cause = error.cause
-        if isinstance(cause, ApplicationError) and cause.type == MALFORMED_UPDATE:
-            # the ledger's validator rejected it: the same request would be rejected again
-            raise ApplicationError(str(cause), type=MALFORMED_UPDATE, non_retryable=True) from None
+        if isinstance(cause, ApplicationError) and cause.type in (MALFORMED_UPDATE, LEDGER_FULL):
+            # refused by a validator or a size cap: the same request would be refused again
+            raise ApplicationError(str(cause), type=cause.type, non_retryable=True) from None
         raise

@@ -13,6 +13,7 @@ Two ways to reserve in shared scopes:
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ from temporalio.common import RetryPolicy
 from ..accounting import Refusal
 from ..activities._ledger import LEDGER_ACTIVITY, LedgerCall
 from ..scopes import Dispatch, SharedLimit, shared_limits
-from ..workflows._ledger import ReserveResult
+from ..workflows._ledger import MAX_SETTLEMENTS, ReserveResult
 
 if TYPE_CHECKING:
     from ._run import GovernedRun
@@ -55,16 +56,27 @@ class _Lease:
             for r, v in wanted.items()
         )
 
+    def drained(self) -> bool:
+        """No dispatch reserved against it is still running."""
+        return not any(v > 1e-9 for v in self.held.values())
+
 
 @dataclass
 class Ticket:
     """What one dispatch holds in the shared scopes, to settle when it ends."""
 
+    number: int
+    """Unique within the run: tickets are tracked by it until they are settled."""
+    reserved: dict[str, float] = field(default_factory=dict)
+    """What the dispatch reserved (concurrency left out): its charge if its usage is never
+    known (the governor never assumes money was not spent)."""
     lease: _Lease | None = None
     leased: dict[str, float] = field(default_factory=dict)
     ledger_key: str | None = None
     per_dispatch: tuple[str, ...] = ()
     """Resources reserved per dispatch (settled with their actual, concurrency with 0)."""
+    actual: dict[str, float] | None = None
+    """What the dispatch really used, once known."""
 
 
 class SharedBudget:
@@ -77,6 +89,9 @@ class SharedBudget:
         self._limits: dict[str, list[SharedLimit]] = {}
         self._leases: dict[tuple[str, ...], _Lease] = {}
         self._retired: list[_Lease] = []
+        self._lease_locks: dict[tuple[str, ...], asyncio.Lock] = {}
+        self._tickets: dict[int, Ticket] = {}
+        self._tickets_issued = 0
         self._owner = f"{run.info.workflow_id}/{run.info.run_id}"
         self._calls = 0
         self._controls_since_ms = 0
@@ -197,8 +212,8 @@ class SharedBudget:
     async def _settle_key(self, ledger_key: str, actual: dict[str, float]) -> None:
         if ledger_key not in self.open:
             return
-        self.open.discard(ledger_key)
         await self._call("settle", {"key": ledger_key, "actual": actual}, f"settle:{ledger_key}")
+        self.open.discard(ledger_key)  # only once the ledger has it: else release_all settles it
 
     # -- the run's interface --------------------------------------------------------------
 
@@ -207,19 +222,48 @@ class SharedBudget:
     ) -> Ticket:
         """Reserve a dispatch in every shared scope that applies, or halt/wait.
 
+        Parallel dispatches of one run share its lease for the same scopes: the lease is
+        taken (or renewed) by one of them at a time, and a lease that is replaced is
+        retired, never forgotten: it is settled once its last dispatch has ended.
+
         Returns:
             The ticket to settle when the dispatch ends.
         """
-        ticket = Ticket()
+        self._tickets_issued += 1
+        ticket = Ticket(
+            number=self._tickets_issued,
+            reserved={r: float(v) for r, v in amounts.items() if r != "concurrency" and v},
+        )
+        self._tickets[ticket.number] = ticket
         per_dispatch = [lim for lim in limits if lim.resource == "concurrency"]
         leasable = [lim for lim in limits if lim.resource != "concurrency"]
         if leasable and not self.settings.leases:
             per_dispatch, leasable = limits, []
-        if leasable:
-            wanted: dict[str, float] = {
-                lim.resource: float(amounts.get(lim.resource, 0.0)) for lim in leasable
-            }
-            signature = tuple(sorted(f"{lim.counter}|{lim.ceiling:g}" for lim in leasable))
+        try:
+            if leasable:
+                wanted: dict[str, float] = {
+                    lim.resource: float(amounts.get(lim.resource, 0.0)) for lim in leasable
+                }
+                ticket.lease = await self._lease_for(key, leasable, wanted, dispatch)
+                ticket.leased = wanted
+            if per_dispatch:
+                wanted = {
+                    str(lim.resource): float(amounts.get(lim.resource, 0.0)) for lim in per_dispatch
+                }
+                ticket.per_dispatch = tuple(wanted)
+                ticket.ledger_key, _ = await self._reserve(key, per_dispatch, wanted, dispatch)
+        except BaseException:
+            await self.settle(ticket, {})  # nothing ran: give back what was taken
+            raise
+        return ticket
+
+    async def _lease_for(
+        self, key: str, leasable: list[SharedLimit], wanted: dict[str, float], dispatch: str
+    ) -> _Lease:
+        """Hold ``wanted`` against the run's lease of these scopes, renewing it if needed."""
+        signature = tuple(sorted(f"{lim.counter}|{lim.ceiling:g}" for lim in leasable))
+        lock = self._lease_locks.setdefault(signature, asyncio.Lock())
+        async with lock:  # one renewal at a time: parallel dispatches never orphan a lease
             lease = self._leases.get(signature)
             now = temporalio.workflow.now().timestamp()
             stale = lease is not None and now - lease.taken_at > self.settings.reservation_ttl / 2
@@ -234,40 +278,45 @@ class SharedBudget:
             for resource, value in wanted.items():
                 lease.held[resource] = lease.held.get(resource, 0.0) + value
             lease.dispatches += 1
-            ticket.lease, ticket.leased = lease, wanted
-        if per_dispatch:
-            wanted = {
-                str(lim.resource): float(amounts.get(lim.resource, 0.0)) for lim in per_dispatch
-            }
-            ticket.per_dispatch = tuple(wanted)
-            try:
-                ticket.ledger_key, _ = await self._reserve(key, per_dispatch, wanted, dispatch)
-            except BaseException:
-                await self.settle(ticket, {})
-                raise
-        return ticket
+            return lease
 
-    async def settle(self, ticket: Ticket, actual: dict[str, float]) -> None:
-        """Commit a finished dispatch's usage in the shared scopes and release the rest."""
+    def record(self, ticket: Ticket, actual: dict[str, float]) -> None:
+        """Note what a finished dispatch used, without a ledger call (it cannot fail).
+
+        The ledger learns it from :meth:`flush` or, at the latest, from :meth:`release_all`.
+        """
+        if ticket.actual is not None:
+            return
+        ticket.actual = {r: v for r, v in actual.items() if r != "concurrency"}
         lease = ticket.lease
         if lease is not None:
             for resource, value in ticket.leased.items():
                 lease.held[resource] = lease.held.get(resource, 0.0) - value
                 lease.used[resource] = lease.used.get(resource, 0.0) + actual.get(resource, 0.0)
-            ticket.lease = None
-            if lease.retired and not any(v > 1e-9 for v in lease.held.values()):
-                await self._settle_key(lease.ledger_key, lease.used)
+
+    async def flush(self, ticket: Ticket) -> None:
+        """Tell the ledger about a recorded dispatch now (frees its concurrency slot)."""
+        assert ticket.actual is not None
         if ticket.ledger_key is not None:
-            key, ticket.ledger_key = ticket.ledger_key, None
-            await self._settle_key(
-                key, {r: actual.get(r, 0.0) for r in ticket.per_dispatch if r != "concurrency"}
-            )
+            actual = {r: ticket.actual.get(r, 0.0) for r in ticket.per_dispatch}
+            await self._settle_key(ticket.ledger_key, {r: v for r, v in actual.items() if v})
+        lease = ticket.lease
+        if lease is not None and lease.retired and lease.drained():
+            await self._settle_key(lease.ledger_key, lease.used)
+            if lease in self._retired:
+                self._retired.remove(lease)
+        self._tickets.pop(ticket.number, None)
+
+    async def settle(self, ticket: Ticket, actual: dict[str, float]) -> None:
+        """Commit a finished dispatch's usage in the shared scopes and release the rest."""
+        self.record(ticket, actual)
+        await self.flush(ticket)
 
     async def _retire(self, signature: tuple[str, ...], lease: _Lease) -> None:
         """Stop reserving against a lease; settle it once its dispatches have ended."""
         self._leases.pop(signature, None)
         lease.retired = True
-        if not any(v > 1e-9 for v in lease.held.values()):
+        if lease.drained():
             await self._settle_key(lease.ledger_key, lease.used)
         else:
             self._retired.append(lease)
@@ -295,12 +344,36 @@ class SharedBudget:
         await self._call("observe", request, f"observe:{self._owner}")
 
     async def release_all(self) -> None:
-        """Settle every lease with what was used, release everything else (the run ends)."""
-        for signature, lease in list(self._leases.items()):
-            await self._retire(signature, lease)
-        for lease in self._retired:
-            await self._settle_key(lease.ledger_key, lease.used)
+        """Settle everything the run holds in one ledger call (the run ends).
+
+        Every lease is committed with what its dispatches used; a dispatch whose outcome
+        the run never learnt (cancelled before it reported, cut off by a halt) is charged
+        what it reserved. Anything else of the run still open in the ledger is released.
+        """
+        for ticket in list(self._tickets.values()):
+            self.record(ticket, ticket.actual if ticket.actual is not None else ticket.reserved)
+        settlements: dict[str, dict[str, float]] = {}
+        for ticket in self._tickets.values():
+            if ticket.ledger_key is not None and ticket.ledger_key in self.open:
+                assert ticket.actual is not None
+                settlements[ticket.ledger_key] = {
+                    r: v for r in ticket.per_dispatch if (v := ticket.actual.get(r, 0.0))
+                }
+        for lease in [*self._leases.values(), *self._retired]:
+            if lease.ledger_key in self.open:
+                settlements[lease.ledger_key] = {r: v for r, v in lease.used.items() if v}
+        self._tickets.clear()
+        self._leases.clear()
         self._retired.clear()
-        if self.open:
-            self.open.clear()
-            await self._call("release_run", {"run": self._owner}, f"release_run:{self._owner}")
+        if not self.open:
+            return
+        items = sorted(settlements.items())
+        chunks = [items[i : i + MAX_SETTLEMENTS] for i in range(0, len(items), MAX_SETTLEMENTS)]
+        for number, chunk in enumerate(chunks or [[]]):
+            request = {
+                "run": self._owner,
+                "settlements": dict(chunk),
+                "release_rest": number == len(chunks or [[]]) - 1,
+            }
+            await self._call("release_run", request, f"release_run:{self._owner}:{number}")
+        self.open.clear()

@@ -102,13 +102,15 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
         register_plane(run.info.run_id, plane)
         main: asyncio.Future[Any] | None = None
         try:
-            await _start(run, plane, context)
+            try:
+                await _start(run, plane, context)
+            except asyncio.CancelledError:
+                await run.shared.release_all()  # cancelled before agent code ever ran
+                raise
             if run.breach is None:  # a fleet kill found at start stops it before its code runs
                 main = asyncio.ensure_future(self.next.execute_workflow(input))
                 main.add_done_callback(_retrieve)
-                await temporalio.workflow.wait(
-                    [main, run.breached], return_when=asyncio.FIRST_COMPLETED
-                )
+                await _run_agent_code(run, main)
             if run.breach is not None or main is None:
                 if main is not None:
                     main.cancel()
@@ -142,6 +144,24 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
                 run.breached.cancel()
             forget_workflow_context(run.info.run_id)
             forget_plane(run.info.run_id)
+
+
+async def _run_agent_code(run: GovernedRun, main: asyncio.Future[Any]) -> None:
+    """Wait for the agent code to end, or for a halt, passing a cancellation on to it.
+
+    The SDK cancels only the run's primary task (this interceptor); agent code runs in a
+    task of its own, so a cancellation of the run (client cancel, parent-close policy
+    ``REQUEST_CANCEL``) is handed to it here, and its ``except``/``finally`` blocks, its
+    activities' cancellation and cleanup run exactly as without the governor.
+    """
+    while True:
+        try:
+            await temporalio.workflow.wait(
+                [main, run.breached], return_when=asyncio.FIRST_COMPLETED
+            )
+            return
+        except asyncio.CancelledError:
+            main.cancel()
 
 
 class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
@@ -415,8 +435,10 @@ async def _settle(
             run.guard.after(kind, name, True, actual.cost_usd, key)
         return _decode(raw, ret_type)
     finally:
-        if ticket is not None and actual is not None and settle_shared:
-            await run.shared.settle(ticket, actual.nonzero())
+        if ticket is not None and actual is not None:
+            run.shared.record(ticket, actual.nonzero())
+            if settle_shared:
+                await run.shared.flush(ticket)
 
 
 async def _gate_and_pace(run: GovernedRun, kind: str, target: str, paced: bool) -> None:

@@ -1,0 +1,715 @@
+"""The shared ledger's book: pure, deterministic arithmetic of scopes shared across runs.
+
+The ledger entity workflow (``workflows/_ledger.py``) is thin glue around a
+:class:`LedgerBook`: it validates each Workflow Update into one of the request models
+below, hands it to the book with the workflow's clock, and carries the book's
+:meth:`~LedgerBook.pack` across continue-as-new. Nothing here imports ``temporalio``, so
+every rule (all-or-nothing reservations, fair-share leases, windows, expiry, pruning,
+size bounds) is tested with plain unit tests.
+
+The book is **bounded by design**: every key, scope and message has a size cap (a request
+over it is refused by validation), every collection has a count cap, closed windows and
+idle counters are pruned, and the idempotency memory keeps short digests pruned by age.
+Whatever the load, the packed state stays far below Temporal's payload limit.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import zlib
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .detectors import BaselineState, SpendBaseline
+from .scopes import SharedLimit, SharedResource
+
+MAX_TTL_S = 30 * 86400.0
+"""The longest a reservation may stay unsettled (30 days)."""
+MAX_KEY_CHARS = 512
+"""Longest idempotency key or run id a request may carry."""
+MAX_NAME_CHARS = 300
+"""Longest scope, limit name or baseline key a request may carry."""
+MAX_AMOUNT = 1e15
+"""Largest amount of any resource one request may carry."""
+MAX_LIMITS = 32
+"""Most limits one reservation may touch."""
+MAX_SETTLEMENTS = 500
+"""Most settlements one ``release_run`` may carry."""
+MAX_CONTROL_BYTES = 16_384
+"""Largest control message (as JSON) the ledger stores."""
+MAX_OPEN_RESERVATIONS = 5_000
+"""Open reservations at once; beyond it a reservation is refused (limit ``ledger.capacity``)."""
+MAX_COUNTERS = 50_000
+"""Counters at once; beyond it a reservation that needs a new one is refused."""
+MAX_CONTROL_SCOPES = 1_000
+"""Scopes with a stored fleet kill or resume; beyond it a new scope's record is refused."""
+MAX_BASELINES = 10_000
+"""Spend baselines kept; the least recently updated is dropped beyond it."""
+MAX_EXPIRED = 2_000
+"""Expired reservations remembered (for a late settle to correct its conservative charge)."""
+EXPIRED_KEEP_S = 6 * 3600.0
+"""How long an expired reservation is remembered."""
+MAX_CLOSED = 2_000
+"""Closed reservation keys remembered (digests), so a late duplicate never re-reserves."""
+CLOSED_KEEP_S = 600.0
+"""How long a closed reservation key is remembered."""
+CONTROL_KEEP_S = 86_400.0
+"""A scope whose latest resume is newer than its kill is forgotten after this long."""
+CAPACITY_LIMIT = "ledger.capacity"
+"""The ``limit`` of a refusal caused by the book's own size caps."""
+
+_EPSILON = 1e-9
+
+Key = Annotated[str, Field(min_length=1, max_length=MAX_KEY_CHARS)]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+Amount = Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class LedgerRefusal(BaseModel):
+    """Why the ledger refused a reservation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limit: str
+    scope: str
+    resource: str
+    observed: float
+    """What the scope would hold with this reservation (committed + reserved + request)."""
+    ceiling: float
+    committed: float = 0.0
+    """What the scope had committed (in the current window, for a windowed limit)."""
+    retry_after_s: float | None = None
+    """When a windowed limit's window rolls over, seconds from now."""
+
+
+class ReserveRequest(_Request):
+    """Reserve amounts in every scope of ``limits``, or in none."""
+
+    key: Key
+    """Idempotency key: run, dispatch (and lease number)."""
+    run: Key
+    """``workflow_id/run_id`` of the caller, to release everything of a run at once."""
+    amounts: dict[SharedResource, Amount]
+    limits: list[SharedLimit] = Field(max_length=MAX_LIMITS)
+    ttl_s: float = Field(default=600.0, gt=0, le=MAX_TTL_S)
+    """The reservation is charged in full (conservatively) if not settled within this time."""
+    minimum: dict[SharedResource, Amount] | None = None
+    """For a lease: grant as much of ``amounts`` as a fair share allows, at least this."""
+    max_share: float = Field(default=0.1, gt=0, le=1)
+    """For a lease: the largest fraction of what is left that one lease may take."""
+    controls_for: list[Name] = Field(default_factory=list, max_length=10)
+    """Scopes (``tenant:<name>``, ``agent:<type>``) whose stored kills and resumes the
+    caller wants back with the result, if newer than ``controls_since_ms``."""
+    controls_since_ms: int = Field(default=0, ge=-1, le=2**53)
+
+    @field_validator("limits")
+    @classmethod
+    def _bounded_limits(cls, limits: list[SharedLimit]) -> list[SharedLimit]:
+        for limit in limits:
+            if len(limit.scope) > MAX_NAME_CHARS or len(limit.name) > MAX_NAME_CHARS:
+                raise ValueError(f"scope and limit names are at most {MAX_NAME_CHARS} characters")
+            if not math.isfinite(limit.ceiling) or limit.ceiling > MAX_AMOUNT:
+                raise ValueError(f"ceilings are finite and at most {MAX_AMOUNT:g}")
+        return limits
+
+    @model_validator(mode="after")
+    def _limits_reserve_something(self) -> ReserveRequest:
+        for limit in self.limits:
+            if limit.resource not in self.amounts:
+                raise ValueError(
+                    f"limit {limit.name} is on {limit.resource!r}, "
+                    "which the request does not reserve"
+                )
+        return self
+
+
+class ReserveResult(BaseModel):
+    """The outcome of a reservation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str
+    granted: bool
+    amounts: dict[str, float] = Field(default_factory=dict)
+    """What was reserved (a lease may get less than it asked for)."""
+    refusal: LedgerRefusal | None = None
+    duplicate: bool = False
+    """The key was seen before; this is the earlier outcome."""
+    controls: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Stored kills and resumes of the requested scopes, newer than the caller has seen:
+    the caller verifies and applies them (the ledger itself verifies nothing)."""
+
+
+class SettleRequest(_Request):
+    """Commit the actual usage of a reservation and release the rest."""
+
+    key: Key
+    actual: dict[SharedResource, Amount] = Field(default_factory=dict)
+
+
+class SettleResult(BaseModel):
+    """The outcome of a settlement."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str
+    settled: bool
+    """False when the key was unknown or already settled (nothing changed)."""
+    committed: dict[str, float] = Field(default_factory=dict)
+    released: dict[str, float] = Field(default_factory=dict)
+    late: bool = False
+    """The reservation had expired and was charged in full; this corrected the charge."""
+
+
+class ReleaseRunRequest(_Request):
+    """A run ends: settle what it lists, release every other reservation it still holds."""
+
+    run: Key
+    settlements: dict[Key, dict[SharedResource, Amount]] = Field(
+        default_factory=dict, max_length=MAX_SETTLEMENTS
+    )
+    """Reservation key -> what it really used."""
+    release_rest: bool = True
+    """Release the run's other open reservations (the last chunk of a run's settlements)."""
+
+
+class ControlRecordRequest(_Request):
+    """Keep a fleet-wide kill or resume (a tenant's or an agent type's) for runs that start later.
+
+    The ledger stores the message as sent; it does not verify it. Every run that reads it
+    verifies its signature itself, and judges its age against ``recorded_at_ms`` (when the
+    ledger took it), so a forged or replayed message stored here changes nothing.
+    """
+
+    scope: str = Field(pattern=r"^(tenant|agent):.+$", max_length=MAX_NAME_CHARS)
+    """``tenant:<name>`` or ``agent:<workflow type>``."""
+    signal: Literal["governor.kill", "governor.resume"]
+    message: dict[str, Any]
+
+    @field_validator("message")
+    @classmethod
+    def _bounded_message(cls, message: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(message, separators=(",", ":"), default=str))
+        if size > MAX_CONTROL_BYTES:
+            raise ValueError(f"a control message is at most {MAX_CONTROL_BYTES} bytes, not {size}")
+        return message
+
+
+class BaselineRequest(_Request):
+    """Read spend baselines (``agent:<type>:<metric>``, ``tenant:<name>:<metric>``)."""
+
+    keys: list[Name] = Field(max_length=100)
+
+
+class ObserveRequest(_Request):
+    """Fold one finished run's spend into baselines (exponentially weighted)."""
+
+    values: dict[Name, Amount] = Field(max_length=100)
+    """Baseline key -> the run's value."""
+    alpha: float = Field(default=0.2, gt=0, le=1)
+    min_samples: int = Field(default=5, ge=1, le=10_000)
+
+
+class ReadControlsRequest(_Request):
+    """Read stored kills and resumes of some scopes, newer than ``since_ms``."""
+
+    scopes: list[Name] = Field(max_length=10)
+    since_ms: int = Field(default=0, ge=-1, le=2**53)
+
+
+class StoredControl(BaseModel):
+    """A fleet-wide control message as the ledger keeps it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    message: dict[str, Any]
+    recorded_at_ms: int
+
+
+class Counter(BaseModel):
+    """Committed and reserved amounts of one scope, resource and window."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scope: str
+    resource: str
+    window_s: float | None = None
+    window_start: float | None = None
+    """Epoch seconds at which the current window started."""
+    committed: float = 0.0
+    reserved: float = 0.0
+    ceiling: float | None = None
+    """The ceiling last requested for it (for display)."""
+    limit: str = ""
+
+
+class Reservation(BaseModel):
+    """An open reservation: how much it holds on which counters, until when."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run: str
+    amounts: dict[str, float]
+    counters: dict[str, float]
+    """Counter id -> amount held."""
+    expires_at: float
+    """Epoch seconds."""
+    lease: bool = False
+
+
+class Expired(BaseModel):
+    """A reservation that expired unsettled and was charged in full."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    amounts: dict[str, float]
+    counters: dict[str, list[float]]
+    """Counter id -> [amount charged, window start it was charged in (or -1)]."""
+    at: float
+
+
+class LedgerState(BaseModel):
+    """Everything the ledger keeps; carried across continue-as-new (see :meth:`LedgerBook.pack`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    counters: dict[str, Counter] = Field(default_factory=dict)
+    reservations: dict[str, Reservation] = Field(default_factory=dict)
+    expired: dict[str, Expired] = Field(default_factory=dict)
+    """Key -> an expired reservation, oldest first (bounded, pruned by age)."""
+    closed: dict[str, float] = Field(default_factory=dict)
+    """Digest of a closed reservation key -> when it closed, oldest first (bounded)."""
+    outcomes: dict[str, str] = Field(default_factory=dict)
+    """Unused since 0.2 (read from older ledgers and dropped)."""
+    granted: dict[str, float] = Field(default_factory=dict)
+    committed: dict[str, float] = Field(default_factory=dict)
+    released: dict[str, float] = Field(default_factory=dict)
+    continue_as_new_after: int = Field(default=2000, ge=1)
+    """Updates per run before continuing as new."""
+    controls: dict[str, dict[str, StoredControl]] = Field(default_factory=dict)
+    """Scope -> signal -> the latest fleet-wide kill and resume of that scope."""
+    baselines: dict[str, BaselineState] = Field(default_factory=dict)
+    """Spend baselines across runs, by key (``agent:planner:tokens_per_run`` ...)."""
+
+
+class CapacityError(ValueError):
+    """A request the book cannot take without passing one of its size caps."""
+
+
+def _add(totals: dict[str, float], amounts: dict[str, float], sign: float = 1.0) -> None:
+    for resource, value in amounts.items():
+        totals[resource] = totals.get(resource, 0.0) + sign * value
+
+
+def _clean(value: float) -> float:
+    """Drop float residue: what is left of a counter after its last reservation went."""
+    return 0.0 if value < _EPSILON else value
+
+
+def _digest(key: str) -> str:
+    return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+
+
+def _roll(counter: Counter, now: float) -> None:
+    if counter.window_s is None:
+        return
+    start = math.floor(now / counter.window_s) * counter.window_s
+    if counter.window_start != start:
+        counter.window_start = start
+        counter.committed = 0.0
+
+
+class LedgerBook:
+    """The shared scopes' counters and reservations, and every rule that changes them.
+
+    Args:
+        state: What a previous run of the ledger carried (:meth:`pack` output, or a plain
+            :class:`LedgerState` as JSON data); empty for a new ledger.
+    """
+
+    def __init__(self, state: dict[str, Any] | None = None) -> None:
+        self.state = self.unpack(state)
+        self.state.outcomes = {}
+
+    # -- carrying across continue-as-new ------------------------------------------------
+
+    @staticmethod
+    def unpack(data: dict[str, Any] | None) -> LedgerState:
+        """The state from :meth:`pack` output or plain :class:`LedgerState` data."""
+        if data and "packed" in data:
+            raw = zlib.decompress(base64.b64decode(data["packed"]), bufsize=1 << 20)
+            return LedgerState.model_validate_json(raw)
+        return LedgerState.model_validate(data or {})
+
+    def pack(self) -> dict[str, Any]:
+        """The state as a small payload: compact JSON, compressed, base64."""
+        raw = self.state.model_dump_json(exclude_defaults=True).encode()
+        return {"packed": base64.b64encode(zlib.compress(raw, 6)).decode("ascii")}
+
+    # -- reservations -------------------------------------------------------------------
+
+    def reserve(self, req: ReserveRequest, now: float) -> ReserveResult:
+        """Reserve in every scope of the request, or in none.
+
+        A key already open answers with its reservation (``duplicate``); a key closed a
+        short while ago answers as a duplicate that holds nothing.
+        """
+        open_ = self.state.reservations.get(req.key)
+        if open_ is not None:
+            return ReserveResult(key=req.key, granted=True, amounts=open_.amounts, duplicate=True)
+        if _digest(req.key) in self.state.closed:
+            # a late duplicate of a reservation already closed: hold nothing new
+            return ReserveResult(key=req.key, granted=True, amounts={}, duplicate=True)
+        try:
+            return self._reserve(req, now)
+        except CapacityError as error:
+            return ReserveResult(
+                key=req.key,
+                granted=False,
+                refusal=LedgerRefusal(
+                    limit=CAPACITY_LIMIT,
+                    scope="ledger",
+                    resource=str(error),
+                    observed=0.0,
+                    ceiling=0.0,
+                    retry_after_s=1.0,
+                ),
+            )
+
+    def _reserve(self, req: ReserveRequest, now: float) -> ReserveResult:
+        if len(self.state.reservations) >= MAX_OPEN_RESERVATIONS:
+            raise CapacityError(f"{MAX_OPEN_RESERVATIONS} open reservations")
+        new = [lim for lim in req.limits if lim.counter not in self.state.counters]
+        if len(self.state.counters) + len(new) > MAX_COUNTERS:
+            self.prune(now)
+            if len(self.state.counters) + len(new) > MAX_COUNTERS:
+                raise CapacityError(f"{MAX_COUNTERS} counters")
+        grant: dict[str, float] = {str(r): float(v) for r, v in req.amounts.items()}
+        counters: list[tuple[SharedLimit, Counter]] = []
+        for limit in req.limits:
+            counter = self.state.counters.get(limit.counter)
+            if counter is None:
+                counter = Counter(
+                    scope=limit.scope, resource=limit.resource, window_s=limit.window_s
+                )
+                self.state.counters[limit.counter] = counter
+            counter.ceiling, counter.limit = limit.ceiling, limit.name
+            _roll(counter, now)
+            counters.append((limit, counter))
+        if req.minimum is not None:
+            grant = self._lease_grant(req, counters)
+        for limit, counter in counters:
+            if limit.on_breach != "terminate":
+                continue
+            want = grant.get(limit.resource, 0.0)
+            observed = counter.committed + counter.reserved + want
+            if observed > limit.ceiling + _EPSILON:
+                retry = None
+                if counter.window_s is not None and counter.window_start is not None:
+                    retry = max(0.0, counter.window_start + counter.window_s - now)
+                return ReserveResult(
+                    key=req.key,
+                    granted=False,
+                    refusal=LedgerRefusal(
+                        limit=limit.name,
+                        scope=limit.scope,
+                        resource=limit.resource,
+                        observed=observed,
+                        ceiling=limit.ceiling,
+                        committed=counter.committed,
+                        retry_after_s=retry,
+                    ),
+                )
+        held: dict[str, float] = {}
+        for limit, counter in counters:
+            amount = grant.get(limit.resource, 0.0)
+            counter.reserved += amount
+            held[limit.counter] = held.get(limit.counter, 0.0) + amount
+        self.state.reservations[req.key] = Reservation(
+            run=req.run,
+            amounts=grant,
+            counters=held,
+            expires_at=now + req.ttl_s,
+            lease=req.minimum is not None,
+        )
+        _add(self.state.granted, grant)
+        return ReserveResult(key=req.key, granted=True, amounts=grant)
+
+    def _lease_grant(
+        self, req: ReserveRequest, counters: list[tuple[SharedLimit, Counter]]
+    ) -> dict[str, float]:
+        """Never lease more than a fair share of what is left, and at least the minimum."""
+        assert req.minimum is not None
+        minimum: dict[str, float] = {str(r): float(v) for r, v in req.minimum.items()}
+        grant: dict[str, float] = {str(r): float(v) for r, v in req.amounts.items()}
+        for limit, counter in counters:
+            if limit.on_breach != "terminate":
+                continue
+            left = limit.ceiling - counter.committed - counter.reserved
+            holders = 1 + sum(
+                1
+                for r in self.state.reservations.values()
+                if r.lease and limit.counter in r.counters
+            )
+            fair = max(min(left / holders, left * req.max_share), minimum.get(limit.resource, 0.0))
+            grant[limit.resource] = min(grant.get(limit.resource, 0.0), fair)
+        return grant
+
+    def settle(self, req: SettleRequest, now: float) -> SettleResult:
+        """Commit the actual usage of a reservation and release the rest.
+
+        A reservation that expired (and was charged in full) is corrected to its actual
+        usage, in the windows it was charged in; an unknown key changes nothing.
+        """
+        actual: dict[str, float] = {
+            str(r): float(v) for r, v in req.actual.items() if r != "concurrency"
+        }
+        reservation = self.state.reservations.pop(req.key, None)
+        if reservation is None:
+            return self._settle_expired(req.key, actual)
+        for counter_id, held in reservation.counters.items():
+            counter = self.state.counters[counter_id]
+            _roll(counter, now)
+            counter.reserved = _clean(counter.reserved - held)
+            counter.committed += actual.get(counter.resource, 0.0)
+        released = {r: v - actual.get(r, 0.0) for r, v in reservation.amounts.items()}
+        _add(self.state.committed, actual)
+        _add(self.state.released, released)
+        self._close(req.key, now)
+        return SettleResult(key=req.key, settled=True, committed=actual, released=released)
+
+    def _settle_expired(self, key: str, actual: dict[str, float]) -> SettleResult:
+        expired = self.state.expired.pop(key, None)
+        if expired is None:
+            return SettleResult(key=key, settled=False)
+        for counter_id, (charged, window_start) in expired.counters.items():
+            counter = self.state.counters.get(counter_id)
+            if counter is None:
+                continue
+            if counter.window_s is not None and counter.window_start != window_start:
+                continue  # that window is closed: nothing left to correct
+            counter.committed = _clean(
+                counter.committed - charged + actual.get(counter.resource, 0.0)
+            )
+        correction = {r: actual.get(r, 0.0) - v for r, v in expired.amounts.items()}
+        _add(self.state.committed, correction)
+        _add(self.state.released, {r: -v for r, v in correction.items()})
+        released = {r: v - actual.get(r, 0.0) for r, v in expired.amounts.items()}
+        return SettleResult(key=key, settled=True, committed=actual, released=released, late=True)
+
+    def release_run(self, req: ReleaseRunRequest, now: float) -> int:
+        """Settle the listed reservations of an ending run and release its others.
+
+        Returns:
+            How many reservations were settled or released.
+        """
+        done = 0
+        for key, actual in req.settlements.items():
+            owned = self.state.reservations.get(key)
+            if owned is not None and owned.run != req.run:
+                continue  # never settle another run's reservation
+            if self.settle(SettleRequest(key=key, actual=actual), now).settled:
+                done += 1
+        if req.release_rest:
+            for key in [k for k, r in self.state.reservations.items() if r.run == req.run]:
+                self._release(key, now)
+                done += 1
+        return done
+
+    def _release(self, key: str, now: float) -> None:
+        reservation = self.state.reservations.pop(key)
+        for counter_id, held in reservation.counters.items():
+            counter = self.state.counters[counter_id]
+            counter.reserved = _clean(counter.reserved - held)
+        _add(self.state.released, reservation.amounts)
+        self._close(key, now)
+
+    def expire(self, now: float) -> int:
+        """Charge every reservation past its ``ttl_s`` in full: its run never settled it.
+
+        What a run that died (terminated from outside, timed out) really spent is unknown,
+        and the governor never assumes money was not spent. A late settle corrects it.
+
+        Returns:
+            How many reservations expired.
+        """
+        keys = [k for k, r in self.state.reservations.items() if r.expires_at <= now]
+        for key in keys:
+            reservation = self.state.reservations.pop(key)
+            charged: dict[str, list[float]] = {}
+            for counter_id, held in reservation.counters.items():
+                counter = self.state.counters[counter_id]
+                _roll(counter, now)
+                counter.reserved = _clean(counter.reserved - held)
+                amount = held if counter.resource != "concurrency" else 0.0
+                counter.committed += amount
+                start = counter.window_start if counter.window_start is not None else -1.0
+                charged[counter_id] = [amount, start]
+            amounts = {r: v for r, v in reservation.amounts.items() if r != "concurrency"}
+            _add(self.state.committed, amounts)
+            _add(
+                self.state.released,
+                {r: v - amounts.get(r, 0.0) for r, v in reservation.amounts.items()},
+            )
+            self.state.expired[key] = Expired(amounts=amounts, counters=charged, at=now)
+            self._close(key, now)
+        return len(keys)
+
+    def next_expiry(self) -> float | None:
+        """When the soonest open reservation expires (epoch seconds), if any."""
+        if not self.state.reservations:
+            return None
+        return min(r.expires_at for r in self.state.reservations.values())
+
+    def _close(self, key: str, now: float) -> None:
+        closed = self.state.closed
+        closed[_digest(key)] = now
+        while len(closed) > MAX_CLOSED:
+            del closed[next(iter(closed))]
+
+    # -- pruning ------------------------------------------------------------------------
+
+    def prune(self, now: float) -> None:
+        """Forget what no longer matters: closed windows, idle counters, old memories."""
+        counters = self.state.counters
+        held = {c for r in self.state.reservations.values() for c in r.counters}
+        remembered = {c for e in self.state.expired.values() for c in e.counters}
+        for counter_id in list(counters):
+            counter = counters[counter_id]
+            if counter_id in held or counter.reserved > _EPSILON:
+                continue
+            ended = (
+                counter.window_s is not None
+                and counter.window_start is not None
+                and counter.window_start + counter.window_s <= now
+                and counter_id not in remembered
+            )
+            idle = counter.committed <= _EPSILON and counter_id not in remembered
+            if ended or idle:
+                del counters[counter_id]
+        _drop_old(self.state.expired, lambda e: e.at, now - EXPIRED_KEEP_S, MAX_EXPIRED)
+        _drop_old(self.state.closed, lambda at: at, now - CLOSED_KEEP_S, MAX_CLOSED)
+        for scope in list(self.state.controls):
+            stored = self.state.controls[scope]
+            kill, resume = stored.get("governor.kill"), stored.get("governor.resume")
+            if (
+                resume is not None
+                and (kill is None or resume.recorded_at_ms >= kill.recorded_at_ms)
+                and resume.recorded_at_ms <= (now - CONTROL_KEEP_S) * 1000
+            ):
+                del self.state.controls[scope]
+
+    # -- fleet controls and baselines ---------------------------------------------------
+
+    def record_control(self, req: ControlRecordRequest, now: float) -> StoredControl:
+        """Keep the latest kill or resume of a scope."""
+        if req.scope not in self.state.controls:
+            self.prune(now)
+            if len(self.state.controls) >= MAX_CONTROL_SCOPES:
+                raise CapacityError(
+                    f"the ledger keeps fleet controls of at most {MAX_CONTROL_SCOPES} scopes"
+                )
+        stored = StoredControl(message=req.message, recorded_at_ms=int(now * 1000))
+        self.state.controls.setdefault(req.scope, {})[req.signal] = stored
+        return stored
+
+    def controls_since(self, scopes: list[str], since_ms: int) -> dict[str, dict[str, Any]]:
+        """Stored kills and resumes of ``scopes`` recorded after ``since_ms``."""
+        found: dict[str, dict[str, Any]] = {}
+        for scope in scopes:
+            for signal, stored in self.state.controls.get(scope, {}).items():
+                if stored.recorded_at_ms > since_ms:
+                    found.setdefault(scope, {})[signal] = stored.model_dump(mode="json")
+        return found
+
+    def baselines(self, req: BaselineRequest) -> dict[str, Any]:
+        """The baselines of some keys (those never observed are left out)."""
+        return {
+            key: self.state.baselines[key].model_dump(mode="json")
+            for key in req.keys
+            if key in self.state.baselines
+        }
+
+    def observe(self, req: ObserveRequest) -> dict[str, Any]:
+        """Fold a finished run's values into their baselines; returns the new baselines."""
+        updated = {}
+        baselines = self.state.baselines
+        for key, value in req.values.items():
+            known = baselines.pop(key, None)  # re-inserted last: least recently updated first
+            baseline = (
+                SpendBaseline.from_state(known)
+                if known is not None
+                else SpendBaseline(alpha=req.alpha, min_samples=req.min_samples)
+            )
+            baseline.update(value)
+            baselines[key] = baseline.state()
+            updated[key] = baselines[key].model_dump(mode="json")
+        while len(baselines) > MAX_BASELINES:
+            del baselines[next(iter(baselines))]
+        return updated
+
+    # -- views --------------------------------------------------------------------------
+
+    def view(self, scope_prefix: str, now: float) -> dict[str, Any]:
+        """Counters (of scopes starting with ``scope_prefix``), open reservations, totals."""
+        counters = []
+        for counter_id, counter in self.state.counters.items():
+            if not counter.scope.startswith(scope_prefix):
+                continue
+            shown = counter.model_copy()
+            _roll(shown, now)
+            counters.append({"id": counter_id, **shown.model_dump(mode="json")})
+        reserved: dict[str, float] = {}
+        for reservation in self.state.reservations.values():
+            _add(reserved, reservation.amounts)
+        return {
+            "counters": counters,
+            "open_reservations": len(self.state.reservations),
+            "reserved": reserved,
+            "granted": self.state.granted,
+            "committed": self.state.committed,
+            "released": self.state.released,
+            "expired_unsettled": len(self.state.expired),
+        }
+
+
+def _drop_old(items: dict[str, Any], at: Any, before: float, most: int) -> None:
+    """Drop entries of an oldest-first dict older than ``before``, and beyond ``most``."""
+    while items:
+        first = next(iter(items))
+        if len(items) > most or at(items[first]) < before:
+            del items[first]
+        else:
+            break
+
+
+__all__ = [
+    "CAPACITY_LIMIT",
+    "MAX_CONTROL_BYTES",
+    "MAX_SETTLEMENTS",
+    "MAX_TTL_S",
+    "BaselineRequest",
+    "CapacityError",
+    "ControlRecordRequest",
+    "Counter",
+    "LedgerBook",
+    "LedgerRefusal",
+    "LedgerState",
+    "ObserveRequest",
+    "ReadControlsRequest",
+    "ReleaseRunRequest",
+    "Reservation",
+    "ReserveRequest",
+    "ReserveResult",
+    "SettleRequest",
+    "SettleResult",
+    "StoredControl",
+]
