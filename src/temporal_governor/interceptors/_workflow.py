@@ -390,9 +390,10 @@ async def _settle(
 ) -> Any:
     """Await a dispatch, commit what it used (success, failure or cancel), return its result.
 
-    With a shared-scope ``ticket`` the usage is also settled in the shared scopes. An
-    activity a pause cancelled is charged its whole reservation: what it spent before it
-    stopped is unknown, and the governor never assumes money was not spent.
+    With a shared-scope ``ticket`` the usage is also settled in the shared scopes. A
+    dispatch cancelled before it reported (by a pause, by agent code, by the run's own
+    cancellation) is charged its whole reservation: what it spent before it stopped is
+    unknown, and the governor never assumes money was not spent.
     ``target`` (kind and name) is what the run's guard counts the outcome against.
     """
     kind, name = target
@@ -404,7 +405,8 @@ async def _settle(
         usage = take_failure_usage(error.cause) or _breach_usage(error.cause)
         plane = run.control
         paused = plane is not None and key in plane.cancelled_by_pause
-        if usage is None and paused:
+        if usage is None and (paused or isinstance(error.cause, CancelledError)):
+            # cancelled before it could report: what it spent is unknown
             actual = run.ledger.reservations.get(key) or charge(None)
         else:
             actual = charge(usage)
@@ -420,7 +422,8 @@ async def _settle(
         raise  # the coroutine is closed unfinished (the run left the cache): no outcome
     except BaseException:
         if not _evicting():
-            actual = charge(None)
+            # cancelled (or cut off) before an outcome came back: charge what it reserved
+            actual = run.ledger.reservations.get(key) or charge(None)
             run.commit(key, actual)
             settle_shared = run.breach is None
         raise
