@@ -13,6 +13,7 @@ from temporalio.service import RPCError
 
 from shared_workflows import IN_FLIGHT, SHARED_ACTIVITIES, SHARED_WORKFLOWS, FanOut, Paced
 from temporal_governor import BUDGET_QUERY, BreachDetails, BudgetSnapshot, Policy, attribution
+from conftest import eventually
 from workflows import ALL_ACTIVITIES, ALL_WORKFLOWS, Spender, Steps
 
 WORKFLOWS = [*ALL_WORKFLOWS, *SHARED_WORKFLOWS]
@@ -301,3 +302,118 @@ async def test_unsettled_reservations_expire_charged_in_full_and_a_late_settle_c
     assert (tokens["reserved"], tokens["committed"]) == (0, 150)
     assert corrected["committed"]["tokens"] == 150
     assert corrected["committed"]["tokens"] + corrected["released"]["tokens"] == 400
+
+
+async def exact(g, scope: str, reported: float) -> None:
+    """The exactness invariant: the ledger committed what activities reported, nothing open."""
+
+    async def settled() -> bool:
+        state = await ledger_state(g)
+        return state["open_reservations"] == 0 and not any(state["reserved"].values())
+
+    await eventually(settled)
+    state = await ledger_state(g)
+    assert counter(state, scope, "tokens")["committed"] == pytest.approx(reported)
+    assert state["committed"].get("tokens", 0.0) == pytest.approx(reported)
+    for resource, granted in state["granted"].items():
+        accounted = state["committed"].get(resource, 0.0) + state["released"].get(resource, 0.0)
+        assert accounted == pytest.approx(granted)
+
+
+async def test_parallel_activities_share_a_lease_and_the_tenant_commits_all_they_used(
+    governed,
+) -> None:
+    p = policy(
+        """
+tenants: { acme: { quotas: { max_tokens: 1000 } } }
+tools: { tracked: { estimate: { tokens: 10 } } }
+"""
+    )
+    async with governed(p, WORKFLOWS, ACTIVITIES) as g:
+        with attribution(tenant="acme"):
+            handles = [await g.start(FanOut.run, 8) for _ in range(3)]
+            results = await asyncio.gather(*(h.result() for h in handles))
+        assert results == [80, 80, 80]
+        await exact(g, "tenant:acme", 240)
+
+
+async def test_parallel_activities_past_the_tenant_ceiling_are_halted_and_counted(
+    governed,
+) -> None:
+    p = policy(
+        """
+tenants: { acme: { quotas: { max_tokens: 100 } } }
+tools: { tracked: { estimate: { tokens: 10 } } }
+"""
+    )
+    async with governed(p, WORKFLOWS, ACTIVITIES) as g:
+        with attribution(tenant="acme"):
+            handles = [await g.start(FanOut.run, 8) for _ in range(3)]
+            outcomes = await asyncio.gather(*(h.result() for h in handles), return_exceptions=True)
+        halted = [o for o in outcomes if isinstance(o, WorkflowFailureError)]
+        assert halted, "24 x 10 tokens under a 100-token ceiling: runs must be halted"
+        spent = 0.0
+        for h in handles:
+            snap = BudgetSnapshot.model_validate(await h.query(BUDGET_QUERY))
+            spent += snap.committed.get("tokens", 0.0)
+        assert spent <= 100
+        await exact(g, "tenant:acme", spent)
+
+
+async def test_a_cancelled_run_cancels_its_agent_code_and_settles_every_lease(governed) -> None:
+    from temporalio.api.enums.v1 import EventType
+    from temporalio.client import WorkflowExecutionStatus
+
+    from shared_workflows import STARTED, CancellableFanOut
+
+    p = policy(
+        """
+tenants: { acme: { quotas: { max_tokens: 100000 } } }
+tools: { spend_then_wait: { estimate: { tokens: 100 } } }
+"""
+    )
+    before = dict(STARTED)
+    async with governed(p, WORKFLOWS, ACTIVITIES) as g:
+        with attribution(tenant="acme"):
+            handle = await g.start(CancellableFanOut.run, 6)
+
+        async def all_started() -> bool:
+            return STARTED["spend_then_wait"] - before["spend_then_wait"] >= 6
+
+        await eventually(all_started)
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        assert (await handle.describe()).status == WorkflowExecutionStatus.CANCELED
+        events = [e.event_type async for e in handle.fetch_history_events()]
+        assert events.count(EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED) == 6
+        assert STARTED["cleanup"] == before["cleanup"] + 1  # the agent's `finally` ran
+        # each cancelled activity reported 100 before it was cut off; unknown to the
+        # workflow, each is charged its reservation (100): exact here by construction
+        await exact(g, "tenant:acme", 600)
+
+
+async def test_a_ledger_that_cannot_go_on_stops_runs_at_once_with_a_clear_error(
+    governed, env
+) -> None:
+    from temporalio.worker import Worker
+
+    from shared_workflows import Wedged
+    from temporal_governor import GovernanceKilled  # noqa: F401  (the failure type's name)
+
+    p = policy("tenants: { acme: { quotas: { max_tokens: 1000 } } }")
+    wedged_queue = f"wedged-{uuid.uuid4()}"
+    async with Worker(env.client, task_queue=wedged_queue, workflows=[Wedged]):
+        await env.client.start_workflow(
+            "wedged-ledger-stand-in", None, id=p.shared.ledger_id, task_queue=wedged_queue
+        )
+        async with governed(p, WORKFLOWS, ACTIVITIES) as g:
+            with attribution(tenant="acme"):
+                with pytest.raises(WorkflowFailureError) as failure:
+                    await asyncio.wait_for(g.run(Spender.run, Steps(tokens=[10])), 60)
+        await env.client.get_workflow_handle(p.shared.ledger_id).terminate()
+    details = BreachDetails.from_error(failure.value)
+    assert details is not None, (failure.value.cause.type, failure.value.cause.details, failure.value.cause.cause)
+    assert details.limit == "shared.ledger_unavailable"
+    assert p.shared.ledger_id in details.scope
+    assert "cannot make progress" in failure.value.cause.message

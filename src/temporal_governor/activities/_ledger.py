@@ -8,18 +8,31 @@ running yet and applies the update in one call. The update id is the idempotency
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 from temporalio import activity
-from temporalio.client import WithStartWorkflowOperation, WorkflowUpdateFailedError
+from temporalio.client import (
+    WithStartWorkflowOperation,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from ..workflows._ledger import LEDGER_FULL, LEDGER_WORKFLOW, MALFORMED_UPDATE, LedgerState
 
 LEDGER_ACTIVITY = "temporal_governor.ledger"
 """Activity type of :func:`ledger_call`; the governor never governs its own activities."""
+
+LEDGER_UNAVAILABLE = "LedgerUnavailable"
+"""``ApplicationError.type`` of a ledger call the ledger cannot answer (its workflow task
+keeps failing): non-retryable, so the run decides at once (policy ``shared.on_unavailable``)."""
+
+_RPC_TIMEOUT = timedelta(seconds=4)
+"""How long one update may wait before the activity looks at why (a wedged ledger?)."""
 
 
 class LedgerCall(BaseModel):
@@ -79,10 +92,41 @@ async def ledger_call(call: dict[str, Any]) -> Any:
                 parsed.request,
                 id=parsed.update_id,
                 start_workflow_operation=start,
+                rpc_timeout=_RPC_TIMEOUT,
             )
+    except (WorkflowUpdateRPCTimeoutOrCancelledError, RPCError) as error:
+        if isinstance(error, RPCError) and error.status not in (
+            RPCStatusCode.DEADLINE_EXCEEDED,
+            RPCStatusCode.CANCELLED,
+            RPCStatusCode.FAILED_PRECONDITION,  # "Workflow Task in failed state"
+        ):
+            raise
+        await _raise_if_wedged(parsed.ledger_id)
+        raise
     except WorkflowUpdateFailedError as error:
         cause = error.cause
         if isinstance(cause, ApplicationError) and cause.type in (MALFORMED_UPDATE, LEDGER_FULL):
             # refused by a validator or a size cap: the same request would be refused again
             raise ApplicationError(str(cause), type=cause.type, non_retryable=True) from None
         raise
+
+
+async def _raise_if_wedged(ledger_id: str) -> None:
+    """Fail at once, non-retryably, when the ledger's workflow task keeps failing.
+
+    A ledger whose workflow task fails (a bug, a payload the server refuses) answers no
+    update ever again; waiting and retrying would only hang every governed run.
+    """
+    handle = activity.client().get_workflow_handle(ledger_id)
+    try:
+        described = await handle.describe(rpc_timeout=_RPC_TIMEOUT)
+    except RPCError:
+        return  # the server itself is unreachable: retry, it may come back
+    pending = described.raw_description.pending_workflow_task
+    if described.raw_description.HasField("pending_workflow_task") and pending.attempt > 2:
+        raise ApplicationError(
+            f"ledger {ledger_id} cannot make progress: its workflow task has failed "
+            f"{pending.attempt - 1} times in a row (see its history in the Temporal UI)",
+            type=LEDGER_UNAVAILABLE,
+            non_retryable=True,
+        )

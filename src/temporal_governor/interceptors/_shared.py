@@ -16,15 +16,16 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import temporalio.workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
 
 from ..accounting import Refusal
-from ..activities._ledger import LEDGER_ACTIVITY, LedgerCall
+from ..activities._ledger import LEDGER_ACTIVITY, LEDGER_UNAVAILABLE, LedgerCall
 from ..scopes import Dispatch, SharedLimit, shared_limits
-from ..workflows._ledger import MAX_SETTLEMENTS, ReserveResult
+from ..workflows._ledger import MALFORMED_UPDATE, MAX_SETTLEMENTS, ReserveResult
 
 if TYPE_CHECKING:
     from ._run import GovernedRun
@@ -34,8 +35,12 @@ _CALL_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=100),
     maximum_interval=timedelta(seconds=2),
     maximum_attempts=20,
+    non_retryable_error_types=[LEDGER_UNAVAILABLE],
 )
 _DEFAULT_RETRY_S = 0.5
+
+LEDGER_UNAVAILABLE_LIMIT = "shared.ledger_unavailable"
+"""The ``limit`` of the ``GovernanceKilled`` failure of a run whose ledger cannot answer."""
 
 
 @dataclass
@@ -124,6 +129,36 @@ class SharedBudget:
     # -- ledger calls -------------------------------------------------------------------
 
     async def _call(self, update: str, request: dict[str, Any], update_id: str) -> Any:
+        """One ledger update; a ledger that cannot answer stops the run (fail-closed)."""
+        try:
+            return await self._call_once(update, request, update_id)
+        except (ActivityError, ApplicationError) as error:
+            # a local activity's non-retryable failure may arrive bare, without ActivityError
+            cause = error.cause if isinstance(error, ActivityError) else error
+            if isinstance(cause, ApplicationError) and cause.type == MALFORMED_UPDATE:
+                raise  # a bug of the governor's, not an outage: never hide it
+            self._unavailable(update, cause or error)
+
+    def _unavailable(self, update: str, error: BaseException) -> NoReturn:
+        """Stop the run: the ledger keeping its shared budget cannot be reached."""
+        ledger = self.settings.ledger_id
+        message = f"ledger {ledger} unavailable for {update}: {error}"
+        temporalio.workflow.logger.error("governor: %s; the run stops (fail-closed)", message)
+        self.run.kill(
+            self.run.details(
+                limit=LEDGER_UNAVAILABLE_LIMIT,
+                resource="ledger",
+                scope=f"ledger:{ledger}",
+                observed=0.0,
+                ceiling=0.0,
+                dispatch=update,
+                evidence={"message": message},
+            )
+        )
+        self.run.raise_if_halted()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _call_once(self, update: str, request: dict[str, Any], update_id: str) -> Any:
         call = LedgerCall(
             ledger_id=self.settings.ledger_id,
             update=update,
@@ -325,7 +360,7 @@ class SharedBudget:
         """Ask the ledger for kills and resumes of the run's tenant and agent it has not seen."""
         self._calls += 1
         request = {"scopes": self._control_scopes, "since_ms": self._controls_since_ms}
-        found: dict[str, Any] = await self._call(
+        found: dict[str, Any] = await self._call_once(
             "read_controls", request, f"read_controls:{self._owner}#{self._calls}"
         )
         if found:
@@ -333,7 +368,7 @@ class SharedBudget:
 
     async def baselines(self, keys: list[str]) -> dict[str, Any]:
         """Read spend baselines kept in the ledger (anomaly detection)."""
-        result: dict[str, Any] = await self._call(
+        result: dict[str, Any] = await self._call_once(
             "baseline", {"keys": keys}, f"baseline:{self._owner}"
         )
         return result
@@ -341,7 +376,7 @@ class SharedBudget:
     async def observe(self, values: dict[str, float], alpha: float, min_samples: int) -> None:
         """Fold a finished run's spend into the ledger's baselines."""
         request = {"values": values, "alpha": alpha, "min_samples": min_samples}
-        await self._call("observe", request, f"observe:{self._owner}")
+        await self._call_once("observe", request, f"observe:{self._owner}")
 
     async def release_all(self) -> None:
         """Settle everything the run holds in one ledger call (the run ends).
@@ -375,5 +410,16 @@ class SharedBudget:
                 "settlements": dict(chunk),
                 "release_rest": number == len(chunks or [[]]) - 1,
             }
-            await self._call("release_run", request, f"release_run:{self._owner}:{number}")
+            try:
+                await self._call_once("release_run", request, f"release_run:{self._owner}:{number}")
+            except (ActivityError, ApplicationError) as error:
+                # the agent's work is done; the ledger charges what stays open in full
+                # when it expires (reservation_ttl), and corrects it if settled later
+                temporalio.workflow.logger.error(
+                    "governor: ledger %s unavailable at run end (%s): open reservations "
+                    "expire charged in full",
+                    self.settings.ledger_id,
+                    error.cause or error,
+                )
+                break
         self.open.clear()

@@ -499,7 +499,10 @@ async def _start(run: GovernedRun, plane: ControlPlane, context: BudgetContext) 
     if run.guard.anomaly is not None and run.breach is None:
         try:
             run.guard.load_baselines(await run.shared.baselines(run.guard.baseline_keys()))
-        except ActivityError as error:  # fail open: a ledger outage does not stop agents
+        except (
+            ActivityError,
+            ApplicationError,
+        ) as error:  # fail open: a ledger outage does not stop agents
             temporalio.workflow.logger.warning(
                 "governor: no spend baselines (%s); anomalies are not judged in this run", error
             )
@@ -513,7 +516,7 @@ async def _learn(run: GovernedRun) -> None:
         return
     try:
         await run.shared.observe(learnt, anomaly.alpha, anomaly.min_samples)
-    except ActivityError as error:
+    except (ActivityError, ApplicationError) as error:
         temporalio.workflow.logger.warning("governor: baselines not updated (%s)", error)
 
 
