@@ -11,9 +11,9 @@ import yaml
 from temporalio.client import WorkflowFailureError
 from temporalio.service import RPCError
 
+from conftest import eventually
 from shared_workflows import IN_FLIGHT, SHARED_ACTIVITIES, SHARED_WORKFLOWS, FanOut, Paced
 from temporal_governor import BUDGET_QUERY, BreachDetails, BudgetSnapshot, Policy, attribution
-from conftest import eventually
 from workflows import ALL_ACTIVITIES, ALL_WORKFLOWS, Spender, Steps
 
 WORKFLOWS = [*ALL_WORKFLOWS, *SHARED_WORKFLOWS]
@@ -408,9 +408,8 @@ async def test_a_ledger_that_cannot_go_on_stops_runs_at_once_with_a_clear_error(
             "wedged-ledger-stand-in", None, id=p.shared.ledger_id, task_queue=wedged_queue
         )
         async with governed(p, WORKFLOWS, ACTIVITIES) as g:
-            with attribution(tenant="acme"):
-                with pytest.raises(WorkflowFailureError) as failure:
-                    await asyncio.wait_for(g.run(Spender.run, Steps(tokens=[10])), 60)
+            with attribution(tenant="acme"), pytest.raises(WorkflowFailureError) as failure:
+                await asyncio.wait_for(g.run(Spender.run, Steps(tokens=[10])), 60)
         await env.client.get_workflow_handle(p.shared.ledger_id).terminate()
     details = BreachDetails.from_error(failure.value)
     assert details is not None, (failure.value.cause.type, failure.value.cause.details, failure.value.cause.cause)
