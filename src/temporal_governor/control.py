@@ -10,6 +10,11 @@ as long as the worker that replays has the same keys.
 
 Keys never live in the policy: :meth:`Keyring.from_policy` reads them from the
 environment variable and the file that ``control`` names.
+
+On the wire a message is one ``json/plain`` payload of at most :data:`MAX_CONTROL_BYTES`.
+The run decodes it itself (:func:`decode_payload`), so a payload the SDK could not decode
+(invalid JSON, an unknown encoding) or one too large is rejected and audited like any other
+bad message instead of being dropped unseen.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
 import uuid
 from collections.abc import Mapping
@@ -25,6 +31,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from temporalio.api.common.v1 import Payload
+from temporalio.common import RawValue
 
 from .errors import GovernorError, validation_problems
 from .policy import PER_TASK_LIMITS, ControlSettings, Policy
@@ -39,6 +47,23 @@ OVERRIDE_SIGNAL = "governor.override"
 """Signal: raise or lower a limit of a run for a while, never above its hard ceiling."""
 CONTROL_QUERY = "governor.control"
 """Query: the run's control state and the audit trail of control messages."""
+
+MAX_CONTROL_BYTES = 16 * 1024
+"""The most a control message may weigh on the wire: the protobuf size of its payload (data
+and metadata) as the run receives it, 16 KiB.
+
+A real message is well under 1 KiB. :class:`~temporal_governor.control_client.ControlClient`
+and the runs that relay a message refuse to send a heavier one; a run rejects a heavier one
+without decoding it (a signal from another client is in history by then all the same).
+"""
+CONTROL_ENCODING = "json/plain"
+"""The payload encoding of a control message (what the SDKs' default JSON converters write)."""
+_MAX_DIGITS = 20
+"""The most digits of an integer in a control message's JSON (independent of the worker's
+``sys.set_int_max_str_digits``, so every worker reaches the same verdict)."""
+_MAX_NESTING = 32
+"""The deepest nesting of arrays and objects in a control message's JSON (checked before
+parsing, so no worker ever parses deep enough to depend on its recursion limit)."""
 
 Target = Literal["run", "tree", "tenant", "agent"]
 """What a message is for: one run, a run and its descendants, a tenant's or an agent
@@ -138,6 +163,107 @@ def canonical(message: ControlMessage) -> bytes:
     """
     data = message.model_dump(mode="json", exclude={"signature", "relay"})
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encode_message(message: ControlMessage) -> Payload:
+    """A message as the payload the governor sends: ``json/plain``, compact, keys sorted.
+
+    These are the bytes the Python SDK's default JSON converter writes for
+    ``message.model_dump(mode="json")`` (ASCII, non-ASCII escaped), so a message weighs the
+    same whichever client sends it. The payload is not checked against the cap here (see
+    :func:`oversized`).
+    """
+    data = json.dumps(message.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return Payload(metadata={"encoding": CONTROL_ENCODING.encode()}, data=data.encode())
+
+
+def oversized(payload: Payload) -> str | None:
+    """Why a payload is too large for a control message, or ``None`` when it is not."""
+    size = payload.ByteSize()
+    if size <= MAX_CONTROL_BYTES:
+        return None
+    return f"oversized: {size} bytes, above the {MAX_CONTROL_BYTES}-byte cap on control messages"
+
+
+def decode_payload(payload: Payload) -> tuple[Any, str | None]:
+    """Decode a control message's payload as the run received it, deterministically.
+
+    Checked in this order: size (:data:`MAX_CONTROL_BYTES`, before anything is parsed),
+    encoding (``json/plain`` only), UTF-8, nesting (at most 32 levels), strict JSON (no
+    ``NaN`` or infinite numbers, integers of at most 20 digits). The verdict depends on the
+    payload's bytes only, never on the worker's settings.
+
+    Returns:
+        ``(value, None)`` with the decoded JSON value, else ``(None, why)`` where ``why``
+        starts with ``oversized:`` or ``undecodable:``.
+
+    """
+    problem = oversized(payload)
+    if problem is not None:
+        return None, problem
+    encoding = payload.metadata.get("encoding")
+    if encoding != CONTROL_ENCODING.encode():
+        shown = "none" if encoding is None else repr(encoding.decode("utf-8", "replace")[:100])
+        return None, f"undecodable: encoding {shown} (a control message is {CONTROL_ENCODING})"
+    try:
+        text = payload.data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return None, f"undecodable: not UTF-8 ({error.reason} at byte {error.start})"
+    if _too_deep(text):
+        return None, f"undecodable: JSON nested deeper than {_MAX_NESTING} levels"
+    try:
+        value = json.loads(
+            text, parse_constant=_no_constant, parse_int=_bounded_int, parse_float=_finite
+        )
+    except ValueError as error:
+        return None, f"undecodable: invalid JSON ({_one_line(str(error))})"
+    return value, None
+
+
+def _too_deep(text: str) -> bool:
+    """Whether arrays and objects nest deeper than allowed in JSON ``text`` (strings skipped)."""
+    if text.count("[") + text.count("{") <= _MAX_NESTING:
+        return False  # it cannot: most messages never reach the loop
+    depth = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > _MAX_NESTING:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(digits: str) -> float:
+    value = float(digits)
+    if not math.isfinite(value):
+        raise ValueError(f"{digits[:30]} is out of range")
+    return value
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > _MAX_DIGITS:
+        raise ValueError(f"an integer of {len(digits.lstrip('-'))} digits (at most {_MAX_DIGITS})")
+    return int(digits)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:200]
 
 
 def new_nonce() -> str:
@@ -276,7 +402,9 @@ class ControlCheck:
 
         Args:
             signal: The signal name (selects the message model).
-            args: The signal's arguments as decoded.
+            args: The signal's arguments: a :class:`~temporalio.common.RawValue` (the payload
+                as received, decoded here with :func:`decode_payload`) or a value already
+                decoded (a message the ledger stored).
             now_ms: The run's clock (workflow time), epoch milliseconds.
             stored: The message comes from the ledger (a fleet kill or resume): it must be
                 signed, and its nonce is not consumed (the caller deduplicates stored
@@ -290,10 +418,20 @@ class ControlCheck:
         model = MESSAGE_OF_SIGNAL.get(signal)
         if model is None:
             return None, f"unknown control signal {signal!r}"
-        if len(args) != 1 or not isinstance(args[0], Mapping):
+        if len(args) != 1:
+            return None, (
+                f"malformed: expected one JSON object as the signal's argument, got {len(args)} "
+                "arguments"
+            )
+        data = args[0]
+        if isinstance(data, RawValue):
+            data, problem = decode_payload(data.payload)
+            if problem is not None:
+                return None, problem
+        if not isinstance(data, Mapping):
             return None, "malformed: expected one JSON object as the signal's argument"
         try:
-            message: AnyControl = model.model_validate(args[0])  # type: ignore[assignment]
+            message: AnyControl = model.model_validate(data)  # type: ignore[assignment]
         except ValidationError as error:
             return None, "malformed: " + validation_problems(error)
         problem = self.keyring.signature_problem(message)
@@ -340,8 +478,10 @@ def overridable(limit: str) -> bool:
 
 __all__ = [
     "BACKPRESSURE_SIGNAL",
+    "CONTROL_ENCODING",
     "CONTROL_QUERY",
     "KILL_SIGNAL",
+    "MAX_CONTROL_BYTES",
     "MESSAGE_OF_SIGNAL",
     "OVERRIDE_SIGNAL",
     "RESUME_SIGNAL",
@@ -356,6 +496,9 @@ __all__ = [
     "ResumeMessage",
     "Target",
     "canonical",
+    "decode_payload",
+    "encode_message",
     "new_nonce",
     "overridable",
+    "oversized",
 ]
