@@ -4,6 +4,10 @@ Everything here runs in workflow code and is deterministic: signals arrive throu
 history, time is workflow time, waits are workflow timers and conditions, nonces for
 relayed messages come from ``workflow.uuid4()``. A replay with the same keys reaches the
 same verdicts.
+
+The signal handlers take the payload undecoded (:class:`~temporalio.common.RawValue`) and the
+governor decodes it itself (:func:`~temporal_governor.control.decode_payload`): a payload the
+SDK could not decode, or one above the size cap, is rejected and audited, never dropped.
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 import temporalio.workflow
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from temporalio.common import RawValue
 
 from ..accounting import Limit
 from ..control import (
@@ -35,6 +41,8 @@ from ..control import (
     KillMessage,
     OverrideMessage,
     ResumeMessage,
+    decode_payload,
+    encode_message,
     overridable,
 )
 from ..errors import KILL_LIMIT, BreachDetails
@@ -44,6 +52,11 @@ if TYPE_CHECKING:
     from ._run import GovernedRun
 
 _AUDIT_KEPT = 200
+_ONE_RAW_PAYLOAD = inspect.Signature(
+    [inspect.Parameter("payload", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=RawValue)],
+    return_annotation=None,
+)
+"""What a control signal handler shows the SDK: one parameter, an undecoded payload."""
 RunState = Literal["running", "paused", "killed"]
 
 
@@ -164,9 +177,21 @@ class ControlPlane:
         temporalio.workflow.set_query_handler(CONTROL_QUERY, self.query)
 
     def _handler(self, signal: str) -> Callable[..., None]:
+        """A signal handler that gets the payload undecoded, whatever its bytes.
+
+        The SDK decodes a signal's payloads with the types of its handler's parameters when
+        their number matches, and drops a signal it cannot decode. The handler shows it one
+        parameter of type ``RawValue`` (its ``__signature__`` and annotations), so the one
+        payload of a control signal always comes through undecoded and :meth:`receive`
+        judges it. It takes any number of arguments, so a signal with none or several
+        (decoded by the SDK) is rejected here too instead of failing the workflow task.
+        """
+
         def handle(*args: Any) -> None:
             self.receive(signal, args)
 
+        handle.__signature__ = _ONE_RAW_PAYLOAD  # type: ignore[attr-defined]
+        handle.__annotations__ = {"payload": RawValue, "return": None}
         return handle
 
     def query(self, *args: Any) -> dict[str, Any]:
@@ -203,7 +228,7 @@ class ControlPlane:
 
         Args:
             signal: The signal name.
-            args: Its decoded arguments.
+            args: Its arguments (one ``RawValue`` as received, decoded by the check).
             now_ms: The clock to judge staleness by (default: workflow time now).
 
         """
@@ -616,7 +641,7 @@ class ControlPlane:
             self._send(SIGNAL_OF_ACTION[message.action], message, child, "down")
         return children
 
-    def _send(self, signal: str, message: ControlMessage, workflow_id: str, relay: str) -> None:
+    def _send(self, signal: str, message: AnyControl, workflow_id: str, relay: str) -> None:
         """Forward a message to another run of the tree, re-signed by this worker."""
         relayed = message.model_copy(
             update={
@@ -631,9 +656,13 @@ class ControlPlane:
         )
         if self.keyring.signing_key is not None:
             relayed = self.keyring.sign(relayed)
-        payload = relayed.model_dump(mode="json")
+        payload = encode_message(relayed)
+        problem = decode_payload(payload)[1]  # what the other run would reject unread
+        if problem is not None:  # never costs the other run's history
+            self._reject(signal, relayed, f"not relayed {relay} to {workflow_id}: {problem}")
+            return
         handle = temporalio.workflow.get_external_workflow_handle(workflow_id)
-        task = asyncio.ensure_future(self._deliver(handle, signal, payload, workflow_id))
+        task = asyncio.ensure_future(self._deliver(handle, signal, RawValue(payload), workflow_id))
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
 
