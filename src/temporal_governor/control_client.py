@@ -9,6 +9,10 @@ status`` commands use; call it from your own tools the same way::
 A run or tree target is one signal to that workflow (a tree's runs relay it down). A
 tenant or agent target is stored in the ledger first, so that runs starting later find it
 when they start, and then signalled to every running run the visibility store lists.
+
+Every message goes out as the payload :func:`~temporal_governor.control.encode_message`
+writes (``json/plain``, whatever data converter the client has), and one above
+:data:`~temporal_governor.control.MAX_CONTROL_BYTES` is refused before anything is sent.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from temporalio.client import Client, WithStartWorkflowOperation
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.common import RawValue, WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from .control import (
     CONTROL_QUERY,
+    MAX_CONTROL_BYTES,
     SIGNAL_OF_ACTION,
     AnyControl,
     BackpressureMessage,
@@ -33,7 +38,10 @@ from .control import (
     OverrideMessage,
     ResumeMessage,
     Target,
+    decode_payload,
+    encode_message,
     new_nonce,
+    oversized,
 )
 from .errors import GovernorError
 from .interceptors._run import BUDGET_QUERY
@@ -134,11 +142,11 @@ class ControlClient:
     ) -> ControlOutcome:
         """Pause (until an authorised resume) or terminate the target's runs."""
         message = KillMessage(mode=mode, **self._common(target, reason))
-        return await self._send(target, message, sign=sign)
+        return await self.send(target, message, sign=sign)
 
     async def resume(self, target: ControlTarget, *, reason: str = "") -> ControlOutcome:
         """Let the target's paused runs dispatch again (always signed)."""
-        return await self._send(target, self.resume_message(target, reason=reason))
+        return await self.send(target, self.resume_message(target, reason=reason))
 
     def resume_message(self, target: ControlTarget, *, reason: str = "") -> ResumeMessage:
         """An unsigned resume for ``target`` (sign it with ``self.keyring.sign``)."""
@@ -164,7 +172,7 @@ class ControlClient:
             source=source,
             **self._common(target, reason),
         )
-        return await self._send(target, message)
+        return await self.send(target, message)
 
     async def override(
         self,
@@ -179,7 +187,7 @@ class ControlClient:
         message = OverrideMessage(
             limit=limit, value=value, duration_s=duration_s, **self._common(target, reason)
         )
-        return await self._send(target, message)
+        return await self.send(target, message)
 
     async def status(self, workflow_id: str) -> dict[str, Any]:
         """A run's control state (with its audit trail) and budget, from its two queries."""
@@ -199,11 +207,34 @@ class ControlClient:
             **target.fields(),
         }
 
-    async def _send(
-        self, target: ControlTarget, message: AnyControl, sign: bool = True
+    async def send(
+        self, target: ControlTarget, message: AnyControl, *, sign: bool = True
     ) -> ControlOutcome:
+        """Send a message built by the caller (the four methods above build theirs).
+
+        Args:
+            target: Whom it is for (it should name the same target as the message).
+            message: The message.
+            sign: Sign it with the keyring's signing key first.
+
+        Raises:
+            ControlError: The message is above the size cap, or a run would not decode it
+                (an integer of more than 20 digits); nothing was sent or stored.
+            KeyringError: ``sign`` and there is no key to sign with.
+
+        """
         if sign:
             message = self.keyring.sign(message)
+        raw = encode_message(message)
+        if oversized(raw) is not None:
+            raise ControlError(
+                f"{message.action} not sent: it is {raw.ByteSize()} bytes on the wire, above "
+                f"the {MAX_CONTROL_BYTES}-byte cap on control messages (MAX_CONTROL_BYTES); "
+                "shorten its reason, issuer or other text"
+            )
+        problem = decode_payload(raw)[1]
+        if problem is not None:  # the runs would reject it before reading it
+            raise ControlError(f"{message.action} not sent: {problem}")
         outcome = ControlOutcome(message=message)
         signal = SIGNAL_OF_ACTION[message.action]
         payload = message.model_dump(mode="json")
@@ -216,7 +247,7 @@ class ControlClient:
             workflow_ids = await self._running(target, outcome)
         for workflow_id in workflow_ids:
             try:
-                await self.client.get_workflow_handle(workflow_id).signal(signal, payload)
+                await self.client.get_workflow_handle(workflow_id).signal(signal, RawValue(raw))
             except RPCError as error:
                 outcome.failed[workflow_id] = error.message
             else:
