@@ -8,6 +8,7 @@ JSON object described by :class:`BreachDetails`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -25,6 +26,10 @@ GOVERNANCE_KILLED = "GovernanceKilled"
 TOOL_DISABLED = "ToolDisabled"
 """``ApplicationError.type`` of a dispatch refused by a degradation rule (``disable_tools``):
 not a halt; agent code may catch it and go on without the tool."""
+
+INVALID_USAGE = "InvalidUsage"
+"""``ApplicationError.type`` of an activity that reported usage the governor refuses (NaN,
+an infinity, a negative or an absurdly large amount): non-retryable."""
 
 KILL_LIMIT = "kill"
 """``BreachDetails.limit`` of a run stopped by a kill (terminate, or a pause that timed out)."""
@@ -169,9 +174,27 @@ class BreachDetails(BaseModel):
                     if isinstance(detail, BreachDetails):
                         return detail
                     if isinstance(detail, dict) and "limit" in detail:
-                        return cls.model_validate(detail)
+                        try:
+                            found = cls.model_validate(detail)
+                        except ValidationError:
+                            continue  # not the governor's: whatever raised it, never ours
+                        if _believable_spend(found.spent):
+                            return found
             current = current.__cause__ or getattr(current, "cause", None)
         return None
+
+
+_RESOURCES = ("tokens", "cost_usd", "tool_calls", "subtasks", "child_workflows")
+
+
+def _believable_spend(spent: dict[str, float]) -> bool:
+    """Whether breach details' spend could be a governor's (known resources, amounts >= 0).
+
+    Details arrive over the wire and may be forged, e.g. by a child's own code.
+    """
+    return all(
+        name in _RESOURCES and math.isfinite(value) and value >= 0 for name, value in spent.items()
+    )
 
 
 def _fmt(value: float) -> str:
@@ -214,6 +237,24 @@ class RunawayLoop(BudgetExceeded):
         super().__init__(details, RUNAWAY_LOOP)
 
 
+class InvalidUsage(ApplicationError, GovernorError, ValueError):
+    """Usage an activity reported was refused: NaN, an infinity, negative or absurdly large.
+
+    :func:`~temporal_governor.report_usage` raises it inside the activity, so the activity
+    fails non-retryably (its ``type`` is :data:`INVALID_USAGE`) unless the activity catches
+    it. Either way the refused amount is never counted as negative spend: the attempt is
+    charged at least the policy's estimate for the activity (the governor never assumes
+    money was not spent).
+
+    Args:
+        message: What was refused and from which activity.
+
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, type=INVALID_USAGE, non_retryable=True)
+
+
 class GovernanceKilled(BudgetExceeded):
     """A run stopped by an operator's kill (``terminate``, or a pause never resumed).
 
@@ -232,6 +273,7 @@ class GovernanceKilled(BudgetExceeded):
 __all__ = [
     "BUDGET_EXCEEDED",
     "GOVERNANCE_KILLED",
+    "INVALID_USAGE",
     "KILL_LIMIT",
     "RUNAWAY_LOOP",
     "TOOL_DISABLED",
@@ -240,6 +282,7 @@ __all__ = [
     "ChainLink",
     "GovernanceKilled",
     "GovernorError",
+    "InvalidUsage",
     "PolicyError",
     "PolicyIssue",
     "RunawayLoop",

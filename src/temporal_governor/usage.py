@@ -4,45 +4,110 @@ Inside an activity, :func:`report_usage` adds to the current attempt's usage. Wh
 activity returns, the activity interceptor attaches the total (of this and every earlier
 attempt) to the result payload, so it reaches the workflow through the activity result
 path and replay sees the same numbers.
+
+Every amount is checked before it counts: NaN, infinities, negatives and amounts above
+:data:`MAX_TOKENS` / :data:`MAX_COST_USD` / :data:`MAX_COUNT` are refused, never counted as
+(negative) spend. :func:`report_usage` raises :class:`~temporal_governor.errors.InvalidUsage`
+for them; usage read from a result shape is refused without failing the activity. Either
+way the attempt is charged at least the policy's estimate for the activity.
 """
 
 from __future__ import annotations
 
 import contextvars
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .accounting import Amounts
+from .errors import InvalidUsage
+
+MAX_TOKENS = 10**15
+"""The most tokens one report, one dispatch or one run's usage may claim; more is refused as
+not believable (and would switch any ceiling off for everyone sharing a budget)."""
+MAX_COST_USD = 1e12
+"""The most dollars one report or one dispatch's usage may claim."""
+MAX_COUNT = 10**12
+"""The most tool calls, child workflows or attempts one usage may claim."""
+MAX_MODEL_NAME = 200
+"""Model names are cut to this many characters."""
+MAX_MODELS = 64
+"""Most distinct model names one usage keeps; further models' tokens go to ``"(other)"``."""
+OTHER_MODELS = "(other)"
+"""Where the tokens of models beyond :data:`MAX_MODELS` are counted."""
+
+_Tokens = Field(default=0, ge=0, le=MAX_TOKENS)
+_ModelName = Annotated[str, Field(max_length=MAX_MODEL_NAME)]
+_ModelTokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+_Count = Field(default=0, ge=0, le=MAX_COUNT)
+
+
+def amount_problem(name: str, value: Any, ceiling: float) -> str | None:
+    """Why a usage amount is refused, or ``None`` when it may count.
+
+    Args:
+        name: The amount's name, for the message.
+        value: The amount (an ``int`` or a ``float``; ``bool`` is not a number here).
+        ceiling: The largest believable amount.
+
+    Returns:
+        ``"<name> must be >= 0 (finite, at most <ceiling>), got <value>"``, or ``None``.
+
+    """
+    ok = (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 <= value <= ceiling
+    )
+    if ok:
+        return None
+    return f"{name} must be >= 0 (finite, at most {ceiling:.0e}), got {value!r}"
+
+
+def _bounded(value: float, ceiling: float) -> float:
+    """A sum kept inside ``[0, ceiling]`` (NaN, which no check lets in, counts as the ceiling)."""
+    if math.isnan(value) or value > ceiling:
+        return ceiling
+    return max(value, 0.0)
+
+
+def _count(value: float, ceiling: int) -> int:
+    return int(_bounded(value, ceiling))
 
 
 class Usage(BaseModel):
     """Actual usage of one dispatch (all attempts of an activity, or a child's subtree)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    input_tokens: int = 0
+    input_tokens: int = _Tokens
     """Prompt tokens."""
-    output_tokens: int = 0
+    output_tokens: int = _Tokens
     """Completion tokens."""
-    cost_usd: float = 0.0
+    cost_usd: float = Field(default=0.0, ge=0, le=MAX_COST_USD)
     """Dollars, as reported or priced from the policy's price table."""
-    tool_calls: int = 0
+    tool_calls: int = _Count
     """Tool calls made inside the activity (beyond the dispatch itself)."""
-    subtasks: int = 0
+    subtasks: int = _Count
     """For a child run: the child workflows it started directly."""
-    child_workflows: int = 0
+    child_workflows: int = _Count
     """For a child run: the child workflows in its subtree."""
-    attempts: int = 1
+    attempts: int = Field(default=1, ge=0, le=MAX_COUNT)
     """How many attempts the usage covers."""
-    models: dict[str, int] = Field(default_factory=dict)
+    models: dict[_ModelName, _ModelTokens] = Field(default_factory=dict, max_length=MAX_MODELS + 1)
     """Tokens per model name."""
-    unpriced_tokens: int = 0
+    unpriced_tokens: int = _Tokens
     """Tokens of models missing from the price table and reported without a cost."""
     backpressure: dict[str, Any] | None = None
     """Backpressure the activity emitted (:func:`emit_backpressure`), the last one."""
+    refused: str = Field(default="", max_length=2000)
+    """Why some usage of this dispatch was refused (NaN, an infinity, a negative or an absurd
+    amount), empty when none was. Its true amount is unknown, so the dispatch is charged at
+    least the policy's estimate (see :meth:`at_least`)."""
 
     @property
     def tokens(self) -> int:
@@ -52,18 +117,47 @@ class Usage(BaseModel):
     def __add__(self, other: Usage) -> Usage:
         models = dict(self.models)
         for name, tokens in other.models.items():
-            models[name] = models.get(name, 0) + tokens
+            _add_model(models, name, tokens)
+        refused = "; ".join(filter(None, (self.refused, other.refused)))
         return Usage(
-            input_tokens=self.input_tokens + other.input_tokens,
-            output_tokens=self.output_tokens + other.output_tokens,
-            cost_usd=self.cost_usd + other.cost_usd,
-            tool_calls=self.tool_calls + other.tool_calls,
-            subtasks=self.subtasks + other.subtasks,
-            child_workflows=self.child_workflows + other.child_workflows,
-            attempts=self.attempts + other.attempts,
+            input_tokens=_count(self.input_tokens + other.input_tokens, MAX_TOKENS),
+            output_tokens=_count(self.output_tokens + other.output_tokens, MAX_TOKENS),
+            cost_usd=_bounded(self.cost_usd + other.cost_usd, MAX_COST_USD),
+            tool_calls=_count(self.tool_calls + other.tool_calls, MAX_COUNT),
+            subtasks=_count(self.subtasks + other.subtasks, MAX_COUNT),
+            child_workflows=_count(self.child_workflows + other.child_workflows, MAX_COUNT),
+            attempts=_count(self.attempts + other.attempts, MAX_COUNT),
             models=models,
-            unpriced_tokens=self.unpriced_tokens + other.unpriced_tokens,
+            unpriced_tokens=_count(self.unpriced_tokens + other.unpriced_tokens, MAX_TOKENS),
             backpressure=other.backpressure or self.backpressure,
+            refused=refused[:2000],
+        )
+
+    def at_least(self, tokens: float, cost_usd: float, tool_calls: float, why: str) -> Usage:
+        """The usage marked refused, raised to at least the given amounts.
+
+        What a dispatch whose usage was refused is charged: what it validly reported, but
+        never less than the estimate (the missing tokens count as output tokens).
+
+        Args:
+            tokens: The least tokens to charge.
+            cost_usd: The least dollars to charge.
+            tool_calls: The least tool calls to charge.
+            why: What was refused (kept in :attr:`refused`).
+
+        Returns:
+            The raised usage.
+
+        """
+        missing = _count(tokens, MAX_TOKENS) - self.tokens
+        refused = "; ".join(filter(None, (self.refused, why)))
+        return self.model_copy(
+            update={
+                "output_tokens": self.output_tokens + max(missing, 0),
+                "cost_usd": max(self.cost_usd, _bounded(cost_usd, MAX_COST_USD)),
+                "tool_calls": max(self.tool_calls, _count(tool_calls, MAX_COUNT)),
+                "refused": refused[:2000],
+            }
         )
 
     def amounts(self) -> Amounts:
@@ -80,12 +174,20 @@ class Usage(BaseModel):
     def from_amounts(cls, amounts: Amounts) -> Usage:
         """Usage from a run's committed amounts (tokens are reported as output tokens)."""
         return cls(
-            output_tokens=int(amounts.tokens),
-            cost_usd=amounts.cost_usd,
-            tool_calls=int(amounts.tool_calls),
-            subtasks=int(amounts.subtasks),
-            child_workflows=int(amounts.child_workflows),
+            output_tokens=_count(amounts.tokens, MAX_TOKENS),
+            cost_usd=_bounded(amounts.cost_usd, MAX_COST_USD),
+            tool_calls=_count(amounts.tool_calls, MAX_COUNT),
+            subtasks=_count(amounts.subtasks, MAX_COUNT),
+            child_workflows=_count(amounts.child_workflows, MAX_COUNT),
         )
+
+
+def _add_model(models: dict[str, int], name: str, tokens: int) -> None:
+    """Add a model's tokens, keeping at most :data:`MAX_MODELS` names (then ``(other)``)."""
+    name = name[:MAX_MODEL_NAME]
+    if name not in models and len(models) >= MAX_MODELS:
+        name = OTHER_MODELS
+    models[name] = _count(models.get(name, 0) + tokens, MAX_TOKENS)
 
 
 @dataclass
@@ -96,6 +198,10 @@ class UsageMeter:
     """Callable ``(model, input_tokens, output_tokens) -> float | None`` from the policy."""
     usage: Usage = field(default_factory=lambda: Usage(attempts=0))
     reported: bool = False
+    activity: str = ""
+    """The activity, as error messages name it (``activity call_llm (id 3) of workflow w``)."""
+    refused: list[str] = field(default_factory=list)
+    """What was refused in this attempt (the attempt is then charged at least its estimate)."""
 
     def add(
         self,
@@ -105,14 +211,18 @@ class UsageMeter:
         model: str | None,
         tool_calls: int,
     ) -> None:
-        """Add one report to the attempt's usage."""
+        """Add one report to the attempt's usage (amounts already checked)."""
         unpriced = 0
         if cost_usd is None:
             priced = self.price(model, input_tokens, output_tokens) if self.price else None
+            if priced is not None and amount_problem("cost", priced, MAX_COST_USD) is not None:
+                priced = None  # a price table cannot make spend negative or NaN either
             if priced is None:
                 unpriced = input_tokens + output_tokens
             cost_usd = priced or 0.0
-        models = {model: input_tokens + output_tokens} if model else {}
+        models: dict[str, int] = {}
+        if model:
+            _add_model(models, model, input_tokens + output_tokens)
         self.usage = self.usage + Usage(
             input_tokens=input_tokens,
             output_tokens=output_tokens,
@@ -123,6 +233,13 @@ class UsageMeter:
             unpriced_tokens=unpriced,
         )
         self.reported = True
+
+    def refuse(self, problem: str) -> str:
+        """Record that usage of this attempt was refused; returns the full message."""
+        message = f"{self.activity or 'activity'}: {problem}"
+        if len(self.refused) < 10:
+            self.refused.append(message[:500])
+        return message
 
 
 _meter: contextvars.ContextVar[UsageMeter | None] = contextvars.ContextVar(
@@ -154,6 +271,13 @@ def report_usage(
     for ``model``. Calls outside a governed activity are ignored, so activities stay
     usable without the governor.
 
+    Every amount must be a finite number, at least 0 and at most :data:`MAX_TOKENS`
+    (tokens), :data:`MAX_COST_USD` (dollars) or :data:`MAX_COUNT` (tool calls). A call
+    with any other value counts nothing of it and raises
+    :class:`~temporal_governor.errors.InvalidUsage`, which fails the activity without
+    retries unless it is caught; the attempt is then charged at least the policy's
+    estimate for the activity, since what it really spent is unknown.
+
     Args:
         input_tokens: Prompt tokens used.
         output_tokens: Completion tokens used.
@@ -161,20 +285,32 @@ def report_usage(
         model: The model name, for pricing and per-model totals.
         tool_calls: Tool calls made inside the activity.
 
+    Raises:
+        InvalidUsage: An amount is NaN, infinite, negative or absurdly large.
+
     """
     meter = _meter.get()
     if meter is None:
         return
-    for name, value in (
-        ("input_tokens", input_tokens),
-        ("output_tokens", output_tokens),
-        ("tool_calls", tool_calls),
-    ):
-        if value < 0:
-            raise ValueError(f"report_usage: {name} must be >= 0, got {value!r}")
-    if cost_usd is not None and cost_usd < 0:
-        raise ValueError(f"report_usage: cost_usd must be >= 0, got {cost_usd!r}")
-    meter.add(int(input_tokens), int(output_tokens), cost_usd, model, int(tool_calls))
+    problems = [
+        problem
+        for name, value, ceiling in (
+            ("input_tokens", input_tokens, MAX_TOKENS),
+            ("output_tokens", output_tokens, MAX_TOKENS),
+            ("tool_calls", tool_calls, MAX_COUNT),
+            ("cost_usd", 0.0 if cost_usd is None else cost_usd, MAX_COST_USD),
+        )
+        if (problem := amount_problem(name, value, ceiling)) is not None
+    ]
+    if problems:
+        raise InvalidUsage(meter.refuse("report_usage refused: " + "; ".join(problems)))
+    meter.add(
+        math.ceil(input_tokens),
+        math.ceil(output_tokens),
+        None if cost_usd is None else float(cost_usd),
+        None if model is None else str(model),
+        math.ceil(tool_calls),
+    )
 
 
 def emit_backpressure(
@@ -230,11 +366,11 @@ def _field(obj: Any, name: str) -> Any:
     return getattr(obj, name, None)
 
 
-def _first_int(obj: Any, names: tuple[str, ...]) -> int | None:
+def _first_number(obj: Any, names: tuple[str, ...]) -> tuple[str, int | float] | None:
     for name in names:
         value = _field(obj, name)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return name, value
     return None
 
 
@@ -252,20 +388,34 @@ def usage_in_result(result: Any) -> tuple[int, int, str | None] | None:
     Returns:
         ``(input_tokens, output_tokens, model)``, or ``None`` when no usage is found.
 
+    Raises:
+        InvalidUsage: A token count there is NaN, infinite, negative or above
+            :data:`MAX_TOKENS` (the activity interceptor then charges the attempt at least
+            its estimate instead, and the activity's result is returned unchanged).
+
     """
     if result is None or isinstance(result, str | bytes | int | float | bool):
         return None
     usage = _field(result, "usage")
     if usage is None:
         return None
-    input_tokens = _first_int(usage, _INPUT_KEYS)
-    output_tokens = _first_int(usage, _OUTPUT_KEYS)
-    if input_tokens is None and output_tokens is None:
+    found_in = _first_number(usage, _INPUT_KEYS)
+    found_out = _first_number(usage, _OUTPUT_KEYS)
+    if found_in is None and found_out is None:
         return None
+    problems = [
+        problem
+        for name, value in filter(None, (found_in, found_out))
+        if (problem := amount_problem(f"usage.{name}", value, MAX_TOKENS)) is not None
+    ]
+    if problems:
+        raise InvalidUsage("usage in the result refused: " + "; ".join(problems))
     model = None
     for name in _MODEL_KEYS:
         value = _field(result, name)
         if isinstance(value, str):
-            model = value
+            model = value[:MAX_MODEL_NAME]
             break
-    return input_tokens or 0, output_tokens or 0, model
+    input_tokens = math.ceil(found_in[1]) if found_in else 0
+    output_tokens = math.ceil(found_out[1]) if found_out else 0
+    return input_tokens, output_tokens, model

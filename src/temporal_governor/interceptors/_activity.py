@@ -1,8 +1,17 @@
-"""Activity side: meter each attempt's usage and send it back on the result path."""
+"""Activity side: meter each attempt's usage and send it back on the result path.
+
+Usage is checked here before it leaves the worker: :func:`~temporal_governor.report_usage`
+raises :class:`~temporal_governor.errors.InvalidUsage` for NaN, infinities, negatives and
+absurd amounts (the activity fails without retries unless it catches it), and the same
+values read from a model-response-shaped result are refused without failing the activity.
+Either way the attempt is charged at least the policy's estimate for the activity (its
+true spend is unknown) and the refusal is logged, naming the activity.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections import OrderedDict
 from typing import Any
 
@@ -16,11 +25,13 @@ from temporalio.worker import (
 )
 
 from ..context import decode_context, reset_activity_context, set_activity_context
+from ..errors import InvalidUsage
 from ..policy import Policy
 from ..usage import Usage, UsageMeter, reset_meter, set_meter, usage_in_result
-from ._wire import attach_usage, split_marker, usage_marker
+from ._wire import attach_usage, read_marker, usage_marker
 
 _LOCAL_CARRY_LIMIT = 10_000
+_logger = logging.getLogger(__name__)
 
 
 class _LocalCarry:
@@ -60,17 +71,21 @@ class GovernedActivityInbound(ActivityInboundInterceptor):
         assert self._outbound is not None
         info = self._outbound.next.info()
         carry_key = (info.workflow_run_id or "", info.activity_id)
+        meter = UsageMeter(price=self._policy.cost_usd, activity=_describe(info))
         if info.is_local:
             earlier = self._carry.pop(carry_key)
         else:
-            earlier, _ = split_marker(info.heartbeat_details)
-        meter = UsageMeter(price=self._policy.cost_usd)
+            earlier, _, problem = read_marker(info.heartbeat_details)
+            if problem is not None:  # earlier attempts' usage is unknown: charge the estimate
+                _logger.warning("governor: %s", meter.refuse(problem))
         meter_token = set_meter(meter)
         context_token = set_activity_context(decode_context(input.headers))
         try:
             result = await self.next.execute_activity(input)
         except BaseException as error:
-            total = self._total(meter, earlier)
+            if isinstance(error, InvalidUsage):
+                _logger.warning("governor: %s", error)
+            total = self._total(meter, earlier, info.activity_type)
             if isinstance(error, CancelledError | KeyboardInterrupt | SystemExit) or not (
                 _has_spend(total)
             ):
@@ -84,10 +99,14 @@ class GovernedActivityInbound(ActivityInboundInterceptor):
             reset_activity_context(context_token)
             reset_meter(meter_token)
         if not meter.reported:
-            found = usage_in_result(result)
+            try:
+                found = usage_in_result(result)
+            except InvalidUsage as refused:
+                _logger.warning("governor: %s", meter.refuse(str(refused)))
+                found = None
             if found is not None:
                 meter.add(found[0], found[1], None, found[2], 0)
-        total = self._total(meter, earlier)
+        total = self._total(meter, earlier, info.activity_type)
         if not _has_spend(total) and total.attempts <= 1:
             return result
         payload = (
@@ -97,9 +116,17 @@ class GovernedActivityInbound(ActivityInboundInterceptor):
         )
         return RawValue(attach_usage(payload, total))
 
-    @staticmethod
-    def _total(meter: UsageMeter, earlier: Usage | None) -> Usage:
+    def _total(self, meter: UsageMeter, earlier: Usage | None, activity_type: str) -> Usage:
+        """The usage of every attempt so far.
+
+        An attempt whose usage was refused is charged at least the policy's estimate.
+        """
         this_attempt = meter.usage.model_copy(update={"attempts": 1})
+        if meter.refused:
+            estimate = self._policy.estimate_for_activity(activity_type)
+            this_attempt = this_attempt.at_least(
+                estimate.tokens, estimate.cost_usd, estimate.tool_calls, "; ".join(meter.refused)
+            )
         return this_attempt if earlier is None else earlier + this_attempt
 
 
@@ -113,7 +140,7 @@ class GovernedActivityOutbound(ActivityOutboundInterceptor):
 
     def info(self) -> temporalio.activity.Info:
         info = self.next.info()
-        _, rest = split_marker(info.heartbeat_details)
+        _, rest, _ = read_marker(info.heartbeat_details)
         if len(rest) == len(info.heartbeat_details):
             return info
         return dataclasses.replace(info, heartbeat_details=rest)
@@ -128,21 +155,31 @@ class GovernedActivityOutbound(ActivityOutboundInterceptor):
     def heartbeat_usage(self, usage: Usage) -> None:
         """Record the usage so far as the last heartbeat detail, for the next attempt."""
         if self._marker is None and not self._user_details:
-            _, self._user_details = split_marker(self.next.info().heartbeat_details)
+            _, self._user_details, _ = read_marker(self.next.info().heartbeat_details)
         self._marker = usage_marker(usage)
         self.next.heartbeat(*self._user_details, self._marker)
 
 
+def _describe(info: temporalio.activity.Info) -> str:
+    """The activity as messages name it."""
+    return (
+        f"activity {info.activity_type} (id {info.activity_id}, attempt {info.attempt}) of "
+        f"workflow {info.workflow_id}"
+    )
+
+
 def _has_spend(usage: Usage) -> bool:
     """Whether the usage is worth sending back (spend, or backpressure to route)."""
-    return bool(usage.tokens or usage.cost_usd or usage.tool_calls or usage.backpressure)
+    return bool(
+        usage.tokens or usage.cost_usd or usage.tool_calls or usage.backpressure or usage.refused
+    )
 
 
 def _with_usage(error: BaseException, usage: Usage) -> BaseException:
     """The error to raise so that the failure carries the usage as a trailing detail."""
     marker = usage_marker(usage)
     if isinstance(error, ApplicationError):
-        _, details = split_marker(error.details)
+        _, details, _ = read_marker(error.details)
         error._details = (*details, marker)
         return error
     if not isinstance(error, Exception):

@@ -5,16 +5,27 @@ Failure: the usage is a trailing detail (a marker object) of the ``ApplicationEr
 removed again on the workflow side before agent code sees the error. Between retry
 attempts: the same marker is the last heartbeat detail, hidden from activity code.
 All three are recorded in the workflow's history, so replay sees the same numbers.
+
+Whatever arrives this way is checked before it counts (:class:`Usage` refuses NaN,
+infinities, negatives and absurd amounts, and a carried usage is at most
+:data:`MAX_USAGE_BYTES`): anyone who can complete an activity task, and any activity or
+child workflow code, can put a marker there. Refused usage is never counted as negative
+spend; it is read as unknown (``None``), which the workflow charges as it charges any
+dispatch whose usage it does not know (a child its whole reservation).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
+import temporalio.workflow
+from pydantic import ValidationError
 from temporalio.api.common.v1 import Payload
 from temporalio.exceptions import ApplicationError, TimeoutError
 
+from ..errors import validation_problems
 from ..usage import Usage
 
 USAGE_METADATA_KEY = "temporal-governor-usage"
@@ -22,6 +33,11 @@ USAGE_METADATA_KEY = "temporal-governor-usage"
 
 USAGE_MARKER_KEY = "__temporal_governor_usage__"
 """Key of the marker object appended to failure and heartbeat details."""
+
+MAX_USAGE_BYTES = 64 * 1024
+"""The largest usage (as JSON) that is read from a payload's metadata; larger is refused."""
+
+_logger = logging.getLogger(__name__)
 
 
 def attach_usage(payload: Payload, usage: Usage) -> Payload:
@@ -32,16 +48,52 @@ def attach_usage(payload: Payload, usage: Usage) -> Payload:
     return tagged
 
 
+def read_usage(data: bytes | Any, where: str) -> tuple[Usage | None, str | None]:
+    """Check usage that arrived over the wire (JSON bytes, or a marker's decoded object).
+
+    Args:
+        data: The usage as JSON bytes (payload metadata) or as decoded data (a marker).
+        where: Where it was found, for the message (``"on a result"``).
+
+    Returns:
+        ``(usage, None)`` when it may count, else ``(None, why it was refused)``.
+
+    """
+    try:
+        if isinstance(data, bytes):
+            if len(data) > MAX_USAGE_BYTES:
+                return None, f"usage {where} refused: {len(data)} bytes > {MAX_USAGE_BYTES}"
+            return Usage.model_validate_json(data), None
+        return Usage.model_validate(data), None
+    except ValidationError as error:
+        return None, f"usage {where} refused: {validation_problems(error, 'usage')[:500]}"
+    except (ValueError, TypeError, RecursionError) as error:
+        return None, f"usage {where} refused: {error}"[:600]
+
+
+def _refused(problem: str | None) -> None:
+    """Say that usage was refused (the workflow's logger in workflow code, else the module's)."""
+    if problem is None:
+        return
+    if temporalio.workflow.in_workflow():
+        temporalio.workflow.logger.warning("governor: %s; counted as unknown", problem)
+    else:
+        _logger.warning("governor: %s; counted as unknown", problem)
+
+
 def take_usage(payload: Payload) -> Usage | None:
-    """Remove and return the usage carried in a payload's metadata, if any."""
+    """Remove and return the usage carried in a payload's metadata, if any and valid.
+
+    Usage that is there but refused (see :func:`read_usage`) is removed, logged, and
+    returned as ``None``: unknown, never negative.
+    """
     raw = payload.metadata.get(USAGE_METADATA_KEY)
     if raw is None:
         return None
     del payload.metadata[USAGE_METADATA_KEY]
-    try:
-        return Usage.model_validate_json(raw)
-    except ValueError:
-        return None
+    usage, problem = read_usage(raw, "on a result")
+    _refused(problem)
+    return usage
 
 
 def usage_marker(usage: Usage) -> dict[str, Any]:
@@ -49,15 +101,27 @@ def usage_marker(usage: Usage) -> dict[str, Any]:
     return {USAGE_MARKER_KEY: usage.model_dump(mode="json", exclude_defaults=True)}
 
 
-def split_marker(details: Sequence[Any]) -> tuple[Usage | None, tuple[Any, ...]]:
-    """Separate a trailing usage marker from other details."""
+def read_marker(details: Sequence[Any]) -> tuple[Usage | None, tuple[Any, ...], str | None]:
+    """Separate a trailing usage marker from other details, and check it.
+
+    Returns:
+        ``(usage, the other details, None)``; ``usage`` is ``None`` when there is no
+        marker, and also when there is one whose usage is refused (the third item then
+        says why).
+
+    """
     items = tuple(details)
     if items and isinstance(items[-1], dict) and USAGE_MARKER_KEY in items[-1]:
-        try:
-            return Usage.model_validate(items[-1][USAGE_MARKER_KEY]), items[:-1]
-        except ValueError:
-            return None, items[:-1]
-    return None, items
+        usage, problem = read_usage(items[-1][USAGE_MARKER_KEY], "in a failure or heartbeat")
+        return usage, items[:-1], problem
+    return None, items, None
+
+
+def split_marker(details: Sequence[Any]) -> tuple[Usage | None, tuple[Any, ...]]:
+    """Separate a trailing usage marker from other details (a refused one reads as none)."""
+    usage, rest, problem = read_marker(details)
+    _refused(problem)
+    return usage, rest
 
 
 def take_failure_usage(error: BaseException | None) -> Usage | None:
@@ -65,15 +129,18 @@ def take_failure_usage(error: BaseException | None) -> Usage | None:
 
     Looks at the ``ApplicationError`` details or the ``TimeoutError`` last heartbeat
     details of ``error`` (the cause of an ``ActivityError`` or ``ChildWorkflowError``).
+    A marker whose usage is refused is removed too, and read as unknown (``None``).
     """
     if isinstance(error, ApplicationError):
-        usage, rest = split_marker(error.details)
-        if usage is not None:
+        usage, rest, problem = read_marker(error.details)
+        if len(rest) != len(error.details):
             error._details = rest  # the SDK stores details here; agent code must not see ours
+        _refused(problem)
         return usage
     if isinstance(error, TimeoutError):
-        usage, rest = split_marker(error.last_heartbeat_details)
-        if usage is not None:
+        usage, rest, problem = read_marker(error.last_heartbeat_details)
+        if len(rest) != len(error.last_heartbeat_details):
             error._last_heartbeat_details = rest
+        _refused(problem)
         return usage
     return None
