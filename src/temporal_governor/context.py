@@ -4,11 +4,22 @@ A run's :class:`BudgetContext` (who pays, the chain of runs above it, the allowa
 parent carved for it and its deadline) is carried from the client to the workflow, from a
 parent to each child, across continue-as-new, and (without the allowance) into every
 activity, in one header named :data:`HEADER`.
+
+The header is not trusted: anyone who can start a workflow can write it. When a run
+starts, its header is first checked (:func:`read_context`: every amount finite and
+non-negative, sizes bounded; a malformed part is dropped, never fatal to the workflow
+task) and then believed only as far as the run can prove it (:func:`trusted_context`):
+carried spend and guard state only on a continue-as-new of the same run chain, the chain
+and a carved allowance only from the parent that started the run (any other allowance
+only as a further cap). What was refused is recorded by the run (a ``control_rejected``
+decision and a workflow log warning).
 """
 
 from __future__ import annotations
 
 import contextvars
+import json
+import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -16,18 +27,45 @@ from typing import Any
 
 import temporalio.activity
 import temporalio.workflow
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    TypeAdapter,
+    ValidationError,
+)
 from temporalio.api.common.v1 import Payload
 
-from .accounting import Amounts
+from .accounting import RESOURCES, Amounts
+from .control import KillMessage
 from .degradation import Decision
-from .errors import ChainLink
+from .detectors import BucketState, LoopState
+from .errors import ChainLink, validation_problems
 
 HEADER = "temporal-governor"
 """The Temporal header key that carries the serialised :class:`BudgetContext`."""
 
 DEFAULT_TENANT = "default"
 """The tenant of runs started without :func:`attribution`."""
+
+MAX_HEADER_BYTES = 256 * 1024
+"""A start header larger than this is ignored whole (the run starts as a default root run)."""
+MAX_CHAIN = 64
+"""Most links of an attribution chain; a longer one keeps its root and nearest ancestors."""
+MAX_NAME = 200
+"""Most characters of a tenant or owner name."""
+MAX_TEXT = 1000
+"""Most characters of an id, agent, limit or scope name in the header."""
+MAX_AMOUNT = 1e15
+"""The largest believable amount of any resource in the header (spend, allowance)."""
+MAX_SECONDS = 1e10
+"""The largest believable deadline, in seconds."""
+MAX_CONTROL_SCOPES = 16
+"""Most scopes of stored fleet controls the header may hand a starting run."""
+UNVERIFIED_ALLOWANCE = "unverified allowance in the start header"
+"""The scope of an allowance the run could not trace to its parent (kept only as a cap)."""
 
 
 class Attribution(BaseModel):
@@ -94,6 +132,10 @@ class BudgetContext(BaseModel):
     controls: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """For a starting root run: the fleet-wide kills and resumes in force for its tenant
     and workflow type, as the ledger keeps them (scope -> signal -> stored message)."""
+    from_run: str | None = None
+    """The run id of the governed run this context belongs to (set when the run starts). A
+    continue-as-new hands it on, so the next run can check that carried spend and guard
+    state come from its own predecessor and not from a client."""
 
     @property
     def depth(self) -> int:
@@ -112,18 +154,347 @@ def encode_context(context: BudgetContext) -> Payload:
 
 
 def decode_context(headers: Mapping[str, Payload]) -> BudgetContext | None:
-    """Read the governor's context from Temporal headers, if present and well formed.
+    """Read the governor's context from Temporal headers, if present.
 
-    A malformed header is ignored (the receiver then governs as a root run of the
-    default tenant) rather than failing the workflow task.
+    The header is checked with :func:`read_context`: malformed parts are dropped (the
+    receiver governs as if they were absent, e.g. as a root run of the default tenant)
+    rather than failing the workflow task. In workflow code, where this reads a run's
+    start header, the context is also judged with :func:`trusted_context` against what
+    the run can prove; what was refused is kept for the run to record
+    (:func:`take_start_problems`).
+
+    Args:
+        headers: The headers of a workflow start, an activity or a client call.
+
+    Returns:
+        The context, or ``None`` when there is no usable header.
+
     """
     payload = headers.get(HEADER)
     if payload is None:
         return None
+    context, problems = read_context(payload.data)
+    if temporalio.workflow.in_workflow():
+        facts = StartFacts.of_current_run()
+        if context is not None:
+            context, judged = trusted_context(context, facts)
+            problems += judged
+        if problems:
+            _remember_problems(facts.run_id, problems)
+    return context
+
+
+class StartFacts(BaseModel):
+    """What a starting run knows for certain about itself (from ``workflow.info()``).
+
+    The server sets these; no client can forge them, so the header is judged against them.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_id: str
+    """The starting run's id."""
+    continued_run_id: str | None = None
+    """The run this one continues (continue-as-new, and also a retry or cron run)."""
+    parent_workflow_id: str | None = None
+    """The workflow id of the parent that started this run as a child, if any."""
+    parent_run_id: str | None = None
+    """That parent's run id."""
+
+    @classmethod
+    def of_current_run(cls) -> StartFacts:
+        """The facts of the workflow run the caller is in (workflow code only)."""
+        return cls.of_info(temporalio.workflow.info())
+
+    @classmethod
+    def of_info(cls, info: temporalio.workflow.Info) -> StartFacts:
+        """The facts in a run's ``workflow.info()``."""
+        parent = info.parent
+        return cls(
+            run_id=info.run_id,
+            continued_run_id=info.continued_run_id,
+            parent_workflow_id=parent.workflow_id if parent else None,
+            parent_run_id=parent.run_id if parent else None,
+        )
+
+
+def read_context(data: bytes) -> tuple[BudgetContext | None, list[str]]:
+    """Parse and check a header's context; drop what is malformed, say what was dropped.
+
+    Pure and deterministic. A header larger than :data:`MAX_HEADER_BYTES`, or not a JSON
+    object, is ignored whole; otherwise each field that does not validate is dropped and
+    the rest kept (so a malformed ``carried`` does not cost the run its tenant), and then
+    every amount must be finite, non-negative and at most :data:`MAX_AMOUNT`, names and ids
+    bounded (:data:`MAX_NAME`, :data:`MAX_TEXT`), the chain at most :data:`MAX_CHAIN` links,
+    and carried guard state and stored controls well formed.
+
+    Args:
+        data: The header payload's bytes (JSON).
+
+    Returns:
+        The checked context (``None`` when nothing usable is left) and the problems found.
+
+    """
+    if len(data) > MAX_HEADER_BYTES:
+        return None, [f"header of {len(data)} bytes is larger than {MAX_HEADER_BYTES}: ignored"]
+    problems: list[str] = []
     try:
-        return BudgetContext.model_validate_json(payload.data)
-    except ValueError:
+        context: BudgetContext | None = BudgetContext.model_validate_json(data)
+    except ValidationError as error:
+        problems.append(f"malformed, dropped: {validation_problems(error, 'header')}"[:1000])
+        context = _salvage(data)
+    except (ValueError, RecursionError) as error:
+        return None, [f"unreadable: {error}"[:1000]]
+    if context is None:
+        return None, problems or ["not a JSON object: ignored"]
+    context, found = check_context(context)
+    return context, problems + found
+
+
+def _salvage(data: bytes) -> BudgetContext | None:
+    """The fields of a malformed header that validate on their own."""
+    try:
+        raw = json.loads(data)
+    except (ValueError, RecursionError):
         return None
+    if not isinstance(raw, dict):
+        return None
+    kept: dict[str, Any] = {}
+    for name in BudgetContext.model_fields:
+        if name not in raw:
+            continue
+        try:
+            BudgetContext.model_validate({name: raw[name]})
+        except ValidationError:
+            continue
+        kept[name] = raw[name]
+    try:
+        return BudgetContext.model_validate(kept)
+    except ValidationError:  # pragma: no cover - each field validated on its own
+        return None
+
+
+class _CarriedControl(BaseModel):
+    """The control state a continue-as-new carries (see ``ControlPlane.carry``)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    nonces: dict[str, NonNegativeInt] = Field(default_factory=dict)
+    paused: KillMessage | None = None
+
+
+class _GuardState(BaseModel):
+    """The guard state a continue-as-new or a parent carries (see ``RunGuard.carry``)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    loop: LoopState | None = None
+    bucket: BucketState | None = None
+    tier_calls: dict[str, NonNegativeInt] = Field(default_factory=dict)
+    tier_cost: dict[str, NonNegativeFloat] = Field(default_factory=dict)
+    tier_failures: dict[str, NonNegativeInt] = Field(default_factory=dict)
+    chain_start: float | None = None
+    control: _CarriedControl | None = None
+
+
+class _StoredControl(BaseModel):
+    """A fleet control as the ledger stores it (its message is checked by the run)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    recorded_at_ms: int = Field(ge=0)
+    message: dict[str, Any]
+
+
+_CONTROLS = TypeAdapter(
+    dict[str, dict[str, _StoredControl]], config=ConfigDict(allow_inf_nan=False)
+)
+
+
+def _amount_ok(value: float, ceiling: float = MAX_AMOUNT) -> bool:
+    return math.isfinite(value) and 0 <= value <= ceiling
+
+
+def _text_ok(value: str | None, limit: int = MAX_TEXT) -> bool:
+    return value is None or len(value) <= limit
+
+
+def check_context(context: BudgetContext) -> tuple[BudgetContext, list[str]]:
+    """Drop every part of a context that breaks the header's rules (see :func:`read_context`).
+
+    Pure and deterministic.
+
+    Args:
+        context: A context as parsed from a header.
+
+    Returns:
+        The context without its bad parts, and one problem per part dropped.
+
+    """
+    problems: list[str] = []
+    updates: dict[str, Any] = {}
+    who = context.attribution
+    if not who.tenant or not _text_ok(who.tenant, MAX_NAME) or not _text_ok(who.owner, MAX_NAME):
+        problems.append(
+            f"attribution: tenant (non-empty) and owner must be at most {MAX_NAME} characters; "
+            f"ignored (tenant {DEFAULT_TENANT!r})"
+        )
+        updates["attribution"] = Attribution()
+    chain = context.chain
+    if not all(_text_ok(x) for link in chain for x in (link.workflow_id, link.run_id, link.agent)):
+        problems.append(f"chain: ids and agents must be at most {MAX_TEXT} characters; ignored")
+        updates["chain"] = []
+    elif len(chain) > MAX_CHAIN:
+        problems.append(
+            f"chain: {len(chain)} links cut to {MAX_CHAIN} (the root and the nearest ancestors)"
+        )
+        updates["chain"] = [chain[0], *chain[len(chain) - MAX_CHAIN + 1 :]]
+    allowance: dict[str, AllowanceEntry] = {}
+    for resource, entry in context.allowance.items():
+        if resource not in RESOURCES:
+            problems.append(f"allowance: unknown resource {resource[:50]!r}; ignored")
+        elif not _amount_ok(entry.amount):
+            problems.append(
+                f"allowance.{resource}: must be finite, >= 0 and at most {MAX_AMOUNT:.0e}, got "
+                f"{entry.amount!r}; ignored"
+            )
+        elif not (_text_ok(entry.limit) and _text_ok(entry.scope)):
+            problems.append(f"allowance.{resource}: names longer than {MAX_TEXT}; ignored")
+        else:
+            allowance[resource] = entry
+    if len(allowance) != len(context.allowance):
+        updates["allowance"] = allowance
+    deadline = context.deadline
+    if deadline is not None and (
+        deadline.at.tzinfo is None
+        or not _amount_ok(deadline.seconds, MAX_SECONDS)
+        or not (_text_ok(deadline.limit) and _text_ok(deadline.scope))
+    ):
+        problems.append("deadline: needs a time zone, finite seconds >= 0 and short names; ignored")
+        updates["deadline"] = None
+    carried = context.carried
+    if carried is not None and not all(_amount_ok(carried.get(r)) for r in RESOURCES):
+        problems.append(
+            f"carried: every amount must be finite, >= 0 and at most {MAX_AMOUNT:.0e}, got "
+            f"{carried.nonzero()}; ignored"
+        )
+        updates["carried"] = None
+    if (context.max_depth is not None and context.max_depth < 0) or not _text_ok(
+        context.max_depth_scope
+    ):
+        problems.append("max_depth: must be >= 0 (with a short scope); ignored")
+        updates.update(max_depth=None, max_depth_scope="")
+    if context.guard_state is not None:
+        try:
+            _GuardState.model_validate(context.guard_state)
+        except ValidationError as error:
+            problems.append(f"guard_state: {validation_problems(error, 'guard_state')}"[:500])
+            updates["guard_state"] = None
+    if context.controls:
+        try:
+            _CONTROLS.validate_python(context.controls)
+            if len(context.controls) > MAX_CONTROL_SCOPES:
+                raise ValueError(f"more than {MAX_CONTROL_SCOPES} scopes")
+        except ValueError as error:
+            problems.append(f"controls: malformed ({str(error)[:300]}); ignored")
+            updates["controls"] = {}
+    if not _text_ok(context.from_run):
+        updates["from_run"] = None
+    return (context.model_copy(update=updates) if updates else context), problems
+
+
+def trusted_context(context: BudgetContext, facts: StartFacts) -> tuple[BudgetContext, list[str]]:
+    """Believe a checked start context only as far as the starting run can prove it.
+
+    Pure and deterministic (``facts`` come from ``workflow.info()``, which the server
+    sets). The rules:
+
+    - ``carried`` spend and ``guard_state`` only on a continuation whose predecessor wrote
+      them: ``facts.continued_run_id`` is set and equals the header's :attr:`~BudgetContext.
+      from_run` (a fresh start, or a retry or cron run that reuses a client's header,
+      gets neither). Guard state is also believed from the verified parent.
+    - the ``chain`` and a carved ``allowance`` only from the parent that started the run:
+      the chain's last link is that parent (``facts.parent_*``), or they were handed on by
+      such a continuation. Any other chain is dropped; any other allowance is kept only as
+      a further cap (an allowance can only lower what a run may spend), relabelled
+      :data:`UNVERIFIED_ALLOWANCE`.
+    - the deadline, ``max_depth`` and stored controls may come from anyone: the first two
+      only tighten, and controls are signed messages the run verifies itself.
+
+    Args:
+        context: The context from :func:`read_context`.
+        facts: What the starting run knows about itself.
+
+    Returns:
+        The context to govern the run with (its ``from_run`` set to the run) and one
+        problem per claim that was not believed.
+
+    """
+    problems: list[str] = []
+    updates: dict[str, Any] = {"from_run": facts.run_id}
+    chain = context.chain
+    from_parent = (
+        facts.parent_run_id is not None
+        and bool(chain)
+        and chain[-1].workflow_id == facts.parent_workflow_id
+        and chain[-1].run_id == facts.parent_run_id
+    )
+    continued = facts.continued_run_id is not None and context.from_run == facts.continued_run_id
+    proven = from_parent or continued
+    if chain and not proven:
+        expected = (
+            f"the parent that started it ({facts.parent_workflow_id})"
+            if facts.parent_run_id is not None
+            else "no parent (it is a root run)"
+        )
+        problems.append(
+            f"chain of {len(chain)} runs ignored: the run has {expected} and does not "
+            "continue a run that handed the chain on"
+        )
+        updates["chain"] = []
+    if context.allowance and not proven:
+        problems.append(
+            "allowance not carved by the parent that started the run: kept only as a cap ("
+            + ", ".join(f"{r} {e.amount:g}" for r, e in sorted(context.allowance.items()))
+            + ")"
+        )
+        updates["allowance"] = {
+            resource: entry.model_copy(update={"limit": "allowance", "scope": UNVERIFIED_ALLOWANCE})
+            for resource, entry in context.allowance.items()
+        }
+    if context.carried is not None and not continued:
+        problems.append(
+            f"carried spend {context.carried.nonzero()} ignored: spend is carried only by a "
+            "continue-as-new of the same run chain"
+        )
+        updates["carried"] = None
+    if context.guard_state is not None and not proven:
+        problems.append("guard state ignored: only a continue-as-new or the parent hands it on")
+        updates["guard_state"] = None
+    return context.model_copy(update=updates), problems
+
+
+_START_PROBLEMS_LIMIT = 10_000
+_start_problems: dict[str, list[str]] = {}
+
+
+def _remember_problems(run_id: str, problems: list[str]) -> None:
+    _start_problems[run_id] = problems
+    while len(_start_problems) > _START_PROBLEMS_LIMIT:
+        del _start_problems[next(iter(_start_problems))]
+
+
+def take_start_problems(run_id: str) -> list[str]:
+    """What :func:`decode_context` refused in a run's start header (once; then forgotten).
+
+    Args:
+        run_id: The run.
+
+    Returns:
+        The problems, oldest first (empty when the header was believed whole).
+
+    """
+    return _start_problems.pop(run_id, [])
 
 
 def with_context(headers: Mapping[str, Payload], context: BudgetContext) -> Mapping[str, Payload]:

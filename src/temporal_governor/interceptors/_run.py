@@ -20,7 +20,15 @@ from ..accounting import (
     Refusal,
     RunLedger,
 )
-from ..context import AllowanceEntry, BudgetContext, Deadline
+from ..context import (
+    HEADER,
+    AllowanceEntry,
+    BudgetContext,
+    Deadline,
+    StartFacts,
+    take_start_problems,
+    trusted_context,
+)
 from ..decisions import DecisionRecord, DecisionSink, DispatchKind
 from ..errors import BreachDetails, BudgetExceeded, ChainLink, GovernanceKilled, RunawayLoop
 from ..policy import PER_TASK_LIMITS, Policy
@@ -75,6 +83,21 @@ class BudgetSnapshot(BaseModel):
     """This run's open reservations in the ledger."""
 
 
+def _judged(
+    context: BudgetContext, info: temporalio.workflow.Info
+) -> tuple[BudgetContext, list[str]]:
+    """The run's context as far as the run can prove it, and what was not believed.
+
+    ``decode_context`` judges a start header in workflow code already (its context then
+    names this run in ``from_run``); a context that was not judged (no header, or built
+    by hand) is judged here. Either way the problems come back once.
+    """
+    problems: list[str] = []
+    if context.from_run != info.run_id:
+        context, problems = trusted_context(context, StartFacts.of_info(info))
+    return context, take_start_problems(info.run_id) + problems
+
+
 class GovernedRun:
     """Budget state of one workflow run, rebuilt deterministically on every replay."""
 
@@ -85,6 +108,7 @@ class GovernedRun:
         self.policy = policy
         self.sinks = sinks
         self.info = info
+        context, refused = _judged(context, info)
         self.context = context
         self.agent = info.workflow_type
         self.link = ChainLink(workflow_id=info.workflow_id, run_id=info.run_id, agent=self.agent)
@@ -105,6 +129,17 @@ class GovernedRun:
         self.guard = RunGuard(self)
         self.control: ControlPlane | None = None
         """Set by the workflow interceptor once the control signals are installed."""
+        self._record_refused_header(refused)
+
+    def _record_refused_header(self, problems: list[str]) -> None:
+        """Record what the run did not believe of its start header (decisions and log)."""
+        for problem in problems:
+            self.ledger.log_control(False, HEADER, "start header", problem)
+            temporalio.workflow.logger.warning(
+                "governor: start header of %s refused in part: %s", self.scope, problem
+            )
+        if problems:
+            self._log_new_events()
 
     # -- construction -------------------------------------------------------------------
 
