@@ -4,7 +4,10 @@ A policy says, per agent (workflow type) and per tool (activity type), how much 
 may spend, what one dispatch is expected to cost, and what happens on a breach. It is
 loaded once with :meth:`Policy.from_yaml` (or :meth:`Policy.from_dict`); every problem in
 it is reported as a :class:`~temporal_governor.errors.PolicyError` naming the file, the
-dotted path of the field, the value found and what was expected.
+dotted path of the field, the value found and what was expected. Loading is bounded in time
+and memory (:data:`MAX_POLICY_BYTES`, :data:`MAX_POLICY_VALUES` with aliases expanded,
+:data:`MAX_POLICY_DEPTH`), and every number is range-checked (:data:`MAX_NUMBER`,
+:data:`MAX_DURATION_S`).
 
 Nothing here knows about Temporal. Field-by-field reference: ``docs/policy.md``.
 """
@@ -12,6 +15,7 @@ Nothing here knows about Temporal. Field-by-field reference: ``docs/policy.md``.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import os
 import re
@@ -22,6 +26,7 @@ from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -31,6 +36,9 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.resolver import Resolver
 
 from .errors import PolicyError, PolicyIssue
 
@@ -56,6 +64,16 @@ _ERROR = "governor"
 
 # -- validated scalar types ---------------------------------------------------------------
 
+MAX_NUMBER = 10**15
+"""The largest number a policy may hold (10^15): every ceiling, estimate, price, rate and
+count; the shared ledger refuses larger amounts too. Integers up to it are exact floats."""
+
+MAX_DURATION_S = 3650 * 86400.0
+"""The longest duration a policy may hold: 3650 days (about 10 years), in seconds. A run's
+start time plus it, and a timer of it, always fit Temporal and ``datetime``."""
+
+_MAX_NUMBER_PHRASE = "at most 1e15"
+
 
 def _number(
     phrase: str,
@@ -64,22 +82,41 @@ def _number(
     minimum: float = 0.0,
     exclusive: bool = False,
     maximum: float | None = None,
+    too_big: str | None = None,
 ) -> Callable[[Any], Any]:
-    """A before-validator accepting real numbers only (no booleans, no strings)."""
+    """A before-validator accepting real numbers only (no booleans, no strings).
+
+    Args:
+        phrase: What is expected, for every refusal but a too large value.
+        integer: Whole numbers only (``5.0`` is taken as ``5``).
+        minimum: The smallest value accepted.
+        exclusive: The minimum itself is refused.
+        maximum: The largest value accepted (default and at most :data:`MAX_NUMBER`).
+        too_big: What is expected when the value is above ``maximum`` (default: ``phrase``
+            and the maximum).
+
+    """
+    top = MAX_NUMBER if maximum is None else min(maximum, MAX_NUMBER)
+    if too_big is None:
+        too_big = phrase if maximum is not None else f"{phrase}, {_MAX_NUMBER_PHRASE}"
 
     def check(value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise PydanticCustomError(f"{_ERROR}_number", phrase)
-        if not math.isfinite(value):
+        if isinstance(value, int) and not -MAX_NUMBER <= value <= MAX_NUMBER:
+            raise PydanticCustomError(f"{_ERROR}_number", too_big)  # before float(): no overflow
+        if math.isnan(value):
             raise PydanticCustomError(f"{_ERROR}_number", phrase)
         if integer and isinstance(value, float):
             if not value.is_integer():
-                raise PydanticCustomError(f"{_ERROR}_number", phrase)
+                raise PydanticCustomError(
+                    f"{_ERROR}_number", too_big if math.isinf(value) and value > 0 else phrase
+                )
             value = int(value)
         if value < minimum or (exclusive and value == minimum):
             raise PydanticCustomError(f"{_ERROR}_number", phrase)
-        if maximum is not None and value > maximum:
-            raise PydanticCustomError(f"{_ERROR}_number", phrase)
+        if value > top:
+            raise PydanticCustomError(f"{_ERROR}_number", too_big)
         return value
 
     return check
@@ -100,33 +137,88 @@ Fraction = Annotated[
     Field(gt=0, le=1),
     BeforeValidator(_number("a fraction in (0, 1]", exclusive=True, maximum=1.0)),
 ]
+CycleLength = Annotated[
+    int,
+    Field(ge=2, le=16),
+    BeforeValidator(_number("an integer from 2 to 16", integer=True, minimum=2, maximum=16)),
+]
+SLOWEST_RATE = 1 / 86400
+"""The slowest throttle rate a policy may set: one dispatch a day (a slower one would make
+its waits overflow timers)."""
+
+
+def _not_slower_than_daily(value: Any) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < SLOWEST_RATE:
+        raise PydanticCustomError(
+            f"{_ERROR}_number", "a rate of at least one dispatch a day (1/86400 = 1.16e-05)"
+        )
+    return value
+
+
+Rate = Annotated[
+    float,
+    Field(gt=0),
+    BeforeValidator(_not_slower_than_daily),
+    BeforeValidator(_number("a number > 0", exclusive=True)),
+]
+"""Dispatches per second: > 0, at least one a day, at most 1e15."""
 
 _DURATION_PHRASE = (
     "a duration such as '500ms', '30s', '5m', '2h' or '1d', or a number of seconds >= 0"
 )
+_DURATION_RANGE_PHRASE = "a duration of at most 3650d (about 10 years)"
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
 
-def _seconds(text: str, at: str | None) -> float:
-    """Seconds in a duration string such as ``"30s"`` or ``"1h30m"``."""
+def _seconds(
+    text: str,
+    at: str | None,
+    maximum: float = MAX_DURATION_S,
+    too_long: str = _DURATION_RANGE_PHRASE,
+) -> float:
+    """Seconds in a duration string such as ``"30s"`` or ``"1h30m"``, at most ``maximum``."""
     compact = text.strip().replace(" ", "")
+    context: dict[str, Any] = {"value": text}
+    if at is not None:
+        context["at"] = (at,)
     if not _DURATION.fullmatch(compact):
-        context: dict[str, Any] = {"value": text}
-        if at is not None:
-            context["at"] = (at,)
         raise PydanticCustomError(f"{_ERROR}_duration", _DURATION_PHRASE, context)
-    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(compact))
+    seconds = sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(compact))
+    if not seconds <= maximum:  # also an infinity from a number too long for a float
+        raise PydanticCustomError(f"{_ERROR}_duration", too_long, context)
+    return seconds
+
+
+def _duration_seconds(value: Any) -> Any:
+    """Seconds from a duration string; anything else passes through to the number check."""
+    return _seconds(value, at=None) if isinstance(value, str) else value
 
 
 def _wall_time(value: Any) -> Any:
-    """Convert duration strings, bare or in ``limit``, to seconds."""
-    if isinstance(value, str):
-        return _seconds(value, at=None)
-    if isinstance(value, Mapping) and isinstance(value.get("limit"), str):
-        return {**value, "limit": _seconds(value["limit"], at="limit")}
-    return value
+    """Convert duration strings, bare or as ``limit`` / ``hard_ceiling``, to seconds."""
+    if isinstance(value, Mapping):
+        converted = dict(value)
+        for key in ("limit", "hard_ceiling"):
+            if isinstance(converted.get(key), str):
+                converted[key] = _seconds(converted[key], at=key)
+        return converted
+    return _duration_seconds(value)
+
+
+def _wall_time_range(spec: Any) -> Any:
+    """Refuse a wall-time quota (or its hard ceiling) longer than :data:`MAX_DURATION_S`."""
+    if isinstance(spec, BaseModel):
+        for key in ("limit", "hard_ceiling"):
+            seconds = getattr(spec, key, None)
+            if seconds is not None and seconds > MAX_DURATION_S:
+                raise PydanticCustomError(
+                    f"{_ERROR}_duration",
+                    _DURATION_RANGE_PHRASE,
+                    {"at": (key,), "value": seconds},
+                )
+    return spec
 
 
 # -- the models ---------------------------------------------------------------------------
@@ -175,26 +267,31 @@ class LimitSpec(BaseModel):
         return float(self.limit if self.hard_ceiling is None else self.hard_ceiling)
 
 
-WallTimeSpec = Annotated[LimitSpec | None, BeforeValidator(_wall_time)]
-
-
-def _duration_seconds(value: Any) -> Any:
-    return _seconds(value, at=None) if isinstance(value, str) else value
-
-
-WaitSeconds = Annotated[NonNegativeNumber, BeforeValidator(_duration_seconds)]
+WallTimeSpec = Annotated[
+    LimitSpec | None, BeforeValidator(_wall_time), AfterValidator(_wall_time_range)
+]
+WaitSeconds = Annotated[
+    float,
+    Field(ge=0, le=MAX_DURATION_S),
+    BeforeValidator(
+        _number("a number >= 0", maximum=MAX_DURATION_S, too_big=_DURATION_RANGE_PHRASE)
+    ),
+    BeforeValidator(_duration_seconds),
+]
 MAX_TTL_SECONDS = 30 * 86400.0
+_TTL_PHRASE = "a duration above 0 and at most 30 days ('10m', '2h', or seconds)"
+
+
+def _ttl_seconds(value: Any) -> Any:
+    """Seconds from a duration string of at most 30 days; anything else passes through."""
+    return _seconds(value, None, MAX_TTL_SECONDS, _TTL_PHRASE) if isinstance(value, str) else value
+
+
 TtlSeconds = Annotated[
     float,
     Field(gt=0, le=MAX_TTL_SECONDS),
-    BeforeValidator(
-        _number(
-            "a duration above 0 and at most 30 days ('10m', '2h', or seconds)",
-            exclusive=True,
-            maximum=MAX_TTL_SECONDS,
-        )
-    ),
-    BeforeValidator(_duration_seconds),
+    BeforeValidator(_number(_TTL_PHRASE, exclusive=True, maximum=MAX_TTL_SECONDS)),
+    BeforeValidator(_ttl_seconds),
 ]
 
 
@@ -397,7 +494,7 @@ class Throttle(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    rate_per_sec: PositiveNumber
+    rate_per_sec: Rate
     """Sustained dispatches per second."""
     burst: PositiveInt
     """Dispatches allowed at once above the sustained rate (bucket size)."""
@@ -431,7 +528,7 @@ class LoopDetection(BaseModel):
     max_repeats: PositiveInt = 3
     """Within ``signature_window``, a call (target and arguments) seen more often than
     this is a loop."""
-    max_cycle_length: Annotated[int, Field(ge=2, le=16)] = 4
+    max_cycle_length: CycleLength = 4
     """Longest sequence of tool calls checked for back-to-back repetition."""
     max_cycle_repeats: PositiveInt | None = None
     """A sequence of 2..``max_cycle_length`` tools repeated back to back more than this
@@ -472,7 +569,7 @@ class AnomalySettings(BaseModel):
     """... or whose z-score against the baseline exceeds this."""
     min_samples: PositiveInt = 5
     """Runs a baseline needs before it judges anything."""
-    alpha: Annotated[float, Field(gt=0, le=1)] = 0.2
+    alpha: Fraction = 0.2
     """Weight of the newest run in the exponentially weighted baseline."""
     action: DetectorAction = "alert"
     """What an anomaly does."""
@@ -791,7 +888,7 @@ class Policy(BaseModel):
         else:
             if not issues:
                 return policy
-        raise PolicyError(_in_document_order(issues, data))
+        raise PolicyError(_capped(_in_document_order(issues, data), source))
 
     # -- lookups -----------------------------------------------------------------------------
 
@@ -938,61 +1035,305 @@ def _claims(entries: Mapping[str, BaseModel], attribute: str) -> dict[str, str]:
 
 # -- reading YAML ---------------------------------------------------------------------------
 
+MAX_POLICY_BYTES = 1024 * 1024
+"""The largest policy document: 1 MiB of UTF-8. A larger one is refused before it is parsed
+(a file is read no further than this)."""
 
-class _PolicyLoader(yaml.SafeLoader):
-    """A safe YAML loader that refuses duplicate keys in a mapping."""
+MAX_POLICY_VALUES = 200_000
+"""The most values (mappings, lists and scalars, keys included) a policy document may hold,
+each alias counted as all the values it repeats. Checked on the composed node graph, where
+an alias is one shared node, so an alias bomb is refused before anything is built from it."""
 
-    def load_checked(self, source: str) -> Any:
-        """Compose the single document, check its keys, and construct it."""
-        node = self.get_single_node()
-        if node is None:
-            return None
-        issues: list[PolicyIssue] = []
-        self._check_keys(node, (), source, issues, set())
-        if issues:
-            raise PolicyError(issues)
-        return self.construct_document(node)
+MAX_POLICY_DEPTH = 64
+"""The deepest nesting of mappings and lists a policy document may have."""
 
-    def _check_keys(
-        self,
-        node: yaml.Node,
-        path: tuple[str | int, ...],
-        source: str,
-        issues: list[PolicyIssue],
-        seen: set[int],
-    ) -> None:
-        if id(node) in seen:
-            return
-        seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            first: dict[tuple[str, str], yaml.Node] = {}
-            for key_node, value_node in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key_value = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-                if isinstance(key_value, str):
-                    identity = (key_node.tag, key_value)
-                    if identity in first:
-                        issues.append(
-                            PolicyIssue(
-                                source=source,
-                                path=_render((*path, key_value)),
-                                value=key_value,
-                                expected=(
-                                    "each key at most once in a mapping (first given on line "
-                                    f"{first[identity].start_mark.line + 1}, again on line "
-                                    f"{key_node.start_mark.line + 1})"
-                                ),
-                            )
-                        )
-                    else:
-                        first[identity] = key_node
-                    self._check_keys(value_node, (*path, key_value), source, issues, seen)
+_MAX_INTEGER_CHARS = 32
+"""An integer written with more characters than this is refused without being converted
+(no policy number has more than 16 digits)."""
+
+_NON_PRINTABLE = re.compile(
+    "[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
+)
+"""Characters YAML does not allow in a document (NUL and the other control characters)."""
+
+_STRING_TAGS = ("tag:yaml.org,2002:str", "tag:yaml.org,2002:value")
+"""Tags of a mapping key that loads as a string (``=`` is the YAML 1.1 value key)."""
+
+
+class _Refused(Exception):
+    """A problem found while reading the YAML, before there is data to validate."""
+
+    def __init__(self, path: Sequence[str | int], value: Any, expected: str) -> None:
+        super().__init__(expected)
+        self.path = tuple(path)
+        self.value = value
+        self.expected = expected
+
+
+class _Unreadable(Exception):
+    """A scalar that cannot be turned into a value; located in the document afterwards."""
+
+    def __init__(self, node: yaml.Node, expected: str) -> None:
+        super().__init__(expected)
+        self.node = node
+        self.expected = expected
+
+
+class _Constructor(SafeConstructor):
+    """PyYAML's safe constructor, refusing (at the node) any value its tag cannot take."""
+
+    def get_single_node(self) -> yaml.Node | None:
+        """The document's node graph (provided by the parser class listed before this one)."""
+        raise NotImplementedError  # pragma: no cover - always overridden in the MRO
+
+    def dispose(self) -> None:
+        """Release the parser's state (provided by the parser class listed before this one)."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """Construct one node; a value its tag cannot take is refused at that node."""
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, ArithmeticError, LookupError) as error:
+            kind = str(node.tag).rpartition(":")[2] or "value"
+            raise _Unreadable(
+                node, f"a valid {kind} ({error}; quote it to make it a string)"
+            ) from error
+
+    def construct_bounded_int(self, node: yaml.ScalarNode) -> int:
+        """An integer, refused unconverted when it is written with too many characters."""
+        if len(str(node.value).replace("_", "")) > _MAX_INTEGER_CHARS:
+            raise _Unreadable(node, f"a number {_MAX_NUMBER_PHRASE}")
+        return self.construct_yaml_int(node)
+
+    yaml_constructors = {
+        **SafeConstructor.yaml_constructors,
+        "tag:yaml.org,2002:int": construct_bounded_int,
+    }
+
+
+class _PythonLoader(
+    yaml.reader.Reader,
+    yaml.scanner.Scanner,
+    yaml.parser.Parser,
+    Composer,
+    _Constructor,
+    Resolver,
+):
+    """The loader where PyYAML lacks its C extension: PyYAML's own pure-Python parser.
+
+    Its composer recurses once per level of nesting, so the depth is bounded here, while
+    composing, before Python's recursion limit is reached.
+    """
+
+    def __init__(self, text: str) -> None:
+        yaml.reader.Reader.__init__(self, text)
+        yaml.scanner.Scanner.__init__(self)
+        yaml.parser.Parser.__init__(self)
+        Composer.__init__(self)
+        _Constructor.__init__(self)
+        Resolver.__init__(self)
+        self._path: list[str | int | None] = []
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        """Compose one node, refusing nesting deeper than :data:`MAX_POLICY_DEPTH`."""
+        segment = str(index.value) if isinstance(index, yaml.ScalarNode) else index
+        nests = self.check_event(yaml.MappingStartEvent, yaml.SequenceStartEvent)
+        if nests and len(self._path) >= MAX_POLICY_DEPTH:
+            line = parent.start_mark.line if parent is not None else 0
+            path = [s for s in (*self._path, segment) if s is not None]
+            raise _Refused(path, f"more than {MAX_POLICY_DEPTH} levels", _depth_phrase(line))
+        self._path.append(segment if isinstance(segment, str | int) else None)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._path.pop()
+
+
+@functools.cache
+def _loader_class() -> Callable[[str], _Constructor]:
+    """The policy loader class: libyaml's parser and composer (C) when PyYAML has them."""
+    if not yaml.__with_libyaml__:
+        return _PythonLoader
+    from yaml._yaml import CParser
+
+    class _CLoader(CParser, _Constructor, Resolver):
+        """libyaml's parser and composer, which caps nesting at 1,000 levels itself."""
+
+        def __init__(self, text: str) -> None:
+            CParser.__init__(self, text)
+            _Constructor.__init__(self)
+            Resolver.__init__(self)
+
+    return _CLoader
+
+
+def _depth_phrase(line: int) -> str:
+    return f"at most {MAX_POLICY_DEPTH} levels of nested mappings and lists (line {line + 1})"
+
+
+def _children(node: yaml.Node) -> list[tuple[str | int, yaml.Node]]:
+    """The nodes right under a node, keys included, each with its path segment."""
+    if isinstance(node, yaml.MappingNode):
+        found: list[tuple[str | int, yaml.Node]] = []
+        for key_node, value_node in node.value:
+            segment = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+            found += [(segment, key_node), (segment, value_node)]
+        return found
+    if isinstance(node, yaml.SequenceNode):
+        return list(enumerate(node.value))
+    return []
+
+
+def _nodes_under(node: yaml.Node) -> list[yaml.Node]:
+    """The nodes right under a mapping (keys and values) or a list."""
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _measure(root: yaml.Node) -> None:
+    """Refuse a node graph too deep, too large once aliases are expanded, or recursive.
+
+    An alias is a node shared by several parents, so one pass over the distinct nodes
+    (each measured once, bottom up) gives the expanded size and depth without expanding.
+    """
+    sizes: dict[int, int] = {}  # id -> values in the expanded subtree
+    heights: dict[int, int] = {}  # id -> levels of mappings and lists in it
+    entered: set[int] = set()
+    stack: list[tuple[yaml.Node, bool, int]] = [(root, False, 0)]
+    while stack:
+        node, leaving, level = stack.pop()
+        key = id(node)
+        if leaving:
+            size, height = 1, 0
+            for child in _nodes_under(node):
+                if isinstance(child, yaml.CollectionNode):
+                    size += sizes[id(child)]
+                    height = max(height, heights[id(child)])
                 else:
-                    self._check_keys(value_node, path, source, issues, seen)
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                self._check_keys(item, (*path, index), source, issues, seen)
+                    size += 1
+            sizes[key], heights[key] = size, height + 1
+            entered.discard(key)
+            if size > MAX_POLICY_VALUES:
+                raise _Refused(
+                    _path_of(root, node),
+                    f"{size:,} values",
+                    f"at most {MAX_POLICY_VALUES:,} values in a policy (mappings, lists and "
+                    "scalars, keys included, an alias counting as all the values it repeats)",
+                )
+        elif key in heights:  # measured already: an alias reaching it again
+            if level + heights[key] > MAX_POLICY_DEPTH:
+                raise _Refused(
+                    _path_of(root, node),
+                    f"{level + heights[key]} levels",
+                    _depth_phrase(node.start_mark.line),
+                )
+        elif key in entered:
+            raise _Refused(
+                _path_of(root, node),
+                "a recursive alias",
+                "aliases of values that end before them (this one, on line "
+                f"{node.start_mark.line + 1}, repeats a mapping or list from inside itself)",
+            )
+        elif isinstance(node, yaml.CollectionNode):
+            if level >= MAX_POLICY_DEPTH:
+                raise _Refused(
+                    _path_of(root, node),
+                    f"more than {MAX_POLICY_DEPTH} levels",
+                    _depth_phrase(node.start_mark.line),
+                )
+            entered.add(key)
+            stack.append((node, True, level))
+            stack += [
+                (child, False, level + 1)
+                for child in _nodes_under(node)
+                if isinstance(child, yaml.CollectionNode)
+            ]
+
+
+def _check_keys(
+    node: yaml.Node,
+    path: tuple[str | int, ...],
+    source: str,
+    issues: list[PolicyIssue],
+    seen: set[int],
+) -> None:
+    """Collect keys that are not strings and keys given twice in one mapping."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], yaml.Node] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key_value = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key_node.tag not in _STRING_TAGS:
+                issues.append(
+                    PolicyIssue(
+                        source=source,
+                        path=_render(path),
+                        value="a mapping or list" if key_value is None else key_value,
+                        expected=(
+                            "keys that are strings (quote this one: in YAML ~, null, true, "
+                            "yes, no, on, off, numbers and dates are not strings)"
+                        ),
+                    )
+                )
+            if isinstance(key_value, str):
+                identity = (key_node.tag, key_value)
+                if identity in first:
+                    issues.append(
+                        PolicyIssue(
+                            source=source,
+                            path=_render((*path, key_value)),
+                            value=key_value,
+                            expected=(
+                                "each key at most once in a mapping (first given on line "
+                                f"{first[identity].start_mark.line + 1}, again on line "
+                                f"{key_node.start_mark.line + 1})"
+                            ),
+                        )
+                    )
+                else:
+                    first[identity] = key_node
+                _check_keys(value_node, (*path, key_value), source, issues, seen)
+            else:
+                _check_keys(value_node, path, source, issues, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _check_keys(item, (*path, index), source, issues, seen)
+
+
+def _path_of(root: yaml.Node, target: yaml.Node) -> list[str | int]:
+    """The path of keys and indexes from the document's root to one of its nodes."""
+    stack: list[tuple[yaml.Node, list[str | int]]] = [(root, [])]
+    seen: set[int] = set()
+    while stack:
+        node, path = stack.pop()
+        if node is target:
+            return path
+        if id(node) not in seen:
+            seen.add(id(node))
+            stack += reversed([(child, [*path, seg]) for seg, child in _children(node)])
+    return []
+
+
+def _load_document(loader: _Constructor, source: str) -> Any:
+    """Compose the single document, bound and check it, then construct it."""
+    node = loader.get_single_node()
+    if node is None:
+        return None
+    _measure(node)
+    issues: list[PolicyIssue] = []
+    _check_keys(node, (), source, issues, set())
+    if issues:
+        raise PolicyError(_capped(issues, source))
+    try:
+        return loader.construct_document(node)
+    except _Unreadable as problem:
+        value = problem.node.value if isinstance(problem.node, yaml.ScalarNode) else None
+        raise _Refused(_path_of(node, problem.node), _short(value), problem.expected) from problem
 
 
 def _names_a_file(text: str) -> bool:
@@ -1008,8 +1349,13 @@ def _names_a_file(text: str) -> bool:
 
 
 def _read(path: Path, source: str) -> str:
+    """The text of a policy file, read no further than :data:`MAX_POLICY_BYTES`."""
     try:
-        return path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            data = file.read(MAX_POLICY_BYTES + 1)
+        if len(data) > MAX_POLICY_BYTES:
+            raise PolicyError([_too_large_issue(source, _file_size(path))])
+        return data.decode("utf-8")
     except FileNotFoundError:
         expected = "an existing policy file"
         problem: Any = str(path.absolute())
@@ -1020,10 +1366,62 @@ def _read(path: Path, source: str) -> str:
     raise PolicyError([PolicyIssue(source=source, path="", value=problem, expected=expected)])
 
 
-def _parse_yaml(text: str, source: str) -> Any:
-    loader = _PolicyLoader(text)
+def _file_size(path: Path) -> str:
     try:
-        return loader.load_checked(source)
+        return f"{path.stat().st_size:,} bytes"
+    except OSError:
+        return f"more than {MAX_POLICY_BYTES:,} bytes"
+
+
+def _too_large_issue(source: str, size: str) -> PolicyIssue:
+    return PolicyIssue(
+        source=source,
+        path="",
+        value=size,
+        expected=f"a policy of at most {MAX_POLICY_BYTES:,} bytes (1 MiB)",
+    )
+
+
+def _check_text(text: str, source: str) -> None:
+    """Refuse a document over :data:`MAX_POLICY_BYTES`, or with a character YAML refuses."""
+    if len(text) > MAX_POLICY_BYTES:
+        raise PolicyError([_too_large_issue(source, f"{len(text):,} characters")])
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_POLICY_BYTES:
+        raise PolicyError([_too_large_issue(source, f"{size:,} bytes")])
+    found = _NON_PRINTABLE.search(text)
+    if found is not None:
+        start = found.start()
+        line = text.count("\n", 0, start) + 1
+        column = start - (text.rfind("\n", 0, start) + 1) + 1
+        raise PolicyError(
+            [
+                PolicyIssue(
+                    source=source,
+                    path=f"line {line}, column {column}",
+                    value=found.group(),
+                    expected=(
+                        "printable text (no NUL or other control character but tab and line "
+                        f"breaks; found U+{ord(found.group()):04X})"
+                    ),
+                )
+            ]
+        )
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    _check_text(text, source)
+    loader = _loader_class()(text)
+    try:
+        return _load_document(loader, source)
+    except _Refused as refusal:
+        issue = PolicyIssue(
+            source=source,
+            path=_render(refusal.path),
+            value=refusal.value,
+            expected=refusal.expected,
+        )
+        raise PolicyError([issue]) from None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         problem = error.problem or str(error)
@@ -1061,6 +1459,7 @@ _PHRASES = {
     "list_type": "a list",
     "dict_type": "a mapping",
     "recursion_loop": "a value without recursive aliases",
+    "invalid_key": "keys that are strings",
 }
 
 
@@ -1081,6 +1480,8 @@ def _translate(error: ValidationError, data: Any, source: str) -> list[PolicyIss
             expected += ", or a mapping of limit, on_breach and warn_at"
         rendered = _render(path)
         if rendered not in issues:
+            if len(issues) > _MAX_ISSUES:
+                break  # enough to list: _capped says there are more
             issues[rendered] = PolicyIssue(
                 source=source, path=rendered, value=_short(value), expected=expected
             )
@@ -1134,16 +1535,20 @@ def _yaml_path(
     return path, []
 
 
-def _render(path: Sequence[str | int]) -> str:
+def _render(path: Sequence[Any]) -> str:
     text = ""
     for segment in path:
-        if isinstance(segment, int):
-            text += f"[{segment}]"
-        elif re.fullmatch(r"[^.\s\[\]\"]+", segment):
-            text += f".{segment}" if text else segment
-        else:
-            text += f"[{segment!r}]"
+        text = _join(text, segment)
     return text
+
+
+def _join(text: str, segment: Any) -> str:
+    """A rendered path with one more segment: ``.key``, ``[index]`` or ``['odd key']``."""
+    if isinstance(segment, int) and not isinstance(segment, bool):
+        return f"{text}[{segment}]"
+    if isinstance(segment, str) and re.fullmatch(r"[^.\s\[\]\"]+", segment):
+        return f"{text}.{segment}" if text else segment
+    return f"{text}[{segment!r}]"
 
 
 def _short(value: Any) -> Any:
@@ -1215,39 +1620,74 @@ def _top_level_issue(data: Any, source: str) -> PolicyIssue:
 
 
 def _in_document_order(issues: list[PolicyIssue], data: Any) -> list[PolicyIssue]:
-    """Sort issues by where their path first appears in the document."""
+    """Sort issues by where their path first appears in the document.
+
+    Only the branches leading to an issue are walked (iteratively), so that a large document
+    with a few problems costs little, and recursive data ends where the paths do.
+    """
+    wanted: set[str] = set()
+    for issue in issues:
+        path = issue.path
+        while path not in wanted:
+            wanted.add(path)
+            path = _parent(path)
     order: dict[str, int] = {}
-    stack: set[int] = set()
-
-    def walk(node: Any, path: tuple[str | int, ...]) -> None:
-        order.setdefault(_render(path), len(order))
-        if id(node) in stack:
-            return
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        node, rendered = stack.pop()
+        order.setdefault(rendered, len(order))
         if isinstance(node, Mapping):
-            stack.add(id(node))
-            for key, value in node.items():
-                walk(value, (*path, key))
-            stack.discard(id(node))
+            children: list[tuple[Any, str]] = [
+                (value, _join(rendered, key)) for key, value in node.items()
+            ]
         elif isinstance(node, list):
-            stack.add(id(node))
-            for index, value in enumerate(node):
-                walk(value, (*path, index))
-            stack.discard(id(node))
-
-    walk(data, ())
+            children = [(value, _join(rendered, i)) for i, value in enumerate(node)]
+        else:
+            continue
+        stack += reversed([child for child in children if child[1] in wanted])
 
     def position(issue: PolicyIssue) -> int:
         path = issue.path
         while path not in order:
-            shorter = re.sub(r"(\.[^.\[]*|\[[^\]]*\])$", "", path)
-            path = "" if shorter == path else shorter
+            path = _parent(path)
         return order[path]
 
     return sorted(issues, key=position)
 
 
+def _parent(path: str) -> str:
+    """A rendered path without its last segment (``""`` for the root and its children)."""
+    shorter = re.sub(r"(\.[^.\[]*|\[[^\]]*\])$", "", path)
+    return "" if shorter == path else shorter
+
+
+_MAX_ISSUES = 100
+"""Most problems one PolicyError lists; a last line says there are more."""
+
+
+def _capped(issues: list[PolicyIssue], source: str, more: bool = False) -> list[PolicyIssue]:
+    """The first :data:`_MAX_ISSUES` issues, and a last one saying if some were left out."""
+    if len(issues) <= _MAX_ISSUES and not more:
+        return issues
+    return [
+        *issues[:_MAX_ISSUES],
+        PolicyIssue(
+            source=source,
+            path="",
+            value="more problems",
+            expected=f"a policy with fewer problems (only the first {_MAX_ISSUES} are listed)",
+        ),
+    ]
+
+
 __all__ = [
+    "MAX_DURATION_S",
+    "MAX_NUMBER",
+    "MAX_POLICY_BYTES",
+    "MAX_POLICY_DEPTH",
+    "MAX_POLICY_VALUES",
     "PER_TASK_LIMITS",
+    "SLOWEST_RATE",
     "AgentPolicy",
     "Defaults",
     "Estimate",
