@@ -18,6 +18,8 @@ decision and a workflow log warning).
 from __future__ import annotations
 
 import contextvars
+import hashlib
+import hmac
 import json
 import math
 from collections.abc import Iterator, Mapping
@@ -39,7 +41,7 @@ from pydantic import (
 from temporalio.api.common.v1 import Payload
 
 from .accounting import RESOURCES, Amounts
-from .control import KillMessage
+from .control import Keyring, KillMessage
 from .degradation import Decision
 from .detectors import BucketState, LoopState
 from .errors import ChainLink, validation_problems
@@ -77,6 +79,11 @@ class Attribution(BaseModel):
     """The tenant (customer, team) the run is charged to."""
     owner: str | None = None
     """The person or service that started it."""
+    key_id: str | None = Field(default=None, max_length=200)
+    """The key the attribution is signed with (see :func:`sign_attribution`)."""
+    signature: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """Hex HMAC-SHA256 of the tenant, the owner and the root workflow id, set by a governed
+    client that holds a key; workers that require it refuse an unsigned or forged claim."""
 
 
 class AllowanceEntry(BaseModel):
@@ -161,7 +168,7 @@ def decode_context(headers: Mapping[str, Payload]) -> BudgetContext | None:
     rather than failing the workflow task. In workflow code, where this reads a run's
     start header, the context is also judged with :func:`trusted_context` against what
     the run can prove; what was refused is kept for the run to record
-    (:func:`take_start_problems`).
+    (:func:`take_start_judgement`).
 
     Args:
         headers: The headers of a workflow start, an activity or a client call.
@@ -176,11 +183,12 @@ def decode_context(headers: Mapping[str, Payload]) -> BudgetContext | None:
     context, problems = read_context(payload.data)
     if temporalio.workflow.in_workflow():
         facts = StartFacts.of_current_run()
+        proven = False
         if context is not None:
+            proven = proven_by(context, facts)
             context, judged = trusted_context(context, facts)
             problems += judged
-        if problems:
-            _remember_problems(facts.run_id, problems)
+        _remember(facts.run_id, StartJudgement(problems=problems, proven=proven))
     return context
 
 
@@ -194,6 +202,8 @@ class StartFacts(BaseModel):
 
     run_id: str
     """The starting run's id."""
+    workflow_id: str = ""
+    """The starting run's workflow id (what a signed attribution is bound to)."""
     continued_run_id: str | None = None
     """The run this one continues (continue-as-new, and also a retry or cron run)."""
     parent_workflow_id: str | None = None
@@ -212,6 +222,7 @@ class StartFacts(BaseModel):
         parent = info.parent
         return cls(
             run_id=info.run_id,
+            workflow_id=info.workflow_id,
             continued_run_id=info.continued_run_id,
             parent_workflow_id=parent.workflow_id if parent else None,
             parent_run_id=parent.run_id if parent else None,
@@ -433,14 +444,8 @@ def trusted_context(context: BudgetContext, facts: StartFacts) -> tuple[BudgetCo
     problems: list[str] = []
     updates: dict[str, Any] = {"from_run": facts.run_id}
     chain = context.chain
-    from_parent = (
-        facts.parent_run_id is not None
-        and bool(chain)
-        and chain[-1].workflow_id == facts.parent_workflow_id
-        and chain[-1].run_id == facts.parent_run_id
-    )
-    continued = facts.continued_run_id is not None and context.from_run == facts.continued_run_id
-    proven = from_parent or continued
+    continued = _continued(context, facts)
+    proven = proven_by(context, facts)
     if chain and not proven:
         expected = (
             f"the parent that started it ({facts.parent_workflow_id})"
@@ -474,27 +479,168 @@ def trusted_context(context: BudgetContext, facts: StartFacts) -> tuple[BudgetCo
     return context.model_copy(update=updates), problems
 
 
-_START_PROBLEMS_LIMIT = 10_000
-_start_problems: dict[str, list[str]] = {}
+def _continued(context: BudgetContext, facts: StartFacts) -> bool:
+    """Whether the context was handed on by the run this one continues."""
+    return facts.continued_run_id is not None and context.from_run == facts.continued_run_id
 
 
-def _remember_problems(run_id: str, problems: list[str]) -> None:
-    _start_problems[run_id] = problems
-    while len(_start_problems) > _START_PROBLEMS_LIMIT:
-        del _start_problems[next(iter(_start_problems))]
+def proven_by(context: BudgetContext, facts: StartFacts) -> bool:
+    """Whether a (checked, not yet judged) context was written by a governed worker.
+
+    That is: its chain ends with the parent that started the run, or it was handed on by
+    the run this one continues. Pure.
+
+    Args:
+        context: The context from :func:`read_context`.
+        facts: What the starting run knows about itself.
+
+    Returns:
+        ``True`` when the context comes from the parent or the predecessor.
+
+    """
+    chain = context.chain
+    from_parent = (
+        facts.parent_run_id is not None
+        and bool(chain)
+        and chain[-1].workflow_id == facts.parent_workflow_id
+        and chain[-1].run_id == facts.parent_run_id
+    )
+    return from_parent or _continued(context, facts)
 
 
-def take_start_problems(run_id: str) -> list[str]:
-    """What :func:`decode_context` refused in a run's start header (once; then forgotten).
+ATTRIBUTION_DOMAIN = b"temporal-governor/attribution/v1\n"
+"""Prefix of the bytes an attribution signature covers (no control message starts so)."""
+
+
+def _attribution_bytes(attribution: Attribution, workflow_id: str) -> bytes:
+    data = {"tenant": attribution.tenant, "owner": attribution.owner, "workflow_id": workflow_id}
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return ATTRIBUTION_DOMAIN + text.encode()
+
+
+def sign_attribution(attribution: Attribution, workflow_id: str, keyring: Keyring) -> Attribution:
+    """The attribution signed for the run ``workflow_id`` with the keyring's signing key.
+
+    The signature covers the tenant, the owner and the workflow id, so it cannot be
+    moved to another tenant or another workflow. Children, continue-as-new runs, retries
+    and cron runs of that workflow inherit it.
+
+    Args:
+        attribution: Who pays.
+        workflow_id: The id of the workflow being started.
+        keyring: The keys (the governed client's; the same as the workers').
+
+    Returns:
+        The attribution with ``key_id`` and ``signature``, or unchanged when the keyring
+        has no key to sign with.
+
+    """
+    key_id = keyring.signing_key
+    if key_id is None or key_id not in keyring.keys:
+        return attribution
+    digest = hmac.new(
+        keyring.keys[key_id], _attribution_bytes(attribution, workflow_id), hashlib.sha256
+    )
+    return attribution.model_copy(update={"key_id": key_id, "signature": digest.hexdigest()})
+
+
+def attribution_problem(attribution: Attribution, workflow_id: str, keyring: Keyring) -> str | None:
+    """Why an attribution's signature does not hold for ``workflow_id``, or ``None``.
+
+    Args:
+        attribution: The claimed attribution.
+        workflow_id: The workflow id the signature must be bound to.
+        keyring: The worker's keys.
+
+    Returns:
+        ``"unsigned"``, ``"unknown key id ..."``, ``"bad signature"`` or ``None``.
+
+    """
+    if attribution.signature is None:
+        return "unsigned"
+    key = keyring.keys.get(attribution.key_id or "")
+    if key is None:
+        return f"unknown key id {attribution.key_id!r}"
+    expected = hmac.new(key, _attribution_bytes(attribution, workflow_id), hashlib.sha256)
+    if not hmac.compare_digest(expected.hexdigest(), attribution.signature):
+        return "bad signature"
+    return None
+
+
+def verified_attribution(
+    context: BudgetContext,
+    facts: StartFacts,
+    keyring: Keyring,
+    *,
+    proven: bool,
+    require: bool,
+) -> tuple[BudgetContext, list[str]]:
+    """Check the tenant claim of a start context against its signature.
+
+    A context written by a governed worker (``proven``: from the parent that started the
+    run, or handed on by its predecessor) carries an attribution that was already judged
+    and is kept. Otherwise the signature must hold for the run's workflow id: with
+    ``require``, an unsigned or forged claim is replaced by the default tenant (a claim
+    of the default tenant needs no signature); without it, a forged signature is only
+    recorded, so that signing can be rolled out before it is required. Pure.
+
+    Args:
+        context: The judged context (from :func:`trusted_context`).
+        facts: What the starting run knows about itself.
+        keyring: The worker's keys.
+        proven: What :func:`proven_by` said of the header.
+        require: Whether the policy requires signed attribution.
+
+    Returns:
+        The context (its attribution possibly replaced) and the problems found.
+
+    """
+    who = context.attribution
+    if proven or (who.tenant == DEFAULT_TENANT and who.owner is None):
+        return context, []
+    problem = attribution_problem(who, facts.workflow_id, keyring)
+    if problem is None or (problem == "unsigned" and not require):
+        return context, []
+    if not require:
+        return context, [f"attribution to tenant {who.tenant!r}: {problem} (kept: not required)"]
+    return context.model_copy(update={"attribution": Attribution()}), [
+        f"attribution to tenant {who.tenant!r} refused ({problem}): the run is charged to "
+        f"tenant {DEFAULT_TENANT!r}"
+    ]
+
+
+class StartJudgement(BaseModel):
+    """What :func:`decode_context` decided about a run's start header."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    problems: list[str] = Field(default_factory=list)
+    """What was refused, in order."""
+    proven: bool = False
+    """Whether the header came from the run's parent or predecessor (see :func:`proven_by`)."""
+
+
+_JUDGEMENTS_LIMIT = 10_000
+_judgements: dict[str, StartJudgement] = {}
+
+
+def _remember(run_id: str, judgement: StartJudgement) -> None:
+    _judgements[run_id] = judgement
+    while len(_judgements) > _JUDGEMENTS_LIMIT:
+        del _judgements[next(iter(_judgements))]
+
+
+def take_start_judgement(run_id: str) -> StartJudgement | None:
+    """What :func:`decode_context` decided about a run's start header (once; then forgotten).
 
     Args:
         run_id: The run.
 
     Returns:
-        The problems, oldest first (empty when the header was believed whole).
+        The judgement, or ``None`` when no header of that run was decoded in this worker.
 
     """
-    return _start_problems.pop(run_id, [])
+    return _judgements.pop(run_id, None)
 
 
 def with_context(headers: Mapping[str, Payload], context: BudgetContext) -> Mapping[str, Payload]:

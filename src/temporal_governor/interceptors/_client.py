@@ -1,4 +1,9 @@
-"""Client side: attribution and the fleet-wide kills in force go into the start header."""
+"""Client side: attribution and the fleet-wide kills in force go into the start header.
+
+With a control key at hand, the client signs the attribution for the workflow it starts
+(:func:`~temporal_governor.context.sign_attribution`), so workers can tell its tenant
+claims from those of clients that do not hold the key.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,16 @@ from typing import Any
 from temporalio.client import OutboundInterceptor, QueryWorkflowInput, StartWorkflowInput
 from temporalio.service import RPCError, RPCStatusCode
 
-from ..context import HEADER, BudgetContext, decode_context, pending_attribution, with_context
+from ..context import (
+    DEFAULT_TENANT,
+    HEADER,
+    BudgetContext,
+    decode_context,
+    pending_attribution,
+    sign_attribution,
+    with_context,
+)
+from ..control import Keyring, KeyringError
 from ..policy import Policy
 from ..workflows._ledger import LEDGER_WORKFLOW
 
@@ -26,11 +40,32 @@ class GovernedClientOutbound(OutboundInterceptor):
     before its code starts, so a tenant or agent kill also stops runs started after it.
     Carrying them in the header (not looking them up from workflow code) keeps the run's
     history independent of the worker's setup, and costs one query per start.
+
+    When a control key is available (``keyring``, else the keys the policy's ``control``
+    section names), the attribution is signed for the started workflow's id: a worker
+    that requires signed attribution charges runs of clients without the key to the
+    default tenant.
+
+    Args:
+        next: The next interceptor.
+        policy: The policy.
+        keyring: The keys to sign attributions with (default: read as the policy says;
+            none when they cannot be read).
+
     """
 
-    def __init__(self, next: OutboundInterceptor, policy: Policy) -> None:
+    def __init__(
+        self, next: OutboundInterceptor, policy: Policy, keyring: Keyring | None = None
+    ) -> None:
         super().__init__(next)
         self._policy = policy
+        if keyring is None:
+            try:
+                keyring = Keyring.from_policy(policy)
+            except KeyringError as error:
+                _logger.warning("governor: attributions are not signed (%s)", error)
+                keyring = Keyring({})
+        self._keyring = keyring
 
     async def start_workflow(self, input: StartWorkflowInput) -> Any:
         if input.workflow == LEDGER_WORKFLOW:
@@ -47,6 +82,10 @@ class GovernedClientOutbound(OutboundInterceptor):
         if controls:
             context = (context or BudgetContext()).model_copy(update={"controls": controls})
         if context is not None:
+            who = context.attribution
+            if who.tenant != DEFAULT_TENANT or who.owner is not None:
+                signed = sign_attribution(who, input.id, self._keyring)
+                context = context.model_copy(update={"attribution": signed})
             input.headers = with_context(input.headers, context)
         return await self.next.start_workflow(input)
 

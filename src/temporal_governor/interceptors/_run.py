@@ -26,9 +26,12 @@ from ..context import (
     BudgetContext,
     Deadline,
     StartFacts,
-    take_start_problems,
+    proven_by,
+    take_start_judgement,
     trusted_context,
+    verified_attribution,
 )
+from ..control import Keyring
 from ..decisions import DecisionRecord, DecisionSink, DispatchKind
 from ..errors import BreachDetails, BudgetExceeded, ChainLink, GovernanceKilled, RunawayLoop
 from ..policy import PER_TASK_LIMITS, Policy
@@ -84,31 +87,51 @@ class BudgetSnapshot(BaseModel):
 
 
 def _judged(
-    context: BudgetContext, info: temporalio.workflow.Info
+    context: BudgetContext,
+    info: temporalio.workflow.Info,
+    policy: Policy,
+    keyring: Keyring | None,
 ) -> tuple[BudgetContext, list[str]]:
     """The run's context as far as the run can prove it, and what was not believed.
 
     ``decode_context`` judges a start header in workflow code already (its context then
     names this run in ``from_run``); a context that was not judged (no header, or built
-    by hand) is judged here. Either way the problems come back once.
+    by hand) is judged here. With a ``keyring`` the tenant claim is also checked against
+    its signature (required when the policy's ``control.require_signed_attribution`` is
+    set). Either way the problems come back once.
     """
-    problems: list[str] = []
+    facts = StartFacts.of_info(info)
+    judgement = take_start_judgement(info.run_id)
+    problems = list(judgement.problems) if judgement else []
+    proven = judgement.proven if judgement else False
     if context.from_run != info.run_id:
-        context, problems = trusted_context(context, StartFacts.of_info(info))
-    return context, take_start_problems(info.run_id) + problems
+        proven = proven_by(context, facts)
+        context, more = trusted_context(context, facts)
+        problems += more
+    if keyring is not None:
+        require = bool(getattr(policy.control, "require_signed_attribution", False))
+        context, more = verified_attribution(
+            context, facts, keyring, proven=proven, require=require
+        )
+        problems += more
+    return context, problems
 
 
 class GovernedRun:
     """Budget state of one workflow run, rebuilt deterministically on every replay."""
 
     def __init__(
-        self, policy: Policy, context: BudgetContext, sinks: Sequence[DecisionSink] = ()
+        self,
+        policy: Policy,
+        context: BudgetContext,
+        sinks: Sequence[DecisionSink] = (),
+        keyring: Keyring | None = None,
     ) -> None:
         info = temporalio.workflow.info()
         self.policy = policy
         self.sinks = sinks
         self.info = info
-        context, refused = _judged(context, info)
+        context, refused = _judged(context, info, policy, keyring)
         self.context = context
         self.agent = info.workflow_type
         self.link = ChainLink(workflow_id=info.workflow_id, run_id=info.run_id, agent=self.agent)
