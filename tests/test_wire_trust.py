@@ -30,7 +30,15 @@ from temporalio.client import (
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from temporal_governor import BUDGET_QUERY, BreachDetails, BudgetSnapshot, Policy, Usage
+from conftest import CONTROL_KEY_ID, CONTROL_SECRET
+from temporal_governor import (
+    BUDGET_QUERY,
+    BreachDetails,
+    BudgetSnapshot,
+    Policy,
+    Usage,
+    attribution,
+)
 from temporal_governor.accounting import Amounts
 from temporal_governor.context import (
     HEADER,
@@ -41,9 +49,13 @@ from temporal_governor.context import (
     Attribution,
     BudgetContext,
     StartFacts,
+    attribution_problem,
     read_context,
+    sign_attribution,
     trusted_context,
+    verified_attribution,
 )
+from temporal_governor.control import Keyring
 from temporal_governor.errors import INVALID_USAGE, ChainLink, InvalidUsage
 from temporal_governor.interceptors._wire import (
     USAGE_MARKER_KEY,
@@ -640,3 +652,58 @@ def test_usage_arithmetic_stays_inside_its_bounds() -> None:
 def test_forged_breach_details_are_not_read_as_spend(details: dict[str, Any]) -> None:
     error = ApplicationError("forged", details, type="BudgetExceeded")
     assert BreachDetails.from_error(error) is None
+
+
+# --- D: signed attribution ---------------------------------------------------------------
+
+KEYS = Keyring({"k1": b"secret-one"})
+
+
+def test_a_signed_attribution_holds_only_for_its_tenant_workflow_and_key() -> None:
+    signed = sign_attribution(Attribution(tenant="acme", owner="al"), "wf-1", KEYS)
+    assert signed.key_id == "k1" and signed.signature is not None
+    assert attribution_problem(signed, "wf-1", KEYS) is None
+    assert attribution_problem(signed, "wf-2", KEYS) == "bad signature"  # another workflow
+    moved = signed.model_copy(update={"tenant": "globex"})
+    assert attribution_problem(moved, "wf-1", KEYS) == "bad signature"  # another tenant
+    assert attribution_problem(signed, "wf-1", Keyring({"k2": b"x"})) == "unknown key id 'k1'"
+    assert attribution_problem(Attribution(tenant="acme"), "wf-1", KEYS) == "unsigned"
+    assert sign_attribution(Attribution(tenant="acme"), "wf-1", Keyring({})).signature is None
+
+
+def test_required_signatures_charge_unproven_claims_to_the_default_tenant() -> None:
+    facts = StartFacts(run_id="run-2", workflow_id="wf-1")
+    claim = BudgetContext(attribution=Attribution(tenant="acme"))
+    signed = BudgetContext(attribution=sign_attribution(claim.attribution, "wf-1", KEYS))
+    forged = signed.model_copy(
+        update={"attribution": signed.attribution.model_copy(update={"signature": "0" * 64})}
+    )
+    for require in (False, True):
+        kept, problems = verified_attribution(signed, facts, KEYS, proven=False, require=require)
+        assert (kept, problems) == (signed, [])
+    # not required: an unsigned claim passes silently, a forged one is kept but recorded
+    assert verified_attribution(claim, facts, KEYS, proven=False, require=False) == (claim, [])
+    kept, problems = verified_attribution(forged, facts, KEYS, proven=False, require=False)
+    assert kept == forged and "bad signature" in problems[0]
+    # required: both are charged to the default tenant
+    for context in (claim, forged):
+        judged, problems = verified_attribution(context, facts, KEYS, proven=False, require=True)
+        assert judged.attribution == Attribution() and "refused" in problems[0]
+    # what the parent or the predecessor handed on was judged when that run started
+    assert verified_attribution(claim, facts, KEYS, proven=True, require=True) == (claim, [])
+
+
+async def test_a_governed_client_signs_the_attribution_for_the_workflow_it_starts(
+    governed,
+) -> None:
+    async with governed(Policy.from_yaml(SPENDER_1000), WORKFLOWS, ACTIVITIES) as g:
+        with attribution(tenant="acme", owner="al"):
+            handle = await g.start(Spender.run, Steps(tokens=[100]))
+        assert await handle.result() == 1
+        history = await handle.fetch_history()
+        started = history.events[0].workflow_execution_started_event_attributes
+        context, problems = read_context(started.header.fields[HEADER].data)
+        assert context is not None and problems == []
+        keys = Keyring({CONTROL_KEY_ID: CONTROL_SECRET.encode()})
+        assert attribution_problem(context.attribution, handle.id, keys) is None
+        assert (await budget(handle)).tenant == "acme"
