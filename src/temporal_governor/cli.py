@@ -1,23 +1,41 @@
 """The ``temporal-governor`` command line.
 
-Exit codes: 0 success; 1 the replay found non-determinism (the workflow code changed
-since the run) or ``list`` found nothing; 2 bad usage or bad input (policy, files,
-modules, control keys, a control message the CLI refuses to send); 3 the Temporal server
-could not be reached, the workflow was not found, or a control message reached none of
-its runs.
+Every error ends the command with one line on stderr (``error: ...``) and one of these exit
+codes, never a Python traceback:
+
+====  ==========================================================================================
+0     success
+1     ``replay`` found non-determinism (the workflow code changed since the run); ``list`` or
+      ``budget`` found nothing to show
+2     bad usage or bad input: an unknown option, a bad value (``--address localhost:abc``), a
+      missing or unreadable file, an invalid policy, a history file that is not history JSON,
+      a ``--workflows`` module that does not import, control keys, a control message the CLI
+      refuses to send
+3     the Temporal server could not be reached or refused the request (connection refused,
+      unknown host, no answer within 15 s or ``$TEMPORAL_GOVERNOR_CONNECT_TIMEOUT`` seconds,
+      unknown namespace), the workflow or the ledger was not found, or a control message
+      reached none of its runs
+4     an unexpected error inside the CLI (a bug: set ``TEMPORAL_GOVERNOR_TRACEBACK=1`` to see
+      the traceback, and please report it)
+130   interrupted (Ctrl-C)
+====  ==========================================================================================
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
+import ipaddress
 import json
+import math
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from pydantic import ValidationError
@@ -32,20 +50,150 @@ from .control import Keyring, KeyringError, overridable
 from .control_client import ControlClient, ControlError, ControlOutcome, ControlTarget
 from .errors import PolicyError, validation_problems
 from .interceptors._visibility import STATE_ATTRIBUTE, TENANT_ATTRIBUTE
-from .policy import PER_TASK_LIMITS, Policy, _seconds
+from .policy import MAX_DURATION_S, MAX_NUMBER, MAX_TTL_SECONDS, PER_TASK_LIMITS, Policy, _seconds
 from .replay import ReviewError, load_histories, review
 
+EXIT_NOTHING_FOUND = 1
 EXIT_NONDETERMINISM = 1
 EXIT_BAD_INPUT = 2
 EXIT_UNREACHABLE = 3
+EXIT_INTERNAL = 4
+EXIT_INTERRUPTED = 130
+
+CONNECT_TIMEOUT_S = 15.0
+"""How long the CLI waits for the Temporal server to answer its connection, unless the
+environment variable ``TEMPORAL_GOVERNOR_CONNECT_TIMEOUT`` (seconds) says otherwise."""
+
+_EXIT_CODES = """\b
+Exit codes:
+  0    success
+  1    replay found non-determinism; list or budget found nothing
+  2    bad usage or bad input (options, files, policy, histories, modules, keys)
+  3    Temporal unreachable or refusing (connection, namespace), workflow or ledger
+       not found, or a control message reached none of its runs
+  4    unexpected error in the CLI (a bug; TEMPORAL_GOVERNOR_TRACEBACK=1 shows it)
+  130  interrupted
+Every error is one line on stderr: "error: ..."."""
 
 _ADDRESS = os.environ.get("TEMPORAL_ADDRESS", "localhost:7233")
 _NAMESPACE = os.environ.get("TEMPORAL_NAMESPACE", "default")
 
 
-def _fail(message: str, code: int) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}")
+class CliFailure(click.ClickException):
+    """A failed command: one line on stderr and an exit code (see the module docstring).
+
+    Args:
+        message: What went wrong; line breaks in it are joined into one line.
+        exit_code: The process exit code.
+
+    """
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(_one_line(message))
+        self.code = exit_code
+
+
+def _one_line(message: str) -> str:
+    """A message on one line: its first line, then the others joined with ``; ``."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    if not lines:
+        return "(no message)"
+    head, rest = lines[0], lines[1:]
+    return f"{head} {'; '.join(rest)}" if rest else head
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    """End the command: ``error: message`` on one line of stderr, and exit with ``code``."""
+    raise CliFailure(message, code)
+
+
+def _report_failure(message: str, code: int) -> NoReturn:
+    click.echo(click.style("error:", fg="red", bold=True) + " " + _one_line(message), err=True)
     sys.exit(code)
+
+
+_NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+"""click >= 8.2 raises it for a group run without a command (8.1 shows the help itself)."""
+
+
+class _Cli(click.Group):
+    """The command group: every failure becomes one line on stderr and a documented code."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the command line; in standalone mode, exit with a documented code.
+
+        Args:
+            args: The arguments (default: ``sys.argv[1:]``).
+            prog_name: The program name shown in help.
+            complete_var: The shell-completion environment variable.
+            standalone_mode: Exit the process (``True``) or return / raise (``False``).
+            **extra: Passed to the click context.
+
+        Returns:
+            Only outside standalone mode: what the command returned.
+
+        """
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, False, **extra)
+        except _NO_ARGS_IS_HELP as error:
+            error.show()  # no command at all: the help, as click shows it
+            sys.exit(EXIT_BAD_INPUT)
+        except click.UsageError as error:
+            hint = f" (see {error.ctx.command_path} --help)" if error.ctx is not None else ""
+            _report_failure(error.format_message() + hint, EXIT_BAD_INPUT)
+        except CliFailure as error:
+            _report_failure(error.format_message(), error.code)
+        except click.ClickException as error:
+            _report_failure(error.format_message(), EXIT_BAD_INPUT)
+        except (click.Abort, KeyboardInterrupt, EOFError):
+            _report_failure("interrupted", EXIT_INTERRUPTED)
+        except Exception as error:
+            if os.environ.get("TEMPORAL_GOVERNOR_TRACEBACK"):
+                raise
+            _report_failure(
+                f"unexpected {type(error).__name__}: {error} (a bug: set "
+                "TEMPORAL_GOVERNOR_TRACEBACK=1 to see where, and please report it)",
+                EXIT_INTERNAL,
+            )
+        sys.exit(result if isinstance(result, int) else 0)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run as the ``temporal-governor`` program, and leave without finalization.
+
+        The Temporal SDK's native threads can crash the interpreter while it finalizes
+        (after all output was written), which would turn any exit code into a signal: the
+        process flushes its output and leaves with ``os._exit`` instead.
+
+        Args:
+            *args: As for :meth:`main`.
+            **kwargs: As for :meth:`main`.
+
+        Returns:
+            Never: the process exits.
+
+        """
+        code: int = 0
+        try:
+            self.main(*args, **kwargs)
+        except SystemExit as leaving:
+            if isinstance(leaving.code, int):
+                code = leaving.code
+            elif leaving.code is not None:
+                click.echo(str(leaving.code), err=True)
+                code = 1
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing to add
+                stream.flush()
+        os._exit(code)
 
 
 def workflow_classes(modules: Sequence[str]) -> list[type]:
@@ -64,9 +212,10 @@ def workflow_classes(modules: Sequence[str]) -> list[type]:
         name, _, attribute = spec.partition(":")
         try:
             module = importlib.import_module(name)
-        except ImportError as error:
+        except Exception as error:  # ImportError, or whatever the module raised importing
             raise click.BadParameter(
-                f"cannot import {name!r}: {error}", param_hint="--workflows"
+                f"cannot import {name!r}: {type(error).__name__}: {error}",
+                param_hint="--workflows",
             ) from error
         candidates = (
             [getattr(module, attribute, None)] if attribute else list(vars(module).values())
@@ -87,20 +236,107 @@ def _load_policy(path: str) -> Policy:
         return Policy.from_yaml(Path(path))
     except PolicyError as error:
         _fail(str(error), EXIT_BAD_INPUT)
-        raise  # pragma: no cover - _fail exits
+
+
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def _address_problem(address: str) -> str | None:
+    """What is wrong with a ``HOST:PORT`` address, or ``None``."""
+    if "://" in address:
+        return "no scheme is needed"
+    host, colon, port = address.rpartition(":")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            return "an IPv6 address needs its closing ']'"
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"{host} is not an IPv6 address"
+    elif not colon or not host:
+        return "the port is missing" if host or not colon else "the host is missing"
+    elif ":" in host or address.count("]"):
+        return "an IPv6 address goes in brackets"
+    elif any(c.isspace() or c in "/?#@[]" for c in host):
+        return f"{host!r} is not a host name"
+    if not _PORT.fullmatch(port) or not 1 <= int(port) <= 65535:
+        return f"the port {port!r} is not a number from 1 to 65535"
+    return None
+
+
+def _check_connection_options(address: str, namespace: str) -> None:
+    """Fail (exit 2) on an address that is not ``HOST:PORT`` or an empty namespace."""
+    problem = _address_problem(address)
+    if problem is not None:
+        _fail(
+            f"--address {address!r}: {problem} (expected HOST:PORT, such as localhost:7233 "
+            "or [::1]:7233)",
+            EXIT_BAD_INPUT,
+        )
+    if not namespace.strip() or any(c.isspace() for c in namespace):
+        _fail(f"--namespace {namespace!r}: expected a namespace name", EXIT_BAD_INPUT)
+
+
+def _connect_timeout() -> float:
+    """Seconds to wait for a connection: ``$TEMPORAL_GOVERNOR_CONNECT_TIMEOUT`` or 15."""
+    given = os.environ.get("TEMPORAL_GOVERNOR_CONNECT_TIMEOUT", "").strip()
+    if not given:
+        return CONNECT_TIMEOUT_S
+    try:
+        seconds = float(given)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= 3600:  # also NaN
+        _fail(
+            f"TEMPORAL_GOVERNOR_CONNECT_TIMEOUT={given!r}: expected seconds, more than 0 and "
+            "at most 3600",
+            EXIT_BAD_INPUT,
+        )
+    return seconds
+
+
+def _why(error: BaseException) -> str:
+    """The gist of a connection error from the SDK's native client."""
+    text = " ".join(str(error).split())
+    known = [
+        ("Connection refused", "connection refused"),
+        ("dns error", "unknown host"),
+        ("failed to lookup address", "unknown host"),
+        ("timed out", "timed out"),
+        ("Connection reset", "connection reset"),
+        ("get_system_info", "no Temporal frontend answered there"),
+    ]
+    for needle, gist in known:
+        if needle.lower() in text.lower():
+            return gist
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 async def _connect(address: str, namespace: str) -> Client:
+    """A client of the Temporal frontend at ``address``, or a one-line failure.
+
+    Bad options fail with exit code 2; a server that cannot be reached (refused, unknown
+    host, no answer within :data:`CONNECT_TIMEOUT_S`) with exit code 3.
+    """
+    _check_connection_options(address, namespace)
+    timeout = _connect_timeout()
+    where = f"Temporal at {address} (namespace {namespace})"
     try:
-        return await Client.connect(address, namespace=namespace)
-    except (RuntimeError, RPCError) as error:
-        _fail(
-            f"cannot reach Temporal at {address} (namespace {namespace}): {error}", EXIT_UNREACHABLE
-        )
-        raise  # pragma: no cover
+        return await asyncio.wait_for(Client.connect(address, namespace=namespace), timeout)
+    except ValueError as error:  # the SDK refused the address itself
+        _fail(f"--address {address!r}: {error}", EXIT_BAD_INPUT)
+    except TimeoutError:
+        _fail(f"cannot reach {where}: no answer within {timeout:g} s", EXIT_UNREACHABLE)
+    except (RuntimeError, RPCError, OSError) as error:
+        _fail(f"cannot reach {where}: {_why(error)}", EXIT_UNREACHABLE)
 
 
-@click.group()
+def _server_failure(subject: str, error: BaseException) -> NoReturn:
+    """Fail (exit 3) for an error the server returned about ``subject``."""
+    _fail(f"{subject}: {error}", EXIT_UNREACHABLE)
+
+
+@click.group(cls=_Cli, epilog=_EXIT_CODES)
 @click.version_option(package_name="temporal-governor")
 def main() -> None:
     """Budgets, breach halts and incident review for AI-agent workflows on Temporal."""
@@ -179,6 +415,10 @@ def replay(
     """
     policy = _load_policy(policy_path)
     classes = workflow_classes(modules)
+    for option, out in (("--json", json_out), ("--html", html_out)):
+        if out:
+            _check_output(option, out)
+    histories = _read_histories(history_files, workflow_id) if history_files else None
     console = Console(stderr=True)
 
     async def run() -> Any:
@@ -197,13 +437,7 @@ def replay(
                     tasks[stage] = bar.add_task(stage, total=total)
                 bar.update(tasks[stage], completed=done, total=total)
 
-            if history_files:
-                files = [
-                    found
-                    for given in map(Path, history_files)
-                    for found in (sorted(given.glob("*.json")) if given.is_dir() else [given])
-                ]
-                histories = load_histories(files, workflow_id)
+            if histories is not None:
                 return await review(
                     workflow_id,
                     policy=policy,
@@ -228,19 +462,54 @@ def replay(
     except (ReviewError, KeyringError) as error:
         _fail(str(error), EXIT_BAD_INPUT)
     except RPCError as error:
-        _fail(f"{workflow_id}: {error}", EXIT_UNREACHABLE)
+        _server_failure(f"workflow {workflow_id}", error)
     from .render import render_html, render_terminal
 
     if not quiet:
         render_terminal(report, Console())
     if json_out:
-        Path(json_out).write_text(report.model_dump_json(indent=2))
+        _write(json_out, report.model_dump_json(indent=2))
         console.print(f"JSON report written to {json_out}")
     if html_out:
-        Path(html_out).write_text(render_html(report))
+        _write(html_out, render_html(report))
         console.print(f"HTML report written to {html_out}")
     if report.nondeterminism:
         sys.exit(EXIT_NONDETERMINISM)
+
+
+def _read_histories(given: Sequence[str], workflow_id: str) -> list[Any]:
+    """The histories of ``--history`` files and folders, or a one-line failure (exit 2)."""
+    files: list[Path] = []
+    for path in map(Path, given):
+        found = sorted(path.glob("*.json")) if path.is_dir() else [path]
+        if not found:
+            _fail(f"--history {str(path)!r}: no *.json history file in this folder", EXIT_BAD_INPUT)
+        files += found
+    try:
+        return load_histories(files, workflow_id)
+    except ReviewError as error:
+        _fail(str(error), EXIT_BAD_INPUT)
+    except Exception as error:  # whatever a malformed history makes the SDK's parser raise
+        _fail(f"--history: not history JSON ({type(error).__name__}: {error})", EXIT_BAD_INPUT)
+
+
+def _check_output(option: str, path: str) -> None:
+    """Fail (exit 2) before any work if a report could not be written to ``path``."""
+    target = Path(path)
+    folder = target.parent
+    if not folder.is_dir():
+        _fail(f"{option} {path!r}: the folder {str(folder)!r} does not exist", EXIT_BAD_INPUT)
+    if target.is_dir():
+        _fail(f"{option} {path!r}: is a folder, not a file", EXIT_BAD_INPUT)
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        _fail(f"{option} {path!r}: not writable", EXIT_BAD_INPUT)
+
+
+def _write(path: str, text: str) -> None:
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as error:
+        _fail(f"cannot write {path!r}: {error.strerror or error}", EXIT_BAD_INPUT)
 
 
 @main.command(name="list")
@@ -252,7 +521,13 @@ def replay(
     help="Only runs in this governor state.",
 )
 @click.option("--agent", default=None, help="Only runs of this workflow type.")
-@click.option("--limit", default=50, show_default=True, help="At most this many runs.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100_000),
+    default=50,
+    show_default=True,
+    help="At most this many runs.",
+)
 @click.option("--namespace", default=_NAMESPACE, show_default=True)
 @click.option("--address", default=_ADDRESS, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
@@ -305,10 +580,8 @@ def list_runs(
     try:
         rows = asyncio.run(run())
     except RPCError as error:
-        _fail(f"listing failed ({query}): {error}", EXIT_UNREACHABLE)
+        _server_failure(f"listing failed ({query})", error)
     if as_json:
-        import json
-
         for row in rows:
             click.echo(json.dumps(row))
     else:
@@ -328,7 +601,7 @@ def list_runs(
             )
         Console().print(table)
     if not rows:
-        sys.exit(1)
+        sys.exit(EXIT_NOTHING_FOUND)
 
 
 def _quote(value: str) -> str:
@@ -385,8 +658,8 @@ def budget(
 
     try:
         state = asyncio.run(run())
-    except RPCError as error:
-        _fail(f"ledger {ledger_id}: {error}", EXIT_UNREACHABLE)
+    except (RPCError, WorkflowQueryFailedError) as error:
+        _server_failure(f"ledger {ledger_id}", error)
     counters = [
         c
         for c in state["counters"]
@@ -398,8 +671,6 @@ def budget(
         and (scope_prefix is None or c["scope"].startswith(scope_prefix))
     ]
     if as_json:
-        import json
-
         click.echo(json.dumps({**state, "counters": counters}, indent=2))
         return
     table = Table(title=f"ledger {ledger_id}" + (f": tenant {tenant}" if tenant else ""))
@@ -433,7 +704,7 @@ def budget(
     Console().print(table)
     Console().print(f"open reservations: {state['open_reservations']}")
     if not counters:
-        sys.exit(1)
+        sys.exit(EXIT_NOTHING_FOUND)
 
 
 # -- control: kill, resume, backpressure, override, status ------------------------------------
@@ -499,14 +770,23 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
         seconds = float(value)
     except ValueError:
         try:
-            seconds = _seconds(value, None)
+            seconds = _seconds(value, None, maximum=math.inf)
         except ValueError:
             raise click.BadParameter(
                 f"{value!r} is not a duration such as 30s, 10m, 2h or 1d (or seconds)"
             ) from None
-    if seconds <= 0:
+    if not seconds > 0:  # also NaN
         raise click.BadParameter(f"{value!r}: the duration must be more than 0")
+    if seconds > MAX_DURATION_S:  # also an infinity
+        raise click.BadParameter(f"{value!r}: the duration must be at most 3650d")
     return seconds
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Refuse NaN and infinities, which click's float ranges let through."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value!r}: expected a finite number")
+    return value
 
 
 def _target(common: dict[str, Any]) -> ControlTarget:
@@ -566,7 +846,7 @@ def _send(common: dict[str, Any], label: str, send: _Send, *, signed: bool = Tru
     except ValidationError as error:
         _fail(f"{label}: invalid message: {validation_problems(error)}", EXIT_BAD_INPUT)
     except RPCError as error:
-        _fail(f"{_describe(target)}: {error}", EXIT_UNREACHABLE)
+        _server_failure(_describe(target), error)
     _report(label, target, outcome)
     if outcome.failed and not outcome.signalled and not outcome.stored:
         sys.exit(EXIT_UNREACHABLE)
@@ -666,16 +946,18 @@ def resume(reason: str, **common: Any) -> None:
     type=click.IntRange(0, 3_600_000),
     help="Least time between two dispatches of a run.",
 )
-@click.option("--max-concurrency", type=click.IntRange(min=1), default=None, help="Most in flight.")
+@click.option(
+    "--max-concurrency", type=click.IntRange(1, 1_000_000), default=None, help="Most in flight."
+)
 @click.option(
     "--reduce-batch-to",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 1_000_000),
     default=None,
     help="Advice to agent code: batch at most this many.",
 )
 @click.option(
     "--duration-ms",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, int(MAX_TTL_SECONDS * 1000)),
     default=60_000,
     show_default=True,
     help="How long it holds (cut to control.max_backpressure).",
@@ -720,7 +1002,13 @@ def backpressure(
     type=click.Choice(_OVERRIDABLE),
     help="The per-task quota to change.",
 )
-@click.option("--value", required=True, type=click.FloatRange(min=0), help="Its new ceiling.")
+@click.option(
+    "--value",
+    required=True,
+    type=click.FloatRange(0, MAX_NUMBER),
+    callback=_finite,
+    help="Its new ceiling.",
+)
 @click.option(
     "--for",
     "duration_s",
@@ -765,7 +1053,7 @@ def status(workflow_id: str, namespace: str, address: str, as_json: bool) -> Non
     except WorkflowQueryFailedError as error:
         _fail(f"{workflow_id}: not a governed run? the query failed: {error}", EXIT_BAD_INPUT)
     except RPCError as error:
-        _fail(f"workflow {workflow_id}: {error}", EXIT_UNREACHABLE)
+        _server_failure(f"workflow {workflow_id}", error)
     if as_json:
         click.echo(json.dumps(state, indent=2))
         return
@@ -859,3 +1147,16 @@ def _print_audit(control_audit: list[dict[str, Any]]) -> None:
             escape(record["outcome"]),
         )
     Console().print(table)
+
+
+_SEE_EXIT_CODES = (
+    "Exit codes: 0 success, 2 bad input, 3 Temporal unreachable or refusing; all of them in "
+    "temporal-governor --help."
+)
+for _command in main.commands.values():
+    _command.epilog = (
+        f"{_command.epilog}\n\n{_SEE_EXIT_CODES}" if _command.epilog else _SEE_EXIT_CODES
+    )
+
+if __name__ == "__main__":
+    main()
