@@ -39,8 +39,9 @@ MAX_LIMITS = 32
 """Most limits one reservation may touch."""
 MAX_SETTLEMENTS = 500
 """Most settlements one ``release_run`` may carry."""
-MAX_CONTROL_BYTES = 16_384
-"""Largest control message (as JSON) the ledger stores."""
+MAX_CONTROL_BYTES = 16 * 1024
+"""Largest control message (as compact JSON) the ledger stores; the same figure as the cap
+on a control signal's payload (``temporal_governor.control.MAX_CONTROL_BYTES`` is this)."""
 MAX_OPEN_RESERVATIONS = 5_000
 """Open reservations at once; beyond it a reservation is refused (limit ``ledger.capacity``)."""
 MAX_COUNTERS = 50_000

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from temporalio.api.common.v1 import Payload
 from temporalio.common import RawValue
 
+from . import book
 from .errors import GovernorError, validation_problems
 from .policy import PER_TASK_LIMITS, ControlSettings, Policy
 
@@ -48,7 +49,7 @@ OVERRIDE_SIGNAL = "governor.override"
 CONTROL_QUERY = "governor.control"
 """Query: the run's control state and the audit trail of control messages."""
 
-MAX_CONTROL_BYTES = 16 * 1024
+MAX_CONTROL_BYTES = book.MAX_CONTROL_BYTES
 """The most a control message may weigh on the wire: the protobuf size of its payload (data
 and metadata) as the run receives it, 16 KiB.
 

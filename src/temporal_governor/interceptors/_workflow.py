@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from datetime import timedelta
 from typing import Any, ClassVar
 
 import temporalio.workflow
@@ -24,6 +25,7 @@ from temporalio.worker import (
     WorkflowInboundInterceptor,
     WorkflowOutboundInterceptor,
 )
+from temporalio.workflow import ParentClosePolicy
 
 from ..accounting import Amounts
 from ..activities._ledger import LEDGER_ACTIVITY
@@ -112,6 +114,8 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
                 main.add_done_callback(_retrieve)
                 await _run_agent_code(run, main)
             if run.breach is not None or main is None:
+                if not run.killed:
+                    await _let_activities_finish(run)
                 if main is not None:
                     main.cancel()
                 for handle in list(run.in_flight):
@@ -119,9 +123,11 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
                 # let the cancellations become commands before the run fails
                 for _ in range(3):
                     await asyncio.sleep(0)
+                await _let_children_settle(run, cancel=False)
                 await run.shared.release_all()
                 _publish(run, "killed" if run.killed else "breached")
                 raise run.final_error()
+            await _let_children_settle(run, cancel=True)
             await run.shared.release_all()
             try:
                 result = main.result()
@@ -144,6 +150,52 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
                 run.breached.cancel()
             forget_workflow_context(run.info.run_id)
             forget_plane(run.info.run_id)
+
+
+HALT_GRACE = timedelta(seconds=30)
+"""How long a halted run lets its in-flight activities finish before it cancels them."""
+
+CHILD_SETTLE_TIMEOUT = timedelta(seconds=30)
+"""How long a closing run waits for the children it cancelled to settle their own budgets."""
+
+
+async def _let_activities_finish(run: GovernedRun) -> None:
+    """Let a halted run's in-flight activities finish (bounded), so what they spent is known.
+
+    They were reserved within the budget before the halt, so finishing them overspends
+    nothing; a run cannot dispatch anything new once halted. What is still running after
+    :data:`HALT_GRACE` is cancelled and charged its reservation.
+    """
+    activities = [h for h in run.in_flight if isinstance(h, _GovernedActivityHandle)]
+    if activities:
+        await temporalio.workflow.wait(
+            activities, timeout=HALT_GRACE.total_seconds(), return_when=asyncio.ALL_COMPLETED
+        )
+
+
+async def _let_children_settle(run: GovernedRun, cancel: bool) -> None:
+    """Wait (bounded) for children that close with this run to settle their own budgets.
+
+    A child still running when its parent closes is terminated by the default parent-close
+    policy (``TERMINATE``) and can settle nothing. With ``cancel`` such children are
+    cancelled first (a halted run has cancelled all of its children already); given
+    :data:`CHILD_SETTLE_TIMEOUT`, each hands the cancellation to its agent code and settles
+    its shared leases exactly (see ``_run_agent_code``). Children with ``ABANDON`` or
+    ``REQUEST_CANCEL`` policies settle by themselves and are left alone.
+    """
+    children = [
+        h
+        for h in run.in_flight
+        if isinstance(h, _GovernedChildHandle) and (h.terminated_on_close or not cancel)
+    ]
+    if not children:
+        return
+    if cancel:
+        for child in children:
+            child.cancel()
+    await temporalio.workflow.wait(
+        children, timeout=CHILD_SETTLE_TIMEOUT.total_seconds(), return_when=asyncio.ALL_COMPLETED
+    )
 
 
 async def _run_agent_code(run: GovernedRun, main: asyncio.Future[Any]) -> None:
@@ -229,6 +281,7 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
                 try:
                     if limits:
                         ticket = await run.shared.reserve(key, limits, shared_amounts, dispatch)
+                    run.raise_if_halted()  # halted while it waited for the ledger
                     if plane.paused is None:
                         return key, start(input), ticket
                 except BaseException:
@@ -353,6 +406,7 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
             _settle(run, key, inner, ret_type, charge, ticket, ("child", input.workflow)),
         )
         handle = _GovernedChildHandle(inner, settle)
+        handle.terminated_on_close = input.parent_close_policy == ParentClosePolicy.TERMINATE
         handle.add_done_callback(
             functools.partial(
                 _never_ran, entered, run, key, lambda: reserved, functools.partial(plane.left, key)
@@ -399,6 +453,7 @@ async def _settle(
     kind, name = target
     actual: Amounts | None = None
     settle_shared = True
+    dispatched_at = temporalio.workflow.now()  # the workflow task that started it
     try:
         raw = await inner
     except (ActivityError, ChildWorkflowError) as error:
@@ -406,8 +461,13 @@ async def _settle(
         plane = run.control
         paused = plane is not None and key in plane.cancelled_by_pause
         if usage is None and (paused or isinstance(error.cause, CancelledError)):
-            # cancelled before it could report: what it spent is unknown
-            actual = run.ledger.reservations.get(key) or charge(None)
+            if kind == "activity" and temporalio.workflow.now() == dispatched_at:
+                # cancelled in the workflow task that started it: the schedule command was
+                # never sent, so nothing ran and nothing was spent
+                actual = charge(None)
+            else:
+                # cancelled before it could report: what it spent is unknown
+                actual = run.ledger.reservations.get(key) or charge(None)
         else:
             actual = charge(usage)
         run.commit(key, actual, usage.models if usage else None)
@@ -638,6 +698,9 @@ class _GovernedActivityHandle(temporalio.workflow.ActivityHandle[Any]):
 
 class _GovernedChildHandle(temporalio.workflow.ChildWorkflowHandle[Any, Any]):
     """The child handle agent code gets: same id and signals, result after settling."""
+
+    terminated_on_close = True
+    """The child's parent-close policy is ``TERMINATE`` (the default)."""
 
     def __init__(
         self,
