@@ -48,7 +48,7 @@ MAX_COUNTERS = 50_000
 """Counters at once; beyond it a reservation that needs a new one is refused."""
 MAX_CONTROL_SCOPES = 1_000
 """Scopes with a stored fleet kill or resume; beyond it a new scope's record is refused."""
-MAX_BASELINES = 10_000
+MAX_BASELINES = 2_000
 """Spend baselines kept; the least recently updated is dropped beyond it."""
 MAX_EXPIRED = 2_000
 """Expired reservations remembered (for a late settle to correct its conservative charge)."""
@@ -60,6 +60,17 @@ CLOSED_KEEP_S = 600.0
 """How long a closed reservation key is remembered."""
 CONTROL_KEEP_S = 86_400.0
 """A scope whose latest resume is newer than its kill is forgotten after this long."""
+MAX_CONTROLS_BYTES = 256 * 1024
+"""All stored fleet control messages together (as compact JSON); beyond it a new one is refused."""
+MAX_PACKED_BYTES = 1024 * 1024
+"""The packed state's budget (a quarter of headroom below Temporal's 2 MB payload limit is
+kept for the growth between two measurements): once past it, anything that would grow the
+state (a new counter, reservation or fleet control) is refused until pruning frees room."""
+MEASURE_EVERY_BYTES = 128 * 1024
+"""The packed size is measured again once the state may have grown by this much."""
+REMEASURE_EVERY = 500
+"""Over its budget, the state is measured again after this many refused growths (what
+settles and expires meanwhile may have freed room); measuring is not free."""
 CAPACITY_LIMIT = "ledger.capacity"
 """The ``limit`` of a refusal caused by the book's own size caps."""
 
@@ -182,6 +193,13 @@ class ReleaseRunRequest(_Request):
     """Release the run's other open reservations (the last chunk of a run's settlements)."""
 
 
+class ExtendRequest(_Request):
+    """A live run keeps its open reservations from expiring (it renews them at TTL/2)."""
+
+    run: Key
+    ttl_s: float = Field(default=600.0, gt=0, le=MAX_TTL_S)
+
+
 class ControlRecordRequest(_Request):
     """Keep a fleet-wide kill or resume (a tenant's or an agent type's) for runs that start later.
 
@@ -198,7 +216,7 @@ class ControlRecordRequest(_Request):
     @field_validator("message")
     @classmethod
     def _bounded_message(cls, message: dict[str, Any]) -> dict[str, Any]:
-        size = len(json.dumps(message, separators=(",", ":"), default=str))
+        size = _json_size(message)
         if size > MAX_CONTROL_BYTES:
             raise ValueError(f"a control message is at most {MAX_CONTROL_BYTES} bytes, not {size}")
         return message
@@ -285,7 +303,7 @@ class LedgerState(BaseModel):
     counters: dict[str, Counter] = Field(default_factory=dict)
     reservations: dict[str, Reservation] = Field(default_factory=dict)
     expired: dict[str, Expired] = Field(default_factory=dict)
-    """Key -> an expired reservation, oldest first (bounded, pruned by age)."""
+    """Digest of a key -> an expired reservation, oldest first (bounded, pruned by age)."""
     closed: dict[str, float] = Field(default_factory=dict)
     """Digest of a closed reservation key -> when it closed, oldest first (bounded)."""
     outcomes: dict[str, str] = Field(default_factory=dict)
@@ -303,6 +321,10 @@ class LedgerState(BaseModel):
 
 class CapacityError(ValueError):
     """A request the book cannot take without passing one of its size caps."""
+
+
+def _json_size(data: Any) -> int:
+    return len(json.dumps(data, separators=(",", ":"), default=str))
 
 
 def _add(totals: dict[str, float], amounts: dict[str, float], sign: float = 1.0) -> None:
@@ -339,6 +361,31 @@ class LedgerBook:
     def __init__(self, state: dict[str, Any] | None = None) -> None:
         self.state = self.unpack(state)
         self.state.outcomes = {}
+        self.packed_bytes = 0
+        """The packed size at the last measurement."""
+        self._grown = MEASURE_EVERY_BYTES  # measure before the first growth
+        self._asked = 0
+
+    # -- size -----------------------------------------------------------------------------
+
+    def _grow(self, estimate: int, now: float) -> None:
+        """Admit growth of about ``estimate`` bytes, or raise :class:`CapacityError`.
+
+        Growth is counted pessimistically (as if incompressible) and the packed size is
+        measured again every :data:`MEASURE_EVERY_BYTES`, so the packed state never passes
+        :data:`MAX_PACKED_BYTES` by more than that plus one request.
+        """
+        self._asked += 1
+        over = self.packed_bytes > MAX_PACKED_BYTES
+        if self._grown >= MEASURE_EVERY_BYTES or (over and self._asked >= REMEASURE_EVERY):
+            self.packed_bytes = len(self.pack()["packed"])
+            if self.packed_bytes > MAX_PACKED_BYTES:
+                self.prune(now, squeeze=True)
+                self.packed_bytes = len(self.pack()["packed"])
+            self._grown = self._asked = 0
+        if self.packed_bytes > MAX_PACKED_BYTES:
+            raise CapacityError(f"state of {self.packed_bytes} bytes packed")
+        self._grown += estimate
 
     # -- carrying across continue-as-new ------------------------------------------------
 
@@ -393,6 +440,13 @@ class LedgerBook:
             self.prune(now)
             if len(self.state.counters) + len(new) > MAX_COUNTERS:
                 raise CapacityError(f"{MAX_COUNTERS} counters")
+        self._grow(
+            len(req.key)
+            + len(req.run)
+            + 64 * len(req.limits)
+            + sum(2 * len(lim.counter) + len(lim.name) + 120 for lim in new),
+            now,
+        )
         grant: dict[str, float] = {str(r): float(v) for r, v in req.amounts.items()}
         counters: list[tuple[SharedLimit, Counter]] = []
         for limit in req.limits:
@@ -488,7 +542,7 @@ class LedgerBook:
         return SettleResult(key=req.key, settled=True, committed=actual, released=released)
 
     def _settle_expired(self, key: str, actual: dict[str, float]) -> SettleResult:
-        expired = self.state.expired.pop(key, None)
+        expired = self.state.expired.pop(_digest(key), None)
         if expired is None:
             return SettleResult(key=key, settled=False)
         for counter_id, (charged, window_start) in expired.counters.items():
@@ -525,6 +579,19 @@ class LedgerBook:
                 done += 1
         return done
 
+    def extend(self, req: ExtendRequest, now: float) -> int:
+        """Push back the expiry of every open reservation of a live run.
+
+        Returns:
+            How many reservations were extended.
+        """
+        extended = 0
+        for reservation in self.state.reservations.values():
+            if reservation.run == req.run:
+                reservation.expires_at = max(reservation.expires_at, now + req.ttl_s)
+                extended += 1
+        return extended
+
     def _release(self, key: str, now: float) -> None:
         reservation = self.state.reservations.pop(key)
         for counter_id, held in reservation.counters.items():
@@ -560,7 +627,7 @@ class LedgerBook:
                 self.state.released,
                 {r: v - amounts.get(r, 0.0) for r, v in reservation.amounts.items()},
             )
-            self.state.expired[key] = Expired(amounts=amounts, counters=charged, at=now)
+            self.state.expired[_digest(key)] = Expired(amounts=amounts, counters=charged, at=now)
             self._close(key, now)
         return len(keys)
 
@@ -578,8 +645,19 @@ class LedgerBook:
 
     # -- pruning ------------------------------------------------------------------------
 
-    def prune(self, now: float) -> None:
-        """Forget what no longer matters: closed windows, idle counters, old memories."""
+    def prune(self, now: float, squeeze: bool = False) -> None:
+        """Forget what no longer matters: closed windows, idle counters, old memories.
+
+        With ``squeeze`` (the state is over its budget) also forget what is only nice to
+        have: expired reservations (a late settle then changes nothing), closed-key digests
+        and the older half of the spend baselines.
+        """
+        if squeeze:
+            self.state.expired.clear()
+            self.state.closed.clear()
+            baselines = self.state.baselines
+            for key in list(baselines)[: len(baselines) // 2]:
+                del baselines[key]
         counters = self.state.counters
         held = {c for r in self.state.reservations.values() for c in r.counters}
         remembered = {c for e in self.state.expired.values() for c in e.counters}
@@ -618,6 +696,19 @@ class LedgerBook:
                 raise CapacityError(
                     f"the ledger keeps fleet controls of at most {MAX_CONTROL_SCOPES} scopes"
                 )
+        size = _json_size(req.message)
+        kept = sum(
+            _json_size(stored.message)
+            for scope, signals in self.state.controls.items()
+            for signal, stored in signals.items()
+            if (scope, signal) != (req.scope, req.signal)
+        )
+        if kept + size > MAX_CONTROLS_BYTES:
+            raise CapacityError(
+                f"stored fleet controls would take {kept + size} bytes, "
+                f"above the ledger's {MAX_CONTROLS_BYTES}"
+            )
+        self._grow(size + len(req.scope) + 64, now)
         stored = StoredControl(message=req.message, recorded_at_ms=int(now * 1000))
         self.state.controls.setdefault(req.scope, {})[req.signal] = stored
         return stored
@@ -644,6 +735,8 @@ class LedgerBook:
         updated = {}
         baselines = self.state.baselines
         for key, value in req.values.items():
+            if key not in baselines and self.packed_bytes > MAX_PACKED_BYTES:
+                continue  # advisory: no new baseline while the state is over its budget
             known = baselines.pop(key, None)  # re-inserted last: least recently updated first
             baseline = (
                 SpendBaseline.from_state(known)
@@ -701,6 +794,7 @@ __all__ = [
     "CapacityError",
     "ControlRecordRequest",
     "Counter",
+    "ExtendRequest",
     "LedgerBook",
     "LedgerRefusal",
     "LedgerState",

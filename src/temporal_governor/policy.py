@@ -137,6 +137,19 @@ Fraction = Annotated[
     Field(gt=0, le=1),
     BeforeValidator(_number("a fraction in (0, 1]", exclusive=True, maximum=1.0)),
 ]
+_CHILD_FRACTION = _number("a fraction in (0, 1] or auto", exclusive=True, maximum=1.0)
+
+
+def _child_allowance(value: Any) -> Any:
+    """``auto`` as it is, anything else as a fraction in (0, 1]."""
+    return value if isinstance(value, str) and value == "auto" else _CHILD_FRACTION(value)
+
+
+ChildAllowance = Annotated[
+    Annotated[float, Field(gt=0, le=1)] | Literal["auto"], BeforeValidator(_child_allowance)
+]
+"""``auto`` (a fair share, see :meth:`Policy.child_allowance_for`) or a fraction in (0, 1]."""
+
 CycleLength = Annotated[
     int,
     Field(ge=2, le=16),
@@ -429,6 +442,10 @@ class SharedSettings(BaseModel):
     keep this times the number of worker processes at or below that, or raise it."""
     continue_as_new_after: PositiveInt = 2000
     """The ledger continues as new after this many updates, carrying its state."""
+    on_unavailable: Literal["closed", "open"] = "closed"
+    """A ledger that cannot answer stops the run (``closed``, no shared budget is ever
+    passed) or lets the dispatch go uncounted in the shared scopes (``open``, agents keep
+    running through a ledger outage; in-tree limits still hold)."""
 
 
 BackpressurePropagation = Literal["up", "down", "both", "none"]
@@ -451,6 +468,10 @@ class ControlSettings(BaseModel):
     """A file with a mapping of key id to secret (relative paths: to the policy file)."""
     signing_key: str | None = None
     """The key id the CLI and the governor sign with (default: the first key found)."""
+    require_signed_attribution: bool = Field(default=False, strict=True)
+    """Believe a run's tenant and owner only when the starting client signed them with a
+    control key (a governed client holding a key does so); otherwise the run is charged
+    to the ``default`` tenant. Turn on where callers are less trusted than the namespace."""
     allow_unsigned_kill: bool = Field(default=True, strict=True)
     """Accept an unsigned ``kill`` (safety first). ``resume`` and ``override`` always need
     a valid signature."""
@@ -649,9 +670,11 @@ class AgentPolicy(BaseModel):
     estimate: Estimate = Field(default_factory=Estimate)
     """Reserved in the parent when this agent is started as a child workflow: the minimum
     the child needs."""
-    child_allowance: Fraction = 1.0
-    """Fraction of this agent's remaining budget carved out for each child it starts; when
-    the entry does not set it, ``defaults.child_allowance`` applies."""
+    child_allowance: ChildAllowance = "auto"
+    """How much of this agent's remaining budget each child it starts is carved: ``auto``
+    (a fair share that shrinks with the children already running, so parallel children
+    are not refused) or a fraction of what is left; when the entry does not set it,
+    ``defaults.child_allowance`` applies."""
     throttle: Throttle | None = None
     """Rate limit on the agent's dispatches."""
     priority: PrioritySettings | None = None
@@ -727,8 +750,9 @@ class Defaults(BaseModel):
     """Estimate of activities without a tool entry (or whose entry sets none)."""
     quotas: Quotas = Field(default_factory=Quotas)
     """Quotas of workflows without an agent entry (or whose entry sets none)."""
-    child_allowance: Fraction = 1.0
-    """Child allowance of workflows without an agent entry (or whose entry sets none)."""
+    child_allowance: ChildAllowance = "auto"
+    """Child allowance of workflows without an agent entry (or whose entry sets none):
+    ``auto`` or a fraction in (0, 1]."""
 
 
 class Visibility(BaseModel):
@@ -963,8 +987,14 @@ class Policy(BaseModel):
         entry = self.agent_for(workflow_type)
         return entry[1].estimate if entry is not None else _ZERO_ESTIMATE
 
-    def child_allowance_for(self, workflow_type: str) -> float:
-        """The fraction of a run's remaining budget carved out for each child it starts.
+    def child_allowance_for(self, workflow_type: str) -> float | Literal["auto"]:
+        """How a run's remaining budget is carved for each child it starts.
+
+        ``auto`` (the default): a child started while ``n`` children of the run are in
+        flight gets ``1 / (n + 2)`` of what is left after its estimate, at most its own
+        per-task quota, and at least its estimate. A fraction ``f``: ``f`` of what is left
+        after its estimate, and at least its estimate. Either way the carve is reserved in
+        the run while the child runs, so the tree never passes the run's ceiling.
 
         Args:
             workflow_type: The parent's workflow type name.

@@ -13,6 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 from temporalio import activity
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.workflowservice.v1 import GetWorkflowExecutionHistoryReverseRequest
 from temporalio.client import (
     WithStartWorkflowOperation,
     WorkflowUpdateFailedError,
@@ -42,7 +45,14 @@ class LedgerCall(BaseModel):
 
     ledger_id: str
     update: Literal[
-        "reserve", "settle", "release_run", "control", "read_controls", "baseline", "observe"
+        "reserve",
+        "settle",
+        "release_run",
+        "extend",
+        "control",
+        "read_controls",
+        "baseline",
+        "observe",
     ]
     request: dict[str, Any]
     update_id: str
@@ -123,10 +133,38 @@ async def _raise_if_wedged(ledger_id: str) -> None:
     except RPCError:
         return  # the server itself is unreachable: retry, it may come back
     pending = described.raw_description.pending_workflow_task
-    if described.raw_description.HasField("pending_workflow_task") and pending.attempt > 2:
-        raise ApplicationError(
-            f"ledger {ledger_id} cannot make progress: its workflow task has failed "
-            f"{pending.attempt - 1} times in a row (see its history in the Temporal UI)",
-            type=LEDGER_UNAVAILABLE,
-            non_retryable=True,
+    if not described.raw_description.HasField("pending_workflow_task") or pending.attempt <= 2:
+        return
+    if not await _last_task_failed(handle.id, described.run_id):
+        return  # timed out (its worker died, a deploy): it recovers once a worker polls
+    raise ApplicationError(
+        f"ledger {ledger_id} cannot make progress: its workflow task has failed "
+        f"{pending.attempt - 1} times in a row (see its history in the Temporal UI)",
+        type=LEDGER_UNAVAILABLE,
+        non_retryable=True,
+    )
+
+
+async def _last_task_failed(workflow_id: str, run_id: str | None) -> bool:
+    """Whether the ledger's latest workflow task ended in a failure (not a timeout)."""
+    client = activity.client()
+    request = GetWorkflowExecutionHistoryReverseRequest(
+        namespace=client.namespace,
+        execution=WorkflowExecution(workflow_id=workflow_id, run_id=run_id or ""),
+        maximum_page_size=20,
+    )
+    try:
+        response = await client.workflow_service.get_workflow_execution_history_reverse(
+            request, timeout=_RPC_TIMEOUT
         )
+    except RPCError:
+        return False
+    for event in response.history.events:
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+            return True
+        if event.event_type in (
+            EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT,
+            EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
+        ):
+            return False
+    return False

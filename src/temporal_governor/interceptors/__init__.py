@@ -53,7 +53,7 @@ class GovernanceInterceptor(temporalio.client.Interceptor, temporalio.worker.Int
         self, next: temporalio.client.OutboundInterceptor
     ) -> temporalio.client.OutboundInterceptor:
         """Attach attribution (and fleet-wide kills in force) to workflow starts."""
-        return GovernedClientOutbound(next, self.policy)
+        return GovernedClientOutbound(next, self.policy, self.keyring)
 
     def intercept_activity(
         self, next: temporalio.worker.ActivityInboundInterceptor

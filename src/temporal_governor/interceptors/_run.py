@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -109,12 +110,43 @@ def _judged(
         context, more = trusted_context(context, facts)
         problems += more
     if keyring is not None:
-        require = bool(getattr(policy.control, "require_signed_attribution", False))
+        require = policy.control.require_signed_attribution
         context, more = verified_attribution(
             context, facts, keyring, proven=proven, require=require
         )
         problems += more
     return context, problems
+
+
+CHILD_SHARE_PATCH = "temporal-governor/child-share"
+"""The patch id (``workflow.patched``) of the ``child_allowance: auto`` carve: a run that
+carves a child under ``auto`` records it once; one replayed without it carves as before."""
+
+
+@dataclass(frozen=True)
+class _FairShare:
+    """``child_allowance: auto``: a child's share shrinks with the children in flight."""
+
+    running: int
+    """This run's children in flight (carved and not yet settled) before this one."""
+    caps: dict[str, float]
+    """The child's own terminate per-task ceilings: it can never spend more."""
+
+
+def _share(rule: float | _FairShare, resource: str, left: float, estimate: float) -> float:
+    """What a child is carved of one resource, of ``left`` (what remains after its estimate).
+
+    A fraction ``f``: ``f * left``. A fair share: ``left / (running + 2)`` (half of what is
+    left with no other child running, a third with one, ...), at most the child's own
+    ceiling. Never less than the estimate (which ``left`` does not include).
+    """
+    if isinstance(rule, float):
+        return max(estimate, rule * left)
+    share = left / (rule.running + 2)
+    cap = rule.caps.get(resource)
+    if cap is not None:
+        share = min(share, cap)
+    return max(estimate, share)
 
 
 class GovernedRun:
@@ -269,9 +301,12 @@ class GovernedRun:
     def carve(self, key: str, child_type: str, estimate: Amounts) -> dict[str, AllowanceEntry]:
         """Reserve a child's allowance out of this run's remaining budget.
 
-        The child gets ``child_allowance`` (a fraction) of what remains of every resource
-        this run limits, and at least its estimate; it is refused when less than its
-        estimate, or nothing at all, remains.
+        For every resource this run limits (``tokens``, ``cost_usd``, ``tool_calls``,
+        ``child_workflows``) the child gets a share of what is left after its estimate
+        (:meth:`_share`), and at least its estimate; it is refused when less than its
+        estimate, or nothing at all, remains of ``tokens`` or ``cost_usd``. The whole
+        carve is reserved here until the child ends, so the carves of all children in
+        flight plus this run's own spend and reservations never pass its ceilings.
         """
         dispatch = f"child {child_type}"
         self._targets[key] = ("child", child_type)
@@ -291,10 +326,10 @@ class GovernedRun:
             self.ledger.log_breach(key, refusal)
             raise self._halt(refusal, dispatch, loop=True)
         self._check_deadline(key, dispatch)
-        fraction = self.policy.child_allowance_for(self.agent)
         base = estimate + Amounts(subtasks=1, child_workflows=1)
         reservation = base
         allowance: dict[str, AllowanceEntry] = {}
+        rule: float | _FairShare | None = None
         for resource in _CARVED:
             binding = self.ledger.binding_limit(resource)
             remaining = self.ledger.remaining(resource)
@@ -314,7 +349,9 @@ class GovernedRun:
                 )
                 self.ledger.log_breach(key, refusal)
                 raise self._halt(refusal, dispatch)
-            give = max(estimate.get(resource), fraction * max(left, 0.0))
+            if rule is None:
+                rule = self._carve_rule(child_type)
+            give = _share(rule, resource, max(left, 0.0), estimate.get(resource))
             allowance[resource] = AllowanceEntry(
                 amount=give, limit=binding.name, scope=binding.scope
             )
@@ -323,6 +360,27 @@ class GovernedRun:
             reservation = reservation.model_copy(update={resource: own + give})
         self.reserve(key, reservation, dispatch)
         return allowance
+
+    def _carve_rule(self, child_type: str) -> float | _FairShare:
+        """How this run carves a child: a fraction of what is left, or a fair share.
+
+        The policy's ``child_allowance`` fraction as it is. ``auto`` is a
+        :class:`_FairShare` with the number of this run's children in flight and the
+        child's own per-task ceilings; histories recorded before ``auto`` existed (no
+        :data:`CHILD_SHARE_PATCH` marker) replay with the former default, ``1.0``.
+        """
+        setting = self.policy.child_allowance_for(self.agent)
+        if setting != "auto":
+            return float(setting)
+        if not temporalio.workflow.patched(CHILD_SHARE_PATCH):
+            return 1.0
+        running = sum(1 for key in self.ledger.reservations if key.startswith(CHILD_KEY_PREFIX))
+        caps = {
+            resource: spec.ceiling
+            for resource, spec in self.policy.quotas_for(child_type).per_task().items()
+            if resource in _CARVED and self.policy.on_breach_of(spec) == "terminate"
+        }
+        return _FairShare(running=running, caps=caps)
 
     def _check_deadline(self, key: str, dispatch: str) -> None:
         now = temporalio.workflow.now()

@@ -16,14 +16,15 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import temporalio.workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 from ..accounting import Refusal
 from ..activities._ledger import LEDGER_ACTIVITY, LEDGER_UNAVAILABLE, LedgerCall
+from ..book import CAPACITY_LIMIT
 from ..scopes import Dispatch, SharedLimit, shared_limits
 from ..workflows._ledger import MALFORMED_UPDATE, MAX_SETTLEMENTS, ReserveResult
 
@@ -97,6 +98,10 @@ class SharedBudget:
         self._lease_locks: dict[tuple[str, ...], asyncio.Lock] = {}
         self._tickets: dict[int, Ticket] = {}
         self._tickets_issued = 0
+        self._unanswered = 0
+        """Reservations asked for and not answered (cancelled meanwhile): the ledger may hold
+        them, so the run's end releases whatever it still holds."""
+        self._keeper: asyncio.Task[None] | None = None
         self._owner = f"{run.info.workflow_id}/{run.info.run_id}"
         self._calls = 0
         self._controls_since_ms = 0
@@ -129,20 +134,32 @@ class SharedBudget:
     # -- ledger calls -------------------------------------------------------------------
 
     async def _call(self, update: str, request: dict[str, Any], update_id: str) -> Any:
-        """One ledger update; a ledger that cannot answer stops the run (fail-closed)."""
+        """One ledger update, or ``None`` when the ledger cannot answer and policy says open.
+
+        Fail-closed (``shared.on_unavailable: closed``, the default) stops the run instead.
+        A cancellation of the caller is passed on as it is: it is no outage.
+        """
         try:
             return await self._call_once(update, request, update_id)
         except (ActivityError, ApplicationError) as error:
             # a local activity's non-retryable failure may arrive bare, without ActivityError
             cause = error.cause if isinstance(error, ActivityError) else error
+            if isinstance(cause, CancelledError):
+                raise  # the dispatch or the run was cancelled while it asked the ledger
             if isinstance(cause, ApplicationError) and cause.type == MALFORMED_UPDATE:
                 raise  # a bug of the governor's, not an outage: never hide it
-            self._unavailable(update, cause or error)
+            return self._unavailable(update, cause or error)
 
-    def _unavailable(self, update: str, error: BaseException) -> NoReturn:
-        """Stop the run: the ledger keeping its shared budget cannot be reached."""
+    def _unavailable(self, update: str, error: BaseException) -> None:
+        """The ledger cannot answer: stop the run (closed) or go on uncounted (open)."""
         ledger = self.settings.ledger_id
         message = f"ledger {ledger} unavailable for {update}: {error}"
+        if self.settings.on_unavailable == "open":
+            temporalio.workflow.logger.warning(
+                "governor: %s; not counted in shared scopes (shared.on_unavailable: open)",
+                message,
+            )
+            return
         temporalio.workflow.logger.error("governor: %s; the run stops (fail-closed)", message)
         self.run.kill(
             self.run.details(
@@ -156,7 +173,6 @@ class SharedBudget:
             )
         )
         self.run.raise_if_halted()
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _call_once(self, update: str, request: dict[str, Any], update_id: str) -> Any:
         call = LedgerCall(
@@ -181,8 +197,13 @@ class SharedBudget:
         wanted: dict[str, float],
         dispatch: str,
         lease_of: int = 0,
-    ) -> tuple[str, dict[str, float]]:
-        """One reservation in the ledger, waiting or halting on refusal as the policy says."""
+    ) -> tuple[str | None, dict[str, float]]:
+        """One reservation in the ledger, waiting or halting on refusal as the policy says.
+
+        Returns:
+            The ledger key and what was granted; no key when the ledger could not answer
+            and the policy lets the dispatch go uncounted (``on_unavailable: open``).
+        """
         waited = 0.0
         while True:
             self._calls += 1
@@ -200,11 +221,15 @@ class SharedBudget:
             if self.run.policy.control.check_kills_at_start:
                 request["controls_for"] = self._control_scopes
                 request["controls_since_ms"] = self._controls_since_ms
-            result = ReserveResult.model_validate(
-                await self._call("reserve", request, f"reserve:{ledger_key}")
-            )
+            self._unanswered += 1  # until the answer is in: the ledger may hold it already
+            answer = await self._call("reserve", request, f"reserve:{ledger_key}")
+            self._unanswered -= 1
+            if answer is None:
+                return None, {}
+            result = ReserveResult.model_validate(answer)
             if result.granted:
                 self.open.add(ledger_key)  # before a returned kill can halt the run
+                self._keep_alive()
             if result.controls:
                 self._apply_controls(result.controls)
             if result.granted:
@@ -212,7 +237,11 @@ class SharedBudget:
             refusal = result.refusal
             assert refusal is not None
             left = self.settings.max_wait - waited
-            if self.settings.on_refusal == "wait" and left > 0:
+            full = refusal.limit == CAPACITY_LIMIT  # the ledger is busy, not the budget spent
+            if full and left <= 0:
+                self._unavailable("reserve", RuntimeError(f"ledger full: {refusal.resource}"))
+                return None, {}
+            if (full or self.settings.on_refusal == "wait") and left > 0:
                 pause = max(0.05, min(left, refusal.retry_after_s or _DEFAULT_RETRY_S))
                 self.run.note_wait(
                     key, refusal.limit, refusal.scope, refusal.observed, refusal.ceiling
@@ -233,6 +262,32 @@ class SharedBudget:
                 ),
                 dispatch,
             )
+
+    def _keep_alive(self) -> None:
+        """Renew the run's open reservations every half TTL while it lives.
+
+        Without it, a run (or an activity) that lives longer than ``reservation_ttl`` would
+        see its reservations expire: charged in full, and its concurrency slots freed.
+        """
+        if self._keeper is None:
+            self._keeper = asyncio.ensure_future(self._renew())
+
+    async def _renew(self) -> None:
+        ttl = self.settings.reservation_ttl
+        renewals = 0
+        while True:
+            await temporalio.workflow.sleep(ttl / 2)
+            if not self.open:
+                continue
+            renewals += 1
+            request = {"run": self._owner, "ttl_s": ttl}
+            try:
+                await self._call_once("extend", request, f"extend:{self._owner}#{renewals}")
+            except (ActivityError, ApplicationError) as error:
+                temporalio.workflow.logger.warning(
+                    "governor: reservations not renewed (%s); they expire charged in full",
+                    error.cause if isinstance(error, ActivityError) else error,
+                )
 
     def _apply_controls(self, controls: dict[str, dict[str, Any]], halt: bool = True) -> None:
         """Apply fleet kills and resumes the ledger sent back with a reservation, once each."""
@@ -280,7 +335,7 @@ class SharedBudget:
                     lim.resource: float(amounts.get(lim.resource, 0.0)) for lim in leasable
                 }
                 ticket.lease = await self._lease_for(key, leasable, wanted, dispatch)
-                ticket.leased = wanted
+                ticket.leased = wanted if ticket.lease is not None else {}
             if per_dispatch:
                 wanted = {
                     str(lim.resource): float(amounts.get(lim.resource, 0.0)) for lim in per_dispatch
@@ -294,7 +349,7 @@ class SharedBudget:
 
     async def _lease_for(
         self, key: str, leasable: list[SharedLimit], wanted: dict[str, float], dispatch: str
-    ) -> _Lease:
+    ) -> _Lease | None:
         """Hold ``wanted`` against the run's lease of these scopes, renewing it if needed."""
         signature = tuple(sorted(f"{lim.counter}|{lim.ceiling:g}" for lim in leasable))
         lock = self._lease_locks.setdefault(signature, asyncio.Lock())
@@ -308,6 +363,8 @@ class SharedBudget:
                 ledger_key, granted = await self._reserve(
                     key, leasable, wanted, dispatch, lease_of=self.settings.lease_dispatches
                 )
+                if ledger_key is None:
+                    return None  # uncounted: the ledger is unavailable and policy says open
                 lease = _Lease(ledger_key=ledger_key, granted=granted, taken_at=now)
                 self._leases[signature] = lease
             for resource, value in wanted.items():
@@ -400,7 +457,9 @@ class SharedBudget:
         self._tickets.clear()
         self._leases.clear()
         self._retired.clear()
-        if not self.open:
+        if self._keeper is not None:
+            self._keeper.cancel()
+        if not self.open and not self._unanswered:
             return
         items = sorted(settlements.items())
         chunks = [items[i : i + MAX_SETTLEMENTS] for i in range(0, len(items), MAX_SETTLEMENTS)]

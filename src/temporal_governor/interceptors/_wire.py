@@ -124,6 +124,17 @@ def split_marker(details: Sequence[Any]) -> tuple[Usage | None, tuple[Any, ...]]
     return usage, rest
 
 
+def has_usage_marker(error: BaseException | None) -> bool:
+    """Whether a failure's cause carries a usage marker (believable or not)."""
+    if isinstance(error, ApplicationError):
+        details: Sequence[Any] = error.details
+    elif isinstance(error, TimeoutError):
+        details = error.last_heartbeat_details
+    else:
+        return False
+    return bool(details) and isinstance(details[-1], dict) and USAGE_MARKER_KEY in details[-1]
+
+
 def take_failure_usage(error: BaseException | None) -> Usage | None:
     """Find, remove and return the usage marker in a failure's cause.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import timedelta
@@ -15,6 +16,7 @@ from temporalio.exceptions import (
     ApplicationError,
     CancelledError,
     ChildWorkflowError,
+    FailureError,
 )
 from temporalio.worker import (
     ContinueAsNewInput,
@@ -54,7 +56,14 @@ from ._control import ControlPlane, forget_plane, register_plane
 from ._run import BUDGET_QUERY, CHILD_KEY_PREFIX, GovernedRun
 from ._shared import Ticket
 from ._visibility import MEMO_KEY, STATE_ATTRIBUTE, TENANT_ATTRIBUTE
-from ._wire import attach_usage, take_failure_usage, take_usage, usage_marker
+from ._wire import (
+    USAGE_METADATA_KEY,
+    attach_usage,
+    has_usage_marker,
+    take_failure_usage,
+    take_usage,
+    usage_marker,
+)
 
 _ActivityStart = StartActivityInput | StartLocalActivityInput
 _GOVERNOR_FAILURES = (BUDGET_EXCEEDED, RUNAWAY_LOOP, GOVERNANCE_KILLED)
@@ -94,7 +103,8 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
         if temporalio.workflow.info().workflow_type == LEDGER_WORKFLOW:
             return await self.next.execute_workflow(input)
         context = decode_context(input.headers) or BudgetContext()
-        run = GovernedRun(self.policy, context, self.sinks)
+        run = GovernedRun(self.policy, context, self.sinks, self.keyring)
+        context = run.context  # as judged: what the header could not prove is gone
         self._outbound.run = run
         temporalio.workflow.set_query_handler(BUDGET_QUERY, run.budget_query)
         plane = ControlPlane(run, self.keyring)
@@ -107,28 +117,22 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
             try:
                 await _start(run, plane, context)
             except asyncio.CancelledError:
-                await run.shared.release_all()  # cancelled before agent code ever ran
+                await _uninterrupted(run.shared.release_all())  # cancelled before agent code
                 raise
             if run.breach is None:  # a fleet kill found at start stops it before its code runs
                 main = asyncio.ensure_future(self.next.execute_workflow(input))
                 main.add_done_callback(_retrieve)
                 await _run_agent_code(run, main)
             if run.breach is not None or main is None:
-                if not run.killed:
-                    await _let_activities_finish(run)
-                if main is not None:
-                    main.cancel()
-                for handle in list(run.in_flight):
-                    handle.cancel()
-                # let the cancellations become commands before the run fails
-                for _ in range(3):
-                    await asyncio.sleep(0)
-                await _let_children_settle(run, cancel=False)
-                await run.shared.release_all()
+                await _halt(run, main)
                 _publish(run, "killed" if run.killed else "breached")
                 raise run.final_error()
-            await _let_children_settle(run, cancel=True)
-            await run.shared.release_all()
+            if not _ends_the_run(main):
+                # a plain exception fails the workflow *task*, not the run: the run lives on
+                # (retried until the code is fixed) and keeps everything it holds
+                return main.result()
+            await _interruptible(_let_children_settle(run, cancel=True))
+            await _uninterrupted(run.shared.release_all())
             try:
                 result = main.result()
             except ApplicationError as error:
@@ -196,6 +200,63 @@ async def _let_children_settle(run: GovernedRun, cancel: bool) -> None:
     await temporalio.workflow.wait(
         children, timeout=CHILD_SETTLE_TIMEOUT.total_seconds(), return_when=asyncio.ALL_COMPLETED
     )
+
+
+async def _halt(run: GovernedRun, main: asyncio.Future[Any] | None) -> None:
+    """Stop a halted run: finish or cancel what runs, let children settle, settle the rest.
+
+    A cancellation of the run that arrives meanwhile cuts the waiting short, never the
+    settling: the run still fails with its breach or kill.
+    """
+    if not run.killed:
+        await _interruptible(_let_activities_finish(run))
+    if main is not None:
+        main.cancel()
+    for handle in list(run.in_flight):
+        handle.cancel()
+    # let the cancellations become commands before the run fails
+    for _ in range(3):
+        await asyncio.sleep(0)
+    await _interruptible(_let_children_settle(run, cancel=False))
+    await _uninterrupted(run.shared.release_all())
+
+
+def _ends_the_run(main: asyncio.Future[Any]) -> bool:
+    """Whether the agent code's outcome closes the run (else it only fails a workflow task).
+
+    Success, a Temporal failure (``ApplicationError``, cancellation ...), a cancellation
+    and continue-as-new close the run. Any other exception fails the workflow task, which
+    is retried; exceptions a worker configures as workflow failures
+    (``workflow_failure_exception_types``) are not visible here and are treated as such:
+    what such a run holds expires and is charged in full (see docs/shared.md).
+    """
+    if main.cancelled():
+        return True
+    error = main.exception()
+    return error is None or isinstance(
+        error,
+        FailureError | asyncio.CancelledError | temporalio.workflow.ContinueAsNewError,
+    )
+
+
+async def _uninterrupted(step: Coroutine[Any, Any, None]) -> None:
+    """Run a settling step to its end even if the run is cancelled meanwhile.
+
+    The cancellation is absorbed: a run settling its budget has already finished its
+    agent code (or is failing with a breach), and leaving the ledger half-settled would
+    hold budget until the reservations expire.
+    """
+    task = asyncio.ensure_future(step)
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+    task.result()
+
+
+async def _interruptible(wait: Coroutine[Any, Any, None]) -> None:
+    """A bounded wait that a cancellation of the run cuts short (and is absorbed)."""
+    with contextlib.suppress(asyncio.CancelledError):
+        await wait
 
 
 async def _run_agent_code(run: GovernedRun, main: asyncio.Future[Any]) -> None:
@@ -457,10 +518,14 @@ async def _settle(
     try:
         raw = await inner
     except (ActivityError, ChildWorkflowError) as error:
+        refused = has_usage_marker(error.cause)
         usage = take_failure_usage(error.cause) or _breach_usage(error.cause)
+        refused = refused and usage is None  # there, but not believable: unknown
         plane = run.control
         paused = plane is not None and key in plane.cancelled_by_pause
-        if usage is None and (paused or isinstance(error.cause, CancelledError)):
+        if usage is None and refused:
+            actual = run.ledger.reservations.get(key) or charge(None)
+        elif usage is None and (paused or isinstance(error.cause, CancelledError)):
             if kind == "activity" and temporalio.workflow.now() == dispatched_at:
                 # cancelled in the workflow task that started it: the schedule command was
                 # never sent, so nothing ran and nothing was spent
@@ -488,8 +553,12 @@ async def _settle(
             settle_shared = run.breach is None
         raise
     else:
+        reported = USAGE_METADATA_KEY in raw.payload.metadata
         usage = take_usage(raw.payload)
-        actual = charge(usage)
+        if usage is None and reported:  # there, but not believable: charge the reservation
+            actual = run.ledger.reservations.get(key) or charge(None)
+        else:
+            actual = charge(usage)
         run.commit(key, actual, usage.models if usage else None)
         settle_shared = run.breach is None  # before a verdict below may halt the run
         if usage is not None and usage.backpressure and run.control is not None:

@@ -27,6 +27,7 @@ from ..book import (
     BaselineRequest,
     CapacityError,
     ControlRecordRequest,
+    ExtendRequest,
     LedgerBook,
     LedgerRefusal,
     LedgerState,
@@ -156,6 +157,16 @@ class GovernorLedger:
     @release_run.validator
     def _check_release_run(self, request: dict[str, Any]) -> None:
         _validated(ReleaseRunRequest, request)
+
+    @workflow.update(name="extend")
+    def extend(self, request: dict[str, Any]) -> int:
+        """Keep a live run's open reservations from expiring; returns how many."""
+        now = self._counted()
+        return self.book.extend(_validated(ExtendRequest, request), now)
+
+    @extend.validator
+    def _check_extend(self, request: dict[str, Any]) -> None:
+        _validated(ExtendRequest, request)
 
     @workflow.update(name="control")
     def control(self, request: dict[str, Any]) -> dict[str, Any]:
