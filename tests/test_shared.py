@@ -416,3 +416,50 @@ async def test_a_ledger_that_cannot_go_on_stops_runs_at_once_with_a_clear_error(
     assert details.limit == "shared.ledger_unavailable"
     assert p.shared.ledger_id in details.scope
     assert "cannot make progress" in failure.value.cause.message
+
+
+async def test_the_ledger_continues_as_new_with_a_thousand_tenants_and_loses_nothing(
+    governed,
+) -> None:
+    """2,000 updates over 1,000 tenants through a ledger that continues as new every 150."""
+    from temporal_governor.scopes import shared_limits
+    from temporal_governor.workflows import LEDGER_WORKFLOW
+
+    p = policy(
+        "tenants: { default: { quotas: { max_tokens: 1000, max_tokens_per_hour: 900 } } }\n"
+        "shared: { continue_as_new_after: 150 }\n"
+    )
+    async with governed(p, WORKFLOWS, ACTIVITIES) as g:
+        handle = await g.client.start_workflow(
+            LEDGER_WORKFLOW,
+            {"continue_as_new_after": 150},
+            id=p.shared.ledger_id,
+            task_queue=g.task_queue,
+        )
+        first_run = (await handle.describe()).run_id
+        gate = asyncio.Semaphore(8)
+
+        async def spend(tenant: int) -> None:
+            limits = shared_limits(p, tenant=f"t{tenant:04d}", owner=None, agent="a", tool="x")
+            key = f"run-{tenant}/activity:1"
+            request = {
+                "key": key,
+                "run": f"run-{tenant}",
+                "amounts": {"tokens": 100},
+                "limits": [limit.model_dump(mode="json") for limit in limits],
+            }
+            async with gate:
+                assert (await handle.execute_update("reserve", request))["granted"]
+                settle = {"key": key, "actual": {"tokens": 60 + tenant % 7}}
+                assert (await handle.execute_update("settle", settle))["settled"]
+
+        await asyncio.gather(*(spend(t) for t in range(1000)))
+        state = await handle.query("state", "")
+        latest = (await handle.describe()).run_id
+    assert latest != first_run  # it continued as new (more than ten times)
+    expected = sum(60 + t % 7 for t in range(1000))
+    assert state["committed"]["tokens"] == pytest.approx(expected)
+    assert state["open_reservations"] == 0
+    assert counter(state, "tenant:t0007", "tokens")["committed"] == 60
+    totals = [c for c in state["counters"] if c["resource"] == "tokens" and c["window_s"] is None]
+    assert len(totals) == 1000

@@ -202,6 +202,9 @@ class UsageMeter:
     """The activity, as error messages name it (``activity call_llm (id 3) of workflow w``)."""
     refused: list[str] = field(default_factory=list)
     """What was refused in this attempt (the attempt is then charged at least its estimate)."""
+    on_report: Any = None
+    """Called with no argument after every report (the activity side heartbeats the usage
+    so far, so that a retry after a crashed worker or a lost completion still counts it)."""
 
     def add(
         self,
@@ -311,6 +314,8 @@ def report_usage(
         None if model is None else str(model),
         math.ceil(tool_calls),
     )
+    if meter.on_report is not None:
+        meter.on_report()
 
 
 def emit_backpressure(

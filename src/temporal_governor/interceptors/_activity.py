@@ -72,12 +72,19 @@ class GovernedActivityInbound(ActivityInboundInterceptor):
         info = self._outbound.next.info()
         carry_key = (info.workflow_run_id or "", info.activity_id)
         meter = UsageMeter(price=self._policy.cost_usd, activity=_describe(info))
+        earlier: Usage | None
         if info.is_local:
             earlier = self._carry.pop(carry_key)
         else:
             earlier, _, problem = read_marker(info.heartbeat_details)
             if problem is not None:  # earlier attempts' usage is unknown: charge the estimate
                 _logger.warning("governor: %s", meter.refuse(problem))
+            # heartbeat the usage as soon as it is reported: if this attempt's completion
+            # never reaches the server (worker killed, server down), the retry still has it
+            outbound, before = self._outbound, earlier
+            meter.on_report = lambda: outbound.heartbeat_usage(
+                self._total(meter, before, info.activity_type)
+            )
         meter_token = set_meter(meter)
         context_token = set_activity_context(decode_context(input.headers))
         try:

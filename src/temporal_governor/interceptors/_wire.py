@@ -146,12 +146,26 @@ def take_failure_usage(error: BaseException | None) -> Usage | None:
         usage, rest, problem = read_marker(error.details)
         if len(rest) != len(error.details):
             error._details = rest  # the SDK stores details here; agent code must not see ours
+            if error.failure is not None:
+                _drop_last(error.failure.application_failure_info.details.payloads)
         _refused(problem)
         return usage
     if isinstance(error, TimeoutError):
         usage, rest, problem = read_marker(error.last_heartbeat_details)
         if len(rest) != len(error.last_heartbeat_details):
             error._last_heartbeat_details = rest
+            if error.failure is not None:
+                _drop_last(error.failure.timeout_failure_info.last_heartbeat_details.payloads)
         _refused(problem)
         return usage
     return None
+
+
+def _drop_last(payloads: Any) -> None:
+    """Remove the marker's payload from the failure the SDK keeps with the error.
+
+    An error that agent code lets through is sent on from that stored failure (not from
+    the Python object), so the marker must leave it too, or the caller would see it.
+    """
+    if len(payloads) > 0:
+        del payloads[-1]

@@ -138,7 +138,8 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
             except ApplicationError as error:
                 _publish(run, "failed")
                 spent = Usage.from_amounts(run.ledger.committed)
-                if spent.amounts().nonzero() and error.type not in _GOVERNOR_FAILURES:
+                child = run.info.parent is not None  # its parent must learn what it spent
+                if child and spent.amounts().nonzero() and error.type not in _GOVERNOR_FAILURES:
                     error._details = (*error.details, usage_marker(spent))
                 raise
             await _learn(run)
