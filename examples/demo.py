@@ -17,6 +17,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.worker import Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -218,7 +219,14 @@ async def main() -> int:
     # the control-plane signing key (in production: from your secret store, never in YAML)
     os.environ.setdefault("TEMPORAL_GOVERNOR_KEYS", "demo=demo-secret-change-me")
     policy = Policy.from_yaml(POLICY)
-    client = await Client.connect(address, plugins=[GovernorPlugin(policy)])
+    # the SDK core logs at WARN (e.g. a progress query racing a run that just finished);
+    # the demo's output is its own lines only, so the core speaks up at ERROR
+    quiet = Runtime(
+        telemetry=TelemetryConfig(
+            logging=LoggingConfig(filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"))
+        )
+    )
+    client = await Client.connect(address, plugins=[GovernorPlugin(policy)], runtime=quiet)
     task_queue = f"agents-{uuid.uuid4().hex[:8]}"
     quota = policy.quotas_for("planner").max_tokens_per_task
     ceiling = float(quota.limit) if quota else 0.0

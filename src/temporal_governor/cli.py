@@ -44,6 +44,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from temporalio.client import Client, WorkflowQueryFailedError
+from temporalio.envconfig import ClientConfigProfile, ClientConnectConfig
 from temporalio.service import RPCError
 
 from .control import Keyring, KeyringError, overridable
@@ -75,8 +76,18 @@ Exit codes:
   130  interrupted
 Every error is one line on stderr: "error: ..."."""
 
-_ADDRESS = os.environ.get("TEMPORAL_ADDRESS", "localhost:7233")
-_NAMESPACE = os.environ.get("TEMPORAL_NAMESPACE", "default")
+_ADDRESS: str | None = None
+"""``--address`` unless given: the environment configuration's (``TEMPORAL_ADDRESS``, a
+profile), else ``localhost:7233``."""
+_NAMESPACE: str | None = None
+"""``--namespace`` unless given: the environment configuration's, else ``default``."""
+
+
+_ADDRESS_HELP = (
+    "Temporal frontend HOST:PORT [default: from TEMPORAL_ADDRESS or the profile, "
+    "else localhost:7233]."
+)
+_NAMESPACE_HELP = "Namespace [default: from TEMPORAL_NAMESPACE or the profile, else default]."
 
 
 class CliFailure(click.ClickException):
@@ -312,19 +323,33 @@ def _why(error: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-async def _connect(address: str, namespace: str) -> Client:
-    """A client of the Temporal frontend at ``address``, or a one-line failure.
+async def _connect(address: str | None, namespace: str | None) -> Client:
+    """A client of the Temporal frontend, connected the way the ``temporal`` CLI connects.
 
-    Bad options fail with exit code 2; a server that cannot be reached (refused, unknown
-    host, no answer within :data:`CONNECT_TIMEOUT_S`) with exit code 3.
+    The connection comes from Temporal's environment configuration
+    (``temporalio.envconfig``): the profile ``$TEMPORAL_PROFILE`` (``default``) of the
+    config file ``$TEMPORAL_CONFIG_FILE`` (or the default location), then the
+    environment (``TEMPORAL_ADDRESS``, ``TEMPORAL_NAMESPACE``, ``TEMPORAL_API_KEY``,
+    ``TEMPORAL_TLS*``); ``--address`` and ``--namespace`` override it. So Temporal Cloud
+    (API key or mTLS) and any TLS cluster work with the settings ``temporal`` uses.
+
+    Bad options or configuration fail with exit code 2; a server that cannot be reached
+    (refused, unknown host, no answer within :data:`CONNECT_TIMEOUT_S`) with exit code 3.
     """
-    _check_connection_options(address, namespace)
-    timeout = _connect_timeout()
-    where = f"Temporal at {address} (namespace {namespace})"
     try:
-        return await asyncio.wait_for(Client.connect(address, namespace=namespace), timeout)
-    except ValueError as error:  # the SDK refused the address itself
-        _fail(f"--address {address!r}: {error}", EXIT_BAD_INPUT)
+        config: ClientConnectConfig = ClientConfigProfile.load().to_client_connect_config()
+    except Exception as error:  # the SDK's config loader raises several kinds
+        _fail(f"Temporal environment configuration: {_why(error)}", EXIT_BAD_INPUT)
+    config["target_host"] = address or config.get("target_host") or "localhost:7233"
+    config["namespace"] = namespace or config.get("namespace") or "default"
+    target, name = config["target_host"], config["namespace"]
+    _check_connection_options(target, name)
+    timeout = _connect_timeout()
+    where = f"Temporal at {target} (namespace {name})"
+    try:
+        return await asyncio.wait_for(Client.connect(**config), timeout)
+    except ValueError as error:  # the SDK refused the address or a setting itself
+        _fail(f"{where}: {error}", EXIT_BAD_INPUT)
     except TimeoutError:
         _fail(f"cannot reach {where}: no answer within {timeout:g} s", EXIT_UNREACHABLE)
     except (RuntimeError, RPCError, OSError) as error:
@@ -360,13 +385,8 @@ def main() -> None:
     help="Module(s) defining the tree's workflow classes (repeatable).",
 )
 @click.option("--run-id", default=None, help="The root run (default: the latest run).")
-@click.option("--namespace", default=_NAMESPACE, show_default=True)
-@click.option(
-    "--address",
-    default=_ADDRESS,
-    show_default=True,
-    help="Temporal frontend (env TEMPORAL_ADDRESS).",
-)
+@click.option("--namespace", default=_NAMESPACE, help=_NAMESPACE_HELP)
+@click.option("--address", default=_ADDRESS, help=_ADDRESS_HELP)
 @click.option(
     "--history",
     "history_files",
@@ -396,8 +416,8 @@ def replay(
     policy_path: str,
     modules: tuple[str, ...],
     run_id: str | None,
-    namespace: str,
-    address: str,
+    namespace: str | None,
+    address: str | None,
     history_files: tuple[str, ...],
     json_out: str | None,
     html_out: str | None,
@@ -528,16 +548,16 @@ def _write(path: str, text: str) -> None:
     show_default=True,
     help="At most this many runs.",
 )
-@click.option("--namespace", default=_NAMESPACE, show_default=True)
-@click.option("--address", default=_ADDRESS, show_default=True)
+@click.option("--namespace", default=_NAMESPACE, help=_NAMESPACE_HELP)
+@click.option("--address", default=_ADDRESS, help=_ADDRESS_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
 def list_runs(
     tenant: str | None,
     state: str | None,
     agent: str | None,
     limit: int,
-    namespace: str,
-    address: str,
+    namespace: str | None,
+    address: str | None,
     as_json: bool,
 ) -> None:
     r"""List governed runs through Temporal visibility (needs the search attributes).
@@ -623,16 +643,16 @@ def _quote(value: str) -> str:
     type=click.Path(exists=True, dir_okay=False),
     help="Read the ledger id from this policy.",
 )
-@click.option("--namespace", default=_NAMESPACE, show_default=True)
-@click.option("--address", default=_ADDRESS, show_default=True)
+@click.option("--namespace", default=_NAMESPACE, help=_NAMESPACE_HELP)
+@click.option("--address", default=_ADDRESS, help=_ADDRESS_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the ledger state as JSON.")
 def budget(
     tenant: str | None,
     scope_prefix: str | None,
     ledger_id: str | None,
     policy_path: str | None,
-    namespace: str,
-    address: str,
+    namespace: str | None,
+    address: str | None,
     as_json: bool,
 ) -> None:
     r"""Show the shared ledger: committed and reserved spend per scope, window and ceiling.
@@ -759,8 +779,8 @@ _sending_options = _options(
         help="A governed worker's task queue, to start the ledger for --tenant/--agent "
         "if it is not running yet.",
     ),
-    click.option("--namespace", default=_NAMESPACE, show_default=True),
-    click.option("--address", default=_ADDRESS, show_default=True),
+    click.option("--namespace", default=_NAMESPACE, help=_NAMESPACE_HELP),
+    click.option("--address", default=_ADDRESS, help=_ADDRESS_HELP),
 )
 
 
@@ -1037,10 +1057,10 @@ def override(limit: str, value: float, duration_s: float, reason: str, **common:
     )
 )
 @click.argument("workflow_id")
-@click.option("--namespace", default=_NAMESPACE, show_default=True)
-@click.option("--address", default=_ADDRESS, show_default=True)
+@click.option("--namespace", default=_NAMESPACE, help=_NAMESPACE_HELP)
+@click.option("--address", default=_ADDRESS, help=_ADDRESS_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the control state and budget as JSON.")
-def status(workflow_id: str, namespace: str, address: str, as_json: bool) -> None:
+def status(workflow_id: str, namespace: str | None, address: str | None, as_json: bool) -> None:
     """Show a run's control state, its audit trail of control messages and its spend."""
 
     async def run() -> dict[str, Any]:
@@ -1157,6 +1177,8 @@ for _command in main.commands.values():
     _command.epilog = (
         f"{_command.epilog}\n\n{_SEE_EXIT_CODES}" if _command.epilog else _SEE_EXIT_CODES
     )
+    if _command.help:  # raw docstrings spell click's no-rewrap marker as two characters
+        _command.help = _command.help.replace("\\b\n", "\b\n").replace("\\\\\n", "\\\n")
 
 if __name__ == "__main__":
     main()
