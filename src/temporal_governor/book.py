@@ -68,9 +68,6 @@ kept for the growth between two measurements): once past it, anything that would
 state (a new counter, reservation or fleet control) is refused until pruning frees room."""
 MEASURE_EVERY_BYTES = 128 * 1024
 """The packed size is measured again once the state may have grown by this much."""
-REMEASURE_EVERY = 500
-"""Over its budget, the state is measured again after this many refused growths (what
-settles and expires meanwhile may have freed room); measuring is not free."""
 CAPACITY_LIMIT = "ledger.capacity"
 """The ``limit`` of a refusal caused by the book's own size caps."""
 
@@ -324,7 +321,7 @@ class CapacityError(ValueError):
 
 
 def _json_size(data: Any) -> int:
-    return len(json.dumps(data, separators=(",", ":"), default=str))
+    return len(json.dumps(data, separators=(",", ":"), default=str).encode())
 
 
 def _add(totals: dict[str, float], amounts: dict[str, float], sign: float = 1.0) -> None:
@@ -364,7 +361,7 @@ class LedgerBook:
         self.packed_bytes = 0
         """The packed size at the last measurement."""
         self._grown = MEASURE_EVERY_BYTES  # measure before the first growth
-        self._asked = 0
+        self._measured_at = 0.0
 
     # -- size -----------------------------------------------------------------------------
 
@@ -375,17 +372,29 @@ class LedgerBook:
         measured again every :data:`MEASURE_EVERY_BYTES`, so the packed state never passes
         :data:`MAX_PACKED_BYTES` by more than that plus one request.
         """
-        self._asked += 1
         over = self.packed_bytes > MAX_PACKED_BYTES
-        if self._grown >= MEASURE_EVERY_BYTES or (over and self._asked >= REMEASURE_EVERY):
-            self.packed_bytes = len(self.pack()["packed"])
-            if self.packed_bytes > MAX_PACKED_BYTES:
-                self.prune(now, squeeze=True)
-                self.packed_bytes = len(self.pack()["packed"])
-            self._grown = self._asked = 0
+        if self._grown >= MEASURE_EVERY_BYTES or (over and now - self._measured_at >= 1.0):
+            self.fit(now)
         if self.packed_bytes > MAX_PACKED_BYTES:
             raise CapacityError(f"state of {self.packed_bytes} bytes packed")
         self._grown += estimate
+
+    def fit(self, now: float) -> int:
+        """Measure the packed state; over its budget, forget what is only nice to have.
+
+        Called as the state grows, at most once a second while it is over its budget (what
+        settled or expired meanwhile may have freed room), and before every
+        continue-as-new.
+
+        Returns:
+            The packed size in bytes.
+        """
+        self.packed_bytes = len(self.pack()["packed"])
+        if self.packed_bytes > MAX_PACKED_BYTES:
+            self.prune(now, squeeze=True)
+            self.packed_bytes = len(self.pack()["packed"])
+        self._grown, self._measured_at = 0, now
+        return self.packed_bytes
 
     # -- carrying across continue-as-new ------------------------------------------------
 
@@ -708,7 +717,7 @@ class LedgerBook:
                 f"stored fleet controls would take {kept + size} bytes, "
                 f"above the ledger's {MAX_CONTROLS_BYTES}"
             )
-        self._grow(size + len(req.scope) + 64, now)
+        self._grow(size + len(req.scope.encode()) + 64, now)
         stored = StoredControl(message=req.message, recorded_at_ms=int(now * 1000))
         self.state.controls.setdefault(req.scope, {})[req.signal] = stored
         return stored
@@ -730,13 +739,16 @@ class LedgerBook:
             if key in self.state.baselines
         }
 
-    def observe(self, req: ObserveRequest) -> dict[str, Any]:
+    def observe(self, req: ObserveRequest, now: float = 0.0) -> dict[str, Any]:
         """Fold a finished run's values into their baselines; returns the new baselines."""
         updated = {}
         baselines = self.state.baselines
         for key, value in req.values.items():
-            if key not in baselines and self.packed_bytes > MAX_PACKED_BYTES:
-                continue  # advisory: no new baseline while the state is over its budget
+            if key not in baselines:
+                try:
+                    self._grow(len(key.encode()) + 120, now)
+                except CapacityError:
+                    continue  # advisory: no new baseline while the state is over its budget
             known = baselines.pop(key, None)  # re-inserted last: least recently updated first
             baseline = (
                 SpendBaseline.from_state(known)

@@ -143,6 +143,10 @@ class BudgetContext(BaseModel):
     """The run id of the governed run this context belongs to (set when the run starts). A
     continue-as-new hands it on, so the next run can check that carried spend and guard
     state come from its own predecessor and not from a client."""
+    started_by: list[ChainLink] = Field(default_factory=list)
+    """For a run a Temporal client started from inside a governed activity: the chain of
+    the run that dispatched that activity, root first (who caused it; informational, it
+    carries no budget). The run inherits that run's tenant and owner."""
 
     @property
     def depth(self) -> int:
@@ -351,6 +355,12 @@ def check_context(context: BudgetContext) -> tuple[BudgetContext, list[str]]:
             f"ignored (tenant {DEFAULT_TENANT!r})"
         )
         updates["attribution"] = Attribution()
+    caller = context.started_by
+    if len(caller) > MAX_CHAIN or not all(
+        _text_ok(x) for link in caller for x in (link.workflow_id, link.run_id, link.agent)
+    ):
+        problems.append(f"started_by: at most {MAX_CHAIN} links of bounded ids; ignored")
+        updates["started_by"] = []
     chain = context.chain
     if not all(_text_ok(x) for link in chain for x in (link.workflow_id, link.run_id, link.agent)):
         problems.append(f"chain: ids and agents must be at most {MAX_TEXT} characters; ignored")
@@ -687,6 +697,22 @@ def attribution(tenant: str = DEFAULT_TENANT, owner: str | None = None) -> Itera
 def pending_attribution() -> Attribution | None:
     """The attribution set by an enclosing :func:`attribution` block, if any."""
     return _attribution.get()
+
+
+def inherited_context() -> BudgetContext | None:
+    """The context a run started from inside a governed activity inherits, if any.
+
+    A Temporal client used inside a governed activity (an agent that holds a client)
+    starts runs on behalf of the run that dispatched the activity: they pay from the same
+    tenant and owner, and record that run in ``started_by``. An explicit
+    :func:`attribution` block around the start wins over this.
+    """
+    if not temporalio.activity.in_activity():
+        return None
+    caller = _activity_context.get()
+    if caller is None:
+        return None
+    return BudgetContext(attribution=caller.attribution, started_by=list(caller.chain))
 
 
 @contextmanager

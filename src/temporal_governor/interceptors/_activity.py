@@ -10,9 +10,11 @@ true spend is unknown) and the refusal is logged, naming the activity.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import temporalio.activity
@@ -82,8 +84,11 @@ class GovernedActivityInbound(ActivityInboundInterceptor):
             # heartbeat the usage as soon as it is reported: if this attempt's completion
             # never reaches the server (worker killed, server down), the retry still has it
             outbound, before = self._outbound, earlier
-            meter.on_report = lambda: outbound.heartbeat_usage(
-                self._total(meter, before, info.activity_type)
+            if before is not None:  # the agent's own heartbeats keep the earlier attempts'
+                outbound.keep_usage(before)
+            meter.on_report = _on_the_loop(
+                asyncio.get_running_loop(),
+                lambda: outbound.heartbeat_usage(self._total(meter, before, info.activity_type)),
             )
         meter_token = set_meter(meter)
         context_token = set_activity_context(decode_context(input.headers))
@@ -159,12 +164,36 @@ class GovernedActivityOutbound(ActivityOutboundInterceptor):
         else:
             self.next.heartbeat(*details, self._marker)
 
+    def keep_usage(self, usage: Usage) -> None:
+        """Carry this usage on every heartbeat from now on (without sending one)."""
+        self._marker = usage_marker(usage)
+
     def heartbeat_usage(self, usage: Usage) -> None:
         """Record the usage so far as the last heartbeat detail, for the next attempt."""
         if self._marker is None and not self._user_details:
             _, self._user_details, _ = read_marker(self.next.info().heartbeat_details)
         self._marker = usage_marker(usage)
         self.next.heartbeat(*self._user_details, self._marker)
+
+
+def _on_the_loop(loop: asyncio.AbstractEventLoop, call: Callable[[], None]) -> Callable[[], None]:
+    """``call``, run on ``loop`` even when invoked from another thread.
+
+    ``report_usage`` may be called from a synchronous activity's thread or from
+    ``asyncio.to_thread``; the SDK's heartbeat must run on the worker's event loop.
+    """
+
+    def run() -> None:
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is loop:
+            call()
+        else:
+            loop.call_soon_threadsafe(call)
+
+    return run
 
 
 def _describe(info: temporalio.activity.Info) -> str:

@@ -19,6 +19,7 @@ from ..context import (
     HEADER,
     BudgetContext,
     decode_context,
+    inherited_context,
     pending_attribution,
     sign_attribution,
     with_context,
@@ -73,7 +74,12 @@ class GovernedClientOutbound(OutboundInterceptor):
         context = decode_context(input.headers) if HEADER in input.headers else None
         if context is None:
             attribution = pending_attribution()
-            context = BudgetContext(attribution=attribution) if attribution else None
+            if attribution is not None:  # an explicit attribution block wins
+                inherited = inherited_context()
+                caller = inherited.started_by if inherited is not None else []
+                context = BudgetContext(attribution=attribution, started_by=caller)
+            else:  # started from a governed activity: the same payer, the caller recorded
+                context = inherited_context()
         controls = (
             await self._controls((context or BudgetContext()).attribution.tenant, input.workflow)
             if self._policy.control.check_kills_at_start

@@ -99,6 +99,7 @@ class GovernorLedger:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 self.book.expire(_now())
                 self.book.prune(_now())
+                self.book.fit(_now())  # never carry more than the payload budget
                 workflow.continue_as_new(self.book.pack())
 
     def _continue_now(self) -> bool:
@@ -196,8 +197,8 @@ class GovernorLedger:
     @workflow.update(name="observe")
     def observe(self, request: dict[str, Any]) -> dict[str, Any]:
         """Fold a finished run's values into their baselines; returns the new baselines."""
-        self._counted()
-        return self.book.observe(_validated(ObserveRequest, request))
+        now = self._counted()
+        return self.book.observe(_validated(ObserveRequest, request), now)
 
     @observe.validator
     def _check_observe(self, request: dict[str, Any]) -> None:
