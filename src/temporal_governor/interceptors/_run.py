@@ -118,7 +118,7 @@ def _judged(
     return context, problems
 
 
-CHILD_SHARE_PATCH = "temporal-governor/child-share"
+CHILD_SHARE_PATCH = "temporal-governor/child-share-v1"
 """The patch id (``workflow.patched``) of the ``child_allowance: auto`` carve: a run that
 carves a child under ``auto`` records it once; one replayed without it carves as before."""
 
