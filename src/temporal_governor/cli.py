@@ -53,6 +53,7 @@ from .errors import PolicyError, validation_problems
 from .interceptors._visibility import STATE_ATTRIBUTE, TENANT_ATTRIBUTE
 from .policy import MAX_DURATION_S, MAX_NUMBER, MAX_TTL_SECONDS, PER_TASK_LIMITS, Policy, _seconds
 from .replay import ReviewError, load_histories, review
+from .top import Frame, RateLimiter, TopOptions, gather_frame, render_frame, run_live
 
 EXIT_NOTHING_FOUND = 1
 EXIT_NONDETERMINISM = 1
@@ -1167,6 +1168,149 @@ def _print_audit(control_audit: list[dict[str, Any]]) -> None:
             escape(record["outcome"]),
         )
     Console().print(table)
+
+
+@main.command(
+    epilog=_examples(
+        "temporal-governor top --policy governance.yaml",
+        "temporal-governor top --tenant acme --tenant globex --interval 2",
+        "temporal-governor top --once --json | jq .runs_total",
+    )
+)
+@click.option(
+    "--tenant",
+    "tenants",
+    multiple=True,
+    metavar="NAME",
+    help="Only this tenant: its scopes, runs and halts (repeatable).",
+)
+@click.option(
+    "--ledger-id",
+    default=None,
+    help="The ledger's workflow id (default: from --policy, else temporal-governor-ledger).",
+)
+@click.option(
+    "--policy",
+    "policy_path",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Read the ledger id from this policy.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.2, 3600),
+    default=1.0,
+    show_default=True,
+    callback=_finite,
+    help="Seconds between frames.",
+)
+@click.option("--once", is_flag=True, help="Print one frame and exit (for tests and scripts).")
+@click.option("--json", "as_json", is_flag=True, help="With --once: print the frame as JSON.")
+@click.option(
+    "--frames",
+    type=click.IntRange(1, 1_000_000),
+    default=None,
+    help="Stop after this many frames (default: run until Ctrl-C).",
+)
+@click.option(
+    "--recent",
+    type=click.IntRange(1, 100),
+    default=10,
+    show_default=True,
+    help="How many halted runs, and how many paused runs, to list.",
+)
+@click.option(
+    "--max-tenants",
+    type=click.IntRange(1, 100),
+    default=5,
+    show_default=True,
+    help="Tenant rows in the runs table without --tenant (the busiest; the rest add up in "
+    "(other)).",
+)
+@click.option(
+    "--visibility-rate",
+    type=click.FloatRange(0.1, 1000),
+    default=8.0,
+    show_default=True,
+    callback=_finite,
+    help="Most visibility calls a second (servers allow 10 per frontend by default).",
+)
+@click.option("--namespace", default=_NAMESPACE, help=_NAMESPACE_HELP)
+@click.option("--address", default=_ADDRESS, help=_ADDRESS_HELP)
+def top(
+    tenants: tuple[str, ...],
+    ledger_id: str | None,
+    policy_path: str | None,
+    interval: float,
+    once: bool,
+    as_json: bool,
+    frames: int | None,
+    recent: int,
+    max_tenants: int,
+    visibility_rate: float,
+    namespace: str | None,
+    address: str | None,
+) -> None:
+    r"""A live dashboard of the fleet: shared counters, runs by state, halts and controls.
+
+    Every --interval seconds (Ctrl-C quits, exit 0): the shared ledger's counters per tenant
+    and owner scope (and global, agent, tool scopes) with committed, reserved, ceiling, %
+    used (committed / ceiling; for concurrency, slots held / ceiling) and burn rate;
+    governed runs per tenant by state (visibility: GovernorTenant, GovernorState); the runs
+    halted most recently (breached, killed) with their memo summaries; runs a kill holds
+    paused; fleet-wide kills and resumes kept by the ledger.
+
+    Burn rate: committed per minute (tokens, cost, ...) in each scope. From the second
+    frame on it is measured between the frames of the last minute. A first frame (--once)
+    reads the scope's per-minute window if the policy has one (what it holds since the
+    minute began, per minute), else shows "—".
+
+    Runs need visibility.search_attributes: true in the policy. Each frame makes 2
+    visibility calls plus 3 per tenant row (plus 4 without --tenant), at most
+    --visibility-rate a second: frames come less often when they need more. Exit 0 even
+    when nothing is governed yet.
+    """
+    if as_json and not once:
+        raise click.UsageError("--json needs --once (the live view is for a terminal)")
+    if once and frames is not None:
+        raise click.UsageError("give --once or --frames, not both")
+    if any(not tenant.strip() for tenant in tenants):
+        raise click.UsageError("--tenant needs a non-empty value")
+    if ledger_id is None:
+        ledger_id = (
+            _load_policy(policy_path).shared.ledger_id
+            if policy_path
+            else "temporal-governor-ledger"
+        )
+    options = TopOptions(
+        ledger_id=ledger_id,
+        tenants=tuple(dict.fromkeys(tenants)),
+        recent=recent,
+        max_tenants=max_tenants,
+    )
+    limiter = RateLimiter(visibility_rate)
+
+    async def run() -> Frame | None:
+        client = await _connect(address, namespace)
+        if once:
+            return await gather_frame(client, options, limiter=limiter)
+        await run_live(
+            client, options, Console(), interval_s=interval, frames=frames, limiter=limiter
+        )
+        return None
+
+    try:
+        frame = asyncio.run(run())
+    except KeyboardInterrupt:
+        return  # quitting the live view is how it ends
+    except RPCError as error:
+        _server_failure("top: visibility", error)
+    if frame is None:
+        return
+    if as_json:
+        click.echo(frame.model_dump_json(indent=2))
+    else:
+        Console().print(render_frame(frame))
 
 
 _SEE_EXIT_CODES = (
