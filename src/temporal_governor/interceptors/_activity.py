@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import temporalio.activity
@@ -84,8 +84,9 @@ class GovernedActivityInbound(ActivityInboundInterceptor):
             # heartbeat the usage as soon as it is reported: if this attempt's completion
             # never reaches the server (worker killed, server down), the retry still has it
             outbound, before = self._outbound, earlier
-            if before is not None:  # the agent's own heartbeats keep the earlier attempts'
-                outbound.keep_usage(before)
+            # the agent's own heartbeats keep the earlier attempts' usage, and ours keep the
+            # agent's last details
+            outbound.adopt(info.heartbeat_details, before)
             meter.on_report = _on_the_loop(
                 asyncio.get_running_loop(),
                 lambda: outbound.heartbeat_usage(self._total(meter, before, info.activity_type)),
@@ -164,14 +165,17 @@ class GovernedActivityOutbound(ActivityOutboundInterceptor):
         else:
             self.next.heartbeat(*details, self._marker)
 
-    def keep_usage(self, usage: Usage) -> None:
-        """Carry this usage on every heartbeat from now on (without sending one)."""
-        self._marker = usage_marker(usage)
+    def adopt(self, details: Sequence[Any], earlier: Usage | None) -> None:
+        """Start from the last heartbeat of the earlier attempts (without sending one).
+
+        The agent's details are kept for the governor's own heartbeats, and the earlier
+        attempts' usage for the agent's heartbeats, so neither erases the other.
+        """
+        _, self._user_details, _ = read_marker(details)
+        self._marker = usage_marker(earlier) if earlier is not None else None
 
     def heartbeat_usage(self, usage: Usage) -> None:
         """Record the usage so far as the last heartbeat detail, for the next attempt."""
-        if self._marker is None and not self._user_details:
-            _, self._user_details, _ = read_marker(self.next.info().heartbeat_details)
         self._marker = usage_marker(usage)
         self.next.heartbeat(*self._user_details, self._marker)
 

@@ -142,23 +142,34 @@ def take_failure_usage(error: BaseException | None) -> Usage | None:
     details of ``error`` (the cause of an ``ActivityError`` or ``ChildWorkflowError``).
     A marker whose usage is refused is removed too, and read as unknown (``None``).
     """
+    usage, problem = _strip(error)
+    _refused(problem)
+    # an earlier attempt's failure nested as the cause (a heartbeat timeout's) carries its
+    # own marker: its usage is in the total above already, and the caller must not see it
+    nested = error.__cause__ if error is not None else None
+    while nested is not None:
+        _strip(nested)
+        nested = nested.__cause__
+    return usage
+
+
+def _strip(error: BaseException | None) -> tuple[Usage | None, str | None]:
+    """Remove the usage marker of one error (Python object and the SDK's stored failure)."""
     if isinstance(error, ApplicationError):
         usage, rest, problem = read_marker(error.details)
         if len(rest) != len(error.details):
             error._details = rest  # the SDK stores details here; agent code must not see ours
             if error.failure is not None:
                 _drop_last(error.failure.application_failure_info.details.payloads)
-        _refused(problem)
-        return usage
+        return usage, problem
     if isinstance(error, TimeoutError):
         usage, rest, problem = read_marker(error.last_heartbeat_details)
         if len(rest) != len(error.last_heartbeat_details):
             error._last_heartbeat_details = rest
             if error.failure is not None:
                 _drop_last(error.failure.timeout_failure_info.last_heartbeat_details.payloads)
-        _refused(problem)
-        return usage
-    return None
+        return usage, problem
+    return None, None
 
 
 def _drop_last(payloads: Any) -> None:
