@@ -341,8 +341,12 @@ async def _connect(address: str | None, namespace: str | None) -> Client:
         config: ClientConnectConfig = ClientConfigProfile.load().to_client_connect_config()
     except Exception as error:  # the SDK's config loader raises several kinds
         _fail(f"Temporal environment configuration: {_why(error)}", EXIT_BAD_INPUT)
-    config["target_host"] = address or config.get("target_host") or "localhost:7233"
-    config["namespace"] = namespace or config.get("namespace") or "default"
+    # a given option wins even when empty (and is then refused as such, exit 2)
+    if address is None:
+        address = config.get("target_host") or "localhost:7233"
+    if namespace is None:
+        namespace = config.get("namespace") or "default"
+    config["target_host"], config["namespace"] = address, namespace
     target, name = config["target_host"], config["namespace"]
     _check_connection_options(target, name)
     timeout = _connect_timeout()
