@@ -468,6 +468,10 @@ class ControlSettings(BaseModel):
     """A file with a mapping of key id to secret (relative paths: to the policy file)."""
     signing_key: str | None = None
     """The key id the CLI and the governor sign with (default: the first key found)."""
+    require_attribution: bool = Field(default=False, strict=True)
+    """Refuse a root run that arrives naming no payer (the ``default`` tenant and no owner,
+    and not started from a governed activity): it fails with ``GovernanceKilled``
+    (``limit: control.require_attribution``) before its code runs."""
     require_signed_attribution: bool = Field(default=False, strict=True)
     """Believe a run's tenant and owner only when the starting client signed them with a
     control key (a governed client holding a key does so); otherwise the run is charged

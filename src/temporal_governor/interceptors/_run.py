@@ -22,6 +22,7 @@ from ..accounting import (
     RunLedger,
 )
 from ..context import (
+    DEFAULT_TENANT,
     HEADER,
     AllowanceEntry,
     BudgetContext,
@@ -118,6 +119,9 @@ def _judged(
     return context, problems
 
 
+ATTRIBUTION_REQUIRED = "control.require_attribution"
+"""The ``limit`` of the ``GovernanceKilled`` failure of a run refused for naming no payer."""
+
 CHILD_SHARE_PATCH = "temporal-governor/child-share-v1"
 """The patch id (``workflow.patched``) of the ``child_allowance: auto`` carve: a run that
 carves a child under ``auto`` records it once; one replayed without it carves as before."""
@@ -185,6 +189,31 @@ class GovernedRun:
         self.control: ControlPlane | None = None
         """Set by the workflow interceptor once the control signals are installed."""
         self._record_refused_header(refused)
+        if policy.control.require_attribution and self._unattributed():
+            self.kill(
+                self.details(
+                    limit=ATTRIBUTION_REQUIRED,
+                    resource="attribution",
+                    scope=self.scope,
+                    observed=0.0,
+                    ceiling=0.0,
+                    dispatch="run start",
+                    evidence={
+                        "message": "the run arrived with no tenant or owner (start it inside "
+                        "`with attribution(...)`, from a governed client)"
+                    },
+                )
+            )
+
+    def _unattributed(self) -> bool:
+        """A root run that names no payer: default tenant, no owner, no governed caller."""
+        who = self.context.attribution
+        return (
+            self.info.parent is None
+            and not self.context.started_by
+            and who.tenant == DEFAULT_TENANT
+            and who.owner is None
+        )
 
     def _record_refused_header(self, problems: list[str]) -> None:
         """Record what the run did not believe of its start header (decisions and log)."""
