@@ -199,8 +199,10 @@ tools: { spend: { estimate: { tokens: 100 } } }
             handle = await g.start(Spender.run, Steps(tokens=[50] * 10))
             assert await handle.result() == 10
             history = await handle.fetch_history()
-            calls[leases] = sum(
-                1 for e in history.events if e.HasField("marker_recorded_event_attributes")
+            calls[leases] = sum(  # ledger calls: local-activity markers (not the patch)
+                1
+                for e in history.events
+                if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
             )
             state = await ledger_state(g)
             assert counter(state, "tenant:default", "tokens")["committed"] == 500

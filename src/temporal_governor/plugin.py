@@ -19,7 +19,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 from .activities import ledger_call
 from .control import Keyring
 from .decisions import DecisionSink
-from .interceptors import GovernanceInterceptor
+from .interceptors import GovernanceInterceptor, UnmarkedRuns
 from .interceptors._visibility import STATE_ATTRIBUTE, TENANT_ATTRIBUTE
 from .policy import Policy
 from .telemetry import OpenTelemetrySink
@@ -79,6 +79,12 @@ class GovernorPlugin(SimplePlugin):
         sinks: More receivers of every decision.
         keyring: The keys control messages are verified and relayed with (default: read
             from the environment and file the policy's ``control`` section names).
+        govern_new_runs: Govern runs that start from now on (default). ``False`` is the
+            off switch: the plugin stays installed, new runs are executed plain, and runs
+            that began governed go on governed (their histories need it) until they end.
+        unmarked_runs: What a run replayed without the governor's marker is: ``"plain"``
+            (default: it began without the governor) or ``"governed"`` (it began under
+            the previous release, 0.1.0, which wrote no marker). See docs/upgrading.md.
 
     """
 
@@ -91,12 +97,20 @@ class GovernorPlugin(SimplePlugin):
         meter_provider: MeterProvider | None = None,
         sinks: Sequence[DecisionSink] = (),
         keyring: Keyring | None = None,
+        govern_new_runs: bool = True,
+        unmarked_runs: UnmarkedRuns = "plain",
     ) -> None:
         self.policy = policy
         all_sinks: list[DecisionSink] = list(sinks)
         if telemetry:
             all_sinks.append(OpenTelemetrySink(tracer_provider, meter_provider))
-        self.interceptor = GovernanceInterceptor(policy, sinks=all_sinks, keyring=keyring)
+        self.interceptor = GovernanceInterceptor(
+            policy,
+            sinks=all_sinks,
+            keyring=keyring,
+            govern_new_runs=govern_new_runs,
+            unmarked_runs=unmarked_runs,
+        )
         super().__init__(
             PLUGIN_NAME,
             interceptors=[self.interceptor],

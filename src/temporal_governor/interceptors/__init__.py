@@ -15,6 +15,7 @@ from ._client import GovernedClientOutbound
 from ._control import ActiveBackpressure, ControlStatus, current_backpressure
 from ._guard import PRIORITY_KEYS
 from ._run import BUDGET_QUERY, BudgetSnapshot
+from ._versions import GOVERNED_PATCH, UnmarkedRuns
 from ._workflow import GovernedWorkflowInbound
 
 
@@ -31,6 +32,14 @@ class GovernanceInterceptor(temporalio.client.Interceptor, temporalio.worker.Int
             :class:`~temporal_governor.decisions.DecisionSink`), e.g. OpenTelemetry.
         keyring: The keys control messages are verified with (default: read from the
             environment and file the policy's ``control`` section names).
+        govern_new_runs: Govern runs that start from now on (default). ``False`` is the
+            off switch: new runs (and continue-as-new runs) are executed plain, while runs
+            that began governed go on governed, wherever they are replayed, and children a
+            governed run starts are governed with it. See docs/upgrading.md.
+        unmarked_runs: What a run replayed without the governor's marker is: ``"plain"``
+            (default: it began without the governor, and stays plain) or ``"governed"``
+            (it began under the previous release, 0.1.0, which wrote no marker; set this
+            while such runs are open or replayed).
 
     Raises:
         KeyringError: The control keys named by the policy cannot be read.
@@ -42,11 +51,24 @@ class GovernanceInterceptor(temporalio.client.Interceptor, temporalio.worker.Int
         policy: Policy,
         sinks: Sequence[DecisionSink] = (),
         keyring: Keyring | None = None,
+        *,
+        govern_new_runs: bool = True,
+        unmarked_runs: UnmarkedRuns = "plain",
     ) -> None:
+        if unmarked_runs not in ("plain", "governed"):
+            raise ValueError(f"unmarked_runs must be 'plain' or 'governed', not {unmarked_runs!r}")
         self.policy = policy
         self.sinks = tuple(sinks)
         self.keyring = keyring if keyring is not None else Keyring.from_policy(policy)
-        self._workflow_class = GovernedWorkflowInbound.bind(policy, self.sinks, self.keyring)
+        self.govern_new_runs = govern_new_runs
+        self.unmarked_runs: UnmarkedRuns = unmarked_runs
+        self._workflow_class = GovernedWorkflowInbound.bind(
+            policy,
+            self.sinks,
+            self.keyring,
+            govern_new_runs=govern_new_runs,
+            unmarked_runs=unmarked_runs,
+        )
         self._carry = _LocalCarry()
 
     def intercept_client(
@@ -70,10 +92,12 @@ class GovernanceInterceptor(temporalio.client.Interceptor, temporalio.worker.Int
 
 __all__ = [
     "BUDGET_QUERY",
+    "GOVERNED_PATCH",
     "PRIORITY_KEYS",
     "ActiveBackpressure",
     "BudgetSnapshot",
     "ControlStatus",
     "GovernanceInterceptor",
+    "UnmarkedRuns",
     "current_backpressure",
 ]

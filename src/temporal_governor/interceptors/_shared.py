@@ -27,6 +27,7 @@ from ..activities._ledger import LEDGER_ACTIVITY, LEDGER_UNAVAILABLE, LedgerCall
 from ..book import CAPACITY_LIMIT
 from ..scopes import Dispatch, SharedLimit, shared_limits
 from ..workflows._ledger import MALFORMED_UPDATE, MAX_SETTLEMENTS, ReserveResult
+from ._versions import LEASE_LOCK_PATCH, RELEASE_RUN_PATCH, RENEW_PATCH, Commands
 
 if TYPE_CHECKING:
     from ._run import GovernedRun
@@ -102,6 +103,8 @@ class SharedBudget:
         """Reservations asked for and not answered (cancelled meanwhile): the ledger may hold
         them, so the run's end releases whatever it still holds."""
         self._keeper: asyncio.Task[None] | None = None
+        self.commands = Commands()
+        """The run's command set (set by the workflow interceptor before the run starts)."""
         self._owner = f"{run.info.workflow_id}/{run.info.run_id}"
         self._calls = 0
         self._controls_since_ms = 0
@@ -269,7 +272,7 @@ class SharedBudget:
         Without it, a run (or an activity) that lives longer than ``reservation_ttl`` would
         see its reservations expire: charged in full, and its concurrency slots freed.
         """
-        if self._keeper is None:
+        if self._keeper is None and self.commands.since(RENEW_PATCH):
             self._keeper = asyncio.ensure_future(self._renew())
 
     async def _renew(self) -> None:
@@ -352,25 +355,38 @@ class SharedBudget:
     ) -> _Lease | None:
         """Hold ``wanted`` against the run's lease of these scopes, renewing it if needed."""
         signature = tuple(sorted(f"{lim.counter}|{lim.ceiling:g}" for lim in leasable))
+        if not self.commands.since(LEASE_LOCK_PATCH):  # a run of the previous release: no lock
+            return await self._hold(signature, key, leasable, wanted, dispatch)
         lock = self._lease_locks.setdefault(signature, asyncio.Lock())
         async with lock:  # one renewal at a time: parallel dispatches never orphan a lease
-            lease = self._leases.get(signature)
-            now = temporalio.workflow.now().timestamp()
-            stale = lease is not None and now - lease.taken_at > self.settings.reservation_ttl / 2
-            if lease is None or stale or not lease.fits(wanted):
-                if lease is not None:
-                    await self._retire(signature, lease)
-                ledger_key, granted = await self._reserve(
-                    key, leasable, wanted, dispatch, lease_of=self.settings.lease_dispatches
-                )
-                if ledger_key is None:
-                    return None  # uncounted: the ledger is unavailable and policy says open
-                lease = _Lease(ledger_key=ledger_key, granted=granted, taken_at=now)
-                self._leases[signature] = lease
-            for resource, value in wanted.items():
-                lease.held[resource] = lease.held.get(resource, 0.0) + value
-            lease.dispatches += 1
-            return lease
+            return await self._hold(signature, key, leasable, wanted, dispatch)
+
+    async def _hold(
+        self,
+        signature: tuple[str, ...],
+        key: str,
+        leasable: list[SharedLimit],
+        wanted: dict[str, float],
+        dispatch: str,
+    ) -> _Lease | None:
+        """Hold ``wanted`` against the lease of ``signature``, taking a new one if needed."""
+        lease = self._leases.get(signature)
+        now = temporalio.workflow.now().timestamp()
+        stale = lease is not None and now - lease.taken_at > self.settings.reservation_ttl / 2
+        if lease is None or stale or not lease.fits(wanted):
+            if lease is not None:
+                await self._retire(signature, lease)
+            ledger_key, granted = await self._reserve(
+                key, leasable, wanted, dispatch, lease_of=self.settings.lease_dispatches
+            )
+            if ledger_key is None:
+                return None  # uncounted: the ledger is unavailable and policy says open
+            lease = _Lease(ledger_key=ledger_key, granted=granted, taken_at=now)
+            self._leases[signature] = lease
+        for resource, value in wanted.items():
+            lease.held[resource] = lease.held.get(resource, 0.0) + value
+        lease.dispatches += 1
+        return lease
 
     def record(self, ticket: Ticket, actual: dict[str, float]) -> None:
         """Note what a finished dispatch used, without a ledger call (it cannot fail).
@@ -442,6 +458,9 @@ class SharedBudget:
         the run never learnt (cancelled before it reported, cut off by a halt) is charged
         what it reserved. Anything else of the run still open in the ledger is released.
         """
+        if not self.commands.since(RELEASE_RUN_PATCH):
+            await self._release_all_previous()
+            return
         for ticket in list(self._tickets.values()):
             self.record(ticket, ticket.actual if ticket.actual is not None else ticket.reserved)
         settlements: dict[str, dict[str, float]] = {}
@@ -482,3 +501,35 @@ class SharedBudget:
                 )
                 break
         self.open.clear()
+
+    async def _release_all_previous(self) -> None:
+        """The previous release's end of a run: one ``settle`` per lease, then the rest.
+
+        Kept for runs that began under that release: their histories have one ``settle``
+        call per lease before a ``release_run``. Each lease is settled with what its
+        dispatches used (a dispatch whose outcome is unknown with what it reserved);
+        ``release_run`` then releases what else the run holds.
+        """
+        for ticket in list(self._tickets.values()):
+            self.record(ticket, ticket.actual if ticket.actual is not None else ticket.reserved)
+        self._tickets.clear()
+        for signature, lease in list(self._leases.items()):
+            await self._retire(signature, lease)
+        for lease in self._retired:
+            await self._settle_key(lease.ledger_key, lease.used)
+        self._retired.clear()
+        if self._keeper is not None:
+            self._keeper.cancel()
+        if not self.open:
+            return
+        self.open.clear()
+        request = {"run": self._owner, "settlements": {}, "release_rest": True}
+        try:
+            await self._call_once("release_run", request, f"release_run:{self._owner}")
+        except (ActivityError, ApplicationError) as error:
+            temporalio.workflow.logger.error(
+                "governor: ledger %s unavailable at run end (%s): open reservations "
+                "expire charged in full",
+                self.settings.ledger_id,
+                error.cause or error,
+            )

@@ -55,6 +55,14 @@ from ..workflows._ledger import LEDGER_WORKFLOW
 from ._control import ControlPlane, forget_plane, register_plane
 from ._run import BUDGET_QUERY, CHILD_KEY_PREFIX, GovernedRun
 from ._shared import Ticket
+from ._versions import (
+    CANCEL_PATCH,
+    CLOSE_CHILDREN_PATCH,
+    HALT_PATCH,
+    Commands,
+    UnmarkedRuns,
+    lineage,
+)
 from ._visibility import MEMO_KEY, STATE_ATTRIBUTE, TENANT_ATTRIBUTE
 from ._wire import (
     USAGE_METADATA_KEY,
@@ -78,16 +86,31 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
     policy: ClassVar[Policy]
     sinks: ClassVar[Sequence[DecisionSink]] = ()
     keyring: ClassVar[Keyring] = Keyring({})
+    govern_new_runs: ClassVar[bool] = True
+    unmarked_runs: ClassVar[UnmarkedRuns] = "plain"
 
     @classmethod
     def bind(
-        cls, policy: Policy, sinks: Sequence[DecisionSink] = (), keyring: Keyring | None = None
+        cls,
+        policy: Policy,
+        sinks: Sequence[DecisionSink] = (),
+        keyring: Keyring | None = None,
+        *,
+        govern_new_runs: bool = True,
+        unmarked_runs: UnmarkedRuns = "plain",
     ) -> type[GovernedWorkflowInbound]:
         """A subclass of this interceptor that governs with ``policy`` and reports to ``sinks``.
 
-        ``keyring`` verifies (and signs relayed) control messages.
+        ``keyring`` verifies (and signs relayed) control messages. ``govern_new_runs`` and
+        ``unmarked_runs`` say which runs are governed (see :func:`._versions.lineage`).
         """
-        attributes = {"policy": policy, "sinks": tuple(sinks), "keyring": keyring or Keyring({})}
+        attributes = {
+            "policy": policy,
+            "sinks": tuple(sinks),
+            "keyring": keyring or Keyring({}),
+            "govern_new_runs": govern_new_runs,
+            "unmarked_runs": unmarked_runs,
+        }
         return type(cls.__name__, (cls,), attributes)
 
     def __init__(self, next: WorkflowInboundInterceptor) -> None:
@@ -102,8 +125,13 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
         assert self._outbound is not None
         if temporalio.workflow.info().workflow_type == LEDGER_WORKFLOW:
             return await self.next.execute_workflow(input)
+        made_with = lineage(self.govern_new_runs, self.unmarked_runs)  # before any command
+        if made_with is None:
+            # began without the governor: plain for its whole life (no handlers, no commands)
+            return await self.next.execute_workflow(input)
         context = decode_context(input.headers) or BudgetContext()
         run = GovernedRun(self.policy, context, self.sinks, self.keyring)
+        run.shared.commands = Commands(made_with)
         context = run.context  # as judged: what the header could not prove is gone
         self._outbound.run = run
         temporalio.workflow.set_query_handler(BUDGET_QUERY, run.budget_query)
@@ -117,7 +145,8 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
             try:
                 await _start(run, plane, context)
             except asyncio.CancelledError:
-                await _uninterrupted(run.shared.release_all())  # cancelled before agent code
+                if run.shared.commands.since(CANCEL_PATCH):
+                    await _uninterrupted(run.shared.release_all())  # cancelled before agent code
                 raise
             if run.breach is None:  # a fleet kill found at start stops it before its code runs
                 main = asyncio.ensure_future(self.next.execute_workflow(input))
@@ -131,14 +160,16 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
                 # a plain exception fails the workflow *task*, not the run: the run lives on
                 # (retried until the code is fixed) and keeps everything it holds
                 return main.result()
-            await _interruptible(_let_children_settle(run, cancel=True))
+            if _children_closing(run) and run.shared.commands.since(CLOSE_CHILDREN_PATCH):
+                await _interruptible(_let_children_settle(run, cancel=True))
             await _uninterrupted(run.shared.release_all())
             try:
                 result = main.result()
             except ApplicationError as error:
                 _publish(run, "failed")
                 spent = Usage.from_amounts(run.ledger.committed)
-                child = run.info.parent is not None  # its parent must learn what it spent
+                # a governed parent must learn what it spent (a plain one would only see it)
+                child = _governed_parent(run)
                 if child and spent.amounts().nonzero() and error.type not in _GOVERNOR_FAILURES:
                     error._details = (*error.details, usage_marker(spent))
                 raise
@@ -178,6 +209,22 @@ async def _let_activities_finish(run: GovernedRun) -> None:
         )
 
 
+def _children_closing(run: GovernedRun) -> bool:
+    """Whether children the parent-close policy ``TERMINATE`` would cut off still run."""
+    return any(isinstance(h, _GovernedChildHandle) and h.terminated_on_close for h in run.in_flight)
+
+
+def _governed_parent(run: GovernedRun) -> bool:
+    """Whether a governed parent started the run (its start header proved it).
+
+    A parent's chain is believed only when its last link is the run's parent, so a run of
+    a plain parent (one that began before the governor was adopted) has none.
+    """
+    parent = run.info.parent
+    chain = run.context.chain
+    return parent is not None and bool(chain) and chain[-1].run_id == parent.run_id
+
+
 async def _let_children_settle(run: GovernedRun, cancel: bool) -> None:
     """Wait (bounded) for children that close with this run to settle their own budgets.
 
@@ -201,15 +248,20 @@ async def _let_children_settle(run: GovernedRun, cancel: bool) -> None:
     await temporalio.workflow.wait(
         children, timeout=CHILD_SETTLE_TIMEOUT.total_seconds(), return_when=asyncio.ALL_COMPLETED
     )
+    for child in children:  # their outcome is the governor's to see, not asyncio's to log
+        if child.done():
+            _retrieve(child)
 
 
 async def _halt(run: GovernedRun, main: asyncio.Future[Any] | None) -> None:
     """Stop a halted run: finish or cancel what runs, let children settle, settle the rest.
 
     A cancellation of the run that arrives meanwhile cuts the waiting short, never the
-    settling: the run still fails with its breach or kill.
+    settling: the run still fails with its breach or kill. A run of the previous release
+    (:data:`HALT_PATCH` not taken) cancels everything at once, as that release did.
     """
-    if not run.killed:
+    grace = run.shared.commands.since(HALT_PATCH)
+    if grace and not run.killed:
         await _interruptible(_let_activities_finish(run))
     if main is not None:
         main.cancel()
@@ -218,7 +270,8 @@ async def _halt(run: GovernedRun, main: asyncio.Future[Any] | None) -> None:
     # let the cancellations become commands before the run fails
     for _ in range(3):
         await asyncio.sleep(0)
-    await _interruptible(_let_children_settle(run, cancel=False))
+    if grace:
+        await _interruptible(_let_children_settle(run, cancel=False))
     await _uninterrupted(run.shared.release_all())
 
 
@@ -266,7 +319,9 @@ async def _run_agent_code(run: GovernedRun, main: asyncio.Future[Any]) -> None:
     The SDK cancels only the run's primary task (this interceptor); agent code runs in a
     task of its own, so a cancellation of the run (client cancel, parent-close policy
     ``REQUEST_CANCEL``) is handed to it here, and its ``except``/``finally`` blocks, its
-    activities' cancellation and cleanup run exactly as without the governor.
+    activities' cancellation and cleanup run exactly as without the governor. A run of
+    the previous release that was cancelled before :data:`CANCEL_PATCH` existed ends
+    cancelled at once, as it did then.
     """
     while True:
         try:
@@ -275,6 +330,8 @@ async def _run_agent_code(run: GovernedRun, main: asyncio.Future[Any]) -> None:
             )
             return
         except asyncio.CancelledError:
+            if not run.shared.commands.since(CANCEL_PATCH):
+                raise
             main.cancel()
 
 
@@ -343,7 +400,8 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
                 try:
                     if limits:
                         ticket = await run.shared.reserve(key, limits, shared_amounts, dispatch)
-                    run.raise_if_halted()  # halted while it waited for the ledger
+                    if run.breach is not None and run.shared.commands.since(HALT_PATCH):
+                        run.raise_if_halted()  # halted while it waited for the ledger
                     if plane.paused is None:
                         return key, start(input), ticket
                 except BaseException:

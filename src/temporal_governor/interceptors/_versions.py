@@ -1,0 +1,125 @@
+"""Which of the governor's command sets a run's history was made with (Temporal patching).
+
+A run is governed for its whole life or not at all, and keeps the command set it began
+with wherever it is replayed:
+
+- every run the governor takes on records the patch marker :data:`GOVERNED_PATCH` before
+  its first command; a run replayed without it began without the governor (on a plain
+  worker, or while new runs were switched off) and is executed plain for its whole life,
+  so its history replays and continues under a governed worker exactly as it was made;
+- runs begun under the previous release (0.1.0, commit e570692) carry no marker either;
+  a worker told so (``unmarked_runs="governed"``) governs them with that release's
+  commands, and such a run takes each change made since (:data:`CHANGES`) only through
+  the change's own patch id, recorded the first time it reaches the change live;
+- a change to the governor's commands after this release calls
+  ``workflow.patched("temporal-governor/<change>-v<n>")`` itself, for every governed run
+  (:meth:`Commands.since` is only for :data:`CHANGES`).
+
+See docs/upgrading.md.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import temporalio.workflow
+
+from ..context import HEADER, read_context
+
+GOVERNED_PATCH = "temporal-governor"
+"""The patch id every governed run records before its first command."""
+
+CANCEL_PATCH = "temporal-governor/cancel-to-agent-v1"
+"""A cancellation of the run is handed to agent code, which ends; then the run settles."""
+HALT_PATCH = "temporal-governor/halt-grace-v1"
+"""A halted run lets its in-flight activities finish (a timer) and waits for its children
+before it fails; a dispatch that finds the run halted after its ledger call never starts."""
+CLOSE_CHILDREN_PATCH = "temporal-governor/close-children-v1"
+"""Children under ``TERMINATE`` still running when their parent ends are cancelled and
+waited for (a timer)."""
+LEASE_LOCK_PATCH = "temporal-governor/lease-lock-v1"
+"""Parallel dispatches take or renew a shared lease one at a time (fewer ledger calls)."""
+RENEW_PATCH = "temporal-governor/renew-v1"
+"""A keeper timer renews the run's open reservations every half TTL (``extend``)."""
+RELEASE_RUN_PATCH = "temporal-governor/release-run-v1"
+"""The run's end settles every lease and reservation in one ``release_run`` call."""
+
+CHANGES = (
+    CANCEL_PATCH,
+    HALT_PATCH,
+    CLOSE_CHILDREN_PATCH,
+    LEASE_LOCK_PATCH,
+    RENEW_PATCH,
+    RELEASE_RUN_PATCH,
+)
+"""The changes to the governor's commands since the previous release, in patch ids."""
+
+UnmarkedRuns = Literal["plain", "governed"]
+"""What a history without the :data:`GOVERNED_PATCH` marker is: a run that began without the
+governor (``plain``), or one the previous release governed (``governed``)."""
+
+Lineage = Literal["current", "previous"]
+"""The command set a governed run was made with: this release's or the previous one's."""
+
+
+def lineage(govern_new_runs: bool, unmarked_runs: UnmarkedRuns) -> Lineage | None:
+    """Whether the run starting to execute is governed, and with which command set.
+
+    Call it in workflow code before the run's first command. A run replayed from its
+    beginning keeps what its history says (the :data:`GOVERNED_PATCH` marker, or none); a
+    brand-new run is governed when new runs are (the marker is recorded now), or when a
+    governed parent started it (so a governed tree stays whole while new runs are
+    switched off).
+
+    Returns:
+        ``None`` for a run executed plain.
+    """
+    if temporalio.workflow.unsafe.is_replaying():
+        if temporalio.workflow.patched(GOVERNED_PATCH):
+            return "current"
+        return "previous" if unmarked_runs == "governed" else None
+    if (govern_new_runs or _started_by_governed_parent()) and temporalio.workflow.patched(
+        GOVERNED_PATCH
+    ):
+        return "current"
+    return None
+
+
+def _started_by_governed_parent() -> bool:
+    """Whether the run's start header was written by the parent that started it.
+
+    Only a governed worker writes a chain whose last link is the run's parent (the server
+    says who the parent is, no client can forge it).
+    """
+    info = temporalio.workflow.info()
+    payload = info.headers.get(HEADER)
+    if info.parent is None or payload is None:
+        return False
+    context, _ = read_context(payload.data)
+    if context is None or not context.chain:
+        return False
+    last = context.chain[-1]
+    return last.workflow_id == info.parent.workflow_id and last.run_id == info.parent.run_id
+
+
+class Commands:
+    """The command set of one governed run: which changed paths it takes."""
+
+    def __init__(self, lineage: Lineage = "current") -> None:
+        self.lineage: Lineage = lineage
+
+    @property
+    def previous(self) -> bool:
+        """The run began under the previous release (no :data:`GOVERNED_PATCH` marker)."""
+        return self.lineage == "previous"
+
+    def since(self, change: str) -> bool:
+        """Whether the run takes the path a change introduced.
+
+        A run of this release always does; a run of the previous release does when its
+        history has the change's marker, or when it reaches the change live (the marker
+        is recorded then). The first answer holds for the rest of the run. Only for the
+        changes since the previous release (:data:`CHANGES`): a later change is patched
+        for every run, this release's included.
+        """
+        return self.lineage == "current" or temporalio.workflow.patched(change)
