@@ -103,6 +103,7 @@ class SharedBudget:
         """Reservations asked for and not answered (cancelled meanwhile): the ledger may hold
         them, so the run's end releases whatever it still holds."""
         self._keeper: asyncio.Task[None] | None = None
+        self._renewals = 0
         self.commands = Commands()
         """The run's command set (set by the workflow interceptor before the run starts)."""
         self._owner = f"{run.info.workflow_id}/{run.info.run_id}"
@@ -272,17 +273,21 @@ class SharedBudget:
         Without it, a run (or an activity) that lives longer than ``reservation_ttl`` would
         see its reservations expire: charged in full, and its concurrency slots freed.
         """
-        if self._keeper is None and self.commands.since(RENEW_PATCH):
+        if (self._keeper is None or self._keeper.done()) and self.commands.since(RENEW_PATCH):
             self._keeper = asyncio.ensure_future(self._renew())
 
     async def _renew(self) -> None:
+        """Renew while the run holds something; end when it holds nothing.
+
+        A new grant starts it again, so an idle run is not woken for nothing.
+        """
         ttl = self.settings.reservation_ttl
-        renewals = 0
         while True:
             await temporalio.workflow.sleep(ttl / 2)
             if not self.open:
-                continue
-            renewals += 1
+                return
+            self._renewals += 1
+            renewals = self._renewals
             request = {"run": self._owner, "ttl_s": ttl}
             try:
                 await self._call_once("extend", request, f"extend:{self._owner}#{renewals}")

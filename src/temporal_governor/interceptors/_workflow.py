@@ -163,6 +163,7 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
             if _children_closing(run) and run.shared.commands.since(CLOSE_CHILDREN_PATCH):
                 await _interruptible(_let_children_settle(run, cancel=True))
             await _uninterrupted(run.shared.release_all())
+            _charge_unfinished(run)
             try:
                 result = main.result()
             except ApplicationError as error:
@@ -191,7 +192,7 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
 HALT_GRACE = timedelta(seconds=30)
 """How long a halted run lets its in-flight activities finish before it cancels them."""
 
-CHILD_SETTLE_TIMEOUT = timedelta(seconds=30)
+CHILD_SETTLE_TIMEOUT = timedelta(seconds=10)
 """How long a closing run waits for the children it cancelled to settle their own budgets."""
 
 
@@ -223,6 +224,16 @@ def _governed_parent(run: GovernedRun) -> bool:
     parent = run.info.parent
     chain = run.context.chain
     return parent is not None and bool(chain) and chain[-1].run_id == parent.run_id
+
+
+def _charge_unfinished(run: GovernedRun) -> None:
+    """Charge what dispatches still running at the end of the run reserved.
+
+    Agent code may end with an activity in flight (fired and never awaited): its outcome
+    will never reach this run, so its reservation is what the run (and its parent) pays.
+    """
+    for key, reserved in list(run.ledger.reservations.items()):
+        run.commit(key, reserved)
 
 
 async def _let_children_settle(run: GovernedRun, cancel: bool) -> None:
