@@ -26,7 +26,7 @@ from temporalio.worker import (
     ExecuteActivityInput,
 )
 
-from ..context import decode_context, reset_activity_context, set_activity_context
+from ..context import HEADER, decode_context, reset_activity_context, set_activity_context
 from ..errors import InvalidUsage
 from ..policy import Policy
 from ..usage import Usage, UsageMeter, reset_meter, set_meter, usage_in_result
@@ -71,6 +71,10 @@ class GovernedActivityInbound(ActivityInboundInterceptor):
 
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         assert self._outbound is not None
+        if HEADER not in input.headers:
+            # dispatched by a run the governor does not govern (a plain run on a governed
+            # worker, the governor's own ledger call): nothing to meter, nothing to add
+            return await self.next.execute_activity(input)
         info = self._outbound.next.info()
         carry_key = (info.workflow_run_id or "", info.activity_id)
         meter = UsageMeter(price=self._policy.cost_usd, activity=_describe(info))
