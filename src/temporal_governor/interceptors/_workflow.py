@@ -171,7 +171,10 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
                 spent = Usage.from_amounts(run.ledger.committed)
                 # a governed parent must learn what it spent (a plain one would only see it)
                 child = _governed_parent(run)
-                if child and spent.amounts().nonzero() and error.type not in _GOVERNOR_FAILURES:
+                # also on a governor-typed failure the run did not raise itself (a
+                # grandchild's breach passed on, or one forged by agent code): the parent
+                # must be charged this run's own spend, not the numbers in those details
+                if child and spent.amounts().nonzero():
                     error._details = (*error.details, usage_marker(spent))
                 raise
             await _learn(run)
@@ -589,7 +592,7 @@ async def _settle(
         raw = await inner
     except (ActivityError, ChildWorkflowError) as error:
         refused = has_usage_marker(error.cause)
-        usage = take_failure_usage(error.cause) or _breach_usage(error.cause)
+        usage = take_failure_usage(error.cause) or _breach_usage(error.cause, run, kind)
         refused = refused and usage is None  # there, but not believable: unknown
         plane = run.control
         paused = plane is not None and key in plane.cancelled_by_pause
@@ -793,9 +796,19 @@ def _activity_amounts(usage: Usage | None, counts: float) -> Amounts:
     return usage.amounts() + Amounts(tool_calls=counts)
 
 
-def _breach_usage(error: BaseException | None) -> Usage | None:
-    details = BreachDetails.from_error(error) if error is not None else None
-    if details is None:
+def _breach_usage(error: BaseException | None, run: GovernedRun, kind: str) -> Usage | None:
+    """The spend in a child's own halt, if the failure is exactly that.
+
+    Only details on the failure itself (not deeper in its causes), of a run directly
+    below this one: a grandchild's breach passed on by a child says nothing of the child's
+    own spend, which is then unknown (the child is charged its whole carve).
+    """
+    if kind != "child" or not isinstance(error, ApplicationError):
+        return None
+    if error.type not in _GOVERNOR_FAILURES:
+        return None
+    details = BreachDetails.from_error(error)
+    if details is None or len(details.chain) < 2 or details.chain[-2] != run.link:
         return None
     return Usage.from_amounts(Amounts(**details.spent))
 
