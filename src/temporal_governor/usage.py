@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -363,6 +363,12 @@ def emit_backpressure(
 _INPUT_KEYS = ("input_tokens", "prompt_tokens", "request_tokens")
 _OUTPUT_KEYS = ("output_tokens", "completion_tokens", "response_tokens")
 _MODEL_KEYS = ("model", "model_name")
+_INPUT_MODEL_KEYS = ("model", "model_name", "model_id")
+"""Where a model call's input names the model: ``model`` (OpenAI-style requests),
+``model_name`` (the OpenAI Agents SDK's ``invoke_model_activity`` input) and ``model_id``
+(pydantic-ai's ``agent__<name>__model_request`` input)."""
+_STREAM_COMPLETED = "response.completed"
+_MAX_STREAM_EVENTS = 100_000
 
 
 def _field(obj: Any, name: str) -> Any:
@@ -379,16 +385,69 @@ def _first_number(obj: Any, names: tuple[str, ...]) -> tuple[str, int | float] |
     return None
 
 
-def usage_in_result(result: Any) -> tuple[int, int, str | None] | None:
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | bytes | int | float | bool)
+
+
+def _completed_response(result: Any) -> Any:
+    """The final response of a list of streamed Responses API events, if it is one.
+
+    The OpenAI Agents SDK's ``invoke_model_activity_streaming`` returns the stream's
+    events; the last ``response.completed`` event carries the response with its usage
+    and model.
+    """
+    if not isinstance(result, list | tuple) or not result or len(result) > _MAX_STREAM_EVENTS:
+        return None
+    for event in reversed(result):
+        if _field(event, "type") == _STREAM_COMPLETED:
+            return _field(event, "response")
+    return None
+
+
+def model_in_arguments(args: Sequence[Any]) -> str | None:
+    """The model a model call's input names, or ``None``.
+
+    Looks at each argument that is a mapping, a dataclass or an object for a string
+    ``model``, ``model_name`` or ``model_id`` (the first argument that has one wins). A
+    pydantic-ai model id ``provider:name`` (e.g. ``openai:gpt-4o``) gives ``name``, the
+    name pydantic-ai's own responses carry, so that the price table needs one entry.
+
+    Args:
+        args: The activity's arguments, as the activity received them.
+
+    Returns:
+        The model name (cut to :data:`MAX_MODEL_NAME` characters), or ``None``.
+
+    """
+    for arg in args:
+        if _is_scalar(arg):
+            continue
+        for key in _INPUT_MODEL_KEYS:
+            try:
+                value = _field(arg, key)
+            except Exception:  # a property of someone else's object: not a model name
+                continue
+            if isinstance(value, str) and value:
+                if key == "model_id" and ":" in value:
+                    value = value.split(":", 1)[1] or value
+                return value[:MAX_MODEL_NAME]
+    return None
+
+
+def usage_in_result(result: Any, args: Sequence[Any] = ()) -> tuple[int, int, str | None] | None:
     """Find token usage in a result shaped like a model response.
 
     Recognises a ``usage`` attribute or key carrying ``input_tokens``/``output_tokens``
     (OpenAI Agents, pydantic-ai), ``prompt_tokens``/``completion_tokens`` (OpenAI chat
-    completions) or ``request_tokens``/``response_tokens`` (older pydantic-ai). The model
-    name is read from ``model`` or ``model_name`` beside ``usage``.
+    completions) or ``request_tokens``/``response_tokens`` (older pydantic-ai), and a list
+    of streamed Responses API events ending in ``response.completed`` (the OpenAI Agents
+    SDK's streaming model activity). The model name is read from ``model`` or
+    ``model_name`` beside ``usage``; where the result carries none (the OpenAI Agents SDK's
+    ``ModelResponse``), from the activity's input (:func:`model_in_arguments`).
 
     Args:
         result: What the activity returned.
+        args: The activity's arguments, where the model name is looked for last.
 
     Returns:
         ``(input_tokens, output_tokens, model)``, or ``None`` when no usage is found.
@@ -399,11 +458,16 @@ def usage_in_result(result: Any) -> tuple[int, int, str | None] | None:
             its estimate instead, and the activity's result is returned unchanged).
 
     """
-    if result is None or isinstance(result, str | bytes | int | float | bool):
+    if _is_scalar(result):
         return None
     usage = _field(result, "usage")
     if usage is None:
-        return None
+        completed = _completed_response(result)
+        if completed is None:
+            return None
+        result, usage = completed, _field(completed, "usage")
+        if usage is None:
+            return None
     found_in = _first_number(usage, _INPUT_KEYS)
     found_out = _first_number(usage, _OUTPUT_KEYS)
     if found_in is None and found_out is None:
@@ -418,9 +482,11 @@ def usage_in_result(result: Any) -> tuple[int, int, str | None] | None:
     model = None
     for name in _MODEL_KEYS:
         value = _field(result, name)
-        if isinstance(value, str):
+        if isinstance(value, str) and value:
             model = value[:MAX_MODEL_NAME]
             break
+    if model is None:
+        model = model_in_arguments(args)
     input_tokens = math.ceil(found_in[1]) if found_in else 0
     output_tokens = math.ceil(found_out[1]) if found_out else 0
     return input_tokens, output_tokens, model

@@ -117,7 +117,7 @@ class GovernedActivityInbound(ActivityInboundInterceptor):
             reset_meter(meter_token)
         if not meter.reported:
             try:
-                found = usage_in_result(result)
+                found = usage_in_result(result, input.args)
             except InvalidUsage as refused:
                 _logger.warning("governor: %s", meter.refuse(str(refused)))
                 found = None
