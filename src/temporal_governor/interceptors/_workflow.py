@@ -163,7 +163,6 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
             if _children_closing(run) and run.shared.commands.since(CLOSE_CHILDREN_PATCH):
                 await _interruptible(_let_children_settle(run, cancel=True))
             await _uninterrupted(run.shared.release_all())
-            _charge_unfinished(run)
             try:
                 result = main.result()
             except ApplicationError as error:
@@ -227,16 +226,6 @@ def _governed_parent(run: GovernedRun) -> bool:
     parent = run.info.parent
     chain = run.context.chain
     return parent is not None and bool(chain) and chain[-1].run_id == parent.run_id
-
-
-def _charge_unfinished(run: GovernedRun) -> None:
-    """Charge what dispatches still running at the end of the run reserved.
-
-    Agent code may end with an activity in flight (fired and never awaited): its outcome
-    will never reach this run, so its reservation is what the run (and its parent) pays.
-    """
-    for key, reserved in list(run.ledger.reservations.items()):
-        run.commit(key, reserved)
 
 
 async def _let_children_settle(run: GovernedRun, cancel: bool) -> None:
