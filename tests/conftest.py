@@ -17,12 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hypothesis  # noqa: F401  (imported now: see below)
 import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from temporal_governor import GovernorPlugin, Policy
+
+# hypothesis' pytest plugin imports hypothesis at the session's end if no test did; on
+# CPython 3.11.7 that import, deep in pytest's hooks, can die with "SystemError: AST
+# constructor recursion depth mismatch" and turn a passing run into exit code 1.
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # make `examples` importable

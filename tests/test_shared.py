@@ -465,3 +465,55 @@ async def test_the_ledger_continues_as_new_with_a_thousand_tenants_and_loses_not
     assert counter(state, "tenant:t0007", "tokens")["committed"] == 60
     totals = [c for c in state["counters"] if c["resource"] == "tokens" and c["window_s"] is None]
     assert len(totals) == 1000
+
+
+async def test_a_ledger_too_slow_to_answer_stops_runs_with_replayable_histories(
+    governed, env
+) -> None:
+    """Ledger calls that run out of time leave histories that replay.
+
+    A ledger nobody serves answers no update; with one update in flight per process, four
+    runs queue behind each other, so attempts outlast their own deadline before the call's
+    deadline ends them. (A local activity's start-to-close expiry made such histories
+    non-replayable: "Missing associated machine for LocalActivity".)
+    """
+    from temporalio.worker import Replayer
+
+    from temporal_governor import GovernorPlugin
+
+    p = policy(
+        """
+        tenants: { acme: { quotas: { max_tokens: 1000 } } }
+        shared: { max_in_flight_updates: 1, call_timeout: 14s }
+        """
+    )
+    await env.client.start_workflow(
+        "nobody-serves-this", None, id=p.shared.ledger_id, task_queue=f"nobody-{uuid.uuid4()}"
+    )
+    try:
+        async with governed(p, WORKFLOWS, ACTIVITIES) as g:
+            with attribution(tenant="acme"):
+                handles = [
+                    await g.client.start_workflow(
+                        Spender.run,
+                        Steps(tokens=[10]),
+                        id=f"slow-ledger-{i}-{uuid.uuid4().hex[:6]}",
+                        task_queue=g.task_queue,
+                    )
+                    for i in range(4)
+                ]
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(*(h.result() for h in handles), return_exceptions=True), 90
+            )
+    finally:
+        await env.client.get_workflow_handle(p.shared.ledger_id).terminate()
+    for outcome in outcomes:
+        assert isinstance(outcome, WorkflowFailureError), outcome
+        details = BreachDetails.from_error(outcome)
+        assert details is not None and details.limit == "shared.ledger_unavailable"
+    replayer = Replayer(workflows=WORKFLOWS, plugins=[GovernorPlugin(p)])
+    for handle in handles:
+        result = await replayer.replay_workflow(
+            await handle.fetch_history(), raise_on_replay_failure=False
+        )
+        assert result.replay_failure is None, (handle.id, result.replay_failure)

@@ -442,6 +442,9 @@ class SharedSettings(BaseModel):
     keep this times the number of worker processes at or below that, or raise it."""
     continue_as_new_after: PositiveInt = 2000
     """The ledger continues as new after this many updates, carrying its state."""
+    call_timeout: TtlSeconds = 60.0
+    """Longest one ledger call may take, retries included (seconds or a duration); after
+    it the ledger counts as unavailable and ``on_unavailable`` decides."""
     on_unavailable: Literal["closed", "open"] = "closed"
     """A ledger that cannot answer stops the run (``closed``, no shared budget is ever
     passed) or lets the dispatch go uncounted in the shared scopes (``open``, agents keep

@@ -37,6 +37,14 @@ keeps failing): non-retryable, so the run decides at once (policy ``shared.on_un
 _RPC_TIMEOUT = timedelta(seconds=4)
 """How long one update may wait before the activity looks at why (a wedged ledger?)."""
 
+_ATTEMPT_TIMEOUT = 10.0
+"""Seconds one attempt may take, waiting for the gate included. Kept here, not as the
+local activity's start-to-close timeout, whose expiry makes the caller's history
+non-replayable (see ``interceptors/_shared.py``)."""
+
+LEDGER_SLOW = "LedgerSlow"
+"""``ApplicationError.type`` of an attempt that ran out of time: retried."""
+
 
 class LedgerCall(BaseModel):
     """One call to the ledger."""
@@ -87,6 +95,19 @@ async def ledger_call(call: dict[str, Any]) -> Any:
         The update's result.
     """
     parsed = LedgerCall.model_validate(call)
+    try:
+        async with asyncio.timeout(_ATTEMPT_TIMEOUT):
+            return await _apply(parsed)
+    except TimeoutError:
+        raise ApplicationError(
+            f"ledger {parsed.ledger_id} did not answer {parsed.update} within "
+            f"{_ATTEMPT_TIMEOUT:g} s",
+            type=LEDGER_SLOW,
+        ) from None
+
+
+async def _apply(parsed: LedgerCall) -> Any:
+    """One attempt at the update."""
     client = activity.client()
     start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
         LEDGER_WORKFLOW,

@@ -20,23 +20,32 @@ from typing import TYPE_CHECKING, Any
 
 import temporalio.workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 from ..accounting import Refusal
 from ..activities._ledger import LEDGER_ACTIVITY, LEDGER_UNAVAILABLE, LedgerCall
 from ..book import CAPACITY_LIMIT
 from ..scopes import Dispatch, SharedLimit, shared_limits
 from ..workflows._ledger import MALFORMED_UPDATE, MAX_SETTLEMENTS, ReserveResult
-from ._versions import LEASE_LOCK_PATCH, RELEASE_RUN_PATCH, RENEW_PATCH, Commands
+from ._versions import (
+    LEASE_LOCK_PATCH,
+    ONE_LEDGER_CALL_PATCH,
+    RELEASE_RUN_PATCH,
+    RENEW_PATCH,
+    Commands,
+)
 
 if TYPE_CHECKING:
     from ._run import GovernedRun
 
-_CALL_TIMEOUT = timedelta(seconds=10)
+# A ledger call is bounded by its schedule-to-close timeout (``shared.call_timeout``) only:
+# a local activity that hits its start-to-close timeout leaves a history that does not
+# replay (temporalio 1.35: "Missing associated machine for LocalActivity"), so each attempt
+# keeps its own deadline inside the activity instead.
 _CALL_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=100),
     maximum_interval=timedelta(seconds=2),
-    maximum_attempts=20,
+    maximum_attempts=0,  # unlimited: shared.call_timeout bounds the call
     non_retryable_error_types=[LEDGER_UNAVAILABLE],
 )
 _DEFAULT_RETRY_S = 0.5
@@ -97,6 +106,10 @@ class SharedBudget:
         self._leases: dict[tuple[str, ...], _Lease] = {}
         self._retired: list[_Lease] = []
         self._lease_locks: dict[tuple[str, ...], asyncio.Lock] = {}
+        self._one_call = asyncio.Lock()
+        """One ledger call of the run at a time: concurrent local activities resolve in
+        completion order live but in schedule order on replay (temporalio 1.35), which
+        would make the run's later commands differ."""
         self._tickets: dict[int, Ticket] = {}
         self._tickets_issued = 0
         self._unanswered = 0
@@ -187,12 +200,38 @@ class SharedBudget:
             continue_as_new_after=self.settings.continue_as_new_after,
             max_in_flight=self.settings.max_in_flight_updates,
         )
-        return await temporalio.workflow.execute_local_activity(
-            LEDGER_ACTIVITY,
-            call.model_dump(mode="json"),
-            start_to_close_timeout=_CALL_TIMEOUT,
-            retry_policy=_CALL_RETRY,
-        )
+        if self.commands.since(ONE_LEDGER_CALL_PATCH):
+            async with self._one_call:
+                return await self._local_activity(call)
+        return await self._local_activity(call)
+
+    async def _local_activity(self, call: LedgerCall) -> Any:
+        """Run the ledger's local activity; its failure has one shape, live or replayed.
+
+        temporalio 1.35 raises a local activity's timeout (and some other failures) inside
+        an ``ActivityError`` when the run is live, but bare when it is replayed from its
+        markers: code catching one shape would take another path on replay. Every failure
+        leaves here as an ``ActivityError`` with the failure as its cause.
+        """
+        try:
+            return await temporalio.workflow.execute_local_activity(
+                LEDGER_ACTIVITY,
+                call.model_dump(mode="json"),
+                schedule_to_close_timeout=timedelta(seconds=self.settings.call_timeout),
+                retry_policy=_CALL_RETRY,
+            )
+        except ActivityError:
+            raise
+        except FailureError as error:
+            raise ActivityError(
+                f"ledger call {call.update} failed",
+                scheduled_event_id=0,
+                started_event_id=0,
+                identity="",
+                activity_type=LEDGER_ACTIVITY,
+                activity_id="",
+                retry_state=None,
+            ) from error
 
     async def _reserve(
         self,
@@ -292,6 +331,8 @@ class SharedBudget:
             try:
                 await self._call_once("extend", request, f"extend:{self._owner}#{renewals}")
             except (ActivityError, ApplicationError) as error:
+                if isinstance(error.cause, CancelledError):
+                    return  # the run released everything (its end)
                 temporalio.workflow.logger.warning(
                     "governor: reservations not renewed (%s); they expire charged in full",
                     error.cause if isinstance(error, ActivityError) else error,

@@ -43,6 +43,9 @@ RENEW_PATCH = "temporal-governor/renew-v1"
 """A keeper timer renews the run's open reservations every half TTL (``extend``)."""
 RELEASE_RUN_PATCH = "temporal-governor/release-run-v1"
 """The run's end settles every lease and reservation in one ``release_run`` call."""
+ONE_LEDGER_CALL_PATCH = "temporal-governor/one-ledger-call-v1"
+"""A run has one ledger call in flight at a time (concurrent local activities do not
+replay in the order they resolved live)."""
 
 CHANGES = (
     CANCEL_PATCH,
@@ -51,6 +54,7 @@ CHANGES = (
     LEASE_LOCK_PATCH,
     RENEW_PATCH,
     RELEASE_RUN_PATCH,
+    ONE_LEDGER_CALL_PATCH,
 )
 """The changes to the governor's commands since the previous release, in patch ids."""
 
