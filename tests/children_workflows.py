@@ -135,9 +135,12 @@ class SlidingWindow:
     parent continues as new, carrying the records still in flight.
     """
 
-    def __init__(self) -> None:
-        self.in_flight: set[int] = set()
-        self.done = 0
+    @workflow.init
+    def __init__(self, batch: Batch) -> None:
+        # from the input at once: a child's completion signal sent while the previous
+        # run continued as new arrives with the start, before the run method begins
+        self.in_flight: set[int] = set(batch.in_flight)
+        self.done = batch.done
 
     @workflow.signal
     def report_completion(self, record: int) -> None:
@@ -147,8 +150,6 @@ class SlidingWindow:
 
     @workflow.run
     async def run(self, batch: Batch) -> int:
-        self.in_flight |= set(batch.in_flight)
-        self.done += batch.done
         me = workflow.info().workflow_id
         end = min(batch.records, batch.offset + batch.page_size)
         for record in range(batch.offset, end):
@@ -156,13 +157,15 @@ class SlidingWindow:
             work = Work(
                 tokens=batch.work.tokens, hold_s=batch.work.hold_s, parent_id=me, record=record
             )
+            # in flight before the start: a child that ends at once can signal its
+            # completion in the same activation as its start, and signals come first
+            self.in_flight.add(record)
             await workflow.start_child_workflow(
                 Leaf.run,
                 work,
                 id=f"{me}.record-{record}",
                 parent_close_policy=ParentClosePolicy.ABANDON,
             )
-            self.in_flight.add(record)
         if end < batch.records:
             await workflow.wait_condition(workflow.all_handlers_finished)
             workflow.continue_as_new(

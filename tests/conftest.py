@@ -62,9 +62,41 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
         ],
     )
     try:
-        yield environment
+        async with _default_ledger(environment):
+            yield environment
     finally:
         await environment.shutdown()
+
+
+DEFAULT_LEDGER_QUEUE = "temporal-governor-ledger"
+
+
+@asynccontextmanager
+async def _default_ledger(environment: WorkflowEnvironment) -> AsyncIterator[None]:
+    """The default ledger on a queue of its own, served for the whole session.
+
+    Tests that keep the default ``shared.ledger_id`` all share this ledger. Without it, the
+    first such test would start the ledger on its own task queue, whose worker is gone
+    when the test ends: every later test needing the ledger would wait for a ledger that
+    answers nothing (what ``shared.task_queue`` is for in a fleet, see docs/deploying.md).
+    """
+    from temporal_governor.workflows._ledger import LEDGER_WORKFLOW, LedgerState
+
+    policy = Policy()
+    client = Client(
+        environment.client.service_client,
+        namespace=environment.client.namespace,
+        plugins=[GovernorPlugin(policy)],
+    )
+    RECORDED.append(Recorded(DEFAULT_LEDGER_QUEUE, policy, []))
+    async with Worker(client, task_queue=DEFAULT_LEDGER_QUEUE):
+        await client.start_workflow(
+            LEDGER_WORKFLOW,
+            LedgerState().model_dump(mode="json"),
+            id=policy.shared.ledger_id,
+            task_queue=DEFAULT_LEDGER_QUEUE,
+        )
+        yield
 
 
 @dataclass

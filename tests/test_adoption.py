@@ -452,4 +452,5 @@ def test_patch_ids_are_stable() -> None:
         "lease-lock-v1",
         "renew-v1",
         "release-run-v1",
+        "one-ledger-call-v1",
     ]

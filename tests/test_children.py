@@ -130,7 +130,6 @@ async def test_children_started_as_others_finish_are_never_refused(governed) -> 
         assert sum(WITNESS[handle.id]) == 9000
 
 
-@pytest.mark.skip(reason="hangs on main since the late #15 commits; under investigation (see the closing note of 2026-12-01)")
 async def test_the_batch_sliding_window_shape_is_never_refused(governed) -> None:
     """Abandoned children that signal completion, continue-as-new after each page."""
     async with governed(Policy.from_yaml(GENEROUS), CHILDREN_WORKFLOWS, CHILDREN_ACTIVITIES) as g:

@@ -111,7 +111,8 @@ class ControlClient:
             the ledger; ``visibility`` whether tenant fan-out can search).
         keyring: The keys (default: read as the policy says).
         issuer: Who is sending (default: the OS user).
-        ledger_task_queue: Where to start the ledger if a fleet kill finds none running.
+        ledger_task_queue: Where to start the ledger if a fleet kill finds none running
+            (default: the policy's ``shared.task_queue``).
 
     """
 
@@ -128,7 +129,7 @@ class ControlClient:
         self.policy = policy
         self.keyring = keyring if keyring is not None else Keyring.from_policy(policy)
         self.issuer = issuer or _user()
-        self.ledger_task_queue = ledger_task_queue
+        self.ledger_task_queue = ledger_task_queue or policy.shared.task_queue
 
     # -- the four messages -------------------------------------------------------------------
 

@@ -419,6 +419,11 @@ class SharedSettings(BaseModel):
 
     ledger_id: str = "temporal-governor-ledger"
     """Workflow id of the ledger entity workflow that keeps every shared scope."""
+    task_queue: str | None = None
+    """Task queue the ledger workflow is started on when a call finds none running
+    (default: the calling run's own queue). Set it when a fleet has several task queues,
+    and keep a governed worker polling it: a ledger whose queue no worker polls answers
+    nothing, and every run that needs it stops (or goes uncounted, ``on_unavailable``)."""
     on_refusal: OnRefusal = "terminate"
     """A refused shared reservation halts the run (``terminate``) or waits for budget or
     the window to roll over (``wait``), up to ``max_wait``."""

@@ -194,6 +194,7 @@ class SharedBudget:
     async def _call_once(self, update: str, request: dict[str, Any], update_id: str) -> Any:
         call = LedgerCall(
             ledger_id=self.settings.ledger_id,
+            task_queue=self.settings.task_queue,
             update=update,
             request=request,
             update_id=update_id,
