@@ -20,8 +20,9 @@ from workflows import ALL_ACTIVITIES, ALL_WORKFLOWS, Spender, Steps, Waiter
 
 CLI = Path(sys.executable).parent / "temporal-governor"
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = 20
-"""How many times each command runs (the abort at exit was seen about 4 times in 56)."""
+RUNS = 4
+"""How many times each command runs (the abort at exit was seen about 4 times in 56; 32
+runs here; more belong in a soak run, not in CI)."""
 
 
 def address_of(env) -> str:  # type: ignore[no-untyped-def]
@@ -45,7 +46,7 @@ async def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
     )
 
 
-async def test_every_server_command_exits_with_its_documented_code_twenty_times(
+async def test_every_server_command_exits_with_its_documented_code_every_time(
     governed, env, tmp_path
 ) -> None:
     ledger_id = f"ledger-{uuid.uuid4().hex[:8]}"
@@ -114,7 +115,7 @@ async def test_every_server_command_exits_with_its_documented_code_twenty_times(
             *(
                 one(name, args)
                 for name, (args, _) in commands.items()
-                for _ in range(RUNS if not name.startswith("status of") else 5)
+                for _ in range(RUNS)
             )
         )
         await waiting.terminate()
@@ -122,7 +123,7 @@ async def test_every_server_command_exits_with_its_documented_code_twenty_times(
         expected = commands[name][1]
         assert code == expected, f"{name}: exit {code} (expected {expected}): {stderr[-500:]}"
         assert "Fatal Python error" not in stderr and "Traceback" not in stderr, stderr
-    assert len(results) == RUNS * (len(commands) - 1) + 5
+    assert len(results) == RUNS * len(commands)
 
 
 async def test_the_cli_connects_through_environment_variables_and_profiles(

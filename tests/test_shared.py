@@ -472,9 +472,8 @@ async def test_a_ledger_too_slow_to_answer_stops_runs_with_replayable_histories(
 ) -> None:
     """Ledger calls that run out of time leave histories that replay.
 
-    A ledger nobody serves answers no update; with one update in flight per process, four
-    runs queue behind each other, so attempts outlast their own deadline before the call's
-    deadline ends them. (A local activity's start-to-close expiry made such histories
+    A ledger nobody serves answers no update; with one update in flight per process, three
+    runs queue behind each other until the call's deadline ends them. (A local activity's start-to-close expiry made such histories
     non-replayable: "Missing associated machine for LocalActivity".)
     """
     from temporalio.worker import Replayer
@@ -484,7 +483,7 @@ async def test_a_ledger_too_slow_to_answer_stops_runs_with_replayable_histories(
     p = policy(
         """
         tenants: { acme: { quotas: { max_tokens: 1000 } } }
-        shared: { max_in_flight_updates: 1, call_timeout: 14s }
+        shared: { max_in_flight_updates: 1, call_timeout: 7s }
         """
     )
     await env.client.start_workflow(
@@ -500,7 +499,7 @@ async def test_a_ledger_too_slow_to_answer_stops_runs_with_replayable_histories(
                         id=f"slow-ledger-{i}-{uuid.uuid4().hex[:6]}",
                         task_queue=g.task_queue,
                     )
-                    for i in range(4)
+                    for i in range(3)
                 ]
             outcomes = await asyncio.wait_for(
                 asyncio.gather(*(h.result() for h in handles), return_exceptions=True), 90

@@ -276,20 +276,27 @@ Scenario = Callable[[Client, str], Awaitable[dict[str, Any]]]
 async def three_ways(
     env: WorkflowEnvironment, governed: Any, scenario: Scenario
 ) -> dict[str, dict[str, Any]]:
-    """What ``scenario`` observes plain, governed with an empty and with a generous policy."""
-    seen: dict[str, dict[str, Any]] = {}
-    task_queue = f"plain-{uuid.uuid4()}"
-    async with Worker(
-        env.client,
-        task_queue=task_queue,
-        workflows=TRANSPARENCY_WORKFLOWS,
-        activities=TRANSPARENCY_ACTIVITIES,
-    ):
-        seen["plain"] = await scenario(env.client, task_queue)
-    for name, policy in (("empty policy", EMPTY), ("generous policy", GENEROUS)):
+    """What ``scenario`` observes plain, governed with an empty and with a generous policy.
+
+    The three run side by side, each on a task queue of its own.
+    """
+
+    async def plain() -> dict[str, Any]:
+        task_queue = f"plain-{uuid.uuid4()}"
+        async with Worker(
+            env.client,
+            task_queue=task_queue,
+            workflows=TRANSPARENCY_WORKFLOWS,
+            activities=TRANSPARENCY_ACTIVITIES,
+        ):
+            return await scenario(env.client, task_queue)
+
+    async def under(policy: Policy) -> dict[str, Any]:
         async with governed(policy, TRANSPARENCY_WORKFLOWS, TRANSPARENCY_ACTIVITIES) as g:
-            seen[name] = await scenario(g.client, g.task_queue)
-    return seen
+            return await scenario(g.client, g.task_queue)
+
+    observed = await asyncio.gather(plain(), under(EMPTY), under(GENEROUS))
+    return dict(zip(("plain", "empty policy", "generous policy"), observed, strict=True))
 
 
 def assert_transparent(seen: dict[str, dict[str, Any]], keys: Sequence[str] = ()) -> None:
