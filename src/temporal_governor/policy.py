@@ -449,7 +449,9 @@ class SharedSettings(BaseModel):
     """The ledger continues as new after this many updates, carrying its state."""
     call_timeout: TtlSeconds = 60.0
     """Longest one ledger call may take, retries included (seconds or a duration); after
-    it the ledger counts as unavailable and ``on_unavailable`` decides."""
+    it the ledger counts as unavailable and ``on_unavailable`` decides. A run makes one
+    ledger call at a time, so a call queued behind others of the same run waits for them
+    first (each bounded by this)."""
     on_unavailable: Literal["closed", "open"] = "closed"
     """A ledger that cannot answer stops the run (``closed``, no shared budget is ever
     passed) or lets the dispatch go uncounted in the shared scopes (``open``, agents keep

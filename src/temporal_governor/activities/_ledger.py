@@ -38,9 +38,10 @@ _RPC_TIMEOUT = timedelta(seconds=4)
 """How long one update may wait before the activity looks at why (a wedged ledger?)."""
 
 _ATTEMPT_TIMEOUT = 10.0
-"""Seconds one attempt may take, waiting for the gate included. Kept here, not as the
-local activity's start-to-close timeout, whose expiry makes the caller's history
-non-replayable (see ``interceptors/_shared.py``)."""
+"""Seconds one attempt may wait for the gate and the update together (the wedge check
+after it has its own RPC timeouts). Kept here rather than as the local activity's
+start-to-close timeout: core's start-to-close timer across local retries is fragile in
+temporalio 1.35 (a stale timer can fire against a later attempt)."""
 
 LEDGER_SLOW = "LedgerSlow"
 """``ApplicationError.type`` of an attempt that ran out of time: retried."""
@@ -95,19 +96,6 @@ async def ledger_call(call: dict[str, Any]) -> Any:
         The update's result.
     """
     parsed = LedgerCall.model_validate(call)
-    try:
-        async with asyncio.timeout(_ATTEMPT_TIMEOUT):
-            return await _apply(parsed)
-    except TimeoutError:
-        raise ApplicationError(
-            f"ledger {parsed.ledger_id} did not answer {parsed.update} within "
-            f"{_ATTEMPT_TIMEOUT:g} s",
-            type=LEDGER_SLOW,
-        ) from None
-
-
-async def _apply(parsed: LedgerCall) -> Any:
-    """One attempt at the update."""
     client = activity.client()
     start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
         LEDGER_WORKFLOW,
@@ -117,7 +105,10 @@ async def _apply(parsed: LedgerCall) -> Any:
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
     )
     try:
-        async with _gate(parsed.ledger_id, parsed.max_in_flight):
+        async with (
+            asyncio.timeout(_ATTEMPT_TIMEOUT),
+            _gate(parsed.ledger_id, parsed.max_in_flight),
+        ):
             return await client.execute_update_with_start_workflow(
                 parsed.update,
                 parsed.request,
@@ -125,6 +116,13 @@ async def _apply(parsed: LedgerCall) -> Any:
                 start_workflow_operation=start,
                 rpc_timeout=_RPC_TIMEOUT,
             )
+    except TimeoutError:
+        await _raise_if_wedged(parsed.ledger_id)  # bounded by its own RPC timeouts
+        raise ApplicationError(
+            f"ledger {parsed.ledger_id} did not answer {parsed.update} within "
+            f"{_ATTEMPT_TIMEOUT:g} s",
+            type=LEDGER_SLOW,
+        ) from None
     except (WorkflowUpdateRPCTimeoutOrCancelledError, RPCError) as error:
         if isinstance(error, RPCError) and error.status not in (
             RPCStatusCode.DEADLINE_EXCEEDED,

@@ -38,10 +38,8 @@ from ._versions import (
 if TYPE_CHECKING:
     from ._run import GovernedRun
 
-# A ledger call is bounded by its schedule-to-close timeout (``shared.call_timeout``) only:
-# a local activity that hits its start-to-close timeout leaves a history that does not
-# replay (temporalio 1.35: "Missing associated machine for LocalActivity"), so each attempt
-# keeps its own deadline inside the activity instead.
+# A ledger call is bounded by its schedule-to-close timeout (``shared.call_timeout``) only;
+# each attempt keeps its own deadline inside the activity (see activities/_ledger.py).
 _CALL_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=100),
     maximum_interval=timedelta(seconds=2),
@@ -212,7 +210,9 @@ class SharedBudget:
         temporalio 1.35 raises a local activity's timeout (and some other failures) inside
         an ``ActivityError`` when the run is live, but bare when it is replayed from its
         markers: code catching one shape would take another path on replay. Every failure
-        leaves here as an ``ActivityError`` with the failure as its cause.
+        leaves here as an ``ActivityError`` with the failure as its cause, but a
+        cancellation (the calling task was cancelled), which leaves as
+        ``asyncio.CancelledError`` so that no handler of ledger failures swallows it.
         """
         try:
             return await temporalio.workflow.execute_local_activity(
@@ -221,9 +221,13 @@ class SharedBudget:
                 schedule_to_close_timeout=timedelta(seconds=self.settings.call_timeout),
                 retry_policy=_CALL_RETRY,
             )
-        except ActivityError:
+        except ActivityError as error:
+            if isinstance(error.cause, CancelledError):
+                raise asyncio.CancelledError() from error  # the caller was cancelled
             raise
         except FailureError as error:
+            if isinstance(error, CancelledError):
+                raise asyncio.CancelledError() from error
             raise ActivityError(
                 f"ledger call {call.update} failed",
                 scheduled_event_id=0,
