@@ -483,7 +483,7 @@ async def test_a_ledger_too_slow_to_answer_stops_runs_with_replayable_histories(
     p = policy(
         """
         tenants: { acme: { quotas: { max_tokens: 1000 } } }
-        shared: { max_in_flight_updates: 1, call_timeout: 7s }
+        shared: { max_in_flight_updates: 1, call_timeout: 4s }
         """
     )
     await env.client.start_workflow(
@@ -516,3 +516,30 @@ async def test_a_ledger_too_slow_to_answer_stops_runs_with_replayable_histories(
             await handle.fetch_history(), raise_on_replay_failure=False
         )
         assert result.replay_failure is None, (handle.id, result.replay_failure)
+
+
+async def test_the_ledger_starts_on_the_task_queue_the_policy_names(governed, env) -> None:
+    """``shared.task_queue``: the ledger lives on the queue named, not on the caller's."""
+    from temporalio.client import Client
+    from temporalio.worker import Worker
+
+    from temporal_governor import GovernorPlugin
+
+    ledger_queue = f"ledger-queue-{uuid.uuid4()}"
+    p = policy(
+        f"""
+        tenants: {{ acme: {{ quotas: {{ max_tokens: 1000 }} }} }}
+        shared: {{ task_queue: {ledger_queue} }}
+        """
+    )
+    ledger_host = Client(
+        env.client.service_client, namespace=env.client.namespace, plugins=[GovernorPlugin(p)]
+    )
+    async with Worker(ledger_host, task_queue=ledger_queue):
+        async with governed(p, WORKFLOWS, ACTIVITIES) as g:
+            with attribution(tenant="acme"):
+                assert await g.run(Spender.run, Steps(tokens=[100, 50])) == 2
+            described = await g.client.get_workflow_handle(p.shared.ledger_id).describe()
+            assert described.task_queue == ledger_queue != g.task_queue
+            await exact(g, "tenant:acme", 150)
+        await env.client.get_workflow_handle(p.shared.ledger_id).terminate()
