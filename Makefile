@@ -20,8 +20,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src
 	$(BIN)/mypy src
 
+# two test processes, each with its own dev server; a file's tests stay in one process
+# and in order. Every process replays the histories it made when it ends.
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,test,bench]'

@@ -1,7 +1,7 @@
 """One real Temporal dev server per session; each test gets its own task queue.
 
-Every task queue a test used is remembered with its policy and workflows; the last test
-of the session (tests/test_zz_replay.py) replays every history the suite produced.
+Every task queue a test used is remembered with its policy and workflows; when the
+session ends, every history the suite produced is replayed (``replay_every_history``).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any
 
 import hypothesis  # noqa: F401  (imported now: see below)
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
+from temporalio.worker import Replayer, UnsandboxedWorkflowRunner, Worker
 
 from temporal_governor import GovernorPlugin, Policy
 
@@ -64,8 +64,59 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
     try:
         async with _default_ledger(environment):
             yield environment
+            await replay_every_history(environment)
     finally:
         await environment.shutdown()
+
+
+REPLAYS_AT_ONCE = 8
+"""Task queues replayed side by side."""
+
+
+async def replay_every_history(environment: WorkflowEnvironment) -> None:
+    """Replay every history the session produced, with the governor installed.
+
+    Runs when the session's server is torn down, so in every test process (also under
+    ``pytest -n``); any non-determinism in the governor's workflow-side code or in the
+    test workflows fails the run as an error at teardown, naming the run. The sweep
+    replays without the workflow sandbox: the sandbox re-imports the workflow's modules
+    for every run, which made this sweep the slowest part of the suite, and it only guards
+    against calls that would already have failed the live run; the commands compared are
+    the same. The replay tests of incident review and adoption replay sandboxed.
+    """
+    if not RECORDED:
+        return
+    client = Client(environment.client.service_client, namespace=environment.client.namespace)
+    gate = asyncio.Semaphore(REPLAYS_AT_ONCE)
+
+    async def replay(recorded: Recorded) -> list[str]:
+        async with gate:
+            histories = [
+                await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
+                async for wf in client.list_workflows(f'TaskQueue="{recorded.task_queue}"')
+            ]
+            if not histories:
+                return []
+            replayer = Replayer(
+                workflows=recorded.workflows,
+                plugins=[GovernorPlugin(recorded.policy)],
+                workflow_runner=UnsandboxedWorkflowRunner(),
+            )
+            results = await replayer.replay_workflows(
+                _each(histories), raise_on_replay_failure=False
+            )
+        return [
+            f"{recorded.task_queue} run {run_id}: {failure!r}"
+            for run_id, failure in results.replay_failures.items()
+        ]
+
+    failures = [line for lines in await asyncio.gather(*map(replay, RECORDED)) for line in lines]
+    assert not failures, "non-deterministic replay:\n" + "\n".join(failures)
+
+
+async def _each(histories: list[WorkflowHistory]) -> AsyncIterator[WorkflowHistory]:
+    for history in histories:
+        yield history
 
 
 DEFAULT_LEDGER_QUEUE = "temporal-governor-ledger"

@@ -9,7 +9,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
 from temporalio.client import Client
 from temporalio.plugin import SimplePlugin
 from temporalio.service import RPCError, RPCStatusCode
@@ -56,12 +59,19 @@ async def register_search_attributes(client: Client) -> None:
 
     """
     keyword = IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+    listed = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=client.namespace)
+    )
+    missing = {
+        name: keyword
+        for name in (TENANT_ATTRIBUTE.name, STATE_ATTRIBUTE.name)
+        if name not in listed.custom_attributes
+    }
+    if not missing:
+        return  # registered already: nothing to ask the server (its add is slow and heavy)
     try:
         await client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(
-                namespace=client.namespace,
-                search_attributes={TENANT_ATTRIBUTE.name: keyword, STATE_ATTRIBUTE.name: keyword},
-            )
+            AddSearchAttributesRequest(namespace=client.namespace, search_attributes=missing)
         )
     except RPCError as error:
         if error.status != RPCStatusCode.ALREADY_EXISTS:
