@@ -526,7 +526,9 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
             entered,
             plane,
             key,
-            _settle(run, key, inner, ret_type, charge, ticket, ("child", input.workflow)),
+            functools.partial(
+                _settle, run, key, inner, ret_type, charge, ticket, ("child", input.workflow)
+            ),
         )
         handle = _GovernedChildHandle(inner, settle)
         handle.terminated_on_close = input.parent_close_policy == ParentClosePolicy.TERMINATE
@@ -658,12 +660,16 @@ async def _gate_and_pace(run: GovernedRun, kind: str, target: str, paced: bool) 
 
 
 async def _settled_child(
-    entered: _Entered, plane: ControlPlane, key: str, settle: Coroutine[Any, Any, Any]
+    entered: _Entered, plane: ControlPlane, key: str, settle: Callable[[], Awaitable[Any]]
 ) -> Any:
-    """A child's settlement that also tells the control plane the child has ended."""
+    """A child's settlement that also tells the control plane the child has ended.
+
+    ``settle`` is made only once this runs: a handle cancelled before its first step
+    would otherwise leave an unawaited coroutine behind (see :func:`_never_ran`).
+    """
     entered.yes = True
     try:
-        return await settle
+        return await settle()
     finally:
         plane.left(key)
 
