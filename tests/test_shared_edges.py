@@ -408,3 +408,38 @@ tools: { tracked: { estimate: { tokens: 100 } } }
         outcome,
         state["reserved"],
     )
+
+
+async def test_a_cancel_while_the_run_reads_its_baselines_cancels_the_run(governed, env) -> None:
+    """A cancellation that lands while the run waits for the ledger is a cancellation.
+
+    The start-up read of spend baselines fails open (a ledger outage must not stop
+    agents), but a cancel of the run arriving during it must not be taken for an outage
+    and swallowed: the run ends cancelled, its agent code never started.
+    """
+    from temporalio.exceptions import CancelledError
+
+    from workflows import Spender, Steps
+
+    ledger_id = f"ledger-{uuid.uuid4().hex[:8]}"
+    p = Policy.from_dict(
+        {"agents": {"Spender": {"anomaly": {"factor": 5}}}, "shared": {"ledger_id": ledger_id}}
+    )
+    # a ledger nobody serves: the baselines call waits until the run is cancelled
+    await env.client.start_workflow(
+        "nobody-serves-this", None, id=ledger_id, task_queue=f"nobody-{uuid.uuid4()}"
+    )
+    try:
+        async with governed(p, [*ALL_WORKFLOWS], [*ALL_ACTIVITIES]) as g:
+            handle = await g.start(Spender.run, Steps(tokens=[10]))
+
+            # its first workflow task starts the baselines call, which nothing shows
+            await asyncio.sleep(1.5)
+            await handle.cancel()
+            with pytest.raises(WorkflowFailureError) as failure:
+                await asyncio.wait_for(handle.result(), 30)
+            events = (await handle.fetch_history()).events
+    finally:
+        await env.client.get_workflow_handle(ledger_id).terminate()
+    assert isinstance(failure.value.cause, CancelledError), failure.value.cause
+    assert not any(e.HasField("activity_task_scheduled_event_attributes") for e in events)
