@@ -1,6 +1,6 @@
 """The fault suite (issue #10, item 6): shared budgets exact under parallelism and faults.
 
-Real dev server, real worker processes (tests/fault_worker.py), one ledger per test. Every
+Real dev server, real worker processes (tests/processes.py), one ledger per test. Every
 scenario ends with the EXACTNESS INVARIANT: the ledger's committed tokens (per scope and
 overall) equal what the activities really reported, and nothing stays open (no open
 reservation, nothing reserved, `committed + released == granted`). What the activities
@@ -23,10 +23,9 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Awaitable, Iterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import yaml
@@ -46,12 +45,10 @@ from fault_workflows import (
     Plan,
     TreePlan,
 )
+from processes import READY_TIMEOUT, WorkerProcesses, worker_processes
 from temporal_governor import BreachDetails, GovernorPlugin, Policy, attribution
 
-WORKER = Path(__file__).resolve().parent / "fault_worker.py"
-ROOT = WORKER.parents[1]
 TEMPORAL = Path(sys.executable).parent / "temporal"
-READY_TIMEOUT = 30.0
 OUTCOME_TIMEOUT = 90.0
 SETTLE_TIMEOUT = 15.0
 """How long a run that ended may take to leave nothing open in the ledger."""
@@ -95,83 +92,6 @@ def governed_client(env: WorkflowEnvironment, policy: Policy) -> Client:
     return Client(
         env.client.service_client, namespace=env.client.namespace, plugins=[GovernorPlugin(policy)]
     )
-
-
-class Workers:
-    """Governed workers in OS processes of their own; `close()` leaves none behind."""
-
-    def __init__(self, address: str, namespace: str, task_queue: str, policy_file: Path) -> None:
-        self.address, self.namespace = address, namespace
-        self.task_queue, self.policy_file = task_queue, policy_file
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.logs: list[IO[bytes]] = []
-
-    @classmethod
-    def on(cls, env: WorkflowEnvironment, task_queue: str, policy_file: Path) -> Workers:
-        address = env.client.service_client.config.target_host
-        return cls(address, env.client.namespace, task_queue, policy_file)
-
-    async def start(self, sticky_timeout_seconds: float = 10.0) -> subprocess.Popen[bytes]:
-        log_path = self.policy_file.parent / f"worker-{len(self.procs)}.log"
-        log = log_path.open("wb")
-        self.logs.append(log)
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(WORKER),
-                "--address",
-                self.address,
-                "--namespace",
-                self.namespace,
-                "--task-queue",
-                self.task_queue,
-                "--policy-file",
-                str(self.policy_file),
-                "--sticky-timeout-seconds",
-                str(sticky_timeout_seconds),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=log,
-        )
-        self.procs.append(proc)
-        assert proc.stdout is not None
-        try:
-            line = await bounded(asyncio.to_thread(proc.stdout.readline), READY_TIMEOUT)
-        except TimeoutError:
-            line = b""
-        if line.strip() != b"ready":
-            proc.kill()
-            log.flush()
-            raise AssertionError(f"worker process did not start:\n{log_path.read_text()[-3000:]}")
-        return proc
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-            if proc.stdout is not None:
-                proc.stdout.close()
-        for log in self.logs:
-            log.close()
-
-
-@asynccontextmanager
-async def worker_processes(
-    env: WorkflowEnvironment, task_queue: str, policy_file: Path, count: int = 1
-) -> Any:
-    workers = Workers.on(env, task_queue, policy_file)
-    try:
-        await asyncio.gather(*(workers.start() for _ in range(count)))
-        yield workers
-    finally:
-        workers.close()
 
 
 # -- the witness: what the activities really reported ---------------------------------------
@@ -327,7 +247,7 @@ async def test_parallel_activities_of_three_runs_commit_what_they_reported_and_h
                 )
             )
 
-    async with worker_processes(env, task_queue, policy_file, count=2):
+    async with worker_processes(env, task_queue, policy_file, count=2, workflows="faults"):
         if starts == "at_once":
             handles = await asyncio.gather(*(start(i) for i in range(3)))
             outcomes = await bounded(
@@ -407,7 +327,7 @@ async def test_cancel_mid_run_settles_exactly_what_was_reported(
     else:
         batches = [jobs(witness, 3), jobs(witness, 3, hold_s=60)]
     reports = sum(len(b) for b in batches)
-    async with worker_processes(env, task_queue, policy_file):
+    async with worker_processes(env, task_queue, policy_file, workflows="faults"):
         with attribution(tenant=TENANT):
             handle = await bounded(
                 client.start_workflow(
@@ -448,7 +368,7 @@ async def test_terminate_mid_run_is_charged_conservatively_once_the_ttl_passes(
     client = governed_client(env, policy)
     witness = witness_of(tmp_path)
     batches = [jobs(witness, 1), jobs(witness, 4, hold_s=60)]
-    async with worker_processes(env, task_queue, policy_file):
+    async with worker_processes(env, task_queue, policy_file, workflows="faults"):
         with attribution(tenant=TENANT):
             handle = await bounded(
                 client.start_workflow(
@@ -506,7 +426,7 @@ async def test_tree_whose_child_breaches_settles_the_sibling_closed_with_it(
         breacher=Plan(batches=[jobs(witness, 1) for _ in range(4)], wait_for_go=True),
     )
     parent_id = f"tree-{uuid.uuid4()}"
-    async with worker_processes(env, task_queue, policy_file):
+    async with worker_processes(env, task_queue, policy_file, workflows="faults"):
         with attribution(tenant=TENANT):
             handle = await bounded(
                 client.start_workflow(FaultTree.run, plan, id=parent_id, task_queue=task_queue)
@@ -558,7 +478,7 @@ async def test_worker_sigkilled_mid_activity_another_takes_over(
         jobs(witness, 1, wait_s=60) if killed == "before_reporting" else jobs(witness, 1, hold_s=60)
     )
     plan = Plan(batches=[first, jobs(witness, 1)])
-    workers = Workers.on(env, task_queue, policy_file)
+    workers = WorkerProcesses.on(env, task_queue, policy_file, workflows="faults")
     try:
         # the killed worker's sticky queue is given up after 1 s, so its runs move on
         doomed = await workers.start(sticky_timeout_seconds=1)
@@ -695,7 +615,7 @@ async def test_server_stopped_and_restarted_mid_run_loses_nothing_it_could_know(
     witness = witness_of(tmp_path)
     plan = Plan(batches=[jobs(witness, 1, hold_s=0.3) for _ in range(12)])
     client = await Client.connect(own_server.address, plugins=[GovernorPlugin(policy)])
-    workers = Workers(own_server.address, "default", task_queue, policy_file)
+    workers = WorkerProcesses(own_server.address, "default", task_queue, policy_file, "faults")
     try:
         await workers.start()
         with attribution(tenant=TENANT):

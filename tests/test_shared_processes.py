@@ -1,19 +1,17 @@
 """The ledger across worker processes: racing workers, a killed worker, hostile updates.
 
-Workers run as separate OS processes (tests/worker_process.py), so the only thing they
-share is the ledger entity workflow on the dev server. Every test has its own task queue
-and its own ledger id.
+Workers run as separate OS processes (tests/worker_process.py, started by
+tests/processes.py), so the only thing they share is the ledger entity workflow on the
+dev server. Every test has its own task queue and its own ledger id.
 """
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import uuid
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import yaml
@@ -30,6 +28,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from conftest import RECORDED, Recorded
+from processes import WorkerProcesses
 from temporal_governor import (
     BUDGET_QUERY,
     BreachDetails,
@@ -41,10 +40,7 @@ from temporal_governor import (
 from temporal_governor.workflows._ledger import LEDGER_WORKFLOW, MALFORMED_UPDATE
 from workflows import ALL_ACTIVITIES, ALL_WORKFLOWS, SlowSpender, Spender, Steps
 
-WORKER = Path(__file__).resolve().parent / "worker_process.py"
-ROOT = WORKER.parents[1]
 PROCESS_WORKFLOWS = [*ALL_WORKFLOWS, SlowSpender]
-READY_TIMEOUT = 30.0
 OUTCOME_TIMEOUT = 90.0
 """50 runs take 7-20 s here; the ledger is one workflow, so a loaded machine slows them all."""
 T = TypeVar("T")
@@ -62,72 +58,6 @@ def write_policy(tmp_path: Path, data: dict[str, Any]) -> tuple[Path, Policy, st
     path = tmp_path / f"policy-{ledger_id}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path, Policy.from_yaml(path), ledger_id
-
-
-class WorkerProcesses:
-    """Governed workers in OS processes of their own; `close()` leaves none behind."""
-
-    def __init__(self, env: WorkflowEnvironment, task_queue: str, policy_file: Path) -> None:
-        self.address = env.client.service_client.config.target_host
-        self.namespace = env.client.namespace
-        self.task_queue = task_queue
-        self.policy_file = policy_file
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.logs: list[IO[bytes]] = []
-
-    async def start(
-        self, slow_activity_seconds: float = 0.0, sticky_timeout_seconds: float = 10.0
-    ) -> subprocess.Popen[bytes]:
-        log_path = self.policy_file.parent / f"worker-{len(self.procs)}.log"
-        log = log_path.open("wb")
-        self.logs.append(log)
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(WORKER),
-                "--address",
-                self.address,
-                "--namespace",
-                self.namespace,
-                "--task-queue",
-                self.task_queue,
-                "--policy-file",
-                str(self.policy_file),
-                "--slow-activity-seconds",
-                str(slow_activity_seconds),
-                "--sticky-timeout-seconds",
-                str(sticky_timeout_seconds),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=log,
-        )
-        self.procs.append(proc)
-        assert proc.stdout is not None
-        try:
-            line = await bounded(asyncio.to_thread(proc.stdout.readline), READY_TIMEOUT)
-        except TimeoutError:
-            line = b""
-        if line.strip() != b"ready":
-            proc.kill()
-            log.flush()
-            raise AssertionError(f"worker process did not start:\n{log_path.read_text()[-3000:]}")
-        return proc
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-            if proc.stdout is not None:
-                proc.stdout.close()
-        for log in self.logs:
-            log.close()
 
 
 def governed_client(env: WorkflowEnvironment, policy: Policy) -> Client:
@@ -207,7 +137,7 @@ async def test_fifty_runs_on_two_worker_processes_never_overspend_a_tenant(
     )
     task_queue = new_task_queue(policy)
     client = governed_client(env, policy)
-    workers = WorkerProcesses(env, task_queue, policy_file)
+    workers = WorkerProcesses.on(env, task_queue, policy_file)
     try:
         procs = await asyncio.gather(workers.start(), workers.start())
         with attribution(tenant="acme"):
@@ -275,7 +205,7 @@ async def test_worker_killed_mid_activity_leaves_an_exact_ledger(
     )
     task_queue = new_task_queue(policy)
     client = governed_client(env, policy)
-    workers = WorkerProcesses(env, task_queue, policy_file)
+    workers = WorkerProcesses.on(env, task_queue, policy_file)
     try:
         # the killed worker's sticky queue is given up after 1 s, so its runs move on
         doomed = await workers.start(slow_activity_seconds=60, sticky_timeout_seconds=1)

@@ -1,11 +1,14 @@
-"""A governed worker in an OS process of its own, for tests/test_shared_processes.py.
+"""A governed worker in an OS process of its own (tests/processes.py starts it).
 
     python tests/worker_process.py --address A --task-queue Q --policy-file P
-        [--namespace N] [--slow-activity-seconds S] [--sticky-timeout-seconds T]
+        [--namespace N] [--workflows shared|faults] [--slow-activity-seconds S]
+        [--sticky-timeout-seconds T]
 
 Connects with ``GovernorPlugin(Policy.from_yaml(P))``, runs a worker with the workflows
-and activities of tests/workflows.py, prints ``ready`` on stdout once the worker polls,
-and runs until SIGTERM or SIGINT (SIGKILL, of course, stops it mid-flight).
+and activities of tests/workflows.py (``shared``, for tests/test_shared_processes.py) or
+of tests/fault_workflows.py (``faults``, for tests/test_faults.py), prints ``ready`` on
+stdout once the worker polls, and runs until SIGTERM or SIGINT (SIGKILL, of course, stops
+it mid-flight, which is the point).
 """
 
 from __future__ import annotations
@@ -17,13 +20,22 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # make `workflows` importable
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # make the workflow modules importable
 
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 import workflows
+from fault_workflows import FAULT_ACTIVITIES, FAULT_WORKFLOWS
 from temporal_governor import GovernorPlugin, Policy
+
+WORKFLOW_SETS = {
+    "shared": (
+        [*workflows.ALL_WORKFLOWS, workflows.SlowSpender],
+        [*workflows.ALL_ACTIVITIES, workflows.slow_spend],
+    ),
+    "faults": (FAULT_WORKFLOWS, FAULT_ACTIVITIES),
+}
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -33,10 +45,16 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--task-queue", required=True)
     parser.add_argument("--policy-file", required=True)
     parser.add_argument(
+        "--workflows",
+        choices=sorted(WORKFLOW_SETS),
+        default="shared",
+        help="which workflows and activities the worker runs",
+    )
+    parser.add_argument(
         "--slow-activity-seconds",
         type=float,
         default=0.0,
-        help="how long `slow_spend` sleeps (heartbeating) after it reported its usage",
+        help="how long `slow_spend` (shared) sleeps, heartbeating, after it reported its usage",
     )
     parser.add_argument(
         "--sticky-timeout-seconds",
@@ -50,6 +68,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 
 async def main(argv: list[str] | None = None) -> None:
     args = _arguments(argv)
+    workflow_classes, activities = WORKFLOW_SETS[args.workflows]
     workflows.SLOW_SPEND_SECONDS = args.slow_activity_seconds
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -63,9 +82,10 @@ async def main(argv: list[str] | None = None) -> None:
     async with Worker(
         client,
         task_queue=args.task_queue,
-        workflows=[*workflows.ALL_WORKFLOWS, workflows.SlowSpender],
-        activities=[*workflows.ALL_ACTIVITIES, workflows.slow_spend],
+        workflows=workflow_classes,
+        activities=activities,
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=args.sticky_timeout_seconds),
+        graceful_shutdown_timeout=timedelta(seconds=1),
     ):
         print("ready", flush=True)
         await stop.wait()
