@@ -53,7 +53,7 @@ from .errors import PolicyError, validation_problems
 from .interceptors._visibility import STATE_ATTRIBUTE, TENANT_ATTRIBUTE
 from .policy import MAX_DURATION_S, MAX_NUMBER, MAX_TTL_SECONDS, PER_TASK_LIMITS, Policy, _seconds
 from .replay import ReviewError, load_histories, review
-from .top import Frame, RateLimiter, TopOptions, gather_frame, render_frame, run_live
+from .top import Frame, RateLimiter, TopOptions, gather_frame, quote, render_frame, run_live
 
 EXIT_NOTHING_FOUND = 1
 EXIT_NONDETERMINISM = 1
@@ -537,6 +537,49 @@ def _write(path: str, text: str) -> None:
         _fail(f"cannot write {path!r}: {error.strerror or error}", EXIT_BAD_INPUT)
 
 
+_FC = TypeVar("_FC", bound=Callable[..., Any])
+
+
+def _options(*decorators: Callable[[_FC], _FC]) -> Callable[[_FC], _FC]:
+    """Apply several click decorators as one, in the order written."""
+
+    def apply(command: _FC) -> _FC:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return apply
+
+
+def _policy_option(help: str, *, required: bool = False) -> Callable[[_FC], _FC]:
+    """``--policy PATH`` (an existing file, into ``policy_path``) with this help text."""
+    return click.option(
+        "--policy",
+        "policy_path",
+        required=required,
+        type=click.Path(exists=True, dir_okay=False),
+        help=help,
+    )
+
+
+_ledger_options = _options(
+    click.option(
+        "--ledger-id",
+        default=None,
+        help="The ledger's workflow id (default: from --policy, else temporal-governor-ledger).",
+    ),
+    _policy_option("Read the ledger id from this policy."),
+)
+"""``--ledger-id`` and ``--policy``: which shared ledger a command reads (``budget``, ``top``)."""
+
+
+def _ledger_id(ledger_id: str | None, policy_path: str | None) -> str:
+    """The ledger's workflow id: ``--ledger-id``, else the policy's, else the default one."""
+    if ledger_id is not None:
+        return ledger_id
+    return _load_policy(policy_path).shared.ledger_id if policy_path else "temporal-governor-ledger"
+
+
 @main.command(name="list")
 @click.option("--tenant", default=None, help="Only runs of this tenant.")
 @click.option(
@@ -573,11 +616,11 @@ def list_runs(
     """
     clauses = ["GovernorState IS NOT NULL"]
     if tenant:
-        clauses.append(f"GovernorTenant = {_quote(tenant)}")
+        clauses.append(f"GovernorTenant = {quote(tenant)}")
     if state:
-        clauses.append(f"GovernorState = {_quote(state)}")
+        clauses.append(f"GovernorState = {quote(state)}")
     if agent:
-        clauses.append(f"WorkflowType = {_quote(agent)}")
+        clauses.append(f"WorkflowType = {quote(agent)}")
     query = " AND ".join(clauses)
 
     async def run() -> list[dict[str, Any]]:
@@ -629,25 +672,10 @@ def list_runs(
         sys.exit(EXIT_NOTHING_FOUND)
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 @main.command()
 @click.option("--tenant", default=None, help="Show this tenant's scopes (and its owners').")
 @click.option("--scope", "scope_prefix", default=None, help="Show scopes starting with this.")
-@click.option(
-    "--ledger-id",
-    default=None,
-    help="The ledger's workflow id (default: from --policy, else temporal-governor-ledger).",
-)
-@click.option(
-    "--policy",
-    "policy_path",
-    default=None,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Read the ledger id from this policy.",
-)
+@_ledger_options
 @click.option("--namespace", default=_NAMESPACE, help=_NAMESPACE_HELP)
 @click.option("--address", default=_ADDRESS, help=_ADDRESS_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the ledger state as JSON.")
@@ -667,12 +695,7 @@ def budget(
       temporal-governor budget --tenant acme
       temporal-governor budget --scope tool: --json
     """
-    if ledger_id is None:
-        ledger_id = (
-            _load_policy(policy_path).shared.ledger_id
-            if policy_path
-            else "temporal-governor-ledger"
-        )
+    ledger_id = _ledger_id(ledger_id, policy_path)
     if tenant is not None and scope_prefix is not None:
         raise click.UsageError("give --tenant or --scope, not both")
 
@@ -734,7 +757,6 @@ def budget(
 
 # -- control: kill, resume, backpressure, override, status ------------------------------------
 
-_FC = TypeVar("_FC", bound=Callable[..., Any])
 _Send = Callable[[ControlClient, ControlTarget], Awaitable[ControlOutcome]]
 _TARGETS: dict[str, Callable[[str], ControlTarget]] = {
     "run": ControlTarget.run,
@@ -750,17 +772,6 @@ def _examples(*lines: str) -> str:
     return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
-def _options(*decorators: Callable[[_FC], _FC]) -> Callable[[_FC], _FC]:
-    """Apply several click decorators as one, in the order written."""
-
-    def apply(command: _FC) -> _FC:
-        for decorator in reversed(decorators):
-            command = decorator(command)
-        return command
-
-    return apply
-
-
 _sending_options = _options(
     click.option("--run", "target_run", metavar="WORKFLOW_ID", help="Target one run."),
     click.option(
@@ -770,12 +781,8 @@ _sending_options = _options(
     click.option(
         "--agent", "target_agent", metavar="WORKFLOW_TYPE", help="Target a workflow type's runs."
     ),
-    click.option(
-        "--policy",
-        "policy_path",
-        required=True,
-        type=click.Path(exists=True, dir_okay=False),
-        help="The policy (its control section says where the signing keys come from).",
+    _policy_option(
+        "The policy (its control section says where the signing keys come from).", required=True
     ),
     click.option("--issuer", default=None, help="Who is sending (default: the OS user)."),
     click.option(
@@ -1188,18 +1195,7 @@ def _print_audit(control_audit: list[dict[str, Any]]) -> None:
     metavar="NAME",
     help="Only this tenant: its scopes, runs and halts (repeatable).",
 )
-@click.option(
-    "--ledger-id",
-    default=None,
-    help="The ledger's workflow id (default: from --policy, else temporal-governor-ledger).",
-)
-@click.option(
-    "--policy",
-    "policy_path",
-    default=None,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Read the ledger id from this policy.",
-)
+@_ledger_options
 @click.option(
     "--interval",
     type=click.FloatRange(0.2, 3600),
@@ -1280,12 +1276,7 @@ def top(
         raise click.UsageError("give --once or --frames, not both")
     if any(not tenant.strip() for tenant in tenants):
         raise click.UsageError("--tenant needs a non-empty value")
-    if ledger_id is None:
-        ledger_id = (
-            _load_policy(policy_path).shared.ledger_id
-            if policy_path
-            else "temporal-governor-ledger"
-        )
+    ledger_id = _ledger_id(ledger_id, policy_path)
     options = TopOptions(
         ledger_id=ledger_id,
         tenants=tuple(dict.fromkeys(tenants)),
