@@ -191,6 +191,6 @@ async def test_register_search_attributes_is_idempotent(env) -> None:
     await register_search_attributes(env.client)
     await register_search_attributes(env.client)  # already there: no error
     listed = await env.client.operator_service.list_search_attributes(
-        ListSearchAttributesRequest(namespace=env.client.namespace)
+        ListSearchAttributesRequest(namespace=env.client.namespace), retry=True
     )
     assert {"GovernorTenant", "GovernorState"} <= set(listed.custom_attributes)

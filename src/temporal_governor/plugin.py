@@ -59,8 +59,10 @@ async def register_search_attributes(client: Client) -> None:
 
     """
     keyword = IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+    # retried: operator calls are not by default, and a connection the server just
+    # dropped fails the first one with CANCELLED
     listed = await client.operator_service.list_search_attributes(
-        ListSearchAttributesRequest(namespace=client.namespace)
+        ListSearchAttributesRequest(namespace=client.namespace), retry=True
     )
     missing = {
         name: keyword
@@ -71,7 +73,8 @@ async def register_search_attributes(client: Client) -> None:
         return  # registered already: nothing to ask the server (its add is slow and heavy)
     try:
         await client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(namespace=client.namespace, search_attributes=missing)
+            AddSearchAttributesRequest(namespace=client.namespace, search_attributes=missing),
+            retry=True,
         )
     except RPCError as error:
         if error.status != RPCStatusCode.ALREADY_EXISTS:
