@@ -152,15 +152,13 @@ class SharedBudget:
         """One ledger update, or ``None`` when the ledger cannot answer and policy says open.
 
         Fail-closed (``shared.on_unavailable: closed``, the default) stops the run instead.
-        A cancellation of the caller is passed on as it is: it is no outage.
+        A cancellation of the caller is passed on as it is (``asyncio.CancelledError``,
+        see :meth:`_local_activity`): it is no outage.
         """
         try:
             return await self._call_once(update, request, update_id)
-        except (ActivityError, ApplicationError) as error:
-            # a local activity's non-retryable failure may arrive bare, without ActivityError
-            cause = error.cause if isinstance(error, ActivityError) else error
-            if isinstance(cause, CancelledError):
-                raise  # the dispatch or the run was cancelled while it asked the ledger
+        except ActivityError as error:
+            cause = error.cause
             if isinstance(cause, ApplicationError) and cause.type == MALFORMED_UPDATE:
                 raise  # a bug of the governor's, not an outage: never hide it
             return self._unavailable(update, cause or error)
@@ -335,12 +333,10 @@ class SharedBudget:
             request = {"run": self._owner, "ttl_s": ttl}
             try:
                 await self._call_once("extend", request, f"extend:{self._owner}#{renewals}")
-            except (ActivityError, ApplicationError) as error:
-                if isinstance(error.cause, CancelledError):
-                    return  # the run released everything (its end)
+            except ActivityError as error:
                 temporalio.workflow.logger.warning(
                     "governor: reservations not renewed (%s); they expire charged in full",
-                    error.cause if isinstance(error, ActivityError) else error,
+                    error.cause or error,
                 )
 
     def _apply_controls(self, controls: dict[str, dict[str, Any]], halt: bool = True) -> None:
@@ -541,15 +537,8 @@ class SharedBudget:
             }
             try:
                 await self._call_once("release_run", request, f"release_run:{self._owner}:{number}")
-            except (ActivityError, ApplicationError) as error:
-                # the agent's work is done; the ledger charges what stays open in full
-                # when it expires (reservation_ttl), and corrects it if settled later
-                temporalio.workflow.logger.error(
-                    "governor: ledger %s unavailable at run end (%s): open reservations "
-                    "expire charged in full",
-                    self.settings.ledger_id,
-                    error.cause or error,
-                )
+            except ActivityError as error:
+                self._unreachable_at_end(error)
                 break
         self.open.clear()
 
@@ -577,10 +566,18 @@ class SharedBudget:
         request = {"run": self._owner, "settlements": {}, "release_rest": True}
         try:
             await self._call_once("release_run", request, f"release_run:{self._owner}")
-        except (ActivityError, ApplicationError) as error:
-            temporalio.workflow.logger.error(
-                "governor: ledger %s unavailable at run end (%s): open reservations "
-                "expire charged in full",
-                self.settings.ledger_id,
-                error.cause or error,
-            )
+        except ActivityError as error:
+            self._unreachable_at_end(error)
+
+    def _unreachable_at_end(self, error: ActivityError) -> None:
+        """Log a run end the ledger did not hear of.
+
+        The agent's work is done; the ledger charges what stays open in full when it
+        expires (``reservation_ttl``), and corrects it if settled later.
+        """
+        temporalio.workflow.logger.error(
+            "governor: ledger %s unavailable at run end (%s): open reservations "
+            "expire charged in full",
+            self.settings.ledger_id,
+            error.cause or error,
+        )
