@@ -523,3 +523,19 @@ def test_reservation_ttl_must_be_a_positive_duration_of_at_most_30_days(ttl: str
     with pytest.raises(PolicyError) as error:
         Policy.from_yaml(f"shared: {{ reservation_ttl: {ttl} }}")
     assert "shared.reservation_ttl" in str(error.value) and "30 days" in str(error.value)
+
+
+@pytest.mark.parametrize("timeout", ["0", '"1000000000d"', "-5"])
+def test_call_timeout_must_be_a_positive_duration_of_at_most_30_days(timeout: str) -> None:
+    with pytest.raises(PolicyError) as error:
+        Policy.from_yaml(f"shared: {{ call_timeout: {timeout} }}")
+    assert "shared.call_timeout" in str(error.value) and "30 days" in str(error.value)
+
+
+def test_the_ledger_task_queue_must_be_a_string() -> None:
+    with pytest.raises(PolicyError) as error:
+        Policy.from_yaml("shared: { task_queue: [a, b] }")
+    assert "shared.task_queue" in str(error.value)
+    with pytest.raises(PolicyError, match=r"shared\.call_timeout: got 'nan'"):
+        Policy.from_yaml("shared: { call_timeout: nan }")
+    assert Policy.from_yaml("shared: { call_timeout: 90s }").shared.call_timeout == 90.0
