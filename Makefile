@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required" if sys.version_info < (3, 11) else 0)'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,test,agents]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,test,agents,verify]'
 	touch $(STAMP)
 
 demo: $(STAMP)
