@@ -6,7 +6,7 @@ codes, never a Python traceback:
 ====  ==========================================================================================
 0     success
 1     ``replay`` found non-determinism (the workflow code changed since the run); ``list`` or
-      ``budget`` found nothing to show
+      ``budget`` found nothing to show; ``verify`` found findings at or above ``--fail-on``
 2     bad usage or bad input: an unknown option, a bad value (``--address localhost:abc``), a
       missing or unreadable file, an invalid policy, a history file that is not history JSON,
       a ``--workflows`` module that does not import, control keys, a control message the CLI
@@ -54,9 +54,11 @@ from .interceptors._visibility import STATE_ATTRIBUTE, TENANT_ATTRIBUTE
 from .policy import MAX_DURATION_S, MAX_NUMBER, MAX_TTL_SECONDS, PER_TASK_LIMITS, Policy, _seconds
 from .replay import ReviewError, load_histories, review
 from .top import Frame, RateLimiter, TopOptions, gather_frame, quote, render_frame, run_live
+from .verify import Severity, VerifierUnavailable, VerifyReport, verify_policy
 
 EXIT_NOTHING_FOUND = 1
 EXIT_NONDETERMINISM = 1
+EXIT_FINDINGS = 1
 EXIT_BAD_INPUT = 2
 EXIT_UNREACHABLE = 3
 EXIT_INTERNAL = 4
@@ -69,7 +71,8 @@ environment variable ``TEMPORAL_GOVERNOR_CONNECT_TIMEOUT`` (seconds) says otherw
 _EXIT_CODES = """\b
 Exit codes:
   0    success
-  1    replay found non-determinism; list or budget found nothing
+  1    replay found non-determinism; list or budget found nothing; verify found
+       findings at or above --fail-on
   2    bad usage or bad input (options, files, policy, histories, modules, keys)
   3    Temporal unreachable or refusing (connection, namespace), workflow or ledger
        not found, or a control message reached none of its runs
@@ -1308,11 +1311,75 @@ def top(
         Console().print(render_frame(frame))
 
 
+_SEVERITY_COLOURS = {"error": "red", "warning": "yellow", "info": "cyan"}
+
+
+@main.command(
+    epilog=_examples(
+        "temporal-governor verify examples/governance.yaml",
+        "temporal-governor verify policy.yaml --fail-on warning --json > findings.json",
+    )
+    + "\n\nExit codes: 0 no finding at or above --fail-on, 1 findings at or above it, 2 bad "
+    "input (an unreadable or invalid policy) or the solver missing."
+)
+@click.argument("policy_path", metavar="POLICY", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--fail-on",
+    type=click.Choice(["error", "warning", "info"]),
+    default="error",
+    show_default=True,
+    help="Exit 1 when a finding is at least this severe.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(policy_path: str, fail_on: str, as_json: bool) -> None:
+    """Check a policy's limits with the Z3 solver; each finding has a concrete witness.
+
+    Finds dead limits, unreachable child agents, risk tiers and degrade rules that loosen,
+    unbounded (alert-only) spend and fleet exposure. Needs the extra verify
+    (pip install 'temporal-governor[verify]'); see docs/verification.md.
+    """
+    policy = _load_policy(policy_path)
+    try:
+        report = verify_policy(policy)
+    except VerifierUnavailable as error:
+        _fail(str(error), EXIT_BAD_INPUT)
+    if as_json:
+        click.echo(report.model_dump_json(indent=2))
+    else:
+        _print_findings(report, Console(soft_wrap=True))
+    if report.failing(Severity(fail_on)):
+        sys.exit(EXIT_FINDINGS)
+
+
+def _print_findings(report: VerifyReport, console: Console) -> None:
+    """The findings as a table, and a summary line."""
+    if report.findings:
+        table = Table(title=f"verify {report.source}", show_lines=True)
+        for column in ("severity", "kind", "field", "finding"):
+            table.add_column(column, overflow="fold")
+        for finding in report.findings:
+            colour = _SEVERITY_COLOURS[finding.severity.value]
+            table.add_row(
+                f"[{colour}]{finding.severity.value}[/]",
+                finding.kind.value,
+                escape(finding.path),
+                escape(finding.message),
+            )
+        console.print(table)
+    counts = ", ".join(f"{report.count(severity)} {severity.value}" for severity in Severity)
+    console.print(
+        f"{escape(report.source)}: {counts} ({report.solver_queries} solver queries, "
+        f"{report.seconds:.2f} s)"
+    )
+
+
 _SEE_EXIT_CODES = (
     "Exit codes: 0 success, 2 bad input, 3 Temporal unreachable or refusing; all of them in "
     "temporal-governor --help."
 )
 for _command in main.commands.values():
+    if "Exit codes:" in (_command.epilog or ""):
+        continue  # the command lists its own (verify)
     _command.epilog = (
         f"{_command.epilog}\n\n{_SEE_EXIT_CODES}" if _command.epilog else _SEE_EXIT_CODES
     )
