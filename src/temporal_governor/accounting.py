@@ -8,7 +8,7 @@ parent) and the reservations of its in-flight dispatches.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -37,6 +37,64 @@ EventKind = Literal[
 ]
 
 _EPSILON = 1e-9
+
+
+@dataclass(frozen=True)
+class Ops:
+    """What the budget rules use besides ``+ - * /`` and comparisons.
+
+    Python's ``or``, ``max``, ``min`` and conditional expressions need a concrete truth
+    value, so the rules take them from here: :data:`FLOAT_OPS` at runtime, the Z3 solver's
+    in the bounded proofs (``temporal_governor.verify``), which pass solver terms where
+    the annotations say ``float`` and ``bool``. The same rule code is thus run and proved.
+    """
+
+    either: Callable[[bool, bool], bool]
+    """Logical or of two conditions."""
+    max: Callable[[float, float], float]
+    """The larger of two numbers, the first when equal (as the builtin ``max``)."""
+    min: Callable[[float, float], float]
+    """The smaller of two numbers, the first when equal (as the builtin ``min``)."""
+    if_then_else: Callable[[bool, float, float], float]
+    """The second argument when the first holds, else the third."""
+
+
+FLOAT_OPS = Ops(
+    either=lambda a, b: a or b,
+    max=max,
+    min=min,
+    if_then_else=lambda condition, then, otherwise: then if condition else otherwise,
+)
+"""The operations of the rules at runtime: plain Python on floats."""
+
+
+def refuses(
+    committed: float, reserved: float, estimate: float, ceiling: float, ops: Ops = FLOAT_OPS
+) -> bool:
+    """The in-run fit rule of one terminate limit (:meth:`RunLedger.check`).
+
+    A dispatch is refused when committed + reserved + its estimate would exceed the
+    ceiling, or when committed spend alone already exceeds it.
+
+    Args:
+        committed: The limit's resource committed so far.
+        reserved: The resource held by open reservations.
+        estimate: The dispatch's estimate of the resource.
+        ceiling: The limit's ceiling.
+        ops: :data:`FLOAT_OPS`, or the solver's.
+
+    Returns:
+        Whether the limit refuses the dispatch.
+
+    """
+    observed = committed + reserved + estimate
+    return ops.either(observed > ceiling + _EPSILON, committed > ceiling + _EPSILON)
+
+
+def headroom(ceiling: float, committed: float, reserved: float) -> float:
+    """What a limit leaves to reserve: its ceiling less committed and reserved spend."""
+    used = committed + reserved
+    return ceiling - used
 
 
 class Amounts(BaseModel):
@@ -183,9 +241,9 @@ class RunLedger:
             The smallest headroom, or ``None`` when no terminate limit covers it.
 
         """
-        used = self.committed.get(resource) + self.reserved.get(resource)
+        committed, reserved = self.committed.get(resource), self.reserved.get(resource)
         headrooms = [
-            limit.ceiling - used
+            headroom(limit.ceiling, committed, reserved)
             for limit in self.limits
             if limit.resource == resource and limit.on_breach == "terminate"
         ]
@@ -217,8 +275,9 @@ class RunLedger:
             if limit.on_breach != "terminate":
                 continue
             committed = self.committed.get(limit.resource)
-            observed = committed + reserved.get(limit.resource) + amounts.get(limit.resource)
-            if observed > limit.ceiling + _EPSILON or committed > limit.ceiling + _EPSILON:
+            held, wanted = reserved.get(limit.resource), amounts.get(limit.resource)
+            if refuses(committed, held, wanted, limit.ceiling):
+                observed = committed + held + wanted
                 return Refusal(
                     limit=limit.name,
                     resource=limit.resource,

@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .accounting import FLOAT_OPS, Ops
 from .detectors import BaselineState, SpendBaseline
 from .scopes import SharedLimit, SharedResource
 
@@ -329,9 +330,59 @@ def _add(totals: dict[str, float], amounts: dict[str, float], sign: float = 1.0)
         totals[resource] = totals.get(resource, 0.0) + sign * value
 
 
-def _clean(value: float) -> float:
+def _clean(value: float, ops: Ops = FLOAT_OPS) -> float:
     """Drop float residue: what is left of a counter after its last reservation went."""
-    return 0.0 if value < _EPSILON else value
+    return ops.if_then_else(value < _EPSILON, 0.0, value)
+
+
+def shared_refuses(committed: float, reserved: float, wanted: float, ceiling: float) -> bool:
+    """The book's fit rule: a terminate limit refuses what would take its counter past it.
+
+    Args:
+        committed: The counter's committed amount (in its current window).
+        reserved: The amount its open reservations hold.
+        wanted: What the reservation asks of it (for a lease, the grant).
+        ceiling: The limit's ceiling.
+
+    Returns:
+        Whether the reservation is refused.
+
+    """
+    return committed + reserved + wanted > ceiling + _EPSILON
+
+
+def lease_grant(
+    wanted: float,
+    ceiling: float,
+    committed: float,
+    reserved: float,
+    holders: int,
+    max_share: float,
+    minimum: float,
+    ops: Ops = FLOAT_OPS,
+) -> float:
+    """What a lease is granted of one terminate limit's resource: a fair share of what is left.
+
+    At most ``wanted``, at most ``1 / holders`` and ``max_share`` of what is left, but at
+    least ``minimum`` (which the fit rule then refuses if it does not fit).
+
+    Args:
+        wanted: What the lease asks for.
+        ceiling: The limit's ceiling.
+        committed: Its counter's committed amount.
+        reserved: What its counter's open reservations hold.
+        holders: Open leases on the counter, this one included.
+        max_share: The largest fraction of what is left one lease may take.
+        minimum: The least the lease accepts.
+        ops: :data:`~temporal_governor.accounting.FLOAT_OPS`, or the solver's.
+
+    Returns:
+        The grant.
+
+    """
+    left = ceiling - committed - reserved
+    fair = ops.max(ops.min(left / holders, left * max_share), minimum)
+    return ops.min(wanted, fair)
 
 
 def _digest(key: str) -> str:
@@ -474,8 +525,8 @@ class LedgerBook:
             if limit.on_breach != "terminate":
                 continue
             want = grant.get(limit.resource, 0.0)
-            observed = counter.committed + counter.reserved + want
-            if observed > limit.ceiling + _EPSILON:
+            if shared_refuses(counter.committed, counter.reserved, want, limit.ceiling):
+                observed = counter.committed + counter.reserved + want
                 retry = None
                 if counter.window_s is not None and counter.window_start is not None:
                     retry = max(0.0, counter.window_start + counter.window_s - now)
@@ -517,14 +568,20 @@ class LedgerBook:
         for limit, counter in counters:
             if limit.on_breach != "terminate":
                 continue
-            left = limit.ceiling - counter.committed - counter.reserved
             holders = 1 + sum(
                 1
                 for r in self.state.reservations.values()
                 if r.lease and limit.counter in r.counters
             )
-            fair = max(min(left / holders, left * req.max_share), minimum.get(limit.resource, 0.0))
-            grant[limit.resource] = min(grant.get(limit.resource, 0.0), fair)
+            grant[limit.resource] = lease_grant(
+                grant.get(limit.resource, 0.0),
+                limit.ceiling,
+                counter.committed,
+                counter.reserved,
+                holders,
+                req.max_share,
+                minimum.get(limit.resource, 0.0),
+            )
         return grant
 
     def settle(self, req: SettleRequest, now: float) -> SettleResult:
@@ -819,4 +876,6 @@ __all__ = [
     "SettleRequest",
     "SettleResult",
     "StoredControl",
+    "lease_grant",
+    "shared_refuses",
 ]

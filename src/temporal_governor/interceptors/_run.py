@@ -12,12 +12,14 @@ import temporalio.workflow
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..accounting import (
+    FLOAT_OPS,
     RESOURCES,
     ZERO,
     Amounts,
     GovernanceEvent,
     Limit,
     LimitState,
+    Ops,
     Refusal,
     RunLedger,
 )
@@ -50,6 +52,7 @@ BUDGET_QUERY = "governor.budget"
 
 _RESOURCE_TO_LIMIT_NAME = {resource: name for name, resource in PER_TASK_LIMITS.items()}
 _CARVED = ("tokens", "cost_usd", "tool_calls", "child_workflows")
+_STARVING = ("tokens", "cost_usd")
 _RECENT_EVENTS = 50
 CHILD_KEY_PREFIX = "child:"
 _F = TypeVar("_F", bound="asyncio.Future[Any]")
@@ -137,20 +140,34 @@ class _FairShare:
     """The child's own terminate per-task ceilings: it can never spend more."""
 
 
-def _share(rule: float | _FairShare, resource: str, left: float, estimate: float) -> float:
+def _starved(resource: str, left: float) -> bool:
+    """Whether a child is refused outright for ``resource``, with ``left`` after its estimate.
+
+    Only when nothing of ``tokens`` or ``cost_usd`` is left: the other resources are left
+    to the reservation of the carve.
+    """
+    return resource in _STARVING and left <= 0
+
+
+def _share(
+    rule: float | _FairShare, resource: str, left: float, estimate: float, ops: Ops = FLOAT_OPS
+) -> float:
     """What a child is carved of one resource, of ``left`` (what remains after its estimate).
 
-    A fraction ``f``: ``f * left``. A fair share: ``left / (running + 2)`` (half of what is
-    left with no other child running, a third with one, ...), at most the child's own
-    ceiling. Never less than the estimate (which ``left`` does not include).
+    A negative ``left`` counts as nothing. A fraction ``f``: ``f * left``. A fair share:
+    ``left / (running + 2)`` (half of what is left with no other child running, a third
+    with one, ...), at most the child's own ceiling. Never less than the estimate (which
+    ``left`` does not include). ``ops`` is :data:`~temporal_governor.accounting.FLOAT_OPS`
+    at runtime (the bounded proofs pass the solver's).
     """
-    if isinstance(rule, float):
-        return max(estimate, rule * left)
+    left = ops.max(left, 0.0)
+    if not isinstance(rule, _FairShare):
+        return ops.max(estimate, rule * left)
     share = left / (rule.running + 2)
     cap = rule.caps.get(resource)
     if cap is not None:
-        share = min(share, cap)
-    return max(estimate, share)
+        share = ops.min(share, cap)
+    return ops.max(estimate, share)
 
 
 class GovernedRun:
@@ -365,7 +382,7 @@ class GovernedRun:
             if binding is None or remaining is None:
                 continue
             left = remaining - base.get(resource)
-            if left <= 0 and resource in ("tokens", "cost_usd"):
+            if _starved(resource, left):
                 used = binding.ceiling - remaining
                 refusal = Refusal(
                     limit=binding.name,
@@ -380,7 +397,7 @@ class GovernedRun:
                 raise self._halt(refusal, dispatch)
             if rule is None:
                 rule = self._carve_rule(child_type)
-            give = _share(rule, resource, max(left, 0.0), estimate.get(resource))
+            give = _share(rule, resource, left, estimate.get(resource))
             allowance[resource] = AllowanceEntry(
                 amount=give, limit=binding.name, scope=binding.scope
             )
