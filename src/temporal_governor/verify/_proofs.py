@@ -251,7 +251,28 @@ class _OverageBounded(_RunLedgerModel):
     within = False
 
 
-class _CarveWithinCeiling(_Model):
+class _OneLimit(_Model):
+    """A ledger with one terminate limit whose dispatches finish within what they hold."""
+
+    def initial(self) -> State:
+        zero = self.z3.RealVal(0)
+        return {"committed": zero, "reserved": zero} | {f"held{i}": zero for i in range(self.k)}
+
+    def unhold(self, reserved: Any, held: Any) -> Any:
+        """What the ledger counts as reserved once ``held`` is no longer held."""
+        return reserved - held
+
+    def finish(self, i: int, state: State) -> _Finish:
+        held, actual = state[f"held{i}"], self.actuals[i]
+        after = {
+            "committed": state["committed"] + actual,
+            "reserved": self.unhold(state["reserved"], held),
+            f"held{i}": self.z3.RealVal(0),
+        }
+        return _Finish(after=after, allowed=actual <= held)
+
+
+class _CarveWithinCeiling(_OneLimit):
     """A parent run's ledger (one terminate limit) carving children and running activities."""
 
     name = "carves_within_parent_ceiling"
@@ -274,10 +295,6 @@ class _CarveWithinCeiling(_Model):
         self.auto, self.capped = self.flag("auto"), self.flag("capped")
         self.cap = self.real("cap")
         self.assumptions += [self.fraction > 0, self.fraction <= 1]
-
-    def initial(self) -> State:
-        zero = self.z3.RealVal(0)
-        return {"committed": zero, "reserved": zero} | {f"held{i}": zero for i in range(self.k)}
 
     def carve(self, state: State, estimate: Any) -> tuple[Any, Any]:
         """Whether ``GovernedRun.carve`` refuses a child outright, and its carve of tokens."""
@@ -311,20 +328,11 @@ class _CarveWithinCeiling(_Model):
         after = {"reserved": reserved + amount, f"held{i}": amount}
         return _Start(admitted=admitted, after=after, amount=amount, breaks=misfit)
 
-    def finish(self, i: int, state: State) -> _Finish:
-        held, actual = state[f"held{i}"], self.actuals[i]
-        after = {
-            "committed": state["committed"] + actual,
-            "reserved": state["reserved"] - held,
-            f"held{i}": self.z3.RealVal(0),
-        }
-        return _Finish(after=after, allowed=actual <= held)
-
     def broken(self, state: State) -> Any:
         return state["committed"] + state["reserved"] > self.ceiling + EPSILON
 
 
-class _LeaseWithinLeft(_Model):
+class _LeaseWithinLeft(_OneLimit):
     """The ledger book: one terminate counter, plain reservations and leases, settles."""
 
     name = "lease_grants_within_left"
@@ -346,10 +354,6 @@ class _LeaseWithinLeft(_Model):
         self.leases = self.special = [self.flag(f"lease_{i + 1}") for i in range(k)]
         self.max_share = self.real("max_share")
         self.assumptions += [self.max_share > 0, self.max_share <= 1]
-
-    def initial(self) -> State:
-        zero = self.z3.RealVal(0)
-        return {"committed": zero, "reserved": zero} | {f"held{i}": zero for i in range(self.k)}
 
     def start(self, i: int, state: State) -> _Start:
         z3 = self.z3
@@ -376,14 +380,8 @@ class _LeaseWithinLeft(_Model):
         after = {"reserved": reserved + amount, f"held{i}": amount}
         return _Start(admitted=z3.Not(refused), after=after, amount=amount, breaks=misfit)
 
-    def finish(self, i: int, state: State) -> _Finish:
-        held, actual = state[f"held{i}"], self.actuals[i]
-        after = {
-            "committed": state["committed"] + actual,
-            "reserved": book._clean(state["reserved"] - held, self.ops),
-            f"held{i}": self.z3.RealVal(0),
-        }
-        return _Finish(after=after, allowed=actual <= held)
+    def unhold(self, reserved: Any, held: Any) -> Any:
+        return book._clean(reserved - held, self.ops)
 
     def broken(self, state: State) -> Any:
         held = self.z3.Sum([state[f"held{i}"] for i in range(self.k)])
