@@ -43,7 +43,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
-from temporalio.client import Client, WorkflowQueryFailedError
+from temporalio.client import Client, WorkflowHistory, WorkflowQueryFailedError
 from temporalio.envconfig import ClientConfigProfile, ClientConnectConfig
 from temporalio.service import RPCError
 
@@ -52,13 +52,21 @@ from .control_client import ControlClient, ControlError, ControlOutcome, Control
 from .errors import PolicyError, validation_problems
 from .interceptors._visibility import STATE_ATTRIBUTE, TENANT_ATTRIBUTE
 from .policy import MAX_DURATION_S, MAX_NUMBER, MAX_TTL_SECONDS, PER_TASK_LIMITS, Policy, _seconds
-from .replay import ReviewError, load_histories, review
+from .replay import ReviewError, fetch_tree, load_histories, review
+from .report import IncidentReport
 from .top import Frame, RateLimiter, TopOptions, gather_frame, quote, render_frame, run_live
-from .verify import Severity, VerifierUnavailable, VerifyReport, verify_policy
+from .verify import (
+    Severity,
+    VerifierUnavailable,
+    VerifyReport,
+    suggest_from_reports,
+    verify_policy,
+)
 
 EXIT_NOTHING_FOUND = 1
 EXIT_NONDETERMINISM = 1
 EXIT_FINDINGS = 1
+EXIT_NO_SEPARATION = 1
 EXIT_BAD_INPUT = 2
 EXIT_UNREACHABLE = 3
 EXIT_INTERNAL = 4
@@ -1318,9 +1326,12 @@ _SEVERITY_COLOURS = {"error": "red", "warning": "yellow", "info": "cyan"}
     epilog=_examples(
         "temporal-governor verify examples/governance.yaml",
         "temporal-governor verify policy.yaml --fail-on warning --json > findings.json",
+        "temporal-governor verify examples/governance.yaml --suggest --workflows examples.agents "
+        "--incident out/histories --normal demo-normal",
     )
-    + "\n\nExit codes: 0 no finding at or above --fail-on, 1 findings at or above it, 2 bad "
-    "input (an unreadable or invalid policy) or the solver missing."
+    + "\n\nExit codes: 0 no finding at or above --fail-on (--suggest: a patch), 1 findings at "
+    "or above it (--suggest: no limit stops the incident earlier), 2 bad input (an unreadable "
+    "or invalid policy, histories) or the solver missing, 3 Temporal unreachable."
 )
 @click.argument("policy_path", metavar="POLICY", type=click.Path(exists=True, dir_okay=False))
 @click.option(
@@ -1331,14 +1342,61 @@ _SEVERITY_COLOURS = {"error": "red", "warning": "yellow", "info": "cyan"}
     help="Exit 1 when a finding is at least this severe.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify(policy_path: str, fail_on: str, as_json: bool) -> None:
+@_options(
+    click.option(
+        "--suggest",
+        is_flag=True,
+        help="Suggest the tightest limits that halt --incident early and pass every --normal run.",
+    ),
+    click.option(
+        "--incident",
+        multiple=True,
+        metavar="ID|PATH",
+        help="With --suggest: the incident's root workflow id, or its tree's history files or "
+        "folder (repeatable).",
+    ),
+    click.option(
+        "--incident-run-id", default=None, help="The incident's root run (default: latest)."
+    ),
+    click.option(
+        "--normal",
+        multiple=True,
+        metavar="ID|PATH",
+        help="With --suggest: a normal run's root workflow id, or history files or folders "
+        "(repeatable).",
+    ),
+    click.option(
+        "--workflows",
+        "modules",
+        multiple=True,
+        metavar="MODULE[:CLASS]",
+        help="With --suggest: module(s) defining the runs' workflow classes (repeatable).",
+    ),
+    click.option(
+        "--margin",
+        type=click.FloatRange(0, 10),
+        default=0.1,
+        show_default=True,
+        help="With --suggest: suggested limits are this fraction over the largest normal run.",
+    ),
+    click.option("--namespace", default=_NAMESPACE, help=_NAMESPACE_HELP),
+    click.option("--address", default=_ADDRESS, help=_ADDRESS_HELP),
+)
+def verify(policy_path: str, fail_on: str, as_json: bool, suggest: bool, **tightening: Any) -> None:
     """Check a policy's limits with the Z3 solver; each finding has a concrete witness.
 
     Finds dead limits, unreachable child agents, risk tiers and degrade rules that loosen,
-    unbounded (alert-only) spend and fleet exposure. Needs the extra verify
+    unbounded (alert-only) spend and fleet exposure. With --suggest, replays an incident and
+    normal runs and prints the tightest limits (a YAML patch) that would have halted the
+    incident earliest while every normal run passes. Needs the extra verify
     (pip install 'temporal-governor[verify]'); see docs/verification.md.
     """
     policy = _load_policy(policy_path)
+    if suggest:
+        _suggest(policy, policy_path, as_json, **tightening)
+        return
+    if tightening["incident"] or tightening["normal"]:
+        raise click.UsageError("--incident and --normal go with --suggest")
     try:
         report = verify_policy(policy)
     except VerifierUnavailable as error:
@@ -1349,6 +1407,104 @@ def verify(policy_path: str, fail_on: str, as_json: bool) -> None:
         _print_findings(report, Console(soft_wrap=True))
     if report.failing(Severity(fail_on)):
         sys.exit(EXIT_FINDINGS)
+
+
+def _suggest(
+    policy: Policy,
+    policy_path: str,
+    as_json: bool,
+    incident: tuple[str, ...],
+    incident_run_id: str | None,
+    normal: tuple[str, ...],
+    modules: tuple[str, ...],
+    margin: float,
+    namespace: str | None,
+    address: str | None,
+) -> None:
+    """``verify --suggest``: replay the incident and the normal runs, print the patch."""
+    for option, given in (("--incident", incident), ("--normal", normal), ("--workflows", modules)):
+        if not given:
+            raise click.UsageError(f"--suggest needs {option}")
+    classes = workflow_classes(modules)
+    sources = _Sources(policy, classes, address, namespace)
+    try:
+        report, normals = asyncio.run(sources.reports(incident, incident_run_id, normal))
+        suggestion = suggest_from_reports(report, [normals], policy, margin)
+    except (ReviewError, KeyringError, VerifierUnavailable) as error:
+        _fail(str(error), EXIT_BAD_INPUT)
+    except RPCError as error:
+        _server_failure("fetching histories", error)
+    if as_json:
+        click.echo(json.dumps({**suggestion.model_dump(mode="json"), "patch": suggestion.patch()}))
+    else:
+        click.echo(suggestion.to_yaml(policy_path), nl=False)
+    if not suggestion.separated:
+        sys.exit(EXIT_NO_SEPARATION)
+
+
+class _Sources:
+    """Where ``--incident`` and ``--normal`` histories come from: files, or the server."""
+
+    def __init__(
+        self, policy: Policy, classes: list[type], address: str | None, namespace: str | None
+    ) -> None:
+        self.policy, self.classes = policy, classes
+        self.address, self.namespace = address, namespace
+        self.client: Client | None = None
+
+    async def reports(
+        self, incident: Sequence[str], run_id: str | None, normal: Sequence[str]
+    ) -> tuple[IncidentReport, IncidentReport]:
+        """The incident's report, and one report of every normal run's tree together."""
+        histories = await self.histories(incident, run_id)
+        if len({history.workflow_id for history in histories if _is_root(history)}) > 1:
+            _fail("--incident: give one incident (one root run)", EXIT_BAD_INPUT)
+        normals = await self.histories(normal, None)
+        reports = [await self.review(found) for found in (histories, normals)]
+        return reports[0], reports[1]
+
+    async def histories(self, given: Sequence[str], run_id: str | None) -> list[Any]:
+        """Histories of files and folders (named by their recorded workflow ids) and ids."""
+        paths = [value for value in given if Path(value).exists()]
+        found = _named(_read_histories(paths, _UNNAMED)) if paths else []
+        for workflow_id in (value for value in given if not Path(value).exists()):
+            if self.client is None:
+                self.client = await _connect(self.address, self.namespace)
+            found += await fetch_tree(self.client, workflow_id, run_id)
+        return sorted(found, key=lambda history: not _is_root(history))
+
+    async def review(self, histories: list[Any]) -> IncidentReport:
+        """Replay histories with the policy (unsandboxed; determinism is still checked)."""
+        report = await review(
+            histories[0].workflow_id,
+            policy=self.policy,
+            workflows=self.classes,
+            histories=histories,
+            sandboxed=False,
+        )
+        if report.nondeterminism:
+            _fail(f"replay failed: {report.nondeterminism[0]}", EXIT_NONDETERMINISM)
+        return report
+
+
+_UNNAMED = "(root)"
+"""The workflow id of a root run read from a file that does not record its own."""
+
+
+def _is_root(history: Any) -> bool:
+    started = history.events[0].workflow_execution_started_event_attributes
+    return not started.HasField("parent_workflow_execution")
+
+
+def _named(histories: list[Any]) -> list[Any]:
+    """Root runs read from files under their recorded workflow id, when the file has it."""
+    named = []
+    for history in histories:
+        recorded = history.events[0].workflow_execution_started_event_attributes.workflow_id
+        if history.workflow_id == _UNNAMED and recorded:
+            history = WorkflowHistory(recorded, list(history.events))
+        named.append(history)
+    return named
 
 
 def _print_findings(report: VerifyReport, console: Console) -> None:
