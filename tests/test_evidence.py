@@ -393,3 +393,47 @@ async def test_replay_with_changed_workflow_code_names_the_history_that_no_longe
     [problem] = [p for p in check.problems if p.file.startswith("histories/")]
     assert problem.file == root
     assert problem.message.startswith("does not replay: ")
+
+
+def test_the_cli_writes_a_bundle_that_verify_bundle_accepts_and_a_tampered_one_fails(
+    runaway,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    from temporal_governor.cli import main as cli
+
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(POLICY.model_dump_json(by_alias=True, exclude_none=True))
+    out = tmp_path / "incident.zip"
+    args = ["replay", runaway["id"], "--policy", str(policy_file), "--workflows"]
+    args += ["examples.agents", "--bundle", str(out), "--quiet"]
+    args += [arg for f in runaway["files"] for arg in ("--history", str(f))]
+    written = CliRunner().invoke(cli, args)
+    assert written.exit_code == 0, written.output
+    verified = CliRunner().invoke(cli, ["verify-bundle", str(out), "--json"])
+    assert verified.exit_code == 0, verified.output
+    check = json.loads(verified.output)
+    assert check["ok"] and check["records"] > 0 and check["key_id"] in KEYRING.keys
+    deeper = CliRunner().invoke(
+        cli,
+        ["verify-bundle", str(out), "--policy", str(policy_file), "--workflows", "examples.agents"],
+    )
+    assert deeper.exit_code == 0, deeper.output
+    assert "gives its decisions" in deeper.output
+    tampered = rewrite(
+        out,
+        tmp_path / "tampered.zip",
+        lambda files: files.update(
+            {
+                REPORT_JSON: files[REPORT_JSON].replace(
+                    b"max_tokens_per_task", b"max_tokens_per_tusk"
+                )
+            }
+        ),
+    )
+    failed = CliRunner().invoke(cli, ["verify-bundle", str(tampered)])
+    assert failed.exit_code == 1
+    assert REPORT_JSON in failed.output
+    unknown = CliRunner().invoke(cli, [*args, "--bundle-key", "nope"])
+    assert unknown.exit_code == 2 and "nope" in unknown.output

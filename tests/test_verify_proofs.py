@@ -8,9 +8,9 @@ same broken rule, must really break the property.
 
 from __future__ import annotations
 
-import pytest
+import json
 
-pytest.importorskip("z3")
+import pytest
 
 from temporal_governor import accounting, book
 from temporal_governor.accounting import _EPSILON, FLOAT_OPS, Amounts, Limit, Ops, RunLedger
@@ -198,3 +198,19 @@ def test_counterexamples_read_as_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     text = result.describe()
     assert "counterexample for k = 2" in text
     assert "reserve #1" in text and "commit #" in text
+
+
+def test_the_prove_command_prints_every_property_and_exits_by_the_outcome(monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from temporal_governor.cli import main
+
+    proved = CliRunner().invoke(main, ["prove", "--k", "2", "--json"])
+    assert proved.exit_code == 0, proved.output
+    results = json.loads(proved.output)
+    assert [result["name"] for result in results] == [prop.name for prop in PROPERTIES]
+    assert {result["outcome"] for result in results} == {"proved"}
+    monkeypatch.setattr(accounting, "refuses", refuses_ignoring_reservations)
+    broken = CliRunner().invoke(main, ["prove", "--k", "2"])
+    assert broken.exit_code == 1
+    assert "counterexample" in broken.output

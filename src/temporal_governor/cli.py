@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import ipaddress
 import json
@@ -50,6 +51,7 @@ from temporalio.service import RPCError
 from .control import Keyring, KeyringError, overridable
 from .control_client import ControlClient, ControlError, ControlOutcome, ControlTarget
 from .errors import PolicyError, validation_problems
+from .evidence import BundleCheck, EvidenceError, replay_bundle, verify_bundle, write_bundle
 from .interceptors._visibility import STATE_ATTRIBUTE, TENANT_ATTRIBUTE
 from .policy import MAX_DURATION_S, MAX_NUMBER, MAX_TTL_SECONDS, PER_TASK_LIMITS, Policy, _seconds
 from .replay import ReviewError, fetch_tree, load_histories, review
@@ -59,6 +61,7 @@ from .verify import (
     Severity,
     VerifierUnavailable,
     VerifyReport,
+    prove_accounting,
     suggest_from_reports,
     verify_policy,
 )
@@ -67,6 +70,7 @@ EXIT_NOTHING_FOUND = 1
 EXIT_NONDETERMINISM = 1
 EXIT_FINDINGS = 1
 EXIT_NO_SEPARATION = 1
+EXIT_BUNDLE_PROBLEMS = 1
 EXIT_BAD_INPUT = 2
 EXIT_UNREACHABLE = 3
 EXIT_INTERNAL = 4
@@ -80,7 +84,8 @@ _EXIT_CODES = """\b
 Exit codes:
   0    success
   1    replay found non-determinism; list or budget found nothing; verify found
-       findings at or above --fail-on
+       findings at or above --fail-on, no limit that separates the incident
+       (--suggest) or a property not proved (--prove); verify-bundle found a problem
   2    bad usage or bad input (options, files, policy, histories, modules, keys)
   3    Temporal unreachable or refusing (connection, namespace), workflow or ledger
        not found, or a control message reached none of its runs
@@ -420,6 +425,20 @@ def main() -> None:
     type=click.Path(dir_okay=False),
     help="Write a self-contained HTML report.",
 )
+@click.option(
+    "--bundle",
+    "bundle_out",
+    type=click.Path(dir_okay=False),
+    help="Write a signed evidence bundle: one zip of the report, the histories and the "
+    "hash-chained decisions, signed with a control key (check it with verify-bundle).",
+)
+@click.option(
+    "--bundle-key",
+    default=None,
+    metavar="KEY_ID",
+    help="The control key to sign the bundle with (default: control.signing_key, else the "
+    "first key).",
+)
 @click.option("--quiet", is_flag=True, help="Do not print the terminal report.")
 @click.option(
     "--sandbox/--no-sandbox",
@@ -437,6 +456,8 @@ def replay(
     history_files: tuple[str, ...],
     json_out: str | None,
     html_out: str | None,
+    bundle_out: str | None,
+    bundle_key: str | None,
     quiet: bool,
     sandbox: bool,
 ) -> None:
@@ -451,10 +472,12 @@ def replay(
     """
     policy = _load_policy(policy_path)
     classes = workflow_classes(modules)
-    for option, out in (("--json", json_out), ("--html", html_out)):
+    for option, out in (("--json", json_out), ("--html", html_out), ("--bundle", bundle_out)):
         if out:
             _check_output(option, out)
+    keyring = _bundle_keyring(policy, bundle_key) if bundle_out else None
     histories = _read_histories(history_files, workflow_id) if history_files else None
+    tree: list[Any] = list(histories or [])  # what the report is built from, for --bundle
     console = Console(stderr=True)
 
     async def run() -> Any:
@@ -483,15 +506,17 @@ def replay(
                     sandboxed=sandbox,
                 )
             client = await _connect(address, namespace)
-            return await review(
+            tree[:] = await fetch_tree(client, workflow_id, run_id, progress)
+            report = await review(
                 workflow_id,
                 policy=policy,
                 workflows=classes,
-                client=client,
-                run_id=run_id,
+                histories=tree,
                 progress=progress,
                 sandboxed=sandbox,
             )
+            where = f"server {client.service_client.config.target_host}/{client.namespace}"
+            return report.model_copy(update={"source": where})
 
     try:
         report = asyncio.run(run())
@@ -509,6 +534,12 @@ def replay(
     if html_out:
         _write(html_out, render_html(report))
         console.print(f"HTML report written to {html_out}")
+    if bundle_out and keyring is not None:
+        try:
+            write_bundle(report, tree, bundle_out, keyring, bundle_key)
+        except (EvidenceError, KeyringError) as error:
+            _fail(str(error), EXIT_BAD_INPUT)
+        console.print(f"signed evidence bundle written to {bundle_out}")
     if report.nondeterminism:
         sys.exit(EXIT_NONDETERMINISM)
 
@@ -527,6 +558,15 @@ def _read_histories(given: Sequence[str], workflow_id: str) -> list[Any]:
         _fail(str(error), EXIT_BAD_INPUT)
     except Exception as error:  # whatever a malformed history makes the SDK's parser raise
         _fail(f"--history: not history JSON ({type(error).__name__}: {error})", EXIT_BAD_INPUT)
+
+
+def _bundle_keyring(policy: Policy, key_id: str | None) -> Keyring:
+    """The control keys to sign ``--bundle`` with; fails (exit 2) without ``key_id``."""
+    keyring = _keyring(policy, signed=True)
+    if key_id is not None and key_id not in keyring.keys:
+        known = ", ".join(sorted(keyring.keys))
+        _fail(f"--bundle-key {key_id!r}: not among the control keys ({known})", EXIT_BAD_INPUT)
+    return keyring
 
 
 def _check_output(option: str, path: str) -> None:
@@ -1409,6 +1449,40 @@ def verify(policy_path: str, fail_on: str, as_json: bool, suggest: bool, **tight
         sys.exit(EXIT_FINDINGS)
 
 
+@main.command(
+    epilog=_examples("temporal-governor prove", "temporal-governor prove --k 4 --json")
+    + "\n\nExit codes: 0 every property proved, 1 a counterexample or an unknown result, 2 "
+    "the solver missing."
+)
+@click.option(
+    "--k",
+    type=click.IntRange(1, 8),
+    default=3,
+    show_default=True,
+    help="Dispatches interleaved (solver time grows about tenfold per dispatch).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def prove(k: int, as_json: bool) -> None:
+    """Prove the accounting rules for every interleaving of k dispatches (Z3).
+
+    Committed never passes a ceiling while actuals stay within estimates; an overage is
+    bounded by the dispatches that ran over; carves stay within the parent's ceiling;
+    lease grants stay within what is left. The rules checked are the functions the
+    runtime calls. See docs/verification.md.
+    """
+    try:
+        results = prove_accounting(k)
+    except VerifierUnavailable as error:
+        _fail(str(error), EXIT_BAD_INPUT)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(result) for result in results], indent=2))
+    else:
+        for result in results:
+            click.echo(result.describe())
+    if not all(result.proved for result in results):
+        sys.exit(EXIT_FINDINGS)
+
+
 def _suggest(
     policy: Policy,
     policy_path: str,
@@ -1527,6 +1601,75 @@ def _print_findings(report: VerifyReport, console: Console) -> None:
         f"{escape(report.source)}: {counts} ({report.solver_queries} solver queries, "
         f"{report.seconds:.2f} s)"
     )
+
+
+@main.command(
+    name="verify-bundle",
+    epilog="Exit codes: 0 verified, 1 a problem found (each names its file and record), 2 bad "
+    "input (not a bundle, unreadable keys); all of them in temporal-governor --help.",
+)
+@click.argument("bundle", type=click.Path(exists=True))
+@_policy_option(
+    "Read the control keys as this policy's control section says (default: "
+    "$TEMPORAL_GOVERNOR_KEYS); with --workflows, also the policy to replay with."
+)
+@click.option(
+    "--workflows",
+    "modules",
+    multiple=True,
+    metavar="MODULE[:CLASS]",
+    help="Also replay the bundled histories with these workflow classes and --policy, and "
+    "check that they give the bundled decisions and report (repeatable).",
+)
+@click.option("--sandbox/--no-sandbox", default=False, show_default=True, help="With --workflows.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def verify_bundle_command(
+    bundle: str, policy_path: str | None, modules: tuple[str, ...], sandbox: bool, as_json: bool
+) -> None:
+    r"""Check a signed evidence bundle offline: signature, file hashes, decision chain.
+
+    Exit code 1 when anything is wrong; each problem names its file (and record).
+
+    \b
+    Example:
+      temporal-governor verify-bundle incident.zip
+      temporal-governor verify-bundle incident.zip --policy governance.yaml \\
+          --workflows my_agents
+    """
+    if modules and not policy_path:
+        raise click.UsageError("--workflows needs --policy (the policy to replay with)")
+    policy = _load_policy(policy_path) if policy_path else Policy.from_dict({})
+    try:
+        keyring = Keyring.from_policy(policy)
+        if modules:
+            classes = workflow_classes(modules)
+            check = asyncio.run(
+                replay_bundle(bundle, keyring, policy=policy, workflows=classes, sandboxed=sandbox)
+            )
+        else:
+            check = verify_bundle(bundle, keyring)
+    except (EvidenceError, KeyringError) as error:
+        _fail(str(error), EXIT_BAD_INPUT)
+    _print_bundle_check(check, as_json)
+    if not check.ok:
+        sys.exit(EXIT_BUNDLE_PROBLEMS)
+
+
+def _print_bundle_check(check: BundleCheck, as_json: bool) -> None:
+    if as_json:
+        click.echo(check.model_dump_json(indent=2))
+        return
+    console = Console()
+    if check.ok:
+        replayed = "; replaying its histories gives its decisions" if check.replayed else ""
+        console.print(
+            f"[green]verified[/] {escape(check.path)}: {check.files} files, {check.records} "
+            f"chained decisions, signed with key {escape(str(check.key_id))}{replayed}"
+        )
+        return
+    console.print(f"[red]NOT verified[/] {escape(check.path)}: {len(check.problems)} problem(s)")
+    for problem in check.problems:
+        console.print(f"  {escape(str(problem))}")
 
 
 _SEE_EXIT_CODES = (

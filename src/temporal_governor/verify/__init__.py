@@ -12,27 +12,34 @@ missing.
 
 Tightening from incidents (:func:`suggest_from_reports`, ``verify --suggest``) finds the tightest
 limits under which replayed normal runs pass and an incident halts at its earliest dispatch.
+
+Bounded proofs of the accounting (:func:`prove_accounting`, ``temporal-governor prove``)
+check the reserve/commit/release, carving and lease rules the runtime itself calls, for
+every interleaving of ``k`` dispatches.
 """
 
 from ._findings import Finding, FindingKind, Severity, VerifyReport
 from ._policy import verify_policy
+from ._proofs import Counterexample, ProofResult, Step, prove_accounting
 from ._solver import VerifierUnavailable
 from ._suggest import Dimension, DispatchPoint, RunTrace, Suggestion, TreeTrace, suggest_limits
 from ._traces import suggest_from_reports
 
-# proofs of the accounting core (verify/_proofs.py) add their exports below
-
 __all__ = [
+    "Counterexample",
     "Dimension",
     "DispatchPoint",
     "Finding",
     "FindingKind",
+    "ProofResult",
     "RunTrace",
     "Severity",
+    "Step",
     "Suggestion",
     "TreeTrace",
     "VerifierUnavailable",
     "VerifyReport",
+    "prove_accounting",
     "suggest_from_reports",
     "suggest_limits",
     "verify_policy",

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from .. import accounting, book
 from ..accounting import Ops
 from ..interceptors import _run
+from ._solver import load_z3
 
 EPSILON = 1e-9
 """The runtime's tolerance for float residue (``accounting._EPSILON``, ``book._EPSILON``)."""
@@ -544,8 +545,7 @@ def prove(prop: type[_Model], k: int) -> ProofResult:
         The outcome, with a counterexample when the property fails.
 
     """
-    import z3
-
+    z3 = load_z3()
     began = time.perf_counter()
     model = prop(z3, solver_ops(z3), k)
     run = _unroll(model, 2 * k)
@@ -567,7 +567,7 @@ def prove(prop: type[_Model], k: int) -> ProofResult:
     return ProofResult(prop.name, prop.statement, k, outcome, counterexample, seconds)
 
 
-def prove_accounting(k: int = 4) -> list[ProofResult]:
+def prove_accounting(k: int = 3) -> list[ProofResult]:
     """Check every accounting property for every interleaving of ``k`` dispatches.
 
     Args:
