@@ -42,6 +42,12 @@ def test_every_property_is_proved_for_k_3() -> None:
         assert "proved for k = 3" in result.describe()
 
 
+def test_the_proofs_use_the_runtimes_float_tolerance() -> None:
+    from temporal_governor.verify import _proofs
+
+    assert _proofs.EPSILON == accounting._EPSILON == book._EPSILON
+
+
 def test_k_must_be_positive() -> None:
     with pytest.raises(ValueError):
         prove_accounting(0)

@@ -24,8 +24,8 @@ from ..accounting import Ops
 from ..interceptors import _run
 from ._solver import load_z3
 
-EPSILON = 1e-9
-"""The runtime's tolerance for float residue (``accounting._EPSILON``, ``book._EPSILON``)."""
+EPSILON = accounting._EPSILON
+"""The runtime's tolerance for float residue (the shared book's is the same, tested)."""
 
 _PENDING, _OPEN, _DONE = 0, 1, 2
 _ROBUST_TIMEOUT_MS = 5_000
