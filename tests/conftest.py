@@ -7,11 +7,13 @@ session ends, every history the suite produced is replayed (``replay_every_histo
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,24 @@ from temporal_governor import GovernorPlugin, Policy
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # make `examples` importable
+
+# Garbage is collected here, on the main thread, between tests, never inside a workflow
+# thread. temporalio 1.35 does not evict the runs a worker still caches when it shuts down
+# (sdk-python #494, #1849): their suspended coroutines are closed whenever the garbage
+# collector next runs, and their `finally` blocks run on that thread. If that thread was
+# running another workflow's activation (another worker of the same process, or the replay
+# sweep), a `finally` that starts an activity or a timer issued its command into that other
+# workflow: replay then failed with "Activity type of scheduled event 'lookup' does not
+# match activity type of activity command 'cleanup'". On the main thread no workflow loop
+# runs, so such a `finally` fails at once ("Not in workflow event loop") and harms nothing.
+gc.disable()
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_between_tests() -> Iterator[None]:
+    yield
+    gc.collect()
+
 
 CONTROL_KEY_ID, CONTROL_SECRET = "test-key", "test-secret-not-for-production"
 # every worker, client and replayer of the session reads the same control keys
@@ -64,6 +84,7 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
     try:
         async with _default_ledger(environment):
             yield environment
+            gc.collect()  # what the session's workers left, before the replay threads run
             await replay_every_history(environment)
     finally:
         await environment.shutdown()
@@ -105,13 +126,23 @@ async def replay_every_history(environment: WorkflowEnvironment) -> None:
             results = await replayer.replay_workflows(
                 _each(histories), raise_on_replay_failure=False
             )
+        by_run = {history.run_id: history for history in histories}
         return [
-            f"{recorded.task_queue} run {run_id}: {failure!r}"
+            f"{recorded.task_queue} run {run_id} ({_keep(by_run[run_id])}): {failure!r}"
             for run_id, failure in results.replay_failures.items()
         ]
 
     failures = [line for lines in await asyncio.gather(*map(replay, RECORDED)) for line in lines]
     assert not failures, "non-deterministic replay:\n" + "\n".join(failures)
+
+
+def _keep(history: WorkflowHistory) -> str:
+    """Write a history that failed replay to a file, to replay it again offline."""
+    folder = Path(tempfile.gettempdir()) / "temporal-governor-replay-failures"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{history.run_id}.json"
+    path.write_text(history.to_json())
+    return f"history kept in {path}"
 
 
 async def _each(histories: list[WorkflowHistory]) -> AsyncIterator[WorkflowHistory]:

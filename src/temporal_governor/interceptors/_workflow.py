@@ -187,6 +187,12 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
         finally:
             if not run.breached.done():
                 run.breached.cancel()
+            if _evicting():
+                # the SDK cancels the tasks it made, not the governor's handles: left
+                # suspended, they would be closed by the garbage collector later, on any
+                # thread, and a `finally` there could issue commands into another run
+                for handle in list(run.in_flight):
+                    handle.cancel()
             forget_workflow_context(run.info.run_id)
             forget_plane(run.info.run_id)
 
@@ -750,7 +756,11 @@ def _evicting() -> bool:
     The SDK cancels every task of an evicted run; that is no outcome of the dispatch, and
     committing it would hand sinks settle records no history event stands for.
     """
-    return bool(getattr(asyncio.get_running_loop(), "_deleting", False))
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # a coroutine closed by the garbage collector, outside any loop
+        return False
+    return bool(getattr(loop, "_deleting", False))
 
 
 def _amounts(estimate: Estimate) -> Amounts:
