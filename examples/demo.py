@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from temporalio import workflow
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.worker import Worker
 
@@ -147,15 +147,8 @@ async def incident_review(client: Client, policy: Policy) -> None:
     """Replay the runaway tree from history, as `temporal-governor replay` does."""
     print("\n-- incident review: replaying demo-runaway's history with the governor")
     histories = await fetch_tree(client, "demo-runaway")
-    OUT.mkdir(exist_ok=True)
     folder = OUT / "histories"
-    folder.mkdir(exist_ok=True)
-    for old in folder.glob("*.json"):
-        old.unlink()
-    for i, history in enumerate(histories):
-        (folder / f"{i:03d}-{history.workflow_id.replace('/', '_')}.json").write_text(
-            history.to_json()
-        )
+    write_histories(histories, folder)
     report = await review(
         "demo-runaway", policy=policy, workflows=[Planner, Executor], histories=histories
     )
@@ -170,11 +163,49 @@ async def incident_review(client: Client, policy: Policy) -> None:
     (OUT / "report.html").write_text(render_html(report))
     (OUT / "report.json").write_text(report.model_dump_json(indent=2))
     print(f"  full report: {OUT / 'report.html'} (and report.json); histories in {folder}/")
+    for normal in NORMAL_RUNS:  # what --suggest compares the incident with
+        write_histories(await fetch_tree(client, normal), OUT / "normal" / normal)
     print(
         "  again, offline: .venv/bin/temporal-governor replay demo-runaway "
         "--policy examples/governance.yaml --workflows examples.agents "
         "--history out/histories"
     )
+    print("  then (docs/verification.md): tighter limits from this incident, a signed bundle")
+    for command in verification_commands():
+        print(f"    {command}")
+
+
+DEMO_KEYS = "demo=demo-secret-change-me"
+"""The demo's control-plane key (in production: from your secret store, never in code)."""
+
+NORMAL_RUNS = ("demo-normal", "demo-paused")
+"""The requests that finished normally; their histories go to ``out/normal/<id>/``."""
+
+
+def write_histories(histories: list[WorkflowHistory], folder: Path) -> None:
+    """Write a tree's histories to ``folder`` (emptied first), one JSON file per run."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.json"):
+        old.unlink()
+    for i, history in enumerate(histories):
+        (folder / f"{i:03d}-{history.workflow_id.replace('/', '_')}.json").write_text(
+            history.to_json()
+        )
+
+
+def verification_commands() -> list[str]:
+    """The verification commands of docs/verification.md, on the demo's histories."""
+    cli = ".venv/bin/temporal-governor"
+    keys = f"TEMPORAL_GOVERNOR_KEYS={DEMO_KEYS}"  # a bundle is signed with a control key
+    common = "--workflows examples.agents"
+    normals = " ".join(f"--normal out/normal/{normal}" for normal in NORMAL_RUNS)
+    return [
+        f"{cli} verify examples/governance.yaml --suggest {common} "
+        f"--incident out/histories {normals}",
+        f"{keys} {cli} replay demo-runaway --policy examples/governance.yaml {common} "
+        "--history out/histories --bundle out/incident.zip --quiet",
+        f"{keys} {cli} verify-bundle out/incident.zip",
+    ]
 
 
 async def operator_pause(client: Client, policy: Policy, task_queue: str) -> bool:
@@ -217,7 +248,7 @@ async def main() -> int:
     workflow.logger.workflow_info_on_message = False
     address = os.environ.get("TEMPORAL_ADDRESS", "127.0.0.1:7233")
     # the control-plane signing key (in production: from your secret store, never in YAML)
-    os.environ.setdefault("TEMPORAL_GOVERNOR_KEYS", "demo=demo-secret-change-me")
+    os.environ.setdefault("TEMPORAL_GOVERNOR_KEYS", DEMO_KEYS)
     policy = Policy.from_yaml(POLICY)
     # the SDK core logs at WARN (e.g. a progress query racing a run that just finished);
     # the demo's output is its own lines only, so the core speaks up at ERROR

@@ -32,3 +32,29 @@ async def test_the_demo_succeeds_and_prints_only_its_own_lines(env) -> None:
     assert not foreign, foreign
     assert any("HALTED: BudgetExceeded" in line for line in lines)
     assert any("unsigned resume from oncall@demo: refused" in line for line in lines)
+    # the verification commands the demo prints work on the histories it wrote
+    commands = [line.strip() for line in lines if "temporal-governor verify" in line]
+    commands += [line.strip() for line in lines if "--bundle out/incident.zip" in line]
+    assert len(commands) == 3, lines[-12:]
+    outputs = []
+    for command in sorted(commands, key=lambda c: ("--bundle " not in c, "verify-bundle" in c)):
+        keys, _, command = command.rpartition(" .venv/bin/")
+        assignment = dict([keys.split("=", 1)]) if keys else {}
+        argv = [sys.executable, "-m", "temporal_governor.cli", *command.split()[1:]]
+        ran = await asyncio.to_thread(
+            subprocess.run,
+            argv,
+            cwd=ROOT,
+            env={**environment, **assignment},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert ran.returncode == 0, (command, ran.stdout[-2000:], ran.stderr[-2000:])
+        outputs.append(ran.stdout + ran.stderr)
+    suggestion, bundle, verified = (
+        next(o for o in outputs if "max_tokens_per_task" in o and "would halt" in o),
+        next(o for o in outputs if "bundle written" in o),
+        next(o for o in outputs if o.startswith("verified")),
+    )
+    assert "agents:" in suggestion and bundle and "chained decisions" in verified
