@@ -356,10 +356,16 @@ async def test_backpressure_spaces_dispatches_in_workflow_time_and_reaches_the_p
         result = await parent.result()
         assert result["tokens"] == 80 and result["source"] == "provider-x"
         child = g.client.get_workflow_handle(f"{parent.id}.child")
-        times = [e.event_time.ToDatetime() for e in scheduled(await events(child))]
+        child_events = await events(child)
+        times = [e.event_time.ToDatetime() for e in scheduled(child_events)]
         gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
-        before, after = gaps[:2], gaps[2:]
-        assert max(before) < 0.4
+        after = gaps[2:]
+        # before the backpressure no dispatch waits on a timer (judged from history: a
+        # wall-clock bound is stretched by a loaded machine) ...
+        timers_before = [
+            e for e in child_events if e.event_id < scheduled(child_events)[2].event_id
+        ]
+        assert not [e for e in timers_before if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED]
         assert min(after) >= 0.45, gaps  # retry_after_ms=500, measured in workflow time
         child_status = await state_of(child)
         assert child_status["backpressure"]["source"] == "provider-x"
