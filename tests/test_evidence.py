@@ -305,10 +305,16 @@ def test_a_bundle_signed_with_an_unknown_key_id_names_the_key(reviewed, tmp_path
     ]
 
 
-def test_an_unzipped_bundle_verifies_and_an_added_file_is_named(bundle: Path, tmp_path) -> None:
+def unzipped(bundle: Path, tmp_path: Path) -> Path:
+    """The folder the bundle was unzipped into."""
     folder = tmp_path / "unzipped"
     with zipfile.ZipFile(bundle) as archive:
         archive.extractall(folder)
+    return folder
+
+
+def test_an_unzipped_bundle_verifies_and_an_added_file_is_named(bundle: Path, tmp_path) -> None:
+    folder = unzipped(bundle, tmp_path)
     assert verify_bundle(folder, KEYRING).ok
     (folder / "histories" / "extra.json").write_text("{}")
     check = verify_bundle(folder, KEYRING)
@@ -437,3 +443,218 @@ def test_the_cli_writes_a_bundle_that_verify_bundle_accepts_and_a_tampered_one_f
     assert REPORT_JSON in failed.output
     unknown = CliRunner().invoke(cli, [*args, "--bundle-key", "nope"])
     assert unknown.exit_code == 2 and "nope" in unknown.output
+
+
+# --- the bundle file itself: writing safely, reading boundedly, nothing unsigned ----------
+
+
+def test_writing_does_not_follow_a_link_planted_where_the_partial_file_went(
+    reviewed, tmp_path
+) -> None:
+    report, histories = reviewed
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    planted = tmp_path / ".b.zip.partial"
+    planted.symlink_to(victim)
+    path = write_bundle(report, histories, tmp_path / "b.zip", KEYRING)
+    assert victim.read_text() == "precious"
+    assert not path.is_symlink() and verify_bundle(path, KEYRING).ok
+    assert planted.is_symlink() and set(tmp_path.iterdir()) == {victim, planted, path}
+
+
+def test_a_failed_write_leaves_no_partial_file(reviewed, tmp_path, monkeypatch) -> None:
+    import os
+
+    report, histories = reviewed
+
+    def refuse(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(EvidenceError, match=r"cannot write .*No space left on device"):
+        write_bundle(report, histories, tmp_path / "b.zip", KEYRING)
+    assert list(tmp_path.iterdir()) == []
+
+
+HUGE = 64 << 20  # declared by a member that is a few KiB in the file
+
+
+def huge_member(archive: zipfile.ZipFile, name: str) -> None:
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    with archive.open(info, "w") as stream:
+        for _ in range(HUGE >> 20):
+            stream.write(bytes(1 << 20))
+
+
+def bounded(check: Callable[[], BundleCheck], most: int = 16 << 20) -> BundleCheck:
+    """``check()``, asserting that it allocated at most ``most`` bytes at any time."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = check()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < most, f"allocated {peak} bytes at peak"
+    return result
+
+
+def test_members_declaring_huge_sizes_are_named_unread(bundle: Path, tmp_path) -> None:
+    files = members(bundle)
+    size = len(files[REPORT_HTML])
+    no_manifest = tmp_path / "no-manifest.zip"
+    with zipfile.ZipFile(no_manifest, "w") as archive:
+        huge_member(archive, "histories/zzz.json")
+    check = bounded(lambda: verify_bundle(no_manifest, KEYRING))
+    assert [str(p) for p in check.problems] == [f"{MANIFEST}: missing: not an evidence bundle"]
+    extra, swapped = tmp_path / "extra.zip", tmp_path / "swapped.zip"
+    with zipfile.ZipFile(extra, "w") as archive, zipfile.ZipFile(swapped, "w") as other:
+        for name, data in files.items():
+            archive.writestr(name, data)
+            if name == REPORT_HTML:
+                huge_member(other, name)
+            else:
+                other.writestr(name, data)
+        huge_member(archive, "histories/zzz.json")
+    check = bounded(lambda: verify_bundle(extra, KEYRING))
+    assert [str(p) for p in check.problems] == [
+        "histories/zzz.json: not listed in the manifest (not signed)"
+    ]
+    check = bounded(lambda: verify_bundle(swapped, KEYRING))
+    assert [str(p) for p in check.problems] == [
+        f"{REPORT_HTML}: changed: {HUGE} bytes, the manifest's {size} (refused unread)"
+    ]
+
+
+def test_huge_files_in_an_unzipped_bundle_are_named_unread(bundle: Path, tmp_path) -> None:
+    folder = unzipped(bundle, tmp_path)
+    size = (folder / REPORT_HTML).stat().st_size
+    with (folder / "histories" / "zzz.json").open("wb") as sparse:
+        sparse.truncate(HUGE)
+    with (folder / REPORT_HTML).open("r+b") as sparse:
+        sparse.truncate(HUGE)
+    check = bounded(lambda: verify_bundle(folder, KEYRING))
+    assert [str(p) for p in check.problems] == [
+        "histories/zzz.json: not listed in the manifest (not signed)",
+        f"{REPORT_HTML}: changed: {HUGE} bytes, the manifest's {size} (refused unread)",
+    ]
+
+
+def test_a_huge_manifest_is_refused_unread(bundle: Path, tmp_path) -> None:
+    def grow(files: dict[str, bytes]) -> None:
+        files[MANIFEST] += b" " * (2 << 20)
+
+    check = verify_bundle(rewrite(bundle, tmp_path / "t.zip", grow), KEYRING)
+    size = len(members(bundle)[MANIFEST]) + (2 << 20)
+    assert [str(p) for p in check.problems] == [
+        f"{MANIFEST}: {size} bytes, more than the 1048576 a manifest may hold (unread)"
+    ]
+
+
+def prepend_forged_entries(data: bytes) -> bytes:
+    """Local entries of a forged report (no directory of their own) in front of the zip."""
+    import io
+
+    forged = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as real, zipfile.ZipFile(forged, "w") as fake:
+        for info in real.infolist():
+            fake.writestr(
+                info.filename,
+                b'{"forged": true}' if info.filename == REPORT_JSON else real.read(info),
+            )
+    with zipfile.ZipFile(io.BytesIO(forged.getvalue())) as fake:
+        return forged.getvalue()[: fake.start_dir] + data
+
+
+def directory_with_data(data: bytes) -> bytes:
+    import io
+
+    out = io.BytesIO(data)
+    with zipfile.ZipFile(out, "a") as archive:
+        archive.writestr("histories/evil.json/", b"FORGED CONTENT")
+    return out.getvalue()
+
+
+def commented(data: bytes) -> bytes:
+    import io
+
+    out = io.BytesIO(data)
+    with zipfile.ZipFile(out, "a") as archive:
+        archive.comment = b"anything at all"
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            prepend_forged_entries,
+            "t.zip: {} bytes before the first zip entry (prepended, not signed)",
+        ),
+        (
+            lambda data: data + b"junk",
+            "t.zip: 4 bytes after the end of the zip (appended, not signed)",
+        ),
+        (commented, "t.zip: a zip comment of 15 bytes (not signed)"),
+        (
+            directory_with_data,
+            "histories/evil.json/: a directory entry carrying 14 bytes (not signed)",
+        ),
+    ],
+    ids=["prepended", "appended", "comment", "directory-with-data"],
+)
+def test_unsigned_bytes_in_the_zip_file_are_named(
+    bundle: Path, tmp_path, change: Callable[[bytes], bytes], expected: str
+) -> None:
+    data = bundle.read_bytes()
+    changed = change(data)
+    tampered = tmp_path / "t.zip"
+    tampered.write_bytes(changed)
+    check = verify_bundle(tampered, KEYRING)
+    assert [str(p) for p in check.problems] == [expected.format(len(changed) - len(data))]
+
+
+def duplicate_first(data: bytes, key: str, value: str) -> bytes:
+    """The JSON object ``data`` with ``key`` given once more, first (first-wins parsers)."""
+    return data.replace(b"{", b"{" + json.dumps({key: value})[1:-1].encode() + b",", 1)
+
+
+def test_a_manifest_with_a_key_given_twice_is_refused(bundle: Path, tmp_path) -> None:
+    def forge(files: dict[str, bytes]) -> None:
+        files[MANIFEST] = duplicate_first(files[MANIFEST], "root_workflow_id", "someone-else")
+
+    check = verify_bundle(rewrite(bundle, tmp_path / "t.zip", forge), KEYRING)
+    assert named(check) == {(MANIFEST, None)}
+    assert "duplicate key 'root_workflow_id'" in check.problems[0].message
+
+
+def test_a_signed_report_or_record_with_a_key_given_twice_is_refused(bundle, tmp_path) -> None:
+    def report(files: dict[str, bytes]) -> None:
+        files[REPORT_JSON] = duplicate_first(files[REPORT_JSON], "root_workflow_id", "else")
+        resign(files, REPORT_JSON)
+
+    def record(files: dict[str, bytes]) -> None:
+        files[DECISIONS] = duplicate_first(files[DECISIONS], "prev", "0" * 64)
+        resign(files, DECISIONS)
+
+    check = verify_bundle(rewrite(bundle, tmp_path / "r.zip", report), KEYRING)
+    assert [str(p) for p in check.problems] == [f"{REPORT_JSON}: not an incident report"]
+    check = verify_bundle(rewrite(bundle, tmp_path / "d.zip", record), KEYRING)
+    assert str(check.problems[0]) == f"{DECISIONS}: line 1 is not a chain record"
+
+
+async def test_verifying_without_any_key_is_bad_input(bundle: Path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from temporal_governor.cli import main as cli
+
+    with pytest.raises(EvidenceError, match="no control keys are configured"):
+        verify_bundle(bundle, Keyring({}))
+    with pytest.raises(EvidenceError, match="TEMPORAL_GOVERNOR_KEYS"):
+        await replay_bundle(bundle, Keyring({}), policy=POLICY, workflows=WORKFLOWS)
+    monkeypatch.delenv("TEMPORAL_GOVERNOR_KEYS")
+    result = CliRunner().invoke(cli, ["verify-bundle", str(bundle)])
+    assert result.exit_code == 2, result.output
+    assert "no control keys are configured" in result.output

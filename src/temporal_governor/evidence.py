@@ -29,15 +29,19 @@ import itertools
 import json
 import os
 import re
+import struct
+import tempfile
 import zipfile
+import zlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, Any
+from typing import IO, Annotated, Any, BinaryIO
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 from temporalio.client import WorkflowHistory
 
 from .control import Keyring, KeyringError
@@ -61,13 +65,15 @@ DECISIONS = "decisions.jsonl"
 GENESIS = "0" * 64
 """The ``prev`` of the first decision record."""
 MAX_BUNDLE_BYTES = 4 << 30
-"""The most a bundle may hold uncompressed (a larger one is refused unread)."""
+"""The most the files a manifest lists may hold together (a larger bundle is refused unread)."""
+MAX_MANIFEST_BYTES = 1 << 20
+"""The most ``manifest.json`` may hold (a larger one is refused unread)."""
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _SHOWN_DIFFERENCES = 5
 
 
 class EvidenceError(GovernorError):
-    """A bundle could not be written, or the file to verify is not a bundle at all."""
+    """A bundle cannot be written, or verified: not a bundle at all, or no key to check it."""
 
 
 class _Frozen(BaseModel):
@@ -78,7 +84,7 @@ class Problem(_Frozen):
     """One thing wrong with a bundle: the file (and decision record) and what is wrong."""
 
     file: str
-    """The file in the bundle, e.g. ``histories/002-child.json`` or ``manifest.json``."""
+    """The file in the bundle, e.g. ``histories/002-child.json``, or the zip file's name."""
     record: int | None = None
     """For ``decisions.jsonl``: the record's number, from 1."""
     message: str
@@ -277,20 +283,35 @@ def _signed_manifest(
 
 
 def _write_zip(path: Path, files: dict[str, bytes]) -> None:
-    """Write ``files`` as a zip, byte for byte the same for the same files."""
-    partial = path.with_name(f".{path.name}.partial")
+    """Write ``files`` as a zip, byte for byte the same for the same files.
+
+    The zip is written to a new temporary file next to ``path`` (created exclusively, so
+    nothing planted there is followed or overwritten), synced, then renamed onto ``path``;
+    on any failure the temporary file is removed and ``path`` is left as it was.
+    """
     try:
-        with zipfile.ZipFile(partial, "w") as archive:
-            for name, data in files.items():
-                info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.create_system = 3
-                info.external_attr = 0o644 << 16
-                archive.writestr(info, data)
-        os.replace(partial, path)
+        fd, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".partial"
+        )
     except OSError as error:
-        partial.unlink(missing_ok=True)
         raise EvidenceError(f"cannot write {path}: {error.strerror or error}") from error
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            with zipfile.ZipFile(stream, "w") as archive:
+                for name, data in files.items():
+                    info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+                    info.compress_type = zipfile.ZIP_DEFLATED
+                    info.create_system = 3
+                    info.external_attr = 0o644 << 16
+                    archive.writestr(info, data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException as error:
+        Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise EvidenceError(f"cannot write {path}: {error.strerror or error}") from error
+        raise
 
 
 def write_bundle(
@@ -329,49 +350,232 @@ def write_bundle(
 
 # --- reading -------------------------------------------------------------------------------
 
-
-def _read_zip(path: Path) -> tuple[dict[str, bytes], list[Problem]]:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            infos = [info for info in archive.infolist() if not info.is_dir()]
-            if sum(info.file_size for info in infos) > MAX_BUNDLE_BYTES:
-                raise EvidenceError(f"{path}: holds more than {MAX_BUNDLE_BYTES} bytes")
-            files: dict[str, bytes] = {}
-            problems: list[Problem] = []
-            for info in infos:
-                if info.filename in files:
-                    problems.append(Problem(file=info.filename, message="in the zip twice"))
-                files[info.filename] = archive.read(info)
-            return files, problems
-    except (OSError, zipfile.BadZipFile) as error:
-        raise EvidenceError(f"{path}: not a readable zip file ({error})") from error
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
+"""A zip entry's local header (the fixed part, before its name and extra field)."""
+_END = struct.Struct("<4s4H2LH")
+"""The zip's end of central directory record."""
+_END64 = struct.Struct("<4sQ2H2L4Q")
+"""The zip64 end of central directory record (without extensible data)."""
+_END64_LOCATOR = struct.Struct("<4sLQL")
+_MAX_TAIL = (1 << 16) + _END.size
+_CHUNK = 1 << 20
+_CHAIN_SLACK = 1 << 20
+"""How much longer than signed a ``decisions.jsonl`` is still read, to name its records."""
 
 
-def _read_folder(path: Path) -> dict[str, bytes]:
-    return {
-        file.relative_to(path).as_posix(): file.read_bytes()
-        for file in sorted(path.rglob("*"))
-        if file.is_file()
-    }
+class _Source:
+    """The members of a bundle (a zip, or the folder it was unzipped into), unread.
+
+    ``sizes`` are the members' declared sizes (the zip's central directory, the folder's
+    ``stat``), known before anything is read; ``problems`` are those of the container
+    itself (bytes outside the zip's entries, a comment, directory entries with data).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problems: list[Problem] = []
+        self.sizes: dict[str, int] = {}
+        self._archive: zipfile.ZipFile | None = None
+        self._infos: dict[str, zipfile.ZipInfo] = {}
+
+    @classmethod
+    @contextmanager
+    def open(cls, path: Path) -> Iterator[_Source]:
+        """The bundle at ``path``, open while the context lasts.
+
+        Raises:
+            EvidenceError: ``path`` is missing or not a zip file.
+
+        """
+        source = cls(path)
+        if path.is_dir():
+            source._list_folder()
+            yield source
+            return
+        if not path.exists():
+            raise EvidenceError(f"{path}: no such file")
+        try:
+            with path.open("rb") as stream, zipfile.ZipFile(stream) as archive:
+                source._archive = archive
+                source._list_zip(stream, archive)
+                yield source
+        except (OSError, zipfile.BadZipFile) as error:
+            raise EvidenceError(f"{path}: not a readable zip file ({error})") from error
+
+    def _list_folder(self) -> None:
+        for file in sorted(self.path.rglob("*")):
+            if file.is_file():
+                self.sizes[file.relative_to(self.path).as_posix()] = file.stat().st_size
+
+    def _list_zip(self, stream: BinaryIO, archive: zipfile.ZipFile) -> None:
+        self.problems += [Problem(file=self.path.name, message=m) for m in _layout(stream, archive)]
+        for info in archive.infolist():
+            if info.comment:
+                self._problem(info.filename, f"carries a zip comment of {len(info.comment)} bytes")
+            if info.is_dir():
+                if info.file_size or info.compress_size:
+                    self._problem(
+                        info.filename, f"a directory entry carrying {info.file_size} bytes"
+                    )
+                continue
+            if info.filename in self._infos:
+                self._problem(info.filename, "in the zip twice")
+            self._infos[info.filename] = info
+            self.sizes[info.filename] = info.file_size
+
+    def _problem(self, name: str, message: str) -> None:
+        self.problems.append(Problem(file=name, message=f"{message} (not signed)"))
+
+    def read(self, name: str, size: int, *, keep: bool) -> tuple[str, int, bytes | None]:
+        """Hash member ``name`` in chunks, reading at most ``size + 1`` bytes of it.
+
+        Returns:
+            Its SHA-256, the bytes read and, with ``keep``, those bytes.
+
+        Raises:
+            OSError: The member cannot be read (zipfile's errors are turned into it).
+
+        """
+        digest = hashlib.sha256()
+        kept: list[bytes] = []
+        total = 0
+        try:
+            with self._member(name) as stream:
+                while total <= size and (chunk := stream.read(min(_CHUNK, size + 1 - total))):
+                    digest.update(chunk)
+                    total += len(chunk)
+                    if keep:
+                        kept.append(chunk)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+            raise OSError(str(error)) from error
+        return digest.hexdigest(), total, b"".join(kept) if keep else None
+
+    def _member(self, name: str) -> IO[bytes]:
+        if self._archive is not None:
+            return self._archive.open(self._infos[name])
+        return (self.path / name).open("rb")
 
 
-def _read(path: Path) -> tuple[dict[str, bytes], list[Problem]]:
-    """The files of a bundle (a zip, or the folder it was unzipped into)."""
-    if path.is_dir():
-        return _read_folder(path), []
-    if not path.exists():
-        raise EvidenceError(f"{path}: no such file")
-    return _read_zip(path)
+def _layout(stream: BinaryIO, archive: zipfile.ZipFile) -> list[str]:
+    """What in the zip file is not one of its entries, its central directory and its end.
+
+    A bundle is exactly its entries, one after the other from byte 0, then the central
+    directory, then the end record (zip64 records included) ending the file: bytes before,
+    between or after them, and a zip comment, are not signed, and a tool reading the file
+    from its start (or its end) could be shown something else than what was verified.
+    """
+    problems: list[str] = []
+    size = stream.seek(0, os.SEEK_END)
+    stream.seek(max(0, size - _MAX_TAIL))
+    tail = stream.read()
+    end = len(tail) - _END.size
+    while end >= 0 and tail[end : end + 4] != b"PK\x05\x06":
+        end = tail.rfind(b"PK\x05\x06", 0, end + 3)
+    if end < 0:
+        return ["no end of central directory record"]
+    end_at = size - len(tail) + end
+    fields = _END.unpack_from(tail, end)
+    cd_size, comment = int(fields[5]), int(fields[7])
+    if archive.comment:
+        problems.append(f"a zip comment of {len(archive.comment)} bytes (not signed)")
+    after = size - (end_at + _END.size + comment)
+    if after > 0:
+        problems.append(f"{after} bytes after the end of the zip (appended, not signed)")
+    cd_end = end_at
+    locator_at = end_at - _END64_LOCATOR.size
+    if locator_at >= _END64.size:
+        stream.seek(locator_at)
+        if stream.read(4) == b"PK\x06\x07":
+            cd_end = locator_at - _END64.size
+            stream.seek(cd_end)
+            cd_size = int(_END64.unpack(stream.read(_END64.size))[7])
+    position = 0
+    for info in sorted(archive.infolist(), key=lambda i: i.header_offset):
+        if info.header_offset != position:
+            gap = info.header_offset - position
+            problems.append(
+                f"{gap} bytes before the first zip entry (prepended, not signed)"
+                if position == 0 and gap > 0
+                else f"{info.filename}: its zip entry is not right after the one before it "
+                f"({gap:+} bytes, not signed)"
+            )
+        position = _entry_end(stream, info)
+    if archive.start_dir != position:
+        problems.append(
+            f"{archive.start_dir - position:+} bytes between the last zip entry and the "
+            "central directory (not signed)"
+        )
+    if archive.start_dir + cd_size != cd_end:
+        problems.append(
+            f"{cd_end - archive.start_dir - cd_size:+} bytes between the central directory "
+            "and its end record (not signed)"
+        )
+    return problems
 
 
-def _load_manifest(files: dict[str, bytes]) -> tuple[dict[str, Any], _Manifest] | str:
+def _entry_end(stream: BinaryIO, info: zipfile.ZipInfo) -> int:
+    """Where the zip entry ``info`` (local header, data, data descriptor) ends."""
+    stream.seek(info.header_offset)
+    header = stream.read(_LOCAL_HEADER.size)
+    if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"{info.filename}: no local header where the directory says")
+    fields = _LOCAL_HEADER.unpack(header)
+    flags, name_length, extra_length = int(fields[3]), int(fields[10]), int(fields[11])
+    end = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+    end += info.compress_size
+    if flags & 0x08:  # a data descriptor follows: [signature] crc, sizes (8 bytes if zip64)
+        extra = stream.read(name_length + extra_length)[name_length:]
+        zip64 = any(
+            int.from_bytes(extra[i : i + 2], "little") == 1 for i in _extra_field_offsets(extra)
+        )
+        stream.seek(end)
+        end += (4 if stream.read(4) == b"PK\x07\x08" else 0) + (20 if zip64 else 12)
+    return end
+
+
+def _extra_field_offsets(extra: bytes) -> list[int]:
+    offsets: list[int] = []
+    i = 0
+    while i + 4 <= len(extra):
+        offsets.append(i)
+        i += 4 + int.from_bytes(extra[i + 2 : i + 4], "little")
+    return offsets
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's members, refusing a key given twice (parsers disagree on which wins)."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"duplicate key {key!r}")
+        seen[key] = value
+    return seen
+
+
+def _loads(data: bytes | str) -> Any:
+    """Strict JSON: UTF-8, and no object with a key given twice.
+
+    Raises:
+        ValueError: ``data`` is not such JSON.
+
+    """
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
+def _load_manifest(source: _Source) -> tuple[dict[str, Any], _Manifest] | str:
     """The manifest as signed and as parsed, or why it cannot be read."""
-    data = files.get(MANIFEST)
-    if data is None:
+    size = source.sizes.get(MANIFEST)
+    if size is None:
         return "missing: not an evidence bundle"
+    if size > MAX_MANIFEST_BYTES:
+        return f"{size} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may hold (unread)"
     try:
-        raw = json.loads(data)
+        data = source.read(MANIFEST, size, keep=True)[2] or b""
+        raw = _loads(data)
         manifest = _Manifest.model_validate(raw)
+    except OSError as error:
+        return f"unreadable ({error})"
     except ValueError as error:  # pydantic's ValidationError is one
         return f"not a valid manifest ({' '.join(str(error).split())[:300]})"
     if (manifest.format, manifest.version) != (FORMAT, FORMAT_VERSION):
@@ -399,27 +603,71 @@ def _signature_problems(raw: dict[str, Any], manifest: _Manifest, keyring: Keyri
     return []
 
 
-def _file_problems(manifest: _Manifest, files: dict[str, bytes]) -> list[Problem]:
-    problems: list[Problem] = []
+def _listing_problems(manifest: _Manifest, source: _Source) -> list[Problem]:
+    """Members the manifest does not list (named, never read), bundle files it omits."""
     listed = {entry.path for entry in manifest.files}
-    for entry in manifest.files:
-        data = files.get(entry.path)
-        if data is None:
-            problems.append(Problem(file=entry.path, message="listed in the manifest but missing"))
-        elif _sha256(data) != entry.sha256:
-            problems.append(
-                Problem(
-                    file=entry.path,
-                    message=f"changed: SHA-256 {_sha256(data)[:16]}... is not the manifest's "
-                    f"{entry.sha256[:16]}... ({len(data)} bytes, manifest {entry.size})",
-                )
-            )
-    for name in sorted(set(files) - listed - {MANIFEST}):
-        problems.append(Problem(file=name, message="not listed in the manifest (not signed)"))
+    total = sum(entry.size for entry in manifest.files)
+    if total > MAX_BUNDLE_BYTES:
+        raise EvidenceError(
+            f"{source.path}: its manifest lists {total} bytes, more than the "
+            f"{MAX_BUNDLE_BYTES} a bundle may hold"
+        )
+    problems = [
+        Problem(file=name, message="not listed in the manifest (not signed)")
+        for name in sorted(set(source.sizes) - listed - {MANIFEST})
+    ]
     needed = {REPORT_JSON, DECISIONS} | {h.path for h in manifest.histories}
     for name in sorted(needed - listed):
         problems.append(Problem(file=name, message="a bundle file the manifest does not list"))
     return problems
+
+
+def _member(
+    source: _Source, entry: _FileEntry, *, keep: bool
+) -> tuple[bytes | None, Problem | None]:
+    """Member ``entry.path``, hashed in chunks and checked against the manifest.
+
+    A member whose declared size is not the signed one is refused unread, but for
+    ``decisions.jsonl`` up to :data:`_CHAIN_SLACK` bytes longer (read, so that the chain
+    can name the records removed, inserted or changed).
+
+    Returns:
+        With ``keep``, its bytes (also when changed, if read); what is wrong with it.
+
+    """
+    size = source.sizes.get(entry.path)
+    if size is None:
+        return None, Problem(file=entry.path, message="listed in the manifest but missing")
+    readable = entry.size + (_CHAIN_SLACK if entry.path == DECISIONS else 0)
+    if size != entry.size and (entry.path != DECISIONS or size > readable):
+        return None, Problem(
+            file=entry.path,
+            message=f"changed: {size} bytes, the manifest's {entry.size} (refused unread)",
+        )
+    try:
+        digest, read, data = source.read(entry.path, max(size, entry.size), keep=keep)
+    except OSError as error:
+        return None, Problem(file=entry.path, message=f"unreadable ({error})")
+    if read != entry.size or digest != entry.sha256:
+        return data, Problem(
+            file=entry.path,
+            message=f"changed: SHA-256 {digest[:16]}... is not the manifest's "
+            f"{entry.sha256[:16]}... ({read} bytes, manifest {entry.size})",
+        )
+    return data, None
+
+
+def _file_problems(manifest: _Manifest, source: _Source) -> tuple[dict[str, bytes], list[Problem]]:
+    """Every listed member's hash checked; the report and the decisions kept."""
+    files: dict[str, bytes] = {}
+    problems: list[Problem] = []
+    for entry in manifest.files:
+        data, problem = _member(source, entry, keep=entry.path in (REPORT_JSON, DECISIONS))
+        if problem is not None:
+            problems.append(problem)
+        if data is not None:
+            files[entry.path] = data
+    return files, problems
 
 
 # --- the decision chain --------------------------------------------------------------------
@@ -430,8 +678,9 @@ def _records(data: bytes) -> tuple[list[_Record], list[Problem]]:
     problems: list[Problem] = []
     for line_number, line in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
         try:
+            _loads(line)  # refuses a key given twice
             records.append(_Record.model_validate_json(line))
-        except ValidationError:
+        except ValueError:  # pydantic's ValidationError is one
             problems.append(
                 Problem(file=DECISIONS, message=f"line {line_number} is not a chain record")
             )
@@ -521,9 +770,11 @@ def _chain_problems(records: list[_Record], head: _ChainHead) -> list[Problem]:
 
 
 def _report(files: dict[str, bytes]) -> IncidentReport | None:
+    data = files.get(REPORT_JSON, b"")
     try:
-        return IncidentReport.model_validate_json(files.get(REPORT_JSON, b""))
-    except ValidationError:
+        _loads(data)  # refuses a key given twice
+        return IncidentReport.model_validate_json(data)
+    except ValueError:  # pydantic's ValidationError is one
         return None
 
 
@@ -562,17 +813,38 @@ def _report_problems(bundle: _Bundle) -> list[Problem]:
 # --- verifying -----------------------------------------------------------------------------
 
 
-def _inspect(path: Path, keyring: Keyring) -> tuple[BundleCheck, _Bundle | None]:
-    files, problems = _read(path)
-    loaded = _load_manifest(files)
+def _require_keys(keyring: Keyring) -> None:
+    if not keyring.keys:
+        raise EvidenceError(
+            "no control keys are configured to verify the bundle with: set "
+            "$TEMPORAL_GOVERNOR_KEYS (key-id=secret,...) or control.keys_file in the policy "
+            "(verify-bundle --policy)"
+        )
+
+
+def _inspect(source: _Source, keyring: Keyring) -> tuple[BundleCheck, _Bundle | None]:
+    """Check the manifest and its signature first, then only the members it lists."""
+    path = source.path
+    problems = list(source.problems)
+    loaded = _load_manifest(source)
     if isinstance(loaded, str):
         problems.append(Problem(file=MANIFEST, message=loaded))
         return BundleCheck(path=str(path), problems=problems), None
     raw, manifest = loaded
-    problems += [
-        Problem(file=MANIFEST, message=m) for m in _signature_problems(raw, manifest, keyring)
-    ]
-    problems += _file_problems(manifest, files)
+    unsigned = _signature_problems(raw, manifest, keyring)
+    if unsigned:  # nothing the manifest says can be trusted: read nothing more
+        problems += [Problem(file=MANIFEST, message=m) for m in unsigned]
+        check = BundleCheck(
+            path=str(path),
+            key_id=manifest.key_id,
+            root_workflow_id=manifest.root_workflow_id,
+            files=len(manifest.files),
+            problems=problems,
+        )
+        return check, None
+    problems += _listing_problems(manifest, source)
+    files, changed = _file_problems(manifest, source)
+    problems += changed
     records, unreadable = _records(files.get(DECISIONS, b""))
     problems += unreadable + _chain_problems(records, manifest.decisions)
     bundle = _Bundle(files, manifest, records)
@@ -604,19 +876,28 @@ def verify_bundle(path: str | os.PathLike[str], keyring: Keyring) -> BundleCheck
         What was found; ``check.ok`` when nothing is wrong.
 
     Raises:
-        EvidenceError: ``path`` is missing, not a zip file, or too large.
+        EvidenceError: ``keyring`` holds no key, or ``path`` is missing, not a zip file,
+            or too large.
 
     """
-    return _inspect(Path(path), keyring)[0]
+    _require_keys(keyring)
+    with _Source.open(Path(path)) as source:
+        return _inspect(source, keyring)[0]
 
 
-def _histories(bundle: _Bundle) -> tuple[list[WorkflowHistory], list[Problem]]:
+def _histories(source: _Source, bundle: _Bundle) -> tuple[list[WorkflowHistory], list[Problem]]:
+    """The bundled histories, read (and their hashes checked) again."""
     histories: list[WorkflowHistory] = []
     problems: list[Problem] = []
+    entries = {entry.path: entry for entry in bundle.manifest.files}
     for entry in bundle.manifest.histories:
+        data, problem = _member(source, entries[entry.path], keep=True)
+        if problem is not None or data is None:
+            problems.append(problem or Problem(file=entry.path, message="unreadable"))
+            continue
         try:
-            data = json.loads(bundle.files[entry.path])
-            histories.append(WorkflowHistory.from_json(entry.workflow_id, data))
+            parsed = _loads(data)
+            histories.append(WorkflowHistory.from_json(entry.workflow_id, parsed))
         except Exception as error:  # whatever a malformed history makes the SDK's parser raise
             problems.append(Problem(file=entry.path, message=f"not history JSON ({error})"))
     return histories, problems
@@ -705,13 +986,16 @@ async def replay_bundle(
         What was found.
 
     Raises:
-        EvidenceError: ``path`` is missing, not a zip file, or too large.
+        EvidenceError: ``keyring`` holds no key, or ``path`` is missing, not a zip file,
+            or too large.
 
     """
-    check, bundle = _inspect(Path(path), keyring)
-    if bundle is None or not check.ok:
-        return check
-    histories, problems = _histories(bundle)
+    _require_keys(keyring)
+    with _Source.open(Path(path)) as source:
+        check, bundle = _inspect(source, keyring)
+        if bundle is None or not check.ok:
+            return check
+        histories, problems = _histories(source, bundle)
     if problems:
         return check.model_copy(update={"problems": problems})
     try:
@@ -739,6 +1023,7 @@ __all__ = [
     "GENESIS",
     "MANIFEST",
     "MAX_BUNDLE_BYTES",
+    "MAX_MANIFEST_BYTES",
     "REPORT_HTML",
     "REPORT_JSON",
     "BundleCheck",
