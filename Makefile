@@ -23,7 +23,7 @@ lint: $(STAMP)
 # two test processes, each with its own dev server; a file's tests stay in one process
 # and in order. Every process replays the histories it made when it ends.
 test: lint
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile --durations=15
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,test,bench]'
