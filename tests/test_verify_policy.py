@@ -186,6 +186,42 @@ def test_a_window_above_the_total_is_dead() -> None:
     assert 1000 < finding.witness["spend"] <= 99_000
 
 
+def test_a_limit_an_override_of_the_tighter_one_lets_bind_is_not_dead() -> None:
+    """M5: an override may lift the tenant total to its hard ceiling; then the quota binds."""
+    document: dict[str, Any] = {
+        "agents": {"a": {"quotas": {"max_tokens_per_task": 1000}}},
+        "tenants": {"acme": {"quotas": {"max_tokens": {"limit": 500, "hard_ceiling": 5000}}}},
+    }
+    assert findings_of(document) == []
+    # with overrides only up to 800 the quota of 1,000 still never binds
+    document["tenants"]["acme"]["quotas"]["max_tokens"]["hard_ceiling"] = 800
+    finding = only(findings_of(document), FindingKind.DEAD_RULE)
+    assert finding.path == "agents.a.quotas.max_tokens_per_task"
+    assert finding.witness["reachable_max"] == 800 == finding.witness["tighter_cap"]
+    assert finding.witness["tighter_limit"] == 500
+    assert finding.witness["tighter_hard_ceiling"] == 800
+    assert 800 < finding.witness["spend"] <= 1000
+    assert "500 tokens in total, overrides up to 800" in finding.message
+
+
+def test_messages_say_one_unit_in_the_singular() -> None:
+    """L6: "1 token per minute", "1 run at its per-task ceiling", not "1 tokens", "1 runs"."""
+    findings = findings_of(
+        {
+            "agents": {"a": {"quotas": {"max_tokens_per_task": 1000}}},
+            "tenants": {"acme": {"quotas": {"max_tokens_per_minute": 5000}}},
+            "global": {"max_tokens_per_minute": 1},
+        }
+    )
+    dead = next(f for f in findings if f.kind == FindingKind.DEAD_RULE)
+    assert "(1 token per minute)" in dead.message and "at most 1 token per minute" in dead.message
+    exposure = next(f for f in findings if f.path == "global.max_tokens_per_minute")
+    assert exposure.message.startswith("1 run at its per-task ceiling (")
+    assert "spends 1,000 tokens" in exposure.message
+    text = " ".join(f.message for f in findings)
+    assert " 1 tokens" not in text and " 1 runs" not in text
+
+
 # -- unreachable agents -----------------------------------------------------------------------
 
 
@@ -387,10 +423,79 @@ def test_a_terminate_limit_behind_an_alert_bounds_spend() -> None:
             "agents": {
                 "a": {"quotas": {"max_tokens_per_task": {"limit": 1000, "on_breach": "alert"}}}
             },
-            "global": {"max_tokens_per_minute": 1_000_000},
+            "tenants": {"default": {"quotas": {"max_tokens": 1_000_000}}},
         }
     )
     assert not [f for f in findings if f.kind == FindingKind.UNBOUNDED_SPEND]
+
+
+@pytest.mark.parametrize(
+    "window",
+    [
+        {"tenants": {"default": {"quotas": {"max_tokens_per_minute": 5000}}}},
+        {"global": {"max_tokens_per_minute": 1_000_000}},
+    ],
+    ids=["tenant", "global"],
+)
+def test_a_window_behind_an_alert_total_caps_nothing(window: dict[str, Any]) -> None:
+    """M2: a per-minute limit rolls over, so it does not cap a per-task total."""
+    alert = {"max_tokens_per_task": {"limit": 1000, "on_breach": "alert"}}
+    finding = only(
+        findings_of({"defaults": {"quotas": alert}, **window}), FindingKind.UNBOUNDED_SPEND
+    )
+    assert finding.path == "defaults.quotas.max_tokens_per_task"
+    assert finding.witness["spend"] >= 1000 * 1000
+    assert "a window that rolls over and caps no total" in finding.message
+
+
+def test_an_alert_only_per_owner_limit_is_unbounded_for_runs_with_an_owner() -> None:
+    """M3: per_owner limits count only runs with an owner; those runs are checked too."""
+    finding = only(
+        findings_of(
+            {
+                "tenants": {
+                    "default": {"per_owner": {"max_tokens": {"limit": 100, "on_breach": "alert"}}}
+                }
+            }
+        ),
+        FindingKind.UNBOUNDED_SPEND,
+    )
+    assert finding.path == "tenants.default.per_owner.max_tokens"
+    assert finding.witness["with_owner"] is True
+    assert finding.witness["tenant_entry"] == "default"
+    assert "with an owner" in finding.message
+    backed = {
+        "tenants": {
+            "default": {
+                "per_owner": {"max_tokens": {"limit": 100, "on_breach": "alert"}},
+                "quotas": {"max_tokens": 10_000},
+            }
+        }
+    }
+    assert findings_of(backed) == []
+
+
+def test_alert_only_child_workflow_limits_are_unbounded() -> None:
+    """M4: subtasks and child workflows are spent like tokens: an alert alone caps none."""
+    quotas = {
+        "max_subtasks_per_task": {"limit": 5, "on_breach": "alert"},
+        "max_child_workflows_per_task": {"limit": 10, "on_breach": "alert"},
+    }
+    findings = findings_of({"defaults": {"quotas": quotas}})
+    assert sorted(f.path for f in findings if f.kind == FindingKind.UNBOUNDED_SPEND) == [
+        "defaults.quotas.max_child_workflows_per_task",
+        "defaults.quotas.max_subtasks_per_task",
+    ]
+    # a terminate cap on all descendants caps the direct children too, not the reverse
+    quotas["max_child_workflows_per_task"] = {"limit": 10, "on_breach": "terminate"}
+    assert findings_of({"defaults": {"quotas": quotas}}) == []
+    quotas["max_child_workflows_per_task"] = {"limit": 10, "on_breach": "alert"}
+    quotas["max_subtasks_per_task"] = {"limit": 5, "on_breach": "terminate"}
+    finding = only(findings_of({"defaults": {"quotas": quotas}}), FindingKind.UNBOUNDED_SPEND)
+    assert finding.path == "defaults.quotas.max_child_workflows_per_task"
+    # a tenant's max_subtasks counts every child the run starts
+    tenant = {"tenants": {"default": {"quotas": {"max_subtasks": 100}}}}
+    assert findings_of({"defaults": {"quotas": quotas}, **tenant}) == []
 
 
 # -- fleet exposure ------------------------------------------------------------------------------

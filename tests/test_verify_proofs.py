@@ -220,3 +220,26 @@ def test_the_prove_command_prints_every_property_and_exits_by_the_outcome(monkey
     broken = CliRunner().invoke(main, ["prove", "--k", "2"])
     assert broken.exit_code == 1
     assert "counterexample" in broken.output
+
+
+def test_a_solver_timeout_is_unknown_and_not_proved() -> None:
+    """L4: ``prove()`` gives up after its timeout: outcome unknown, the reason said."""
+    result = prove(by_name("overage_bounded_by_excess"), 3, timeout_s=0.001)
+    assert result.outcome == "unknown" and not result.proved
+    assert result.reason == "timeout"
+    assert "unknown for k = 3" in result.describe() and "timeout" in result.describe()
+
+
+def test_the_prove_command_caps_k_and_reports_unknown_as_not_proved(monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from temporal_governor import cli
+
+    too_many = CliRunner().invoke(cli.main, ["prove", "--k", "6"])
+    assert too_many.exit_code == 2
+    assert "6 is not in the range 1<=x<=5" in too_many.output
+    slow = [prove(by_name("overage_bounded_by_excess"), 3, timeout_s=0.001)]
+    monkeypatch.setattr(cli, "prove_accounting", lambda k: slow)
+    result = CliRunner().invoke(cli.main, ["prove", "--k", "2"])
+    assert result.exit_code == 1
+    assert "unknown for k = 3" in result.output

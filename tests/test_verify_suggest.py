@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from temporalio.worker import Worker
 
 from conftest import RECORDED, ROOT, Recorded
 from temporal_governor import GovernorPlugin, Policy, attribution
+from temporal_governor import cli as cli_module
 from temporal_governor.cli import main as cli
 from temporal_governor.replay import fetch_tree, load_histories, review
 from temporal_governor.verify import (
@@ -50,13 +52,13 @@ def _point(index: int, need: dict[str, float], agent: str = "a", **kw: Any) -> D
 
 
 def _tokens(current: float | None = 1000, agent: str = "a") -> Dimension:
-    field = f"agents.{agent}.quotas.max_tokens_per_task"
-    return Dimension(agent=agent, metric="tokens", field=field, current=current)
+    path = ("agents", agent, "quotas", "max_tokens_per_task")
+    return Dimension(agent=agent, metric="tokens", path=path, current=current)
 
 
 def _iterations(current: float | None = None) -> Dimension:
-    field = "agents.a.loop_detection.max_iterations"
-    return Dimension(agent="a", metric="iterations", field=field, current=current)
+    path = ("agents", "a", "loop_detection", "max_iterations")
+    return Dimension(agent="a", metric="iterations", path=path, current=current)
 
 
 def _normal(**peak: float) -> list[RunTrace]:
@@ -156,12 +158,73 @@ def test_patch_carries_the_fields_set_with_a_change() -> None:
     dimension = Dimension(
         agent="a",
         metric="tokens",
-        field="agents.a.quotas.max_tokens_per_task.limit",
-        also={"agents.a.quotas.max_tokens_per_task.on_breach": "terminate"},
+        path=("agents", "a", "quotas", "max_tokens_per_task", "limit"),
+        also={"on_breach": "terminate"},
     )
+    assert dimension.field == "agents.a.quotas.max_tokens_per_task.limit"
     suggestion = suggest_limits(_incident({"tokens": 500}), _normal(tokens=100), [dimension])
     spec = suggestion.patch()["agents"]["a"]["quotas"]["max_tokens_per_task"]
     assert spec == {"limit": 110, "on_breach": "terminate"}
+
+
+def _suggest_tool_calls(policy: Policy, agent: str, workflow_type: str) -> Any:
+    """A pure suggestion for ``workflow_type`` whose incident only grows its tool calls."""
+    points = [
+        _point(i, {"tool_calls": float(i), "tokens": 100.0 * i}, agent=workflow_type)
+        for i in range(1, 11)
+    ]
+    normal = [RunTrace(workflow_id="n", run_id="n", agent=workflow_type, peak={"tool_calls": 2})]
+    dimensions = dimensions_of(policy, [workflow_type])
+    suggestion = suggest_limits(
+        TreeTrace(root_workflow_id="i", dispatches=points), normal, dimensions
+    )
+    assert [c.metric for c in suggestion.changes] == ["tool_calls"]
+    return suggestion
+
+
+def test_a_new_limit_under_alerting_defaults_is_written_to_terminate() -> None:
+    """H1: a new field under ``defaults.on_breach: alert`` would only alert once merged."""
+    document: dict[str, Any] = {
+        "defaults": {"on_breach": "alert"},
+        "agents": {
+            "planner": {
+                "quotas": {"max_tokens_per_task": {"limit": 50_000, "on_breach": "terminate"}}
+            }
+        },
+    }
+    suggestion = _suggest_tool_calls(Policy.from_dict(document), "planner", "planner")
+    merged = Policy.from_dict(_merge(document, suggestion.patch()))
+    spec = merged.agents["planner"].quotas.max_tool_calls_per_task
+    assert spec is not None and spec.limit == 3
+    assert merged.on_breach_of(spec) == "terminate"
+    # read back as the model reads the merged policy: a terminate ceiling of 3 now
+    [dimension] = [d for d in dimensions_of(merged, ["planner"]) if d.metric == "tool_calls"]
+    assert dimension.current == 3 and dimension.also == {}
+    # and that ceiling halts the incident where the suggestion said it would
+    assert suggestion.stop is not None and suggestion.stop.need["tool_calls"] > dimension.current
+
+
+def test_a_new_limit_under_terminating_defaults_stays_a_bare_number() -> None:
+    document: dict[str, Any] = {"agents": {"a": {"quotas": {"max_tokens_per_task": 50_000}}}}
+    suggestion = _suggest_tool_calls(Policy.from_dict(document), "a", "a")
+    assert suggestion.patch() == {"agents": {"a": {"quotas": {"max_tool_calls_per_task": 3}}}}
+
+
+def test_the_patch_for_an_agent_name_with_dots_targets_that_agent() -> None:
+    """M6: the patch is built from path segments, not by splitting a dotted field."""
+    document: dict[str, Any] = {
+        "agents": {
+            "team.exec": {"workflow_types": ["Exec"], "quotas": {"max_tokens_per_task": 50_000}}
+        }
+    }
+    suggestion = _suggest_tool_calls(Policy.from_dict(document), "team.exec", "Exec")
+    patch = suggestion.patch()
+    assert patch == {"agents": {"team.exec": {"quotas": {"max_tool_calls_per_task": 3}}}}
+    assert suggestion.changes[0].field == "agents['team.exec'].quotas.max_tool_calls_per_task"
+    merged = Policy.from_dict(_merge(document, patch))
+    assert set(merged.agents) == {"team.exec"}
+    spec = merged.agents["team.exec"].quotas.max_tool_calls_per_task
+    assert spec is not None and spec.limit == 3 and merged.on_breach_of(spec) == "terminate"
 
 
 def test_dimensions_follow_the_policy_spelling_of_each_limit() -> None:
@@ -184,7 +247,7 @@ def test_dimensions_follow_the_policy_spelling_of_each_limit() -> None:
     assert by_field["agents.a.quotas.max_tokens_per_task.limit"].current == 500
     cost = by_field["agents.a.quotas.max_cost_usd_per_task.limit"]
     assert cost.current is None and not cost.integer
-    assert cost.also == {"agents.a.quotas.max_cost_usd_per_task.on_breach": "terminate"}
+    assert cost.also == {"on_breach": "terminate"}
     assert by_field["agents.a.quotas.max_tool_calls_per_task"].current == 9
     assert by_field["agents.a.loop_detection.max_iterations"].current == 40
     assert not any(".b.quotas." in name for name in by_field)
@@ -303,3 +366,42 @@ def test_suggest_usage_errors(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--suggest needs --incident" in result.output
     plain = CliRunner().invoke(cli, ["verify", str(DEMO), "--incident", "x"])
     assert plain.exit_code == 2 and "--incident and --normal go with --suggest" in plain.output
+
+
+def test_a_mistyped_history_path_is_no_such_file_not_a_workflow_id(tmp_path: Path) -> None:
+    """L3: a path-like value that does not exist never goes to the server (exit 2, not 3)."""
+    for missing in (str(tmp_path / "nowhere"), "incident.json", "nowhere/histories"):
+        result = _suggest("--incident", missing, "--normal", "demo-normal")
+        assert result.exit_code == 2, result.output
+        assert f"--incident {missing!r}: no such file or folder" in result.output
+    result = _suggest("--incident", str(tmp_path), "--normal", "histories/normal")
+    assert result.exit_code == 2, result.output
+    assert "--normal 'histories/normal': no such file or folder" in result.output
+
+
+def test_an_empty_folder_is_reported_under_the_option_given(tmp_path: Path) -> None:
+    """L2: an empty --normal folder is named as --normal (not --history)."""
+    sources = cli_module._Sources(POLICY, WORKFLOWS, None, None)
+    for option in ("--incident", "--normal"):
+        with pytest.raises(cli_module.CliFailure) as failure:
+            asyncio.run(sources.histories(option, [str(tmp_path)], None))
+        assert failure.value.code == 2
+        assert failure.value.message.startswith(f"{option} {str(tmp_path)!r}: no *.json")
+
+
+def test_a_history_that_no_longer_replays_is_bad_input_with_the_usual_causes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """M7: exit 2 (1 means "nothing separates the incident"), one line naming the causes."""
+
+    async def nondeterministic(*args: Any, **kwargs: Any) -> Any:
+        return SimpleNamespace(nondeterminism=["[TMPRL1100] Nondeterminism error: ...\nmore"])
+
+    monkeypatch.setattr(cli_module, "review", nondeterministic)
+    sources = cli_module._Sources(POLICY, WORKFLOWS, None, None)
+    with pytest.raises(cli_module.CliFailure) as failure:
+        asyncio.run(sources.review([SimpleNamespace(workflow_id="w")]))
+    assert failure.value.code == 2
+    message = failure.value.message
+    assert "\n" not in message and message.startswith("replay failed: [TMPRL1100]")
+    assert "workflow code changed" in message and "control keys" in message

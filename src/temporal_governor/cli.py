@@ -58,6 +58,8 @@ from .replay import ReviewError, fetch_tree, load_histories, review
 from .report import IncidentReport
 from .top import Frame, RateLimiter, TopOptions, gather_frame, quote, render_frame, run_live
 from .verify import (
+    MAX_PROOF_K,
+    PROOF_TIMEOUT_S,
     Severity,
     VerifierUnavailable,
     VerifyReport,
@@ -544,13 +546,13 @@ def replay(
         sys.exit(EXIT_NONDETERMINISM)
 
 
-def _read_histories(given: Sequence[str], workflow_id: str) -> list[Any]:
-    """The histories of ``--history`` files and folders, or a one-line failure (exit 2)."""
+def _read_histories(given: Sequence[str], workflow_id: str, option: str = "--history") -> list[Any]:
+    """The histories of files and folders given to ``option``, or a one-line failure (exit 2)."""
     files: list[Path] = []
     for path in map(Path, given):
         found = sorted(path.glob("*.json")) if path.is_dir() else [path]
         if not found:
-            _fail(f"--history {str(path)!r}: no *.json history file in this folder", EXIT_BAD_INPUT)
+            _fail(f"{option} {str(path)!r}: no *.json history file in this folder", EXIT_BAD_INPUT)
         files += found
     try:
         return load_histories(files, workflow_id)
@@ -1371,7 +1373,8 @@ _SEVERITY_COLOURS = {"error": "red", "warning": "yellow", "info": "cyan"}
     )
     + "\n\nExit codes: 0 no finding at or above --fail-on (--suggest: a patch), 1 findings at "
     "or above it (--suggest: no limit stops the incident earlier), 2 bad input (an unreadable "
-    "or invalid policy, histories) or the solver missing, 3 Temporal unreachable."
+    "or invalid policy, missing or unreadable histories, histories that no longer replay) or "
+    "the solver missing, 3 Temporal unreachable."
 )
 @click.argument("policy_path", metavar="POLICY", type=click.Path(exists=True, dir_okay=False))
 @click.option(
@@ -1456,10 +1459,12 @@ def verify(policy_path: str, fail_on: str, as_json: bool, suggest: bool, **tight
 )
 @click.option(
     "--k",
-    type=click.IntRange(1, 8),
+    type=click.IntRange(1, MAX_PROOF_K),
     default=3,
     show_default=True,
-    help="Dispatches interleaved (solver time grows about tenfold per dispatch).",
+    help=f"Dispatches interleaved, at most {MAX_PROOF_K} (solver time grows about tenfold per "
+    f"dispatch; k = 5 takes minutes). A property not settled within {PROOF_TIMEOUT_S:g} s is "
+    "unknown: not proved, exit 1.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def prove(k: int, as_json: bool) -> None:
@@ -1530,17 +1535,20 @@ class _Sources:
         self, incident: Sequence[str], run_id: str | None, normal: Sequence[str]
     ) -> tuple[IncidentReport, IncidentReport]:
         """The incident's report, and one report of every normal run's tree together."""
-        histories = await self.histories(incident, run_id)
+        _check_paths("--incident", incident)
+        _check_paths("--normal", normal)
+        histories = await self.histories("--incident", incident, run_id)
         if len({history.workflow_id for history in histories if _is_root(history)}) > 1:
             _fail("--incident: give one incident (one root run)", EXIT_BAD_INPUT)
-        normals = await self.histories(normal, None)
+        normals = await self.histories("--normal", normal, None)
         reports = [await self.review(found) for found in (histories, normals)]
         return reports[0], reports[1]
 
-    async def histories(self, given: Sequence[str], run_id: str | None) -> list[Any]:
+    async def histories(self, option: str, given: Sequence[str], run_id: str | None) -> list[Any]:
         """Histories of files and folders (named by their recorded workflow ids) and ids."""
+        _check_paths(option, given)
         paths = [value for value in given if Path(value).exists()]
-        found = _named(_read_histories(paths, _UNNAMED)) if paths else []
+        found = _named(_read_histories(paths, _UNNAMED, option)) if paths else []
         for workflow_id in (value for value in given if not Path(value).exists()):
             if self.client is None:
                 self.client = await _connect(self.address, self.namespace)
@@ -1557,12 +1565,30 @@ class _Sources:
             sandboxed=False,
         )
         if report.nondeterminism:
-            _fail(f"replay failed: {report.nondeterminism[0]}", EXIT_NONDETERMINISM)
+            _fail(
+                f"replay failed: {report.nondeterminism[0]} (usual causes: the workflow code "
+                "changed since the run, or the control keys differ from the live run's: a "
+                "signed control message that does not verify takes another path on replay)",
+                EXIT_BAD_INPUT,
+            )
         return report
 
 
 _UNNAMED = "(root)"
 """The workflow id of a root run read from a file that does not record its own."""
+
+
+def _check_paths(option: str, given: Sequence[str]) -> None:
+    """Fail (exit 2) on an ``ID|PATH`` value that looks like a path but does not exist.
+
+    A value with a path separator, or ending in ``.json``, is meant as a file or folder:
+    looking it up as a workflow id would end in a server error instead.
+    """
+    separators = {"/", os.sep, *([os.altsep] if os.altsep else [])}
+    for value in given:
+        looks_like_path = any(sep in value for sep in separators) or value.lower().endswith(".json")
+        if looks_like_path and not Path(value).exists():
+            _fail(f"{option} {value!r}: no such file or folder", EXIT_BAD_INPUT)
 
 
 def _is_root(history: Any) -> bool:

@@ -20,12 +20,21 @@ every interleaving of ``k`` dispatches.
 
 from ._findings import Finding, FindingKind, Severity, VerifyReport
 from ._policy import verify_policy
-from ._proofs import Counterexample, ProofResult, Step, prove_accounting
+from ._proofs import (
+    MAX_PROOF_K,
+    PROOF_TIMEOUT_S,
+    Counterexample,
+    ProofResult,
+    Step,
+    prove_accounting,
+)
 from ._solver import VerifierUnavailable
 from ._suggest import Dimension, DispatchPoint, RunTrace, Suggestion, TreeTrace, suggest_limits
 from ._traces import suggest_from_reports
 
 __all__ = [
+    "MAX_PROOF_K",
+    "PROOF_TIMEOUT_S",
     "Counterexample",
     "Dimension",
     "DispatchPoint",

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..policy import Estimate, Policy
 from ._findings import Finding, FindingKind, Number, Severity
-from ._limits import DEFAULTS, Bound, at, say, task_scope_of
+from ._limits import DEFAULTS, Bound, amount, at, say, task_scope_of
 from ._solver import Smt
 
 _STRICT = ("tokens", "cost_usd")
@@ -150,6 +150,6 @@ def _why(blocked: Blocked) -> str:
     resource = blocked.resource
     return (
         f"{parent} ({bound.path}: {say(bound.ceiling, resource)}) has at best "
-        f"{say(blocked.best_left, resource)} {bound.unit} left after the child's "
+        f"{amount(blocked.best_left, resource)} left after the child's "
         f"{say(bound.ceiling - blocked.best_left, resource)}"
     )

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..policy import Policy
 from ._findings import Finding, FindingKind, Number, Severity
-from ._limits import Bound, TenantContext, cap_on, counts_within, say, tenant_contexts
+from ._limits import Bound, TenantContext, amount, cap_on, counts_within, say, tenant_contexts
 from ._solver import Smt
 
 
@@ -27,7 +27,8 @@ class Reach:
     blocker: Bound
     """The tighter terminate bound that stops it there."""
     cap: float
-    """What ``blocker`` allows of this counter (its limit, times the windows it spans)."""
+    """What ``blocker`` allows of this counter (its hard ceiling, times the windows it
+    spans)."""
     context: TenantContext | None
     """For a task's bound: the tenant situation this holds in."""
 
@@ -49,6 +50,10 @@ def reach(
 ) -> Reach | None:
     """The most ``inner``'s counter can hold while every other terminate bound passes.
 
+    Each other bound is taken at its hard ceiling: an override may lift it that far, and
+    then ``inner`` may bind. So a limit is dead only if it cannot bind whatever the
+    overrides, and an override ceiling unreachable only if no other override reaches it.
+
     Args:
         inner: The bound whose counter is looked at.
         bounds: Every bound of the policy.
@@ -64,7 +69,7 @@ def reach(
         (outer, cap)
         for outer in bounds
         if outer is not inner and outer.terminate and counts_within(outer, inner, context)
-        for cap in [cap_on(outer, inner)]
+        for cap in [cap_on(outer, inner, overridden=True)]
         if cap is not None
     ]
     if not caps:
@@ -120,6 +125,8 @@ def _witness(inner: Bound, found: Reach, spend: Number | None) -> dict[str, Any]
         "tighter_limit": found.blocker.limit,
         "tighter_cap": found.cap,
     }
+    if found.blocker.ceiling != found.blocker.limit:
+        witness["tighter_hard_ceiling"] = found.blocker.ceiling
     if spend is not None:
         witness["spend"] = spend
     if found.context is not None:
@@ -139,10 +146,13 @@ def _holds(inner: Bound, found: Reach) -> str:
     outer_window, inner_window = blocker.window_s, inner.window_s
     if outer_window is not None and inner_window is not None and inner_window > outer_window:
         spans = f", {inner_window / outer_window:g} of its windows in one"
+    overrides = ""
+    if blocker.ceiling != blocker.limit:
+        overrides = f", overrides up to {say(blocker.ceiling, resource)}"
     return (
-        f"{blocker.path} ({say(blocker.limit, resource)} {blocker.unit} {blocker.period}"
+        f"{blocker.path} ({amount(blocker.limit, blocker.resource)} {blocker.period}{overrides}"
         f"{spans}) holds {inner.scope.describe()} to at most "
-        f"{say(found.maximum, resource)} {inner.unit} {inner.period}"
+        f"{amount(found.maximum, inner.resource)} {inner.period}"
     )
 
 
@@ -151,7 +161,7 @@ def _dead(inner: Bound, found: Reach, smt: Smt) -> Finding:
     example = ""
     if spend is not None:
         example = (
-            f"; spending {say(spend, inner.resource)} {inner.unit} {inner.period} passes "
+            f"; spending {amount(spend, inner.resource)} {inner.period} passes "
             f"{inner.path} but {found.blocker.path} refuses it"
         )
     return Finding(
@@ -180,7 +190,7 @@ def _unreachable_override(inner: Bound, found: Reach, smt: Smt) -> Finding:
             f"{_where(found)}: {_holds(inner, found)}"
             + (
                 f"; an override to {say(inner.ceiling, inner.resource)} would pass "
-                f"{say(spend, inner.resource)} {inner.unit} but {found.blocker.path} "
+                f"{amount(spend, inner.resource)} but {found.blocker.path} "
                 "refuses it"
                 if spend is not None
                 else ""

@@ -15,10 +15,24 @@ from dataclasses import dataclass
 
 from ..policy import Policy
 from ._findings import Finding, FindingKind, Severity
-from ._limits import DEFAULTS, Bound, Scope, TenantContext, say, task_scope_of, tenant_contexts
+from ._limits import (
+    DEFAULTS,
+    Bound,
+    Scope,
+    TenantContext,
+    amount,
+    cap_on,
+    same_units,
+    say,
+    task_scope_of,
+    tenant_contexts,
+)
 from ._solver import Smt
 
-_SPENT = ("tokens", "cost_usd", "tool_calls")
+_SPENT = ("tokens", "cost_usd", "tool_calls", "subtasks", "child_workflows")
+"""What a run spends (runs at once are not spent: a run ends and gives its place back)."""
+_SPENT_IN_WINDOWS = ("tokens", "cost_usd", "tool_calls")
+"""What shared windowed budgets count, which fleet exposure compares with."""
 _UNBOUNDED_FACTOR = 1000
 """The unbounded-spend witness spends this many times the alert's ceiling."""
 
@@ -51,35 +65,64 @@ class RunContext:
 
 
 def run_contexts(policy: Policy) -> Iterator[RunContext]:
-    """Every kind of run: each agent entry and an unlisted workflow, in each tenant, no owner."""
+    """Every kind of run: each agent entry and an unlisted workflow, in each tenant.
+
+    Without an owner for every tenant situation (an owner only adds bounds, so that is the
+    worst case for every other bound); with an owner only for tenant entries that set
+    ``per_owner`` limits (which count nothing else).
+    """
     agents: list[str | None] = [*policy.agents, None]
     for tenant in tenant_contexts(policy):
-        if tenant.owner:
-            continue  # an owner adds bounds: without one is the worst case
+        if tenant.owner and not _has_owner_limits(policy, tenant.entry):
+            continue
         for agent in agents:
             scope = task_scope_of(policy, agent) if agent is not None else DEFAULTS
             yield RunContext(agent, scope, tenant)
 
 
+def _has_owner_limits(policy: Policy, entry: str | None) -> bool:
+    tenant = policy.tenants.get(entry) if entry is not None else None
+    return tenant is not None and bool(tenant.per_owner.model_dump(exclude_none=True))
+
+
+def backs(limit: Bound, alert: Bound) -> bool:
+    """Whether the terminate ``limit`` caps what a run adds to ``alert``'s counter.
+
+    It counts the same units (:func:`~._limits.same_units`) and its window caps the
+    alert's (:func:`~._limits.cap_on`): a total, or a window that holds the alert's or
+    nests in it; a window does not cap a total (it rolls over and the total grows).
+    The caller checks that ``limit`` counts the run at all.
+    """
+    return limit.terminate and same_units(limit, alert) and cap_on(limit, alert) is not None
+
+
 def unbounded_findings(policy: Policy, bounds: list[Bound], smt: Smt) -> list[Finding]:
-    """Alert limits with no terminate limit on the same units behind them, for some run."""
+    """Alert limits with no terminate limit capping the same units behind them, for some run."""
     findings: dict[str, Finding] = {}
     for run in run_contexts(policy):
         counting = [bound for bound in bounds if run.counts_in(bound)]
-        for resource in _SPENT:
-            on_it = [bound for bound in counting if bound.resource == resource]
-            if any(bound.terminate for bound in on_it):
+        for alert in counting:
+            if alert.terminate or alert.resource not in _SPENT or alert.path in findings:
                 continue
-            for alert in on_it:
-                if alert.path not in findings:
-                    finding = _unbounded(alert, run, smt)
-                    if finding is not None:
-                        findings[alert.path] = finding
+            if run.tenant.owner and alert.scope.kind != "owner":
+                continue  # already tried without the owner's limits
+            if any(backs(limit, alert) for limit in counting):
+                continue
+            windowed = [b for b in counting if b.terminate and same_units(b, alert)]
+            finding = _unbounded(alert, run, smt, windowed[0] if windowed else None)
+            if finding is not None:
+                findings[alert.path] = finding
     return list(findings.values())
 
 
-def _unbounded(alert: Bound, run: RunContext, smt: Smt) -> Finding | None:
-    """The solver's unbounded spend past ``alert``, for a run no terminate limit counts."""
+def _unbounded(
+    alert: Bound, run: RunContext, smt: Smt, windowed: Bound | None = None
+) -> Finding | None:
+    """The solver's unbounded spend past ``alert``, for a run no terminate limit caps.
+
+    ``windowed``: a terminate limit that counts the run's units but only per window,
+    which caps no total (named in the message).
+    """
     spend = smt.amount("spend", alert.integer)
     if smt.maximum(spend, [spend >= 0]) is not None:
         return None  # bounded after all
@@ -87,23 +130,30 @@ def _unbounded(alert: Bound, run: RunContext, smt: Smt) -> Finding | None:
     model = smt.model([spend >= target], spend)
     if model is None:
         return None
-    amount = model[0]
+    spent = model[0]
     resource = alert.resource
+    nothing = f"no terminate limit on {alert.unit} counts {run.describe()}"
+    if windowed is not None:
+        nothing = (
+            f"no terminate limit on {alert.unit} caps the total of {run.describe()}; "
+            f"{windowed.path} counts {windowed.period}, a window that rolls over and caps "
+            "no total"
+        )
     return Finding(
         kind=FindingKind.UNBOUNDED_SPEND,
         severity=Severity.ERROR,
         path=alert.path,
         message=(
-            f"only alerts: no terminate limit on {alert.unit} counts {run.describe()}, so its "
-            f"spend has no upper bound; spending {say(amount, resource)} {alert.unit} "
-            f"{alert.period} ({_UNBOUNDED_FACTOR:,} times the {say(alert.limit, resource)} "
-            "ceiling) is logged and let through"
+            f"only alerts: {nothing}, so its spend has no upper bound; spending "
+            f"{amount(spent, resource)} {alert.period} ({_UNBOUNDED_FACTOR:,} times the "
+            f"{say(alert.limit, resource)} ceiling) is logged and let through"
         ),
         witness={
-            "spend": amount,
+            "spend": spent,
             "limit": alert.limit,
             "agent": run.agent or "",
             "tenant_entry": run.tenant.entry or "",
+            "with_owner": run.tenant.owner,
         },
     )
 
@@ -114,7 +164,7 @@ def fleet_findings(policy: Policy, bounds: list[Bound], smt: Smt) -> list[Findin
     for shared in bounds:
         if shared.scope.kind == "task" or shared.window_s is None:
             continue
-        if shared.resource not in _SPENT:
+        if shared.resource not in _SPENT_IN_WINDOWS:
             continue
         heaviest = _heaviest_task(policy, shared, bounds)
         if heaviest is None:
@@ -213,8 +263,8 @@ def _exposure_message(
 ) -> str:
     resource = shared.resource
     at_once = (
-        f"up to {int(concurrency.limit):,} runs at once ({concurrency.path}) may spend "
-        f"{say(concurrency.limit * task.ceiling, resource)} {shared.unit}"
+        f"up to {amount(int(concurrency.limit), 'runs')} ({concurrency.path}) may spend "
+        f"{amount(concurrency.limit * task.ceiling, resource)}"
         if concurrency is not None
         else "no limit on runs at once bounds what they may spend"
     )
@@ -223,9 +273,14 @@ def _exposure_message(
         guard = "and this limit only alerts: nothing stands between"
     elif policy.shared.on_unavailable == "open":
         guard += " (and shared.on_unavailable: open lets spend through a ledger outage)"
+    runs = (
+        "1 run at its per-task ceiling"
+        if count == 1
+        else f"{count:,} runs at once, each at its per-task ceiling"
+    )
     return (
-        f"{count:,} runs at once, each at its per-task ceiling ({task.path}: "
-        f"{say(task.ceiling, resource)}), spend {say(count * task.ceiling, resource)} "
-        f"{shared.unit}, past {say(shared.limit, resource)} {shared.period}; {at_once} "
+        f"{runs} ({task.path}: {say(task.ceiling, resource)}), "
+        f"{'spends' if count == 1 else 'spend'} {amount(count * task.ceiling, resource)}, "
+        f"past {say(shared.limit, resource)} {shared.period}; {at_once} "
         f"{shared.period}: {guard}"
     )

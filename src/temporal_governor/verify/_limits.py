@@ -33,6 +33,14 @@ _UNITS = {
     "child_workflows": "child workflows",
     "runs": "runs at once",
 }
+_ONE = {
+    "tokens": "token",
+    "tool_calls": "tool call",
+    "subtasks": "child workflow",
+    "child_workflows": "child workflow",
+    "runs": "run at once",
+}
+"""The unit of exactly one (dollars stay plural: ``$1.00 US dollars``)."""
 _WINDOW_NAMES = {1.0: "second", 60.0: "minute", 3600.0: "hour", 86400.0: "day"}
 
 
@@ -168,7 +176,7 @@ def counts_within(outer: Bound, inner: Bound, context: TenantContext | None) -> 
     A task's units are its tenant's and owner's only in ``context``; shared scopes nest
     as owner within tenant (same entry), tenant and agent within global.
     """
-    if not _same_units(outer, inner):
+    if not same_units(outer, inner):
         return False
     if outer.scope == inner.scope:
         return True
@@ -184,7 +192,7 @@ def counts_within(outer: Bound, inner: Bound, context: TenantContext | None) -> 
     return kind == "tenant" and inner.scope == Scope("owner", name)
 
 
-def _same_units(outer: Bound, inner: Bound) -> bool:
+def same_units(outer: Bound, inner: Bound) -> bool:
     """Whether ``outer`` counts ``inner``'s units: the same resource, or child workflows.
 
     A task's direct children (``subtasks``) are among its descendants
@@ -197,26 +205,29 @@ def _same_units(outer: Bound, inner: Bound) -> bool:
     return outer.counted_as == inner.counted_as
 
 
-def cap_on(outer: Bound, inner: Bound) -> float | None:
+def cap_on(outer: Bound, inner: Bound, overridden: bool = False) -> float | None:
     """The most ``inner``'s counter can hold in one of its windows while ``outer`` passes.
 
     Args:
         outer: A bound that counts every unit ``inner`` counts (:func:`counts_within`).
         inner: The bound whose counter is capped.
+        overridden: Take ``outer`` at its hard ceiling (the most an override can lift
+            it to) rather than its limit.
 
     Returns:
-        ``outer``'s limit when its window holds ``inner``'s (or it is a total); ``k`` times
-        it when ``inner``'s window holds ``k`` of ``outer``'s; ``None`` when ``outer`` caps
-        nothing of it (a total against a window, which rolls over).
+        ``outer``'s limit (or ceiling) when its window holds ``inner``'s (or it is a
+        total); ``k`` times it when ``inner``'s window holds ``k`` of ``outer``'s; ``None``
+        when ``outer`` caps nothing of it (a window against a total: it rolls over).
 
     """
+    value = outer.ceiling if overridden else outer.limit
     if outer.window_s is None:
-        return outer.limit
+        return value
     if inner.window_s is None:
         return None
     if outer.window_s >= inner.window_s:
-        return outer.limit
-    return inner.window_s / outer.window_s * outer.limit
+        return value
+    return inner.window_s / outer.window_s * value
 
 
 def _task_bounds(policy: Policy) -> Iterator[Bound]:
@@ -289,3 +300,9 @@ def say(value: float, resource: str) -> str:
     if resource == "cost_usd":
         return f"${value:,.2f}" if value >= 0.01 or value == 0 else f"${value:g}"
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:,g}"
+
+
+def amount(value: float, resource: str) -> str:
+    """An amount with its unit, singular for exactly one: ``1 token``, ``2 tokens``."""
+    unit = _ONE[resource] if value == 1 and resource in _ONE else _UNITS[resource]
+    return f"{say(value, resource)} {unit}"

@@ -29,6 +29,12 @@ EPSILON = accounting._EPSILON
 
 _PENDING, _OPEN, _DONE = 0, 1, 2
 _ROBUST_TIMEOUT_MS = 5_000
+PROOF_TIMEOUT_S = 600.0
+"""The longest one property's solver run may take; then its outcome is ``unknown``
+(k = 5, the largest the CLI allows, took at most 199 s a property when measured)."""
+MAX_PROOF_K = 5
+"""The most dispatches ``temporal-governor prove --k`` interleaves (the time grows about
+tenfold per dispatch: k = 6 would take hours)."""
 
 Outcome = Literal["proved", "counterexample", "unknown"]
 State = dict[str, Any]
@@ -89,6 +95,8 @@ class ProofResult:
     """The breaking interleaving, for ``counterexample``."""
     seconds: float
     """Solver time."""
+    reason: str = ""
+    """Why the solver gave up, for ``unknown`` (e.g. ``timeout``)."""
 
     @property
     def proved(self) -> bool:
@@ -97,7 +105,8 @@ class ProofResult:
 
     def describe(self) -> str:
         """One line (and a counterexample's steps)."""
-        head = f"{self.name}: {self.outcome} for k = {self.k} ({self.seconds:.2f} s): "
+        why = f", {self.reason}" if self.reason else ""
+        head = f"{self.name}: {self.outcome} for k = {self.k} ({self.seconds:.2f} s{why}): "
         text = head + self.statement
         if self.counterexample is not None:
             text += "\n" + self.counterexample.describe()
@@ -534,12 +543,14 @@ def _robust(z3: Any, model: _Model, solver: Any) -> Any:
     return found
 
 
-def prove(prop: type[_Model], k: int) -> ProofResult:
+def prove(prop: type[_Model], k: int, timeout_s: float | None = PROOF_TIMEOUT_S) -> ProofResult:
     """Check one property for every interleaving of ``k`` dispatches.
 
     Args:
         prop: One of :data:`PROPERTIES`.
         k: How many dispatches (each started and finished at most once: 2k steps).
+        timeout_s: The most the solver may take (``None``: no limit); past it, the
+            outcome is ``unknown`` with ``reason`` ``timeout``.
 
     Returns:
         The outcome, with a counterexample when the property fails.
@@ -550,6 +561,8 @@ def prove(prop: type[_Model], k: int) -> ProofResult:
     model = prop(z3, solver_ops(z3), k)
     run = _unroll(model, 2 * k)
     solver = z3.Solver()
+    if timeout_s is not None:
+        solver.set("timeout", max(1, int(timeout_s * 1000)))
     solver.add(run.constraints)
     solver.add(run.broken)
     verdict = solver.check()
@@ -559,19 +572,26 @@ def prove(prop: type[_Model], k: int) -> ProofResult:
         found = _robust(z3, model, solver) or found
         counterexample = _counterexample(z3, model, run, found)
     outcome: Outcome = "unknown"
+    reason = ""
     if verdict == z3.unsat:
         outcome = "proved"
     elif counterexample is not None:
         outcome = "counterexample"
+    else:
+        reason = str(solver.reason_unknown()) or "unknown"
+        if reason == "canceled":  # what z3 says when its timeout stops it
+            reason = "timeout"
     seconds = time.perf_counter() - began
-    return ProofResult(prop.name, prop.statement, k, outcome, counterexample, seconds)
+    return ProofResult(prop.name, prop.statement, k, outcome, counterexample, seconds, reason)
 
 
-def prove_accounting(k: int = 3) -> list[ProofResult]:
+def prove_accounting(k: int = 3, timeout_s: float | None = PROOF_TIMEOUT_S) -> list[ProofResult]:
     """Check every accounting property for every interleaving of ``k`` dispatches.
 
     Args:
         k: How many dispatches to interleave (the solver time grows quickly with it).
+        timeout_s: The most each property's solver run may take (``None``: no limit);
+            past it, that property is ``unknown`` (not proved).
 
     Returns:
         One result per property of :data:`PROPERTIES`.
@@ -579,4 +599,4 @@ def prove_accounting(k: int = 3) -> list[ProofResult]:
     """
     if k < 1:
         raise ValueError("k is at least 1")
-    return [prove(prop, k) for prop in PROPERTIES]
+    return [prove(prop, k, timeout_s) for prop in PROPERTIES]

@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ._limits import at
 from ._solver import QUERY_TIMEOUT_MS, Smt
 
 DEFAULT_MARGIN = 0.1
@@ -51,14 +52,26 @@ class Dimension(BaseModel):
     metric: str
     """One of :data:`METRICS`: a per-task resource, ``iterations`` (dispatches of one run,
     ``loop_detection.max_iterations``) or ``depth`` (``loop_detection.max_depth``)."""
-    field: str
-    """The policy field it is written to, as a dotted path."""
+    path: tuple[str, ...]
+    """The policy field it is written to, as path segments (an agent name may hold dots)."""
+    field: str = ""
+    """The same field for messages, rendered as ``PolicyError`` renders paths (filled in
+    from ``path``): ``agents.a.quotas.max_tokens_per_task``, ``agents['team.exec']...``."""
     current: float | None = None
     """Its terminate ceiling now (``None``: no limit, or one that only alerts)."""
     integer: bool = True
     """Whether the limit counts whole units."""
     also: dict[str, Any] = Field(default_factory=dict)
-    """Further fields the patch sets with it (dotted path -> value), e.g. ``on_breach``."""
+    """Further keys the patch sets next to it (key -> value), e.g. ``{"on_breach":
+    "terminate"}`` beside ``...max_tokens_per_task.limit``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _field_from_path(cls, data: Any) -> Any:
+        """Fill ``field`` (for messages) from ``path`` (for the patch) when not given."""
+        if isinstance(data, dict) and "field" not in data and data.get("path"):
+            return {**data, "field": at(*data["path"])}
+        return data
 
 
 class DispatchPoint(BaseModel):
@@ -112,6 +125,9 @@ class LimitChange(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     field: str
+    """The field for messages (:attr:`Dimension.field`)."""
+    path: tuple[str, ...]
+    """The field's path segments, which the patch is built from."""
     agent: str
     metric: str
     current: float | None
@@ -119,7 +135,7 @@ class LimitChange(BaseModel):
     normal_peak: float
     """The largest value a normal run of the agent reached."""
     also: dict[str, Any] = Field(default_factory=dict)
-    """Further fields set with it (dotted path -> value)."""
+    """Further keys set next to it (key -> value)."""
 
 
 class Candidate(BaseModel):
@@ -205,9 +221,9 @@ class Suggestion(BaseModel):
             value: float = (
                 int(change.suggested) if change.suggested.is_integer() else change.suggested
             )
-            _put(patch, change.field, value)
-            for dotted, extra in change.also.items():
-                _put(patch, dotted, extra)
+            _put(patch, change.path, value)
+            for key, extra in change.also.items():
+                _put(patch, (*change.path[:-1], key), extra)
         return patch
 
 
@@ -231,8 +247,9 @@ def _candidate(candidate: Candidate) -> str:
     )
 
 
-def _put(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
+def _put(tree: dict[str, Any], path: Sequence[str], value: Any) -> None:
+    """Set ``value`` at ``path`` (segments, never split further) in a nested mapping."""
+    *parents, leaf = path
     for part in parents:
         tree = tree.setdefault(part, {})
     tree[leaf] = value
@@ -419,6 +436,7 @@ def _result(
     changes = [
         LimitChange(
             field=dim.field,
+            path=dim.path,
             agent=dim.agent,
             metric=dim.metric,
             current=dim.current,

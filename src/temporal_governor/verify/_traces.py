@@ -246,32 +246,34 @@ def dimensions_of(policy: Policy, agents: Iterable[str]) -> list[Dimension]:
                 dimensions.append(_quota(policy, agent, name, resource, specs.get(resource)))
         loop = agent_policy.loop_detection
         if loop.action == "terminate":
-            prefix = f"agents.{name}.loop_detection"
             for metric, current in (("iterations", loop.max_iterations), ("depth", loop.max_depth)):
-                path = f"{prefix}.max_{metric}"
-                dimensions.append(
-                    Dimension(agent=agent, metric=metric, field=path, current=current)
-                )
+                path = ("agents", name, "loop_detection", f"max_{metric}")
+                dimensions.append(Dimension(agent=agent, metric=metric, path=path, current=current))
     return dimensions
 
 
 def _quota(
     policy: Policy, agent: str, name: str, resource: str, spec: LimitSpec | None
 ) -> Dimension:
-    """The dimension of one per-task quota: bare number, or ``limit`` of a mapping."""
-    path = f"agents.{name}.quotas.{_FIELD_OF[resource]}"
+    """The dimension of one per-task quota, written so that it halts once merged.
+
+    A limit that would resolve to ``terminate`` as the policy model resolves it (the
+    quota's own ``on_breach``, else ``defaults.on_breach``) keeps its spelling: a bare
+    number, or the ``limit`` of a mapping. Any other (an alert limit, or a new field
+    under ``defaults.on_breach: alert``) is written as ``{limit: X, on_breach: terminate}``.
+    """
+    path = ("agents", name, "quotas", _FIELD_OF[resource])
     integer = resource != "cost_usd"
-    if spec is None:
-        return Dimension(agent=agent, metric=resource, field=path, integer=integer)
-    mapping = spec.model_fields_set - {"limit"}
-    terminate = (spec.on_breach or policy.defaults.on_breach) == "terminate"
+    written = spec if spec is not None else LimitSpec(limit=0)  # a new field: a bare number
+    terminate = policy.on_breach_of(written) == "terminate"
+    mapping = spec is not None and bool(spec.model_fields_set - {"limit"})
     return Dimension(
         agent=agent,
         metric=resource,
-        field=f"{path}.limit" if mapping or not terminate else path,
-        current=float(spec.limit) if terminate else None,
+        path=(*path, "limit") if mapping or not terminate else path,
+        current=float(spec.limit) if spec is not None and terminate else None,
         integer=integer,
-        also={} if terminate else {f"{path}.on_breach": "terminate"},
+        also={} if terminate else {"on_breach": "terminate"},
     )
 
 
