@@ -291,4 +291,10 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    code = asyncio.run(main())
+    # the Temporal SDK's native threads can crash the interpreter while it finalizes (after
+    # every line was written: "Fatal Python error: PyGILState_Release"); leave without
+    # finalizing, as the temporal-governor CLI does
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
