@@ -52,7 +52,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from temporal_governor import PRIORITY_KEYS, BreachDetails, GovernorPlugin, Policy
-from temporal_governor.detectors import LoopDetector, LoopRules, TokenBucket, call_signature
+from temporal_governor.core.detectors import LoopDetector, LoopRules, TokenBucket, call_signature
 
 POLICY_OFF = """
 defaults:

@@ -34,7 +34,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from temporal_governor import CONTROL_QUERY, GOVERNANCE_KILLED, GovernorPlugin, Policy
-from temporal_governor.control_client import ControlClient, ControlTarget
+from temporal_governor.control import ControlClient, ControlTarget
 
 POLICY = """
 defaults:

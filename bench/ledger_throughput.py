@@ -53,8 +53,8 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from temporal_governor.scopes import SharedLimit
-from temporal_governor.workflows import LEDGER_WORKFLOW, GovernorLedger, LedgerState
+from temporal_governor.core.scopes import SharedLimit
+from temporal_governor.ledger import LEDGER_WORKFLOW, GovernorLedger, LedgerState
 
 TASK_QUEUE = "ledger-bench"
 RACE_TIMEOUT_S = 60.0

@@ -3,7 +3,7 @@
 Builds one governed workflow history of about 10,000 events on the dev server (batches of
 parallel activities that report tokens) and the ungoverned history of the same workflow,
 then, in the same run, replays the ungoverned one with the plain Replayer and the governed
-one with `temporal_governor.replay.review` (governor in review mode, every decision rebuilt,
+one with `temporal_governor.review.review` (governor in review mode, every decision rebuilt,
 report built), several rounds, and prints events per second and the ratio.
 
     .venv/bin/python bench/replay_speed.py [--events 10000] [--rounds 5]
@@ -26,7 +26,7 @@ from temporalio.worker import Replayer, Worker
 
 with workflow.unsafe.imports_passed_through():
     from temporal_governor import GovernorPlugin, Policy, report_usage
-    from temporal_governor.replay import review
+    from temporal_governor.review import review
 
 POLICY = Policy.from_yaml(
     """

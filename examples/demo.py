@@ -32,9 +32,8 @@ from temporal_governor import (
     Policy,
     attribution,
 )
-from temporal_governor.control_client import ControlClient, ControlTarget
-from temporal_governor.render import render_html
-from temporal_governor.replay import fetch_tree, review
+from temporal_governor.control import ControlClient, ControlTarget
+from temporal_governor.review import fetch_tree, render_html, review
 
 POLICY = Path(__file__).with_name("governance.yaml")
 OUT = Path(__file__).resolve().parent.parent / "out"

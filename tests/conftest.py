@@ -162,7 +162,7 @@ async def _default_ledger(environment: WorkflowEnvironment) -> AsyncIterator[Non
     when the test ends: every later test needing the ledger would wait for a ledger that
     answers nothing (what ``shared.task_queue`` is for in a fleet, see docs/deploying.md).
     """
-    from temporal_governor.workflows._ledger import LEDGER_WORKFLOW, LedgerState
+    from temporal_governor.ledger._workflow import LEDGER_WORKFLOW, LedgerState
 
     policy = Policy()
     client = Client(

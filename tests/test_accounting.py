@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from temporal_governor.accounting import Amounts, Limit, RunLedger
+from temporal_governor.core.accounting import Amounts, Limit, RunLedger
 
 
 def ledger(ceiling: float = 1000, **kw: object) -> RunLedger:

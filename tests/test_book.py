@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from temporal_governor.book import (
+from temporal_governor.core.book import (
     CAPACITY_LIMIT,
     MAX_CONTROL_BYTES,
     ControlRecordRequest,
@@ -18,7 +18,7 @@ from temporal_governor.book import (
     ReserveRequest,
     SettleRequest,
 )
-from temporal_governor.scopes import SharedLimit
+from temporal_governor.core.scopes import SharedLimit
 
 PAYLOAD_LIMIT = 2 * 1024 * 1024
 """Temporal's default blob size limit (the server refuses larger payloads)."""
@@ -35,7 +35,9 @@ def limit(scope: str, ceiling: float, window_s: float | None = None) -> SharedLi
     )
 
 
-def reserve(key: str, run: str, tokens: float, *limits: SharedLimit, **kw: object) -> ReserveRequest:
+def reserve(
+    key: str, run: str, tokens: float, *limits: SharedLimit, **kw: object
+) -> ReserveRequest:
     return ReserveRequest(key=key, run=run, amounts={"tokens": tokens}, limits=list(limits), **kw)
 
 
@@ -54,7 +56,9 @@ def test_ten_thousand_tenants_and_fifty_thousand_updates_stay_far_below_the_payl
             scope = f"tenant:tenant-{tenant:05d}"
             total, minute = limit(scope, 1e6), limit(scope, 5e4, 60.0)
             run = f"wf-{tenant}/run-{round_}"
-            assert book.reserve(reserve(f"{run}/activity:1:llm#1", run, 100, total, minute), now).granted
+            assert book.reserve(
+                reserve(f"{run}/activity:1:llm#1", run, 100, total, minute), now
+            ).granted
             book.settle(SettleRequest(key=f"{run}/activity:1:llm#1", actual={"tokens": 90}), now)
             spent[tenant] = spent.get(tenant, 0.0) + 90
             updates += 2
@@ -142,7 +146,7 @@ def test_size_caps_refuse_clearly() -> None:
 def test_a_full_book_refuses_with_its_own_limit_and_frees_up_when_reservations_end(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import temporal_governor.book as book_module
+    import temporal_governor.core.book as book_module
 
     monkeypatch.setattr(book_module, "MAX_OPEN_RESERVATIONS", 3)
     book = LedgerBook()

@@ -112,11 +112,7 @@ async def test_every_server_command_exits_with_its_documented_code_every_time(
             return name, done_.returncode, done_.stderr
 
         results = await asyncio.gather(
-            *(
-                one(name, args)
-                for name, (args, _) in commands.items()
-                for _ in range(RUNS)
-            )
+            *(one(name, args) for name, (args, _) in commands.items() for _ in range(RUNS))
         )
         await waiting.terminate()
     for name, code, stderr in results:

@@ -37,7 +37,7 @@ from temporal_governor import (
     ResumeMessage,
     attribution,
 )
-from temporal_governor.control_client import ControlClient, ControlTarget
+from temporal_governor.control import ControlClient, ControlTarget
 
 POLICY = Policy.from_dict(
     {

@@ -17,7 +17,7 @@ from temporal_governor import (
     PolicyError,
     ResumeMessage,
 )
-from temporal_governor.control import ControlCheck, canonical
+from temporal_governor.control._messages import ControlCheck, canonical
 
 NOW = 1_800_000_000_000
 

@@ -34,13 +34,14 @@ from temporal_governor import (
     ResumeMessage,
 )
 from temporal_governor.control import (
-    MAX_CONTROL_BYTES,
-    ControlCheck,
+    ControlClient,
+    ControlError,
     ControlMessage,
+    ControlTarget,
     decode_payload,
     encode_message,
 )
-from temporal_governor.control_client import ControlClient, ControlError, ControlTarget
+from temporal_governor.control._messages import MAX_CONTROL_BYTES, ControlCheck
 
 POLICY = Policy.from_dict({"tools": {"step": {"estimate": {"tokens": 50}}}})
 WORKFLOWS = [*CONTROL_WORKFLOWS, LongChildParent]

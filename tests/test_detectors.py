@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from temporal_governor.detectors import (
+from temporal_governor.core.detectors import (
     AnomalyRule,
     BaselineState,
     LoopDetector,
@@ -102,7 +102,7 @@ def test_signature_is_the_same_in_another_process() -> None:
     args = [{"prompt": "hi  there", "n": 2.5, "tags": ["x", "y"]}]
     here = call_signature("call_llm", args)
     code = (
-        "import json, sys; from temporal_governor.detectors import call_signature; "
+        "import json, sys; from temporal_governor.core.detectors import call_signature; "
         "print(call_signature('call_llm', json.loads(sys.argv[1])))"
     )
     there = subprocess.run(
@@ -117,7 +117,7 @@ def test_signature_is_the_same_in_another_process() -> None:
 
 def test_a_model_with_a_set_field_hashes_alike_under_any_hash_seed() -> None:
     code = (
-        "from pydantic import BaseModel; from temporal_governor.detectors import call_signature\n"
+        "from pydantic import BaseModel; from temporal_governor.core.detectors import call_signature\n"
         "class Q(BaseModel):\n    tags: set[str]\n"
         "print(call_signature('t', [Q(tags={'news', 'sports', 'weather', 'tech'})]))"
     )

@@ -10,21 +10,24 @@ from pathlib import Path
 import pytest
 
 from temporal_governor.control import Keyring, KeyringError
-from temporal_governor.decisions import DecisionRecord
-from temporal_governor.evidence import (
+from temporal_governor.core.decisions import DecisionRecord
+from temporal_governor.review import (
+    BundleCheck,
+    EvidenceError,
+    load_histories,
+    replay_bundle,
+    review,
+    verify_bundle,
+    write_bundle,
+)
+from temporal_governor.review._evidence import (
     DECISIONS,
     MANIFEST,
     REPORT_HTML,
     REPORT_JSON,
-    BundleCheck,
-    EvidenceError,
     Problem,
     chain,
-    replay_bundle,
-    verify_bundle,
-    write_bundle,
 )
-from temporal_governor.replay import load_histories, review
 from test_replay import POLICY, WORKFLOWS, runaway  # noqa: F401  (the module-scoped fixture)
 
 # the session's control keys ($TEMPORAL_GOVERNOR_KEYS, set by conftest), as the CLI reads them

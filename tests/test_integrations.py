@@ -68,7 +68,7 @@ from temporal_governor import (
     GovernorPlugin,
     Policy,
 )
-from temporal_governor.degradation import rewrite_arguments
+from temporal_governor.core.degradation import rewrite_arguments
 from temporal_governor.integrations import (
     OPENAI_AGENTS_MODEL_ACTIVITIES,
     pydantic_ai_model_activities,

@@ -10,17 +10,10 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from temporal_governor.decisions import DecisionRecord
+from temporal_governor.core.decisions import DecisionRecord
 from temporal_governor.errors import BreachDetails, ChainLink
-from temporal_governor.render import render_html, render_terminal
-from temporal_governor.report import (
-    CausalChain,
-    IncidentReport,
-    RunNode,
-    SpendPoint,
-    SpendRow,
-    SpendSeries,
-)
+from temporal_governor.review import IncidentReport, render_html, render_terminal
+from temporal_governor.review._report import CausalChain, RunNode, SpendPoint, SpendRow, SpendSeries
 
 T0 = datetime(2025, 3, 14, 9, 30, 0, tzinfo=UTC)
 ROOT_ID = "incident-42"

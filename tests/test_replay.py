@@ -14,8 +14,7 @@ from temporalio.client import WorkflowFailureError
 from conftest import ROOT
 from temporal_governor import BUDGET_QUERY, BreachDetails, BudgetSnapshot, Policy, attribution
 from temporal_governor.cli import main as cli
-from temporal_governor.replay import fetch_tree, load_histories, review
-from temporal_governor.report import IncidentReport
+from temporal_governor.review import IncidentReport, fetch_tree, load_histories, review
 from workflows import ChangedPlanner
 
 DEMO_POLICY = (ROOT / "examples" / "governance.yaml").read_text()

@@ -122,8 +122,6 @@ class RetriesAfterLostAttempt:
         )
 
 
-
-
 # -- 3. a child's own BudgetExceeded-typed failure hides what it spent -------------------
 
 
@@ -170,8 +168,6 @@ class ParentOfAFaker:
         return ran
 
 
-
-
 @workflow.defn(sandboxed=False)
 class Greedy:
     """Spends 100 at a time until its own ceiling halts it."""
@@ -216,8 +212,6 @@ class ParentOfAPasser:
             )
 
 
-
-
 # -- 5. an activity still running when its run completes ----------------------------------
 
 SPENT: list[int] = []
@@ -260,8 +254,6 @@ class RunsFireAndForgetChildren:
         return done
 
 
-
-
 # -- 6. an async-completed activity's reported usage --------------------------------------
 
 TOKENS: list[bytes] = []
@@ -284,8 +276,6 @@ class AwaitsAsyncCompletion:
         )
 
 
-
-
 # -- 7. ledger updates from anyone ---------------------------------------------------------
 
 
@@ -295,8 +285,6 @@ class Naps:
     async def run(self, seconds: float) -> str:
         await workflow.sleep(seconds)
         return "awake"
-
-
 
 
 # -- 8. the ledger's packed state: baselines are outside its size budget ------------------
@@ -311,7 +299,7 @@ def test_spend_baselines_cannot_push_the_packed_state_past_its_budget() -> None:
     payload limit, so the ledger's next continue-as-new is refused (issue C again)."""
     import random
 
-    from temporal_governor.book import MAX_PACKED_BYTES, LedgerBook, ObserveRequest
+    from temporal_governor.core.book import MAX_PACKED_BYTES, LedgerBook, ObserveRequest
 
     rnd = random.Random(7)
     book = LedgerBook()
@@ -330,7 +318,7 @@ async def test_observe_updates_from_a_plain_client_do_not_wedge_the_ledger(gover
     every attempt and every governed run with a shared limit stops (fail-closed)."""
     import random
 
-    from temporal_governor.workflows import LEDGER_WORKFLOW
+    from temporal_governor.ledger import LEDGER_WORKFLOW
 
     p = policy("tenants: { acme: { quotas: { max_tokens: 1000 } } }")
     rnd = random.Random(7)
@@ -399,10 +387,6 @@ class StartsAndReturns:
         return "done"
 
 
-
-
-
-
 # -- 10. the keeper wakes a run forever, with nothing left to renew -----------------------
 
 
@@ -417,8 +401,6 @@ class OneCallThenIdle:
         )
         await workflow.sleep(idle_s)
         return "done"
-
-
 
 
 # -- 11. a retry's own heartbeat drops the earlier attempts' usage ------------------------
@@ -474,14 +456,14 @@ def test_a_ledger_back_under_its_size_budget_grants_again() -> None:
     import random
     import string
 
-    from temporal_governor.book import (
+    from temporal_governor.core.book import (
         CAPACITY_LIMIT,
         MAX_PACKED_BYTES,
         LedgerBook,
         ReleaseRunRequest,
         ReserveRequest,
     )
-    from temporal_governor.scopes import SharedLimit
+    from temporal_governor.core.scopes import SharedLimit
 
     rnd = random.Random(3)
     limit = SharedLimit(name="t.max_tokens", scope="tenant:t", resource="tokens", ceiling=1e12)
@@ -566,8 +548,6 @@ class _ClaimsATenant(Interceptor):
         return Inbound
 
 
-
-
 # -- 13. an activity cancelled after it reported -----------------------------------------
 
 
@@ -598,5 +578,3 @@ class GivesUpOnIt:
         with contextlib.suppress(Exception):
             await handle
         return "gave up"
-
-

@@ -266,8 +266,8 @@ shared: { leases: false, continue_as_new_after: 6 }
 async def test_unsettled_reservations_expire_charged_in_full_and_a_late_settle_corrects(
     governed, env
 ) -> None:
-    from temporal_governor.scopes import shared_limits
-    from temporal_governor.workflows import LEDGER_WORKFLOW
+    from temporal_governor.core.scopes import shared_limits
+    from temporal_governor.ledger import LEDGER_WORKFLOW
 
     p = policy("tenants: { default: { quotas: { max_tokens: 1000 } } }")
     async with governed(p, WORKFLOWS, ACTIVITIES) as g:
@@ -414,7 +414,11 @@ async def test_a_ledger_that_cannot_go_on_stops_runs_at_once_with_a_clear_error(
                 await asyncio.wait_for(g.run(Spender.run, Steps(tokens=[10])), 60)
         await env.client.get_workflow_handle(p.shared.ledger_id).terminate()
     details = BreachDetails.from_error(failure.value)
-    assert details is not None, (failure.value.cause.type, failure.value.cause.details, failure.value.cause.cause)
+    assert details is not None, (
+        failure.value.cause.type,
+        failure.value.cause.details,
+        failure.value.cause.cause,
+    )
     assert details.limit == "shared.ledger_unavailable"
     assert p.shared.ledger_id in details.scope
     assert "cannot make progress" in failure.value.cause.message
@@ -424,8 +428,8 @@ async def test_the_ledger_continues_as_new_with_a_thousand_tenants_and_loses_not
     governed,
 ) -> None:
     """2,000 updates over 1,000 tenants through a ledger that continues as new every 150."""
-    from temporal_governor.scopes import shared_limits
-    from temporal_governor.workflows import LEDGER_WORKFLOW
+    from temporal_governor.core.scopes import shared_limits
+    from temporal_governor.ledger import LEDGER_WORKFLOW
 
     p = policy(
         "tenants: { default: { quotas: { max_tokens: 1000, max_tokens_per_hour: 900 } } }\n"

@@ -129,7 +129,7 @@ async def test_a_cancel_that_arrives_during_the_final_release_leaves_nothing_ope
     the run then completes (the cancel request is swallowed) and its lease stays open in
     the ledger until the TTL, when it is charged in full (a whole lease, not what was used).
     """
-    from temporal_governor.activities import _ledger as ledger_activity
+    from temporal_governor.ledger import _ledger as ledger_activity
 
     p = policy(
         """
@@ -221,7 +221,7 @@ def test_stored_fleet_controls_are_refused_before_they_pass_the_payload_limit() 
     """1,000 scopes x (kill, resume) x 16 KiB each would pack to ~20 MB (the ledger verifies
     nothing it stores, any client can send `control`): the ledger refuses the ones past its
     byte budget, and its state stays far below the payload limit."""
-    from temporal_governor.book import (
+    from temporal_governor.core.book import (
         MAX_CONTROL_BYTES,
         CapacityError,
         ControlRecordRequest,
@@ -248,13 +248,13 @@ def test_incompressible_counters_are_refused_before_they_pass_the_payload_limit(
     and limit name. 7,000 of them (the cap is 50,000) would pass the payload limit: past the
     book's packed budget a reservation needing a new counter is refused (`ledger.capacity`),
     and one on existing counters still goes through."""
-    from temporal_governor.book import (
+    from temporal_governor.core.book import (
         CAPACITY_LIMIT,
         LedgerBook,
         ReserveRequest,
         SettleRequest,
     )
-    from temporal_governor.scopes import SharedLimit
+    from temporal_governor.core.scopes import SharedLimit
 
     book = LedgerBook()
     granted: list[SharedLimit] = []
@@ -277,7 +277,9 @@ def test_incompressible_counters_are_refused_before_they_pass_the_payload_limit(
     size = len(book.pack()["packed"])
     assert size < PAYLOAD_LIMIT * 0.75, f"packed ledger state {size / 1e6:.1f} MB"
     # over its budget the book refuses any growth, a reservation on known counters too
-    again = ReserveRequest(key="again/a#1", run="again", amounts={"tokens": 1.0}, limits=[granted[0]])
+    again = ReserveRequest(
+        key="again/a#1", run="again", amounts={"tokens": 1.0}, limits=[granted[0]]
+    )
     refusal = book.reserve(again, 1.0).refusal
     assert refusal is not None and refusal.limit == CAPACITY_LIMIT
 

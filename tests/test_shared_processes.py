@@ -37,7 +37,7 @@ from temporal_governor import (
     Policy,
     attribution,
 )
-from temporal_governor.workflows._ledger import LEDGER_WORKFLOW, MALFORMED_UPDATE
+from temporal_governor.ledger._workflow import LEDGER_WORKFLOW, MALFORMED_UPDATE
 from workflows import ALL_ACTIVITIES, ALL_WORKFLOWS, SlowSpender, Spender, Steps
 
 PROCESS_WORKFLOWS = [*ALL_WORKFLOWS, SlowSpender]

@@ -25,7 +25,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from conftest import RECORDED, Recorded
 from temporal_governor import GovernanceInterceptor, Policy, attribution
-from temporal_governor.decisions import DecisionRecord, DecisionSink
+from temporal_governor.core.decisions import DecisionRecord, DecisionSink
 from temporal_governor.telemetry import OpenTelemetrySink
 from workflows import ALL_ACTIVITIES, ALL_WORKFLOWS, Priced, Spender, Steps
 

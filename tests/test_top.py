@@ -73,9 +73,7 @@ def test_counter_rows_percent_used_left_tenant_filter_and_ended_windows() -> Non
         counter("tenant:acme", "concurrency", reserved=3, ceiling=4),
         counter("global", "tokens", committed=7),
         # the ledger's clock stood still: this minute window ended 90 s ago
-        counter(
-            "tenant:acme", "tokens", window_s=60.0, window_start=now - 30 - 120, committed=99
-        ),
+        counter("tenant:acme", "tokens", window_s=60.0, window_start=now - 30 - 120, committed=99),
     ]
     rows = {(r.scope, r.resource, r.window_s): r for r in counter_rows(counters, now)}
     acme = rows[("tenant:acme", "tokens", None)]
@@ -120,7 +118,9 @@ def test_burn_measured_between_frames_follows_window_restarts() -> None:
     def frame(now: float, total: float, window_start: float, in_window: float) -> dict:
         counters = [
             counter("tenant:a", "tokens", committed=total),
-            counter("tenant:w", "tokens", window_s=60.0, window_start=window_start, committed=in_window),
+            counter(
+                "tenant:w", "tokens", window_s=60.0, window_start=window_start, committed=in_window
+            ),
         ]
         rows = counter_rows(counters, now)
         tracker.observe(rows, now)
@@ -155,7 +155,14 @@ def test_burn_measured_between_frames_follows_window_restarts() -> None:
 def test_runs_from_counts_splits_statuses_into_governor_states() -> None:
     row = runs_from_counts(
         "acme",
-        {"Running": 5, "Completed": 7, "Failed": 6, "Terminated": 1, "TimedOut": 1, "ContinuedAsNew": 9},
+        {
+            "Running": 5,
+            "Completed": 7,
+            "Failed": 6,
+            "Terminated": 1,
+            "TimedOut": 1,
+            "ContinuedAsNew": 9,
+        },
         paused=2,
         breached=3,
         killed=1,

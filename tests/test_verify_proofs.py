@@ -12,11 +12,11 @@ import json
 
 import pytest
 
-from temporal_governor import accounting, book
-from temporal_governor.accounting import _EPSILON, FLOAT_OPS, Amounts, Limit, Ops, RunLedger
-from temporal_governor.book import LedgerBook, ReserveRequest, SettleRequest
+from temporal_governor.core import accounting, book
+from temporal_governor.core.accounting import _EPSILON, FLOAT_OPS, Amounts, Limit, Ops, RunLedger
+from temporal_governor.core.book import LedgerBook, ReserveRequest, SettleRequest
+from temporal_governor.core.scopes import SharedLimit
 from temporal_governor.interceptors import _run
-from temporal_governor.scopes import SharedLimit
 from temporal_governor.verify._proofs import (
     PROPERTIES,
     Counterexample,

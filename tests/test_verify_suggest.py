@@ -20,7 +20,7 @@ from conftest import RECORDED, ROOT, Recorded
 from temporal_governor import GovernorPlugin, Policy, attribution
 from temporal_governor import cli as cli_module
 from temporal_governor.cli import main as cli
-from temporal_governor.replay import fetch_tree, load_histories, review
+from temporal_governor.review import fetch_tree, load_histories, review
 from temporal_governor.verify import (
     Dimension,
     DispatchPoint,

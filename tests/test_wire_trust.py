@@ -39,7 +39,6 @@ from temporal_governor import (
     Usage,
     attribution,
 )
-from temporal_governor.accounting import Amounts
 from temporal_governor.context import (
     HEADER,
     MAX_CHAIN,
@@ -56,6 +55,7 @@ from temporal_governor.context import (
     verified_attribution,
 )
 from temporal_governor.control import Keyring
+from temporal_governor.core.accounting import Amounts
 from temporal_governor.errors import INVALID_USAGE, ChainLink, InvalidUsage
 from temporal_governor.interceptors._wire import (
     USAGE_MARKER_KEY,

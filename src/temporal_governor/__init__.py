@@ -14,7 +14,6 @@ Example::
         await client.execute_workflow(Planner.run, goal, id="run-1", task_queue="agents")
 """
 
-from .accounting import Amounts, GovernanceEvent, LimitState
 from .context import (
     Attribution,
     BudgetContext,
@@ -23,7 +22,7 @@ from .context import (
     current_decision,
     estimate,
 )
-from .control import (
+from .control._messages import (
     BACKPRESSURE_SIGNAL,
     CONTROL_QUERY,
     KILL_SIGNAL,
@@ -36,8 +35,9 @@ from .control import (
     OverrideMessage,
     ResumeMessage,
 )
-from .decisions import DecisionRecord, DecisionSink
-from .degradation import Decision
+from .core.accounting import Amounts, GovernanceEvent, LimitState
+from .core.decisions import DecisionRecord, DecisionSink
+from .core.degradation import Decision
 from .errors import (
     BUDGET_EXCEEDED,
     GOVERNANCE_KILLED,
@@ -65,7 +65,7 @@ from .interceptors import (
 )
 from .plugin import GovernorPlugin, register_search_attributes
 from .policy import Policy
-from .report import IncidentReport
+from .review._report import IncidentReport
 from .telemetry import OpenTelemetrySink
 from .usage import Usage, emit_backpressure, report_usage
 

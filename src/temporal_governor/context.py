@@ -40,10 +40,10 @@ from pydantic import (
 )
 from temporalio.api.common.v1 import Payload
 
-from .accounting import RESOURCES, Amounts
-from .control import Keyring, KillMessage
-from .degradation import Decision
-from .detectors import BucketState, LoopState
+from .control._messages import Keyring, KillMessage
+from .core.accounting import RESOURCES, Amounts
+from .core.degradation import Decision
+from .core.detectors import BucketState, LoopState
 from .errors import ChainLink, validation_problems
 
 HEADER = "temporal-governor"

@@ -20,10 +20,10 @@ from temporalio.worker import Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from .activities import ledger_call
-from .control import Keyring
-from .decisions import DecisionSink
+from .control._messages import Keyring
+from .core.decisions import DecisionSink
 from .interceptors import GovernanceInterceptor, UnmarkedRuns
-from .interceptors._visibility import STATE_ATTRIBUTE, TENANT_ATTRIBUTE
+from .names import STATE_ATTRIBUTE, TENANT_ATTRIBUTE
 from .policy import Policy
 from .telemetry import OpenTelemetrySink
 from .workflows import GovernorLedger

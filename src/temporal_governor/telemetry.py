@@ -36,7 +36,7 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
-from .decisions import DecisionRecord
+from .core.decisions import DecisionRecord
 
 INSTRUMENTATION_NAME = "temporal_governor"
 """Name of the tracer and the meter the sink uses."""

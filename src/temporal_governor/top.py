@@ -53,8 +53,8 @@ from rich.text import Text
 from temporalio.client import Client, WorkflowExecution, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from .control import CONTROL_QUERY
-from .interceptors._visibility import MEMO_KEY, STATE_ATTRIBUTE, TENANT_ATTRIBUTE
+from .control._messages import CONTROL_QUERY
+from .names import MEMO_KEY, STATE_ATTRIBUTE, TENANT_ATTRIBUTE
 
 RUN_STATES = ("running", "paused", "completed", "failed", "breached", "killed", "ended_otherwise")
 """The columns of the runs table, in order. ``ended_otherwise``: runs that closed without

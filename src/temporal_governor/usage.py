@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .accounting import Amounts
+from .core.accounting import Amounts
 from .errors import InvalidUsage
 
 MAX_TOKENS = 10**15

@@ -1,5 +1,5 @@
-"""Activities of the governor itself: what the ledger needs outside workflow code."""
+"""Deprecated alias of :mod:`temporal_governor.ledger` (kept for 0.1 imports)."""
 
-from ._ledger import LEDGER_ACTIVITY, LedgerCall, ledger_call
+from ..ledger import LEDGER_ACTIVITY, LedgerCall, ledger_call
 
 __all__ = ["LEDGER_ACTIVITY", "LedgerCall", "ledger_call"]

@@ -7,14 +7,15 @@ from collections.abc import Sequence
 import temporalio.client
 import temporalio.worker
 
-from ..control import Keyring
-from ..decisions import DecisionSink
+from ..control._messages import Keyring
+from ..core.decisions import DecisionSink
+from ..names import BUDGET_QUERY
 from ..policy import Policy
 from ._activity import GovernedActivityInbound, _LocalCarry
 from ._client import GovernedClientOutbound
 from ._control import ActiveBackpressure, ControlStatus, current_backpressure
 from ._guard import PRIORITY_KEYS
-from ._run import BUDGET_QUERY, BudgetSnapshot
+from ._run import BudgetSnapshot
 from ._versions import GOVERNED_PATCH, UnmarkedRuns
 from ._workflow import GovernedWorkflowInbound
 

@@ -24,9 +24,9 @@ from ..context import (
     sign_attribution,
     with_context,
 )
-from ..control import Keyring, KeyringError
+from ..control._messages import Keyring, KeyringError
+from ..ledger._workflow import LEDGER_WORKFLOW
 from ..policy import Policy
-from ..workflows._ledger import LEDGER_WORKFLOW
 
 _LOOKUP_TIMEOUT = timedelta(seconds=2)
 _logger = logging.getLogger(__name__)

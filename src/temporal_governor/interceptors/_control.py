@@ -24,8 +24,7 @@ import temporalio.workflow
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from temporalio.common import RawValue
 
-from ..accounting import Limit
-from ..control import (
+from ..control._messages import (
     BACKPRESSURE_SIGNAL,
     CONTROL_QUERY,
     KILL_SIGNAL,
@@ -45,8 +44,9 @@ from ..control import (
     encode_message,
     overridable,
 )
+from ..core.accounting import Limit
 from ..errors import KILL_LIMIT, BreachDetails
-from ._visibility import STATE_ATTRIBUTE
+from ..names import STATE_ATTRIBUTE
 
 if TYPE_CHECKING:
     from ._run import GovernedRun

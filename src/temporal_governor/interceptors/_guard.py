@@ -15,9 +15,9 @@ import temporalio.common
 import temporalio.workflow
 from temporalio.exceptions import ApplicationError
 
-from ..accounting import EventKind, Refusal
-from ..degradation import Decision
-from ..detectors import (
+from ..core.accounting import EventKind, Refusal
+from ..core.degradation import Decision
+from ..core.detectors import (
     AnomalyRule,
     LoopDetector,
     LoopRules,

@@ -11,18 +11,6 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import temporalio.workflow
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..accounting import (
-    FLOAT_OPS,
-    RESOURCES,
-    ZERO,
-    Amounts,
-    GovernanceEvent,
-    Limit,
-    LimitState,
-    Ops,
-    Refusal,
-    RunLedger,
-)
 from ..context import (
     DEFAULT_TENANT,
     HEADER,
@@ -35,20 +23,29 @@ from ..context import (
     trusted_context,
     verified_attribution,
 )
-from ..control import Keyring
-from ..decisions import DecisionRecord, DecisionSink, DispatchKind
+from ..control._messages import Keyring
+from ..core.accounting import (
+    FLOAT_OPS,
+    RESOURCES,
+    ZERO,
+    Amounts,
+    GovernanceEvent,
+    Limit,
+    LimitState,
+    Ops,
+    Refusal,
+    RunLedger,
+)
+from ..core.decisions import DecisionRecord, DecisionSink, DispatchKind
+from ..core.scopes import SharedLimit
 from ..errors import BreachDetails, BudgetExceeded, ChainLink, GovernanceKilled, RunawayLoop
 from ..policy import PER_TASK_LIMITS, Policy
-from ..scopes import SharedLimit
 from ._guard import RunGuard, evidence_numbers
 from ._shared import SharedBudget
 
 if TYPE_CHECKING:
-    from ..detectors import Verdict
+    from ..core.detectors import Verdict
     from ._control import ControlPlane, ControlRecord
-
-BUDGET_QUERY = "governor.budget"
-"""Name of the query every governed workflow answers with a :class:`BudgetSnapshot`."""
 
 _RESOURCE_TO_LIMIT_NAME = {resource: name for name, resource in PER_TASK_LIMITS.items()}
 _CARVED = ("tokens", "cost_usd", "tool_calls", "child_workflows")

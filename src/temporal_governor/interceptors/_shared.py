@@ -22,11 +22,11 @@ import temporalio.workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
-from ..accounting import Refusal
-from ..activities._ledger import LEDGER_ACTIVITY, LEDGER_UNAVAILABLE, LedgerCall
-from ..book import CAPACITY_LIMIT
-from ..scopes import Dispatch, SharedLimit, shared_limits
-from ..workflows._ledger import MALFORMED_UPDATE, MAX_SETTLEMENTS, ReserveResult
+from ..core.accounting import Refusal
+from ..core.book import CAPACITY_LIMIT
+from ..core.scopes import Dispatch, SharedLimit, shared_limits
+from ..ledger._activity import LEDGER_ACTIVITY, LEDGER_UNAVAILABLE, LedgerCall
+from ..ledger._workflow import MALFORMED_UPDATE, MAX_SETTLEMENTS, ReserveResult
 from ._versions import (
     LEASE_LOCK_PATCH,
     ONE_LEDGER_CALL_PATCH,

@@ -29,8 +29,6 @@ from temporalio.worker import (
 )
 from temporalio.workflow import ParentClosePolicy
 
-from ..accounting import Amounts
-from ..activities._ledger import LEDGER_ACTIVITY
 from ..context import (
     BudgetContext,
     decode_context,
@@ -39,9 +37,10 @@ from ..context import (
     register_workflow_context,
     with_context,
 )
-from ..control import Keyring
-from ..decisions import DecisionSink
-from ..degradation import rewrite_arguments
+from ..control._messages import Keyring
+from ..core.accounting import Amounts
+from ..core.decisions import DecisionSink
+from ..core.degradation import rewrite_arguments
 from ..errors import (
     BUDGET_EXCEEDED,
     GOVERNANCE_KILLED,
@@ -49,11 +48,13 @@ from ..errors import (
     BreachDetails,
     BudgetExceeded,
 )
+from ..ledger._activity import LEDGER_ACTIVITY
+from ..ledger._workflow import LEDGER_WORKFLOW
+from ..names import BUDGET_QUERY, MEMO_KEY, STATE_ATTRIBUTE, TENANT_ATTRIBUTE
 from ..policy import Estimate, Policy
 from ..usage import Usage
-from ..workflows._ledger import LEDGER_WORKFLOW
 from ._control import ControlPlane, forget_plane, register_plane
-from ._run import BUDGET_QUERY, CHILD_KEY_PREFIX, GovernedRun
+from ._run import CHILD_KEY_PREFIX, GovernedRun
 from ._shared import Ticket
 from ._versions import (
     CANCEL_PATCH,
@@ -63,7 +64,6 @@ from ._versions import (
     UnmarkedRuns,
     lineage,
 )
-from ._visibility import MEMO_KEY, STATE_ATTRIBUTE, TENANT_ATTRIBUTE
 from ._wire import (
     USAGE_METADATA_KEY,
     attach_usage,

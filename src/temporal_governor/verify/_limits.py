@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+from ..core.scopes import WINDOWS
 from ..policy import PER_TASK_LIMITS, LimitSpec, Policy, Quotas, SharedQuotas, _render
-from ..scopes import WINDOWS
 
 ScopeKind = Literal["task", "agent", "tenant", "owner", "global"]
 

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .. import accounting, book
-from ..accounting import Ops
+from ..core import accounting, book
+from ..core.accounting import Ops
 from ..interceptors import _run
 from ._solver import load_z3
 

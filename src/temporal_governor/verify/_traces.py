@@ -15,9 +15,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from ..decisions import DecisionRecord
+from ..core.decisions import DecisionRecord
 from ..policy import PER_TASK_LIMITS, LimitSpec, Policy
-from ..report import IncidentReport
+from ..review._report import IncidentReport
 from ._suggest import (
     DEFAULT_MARGIN,
     Dimension,

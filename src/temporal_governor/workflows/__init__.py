@@ -1,6 +1,6 @@
-"""Workflows of the governor itself: the ledger of scopes shared across runs."""
+"""Deprecated alias of :mod:`temporal_governor.ledger` (kept for 0.1 imports)."""
 
-from ._ledger import (
+from ..ledger import (
     LEDGER_WORKFLOW,
     GovernorLedger,
     LedgerRefusal,

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
-from ..book import (
+from ..core.book import (
     MAX_SETTLEMENTS,
     MAX_TTL_S,
     BaselineRequest,

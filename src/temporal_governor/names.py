@@ -1,4 +1,4 @@
-"""What governed runs show in Temporal's visibility store: search attributes and memo."""
+"""Names a governed run shows outside: its budget query, search attributes and memo."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ TENANT_ATTRIBUTE = SearchAttributeKey.for_keyword("GovernorTenant")
 STATE_ATTRIBUTE = SearchAttributeKey.for_keyword("GovernorState")
 """Search attribute: ``running``, ``paused``, ``completed``, ``failed``, ``breached`` or
 ``killed``."""
+BUDGET_QUERY = "governor.budget"
+"""Name of the query every governed workflow answers with a budget snapshot."""
 MEMO_KEY = "governor"
 """Memo key of a governed run's spend summary."""
 
-__all__ = ["MEMO_KEY", "STATE_ATTRIBUTE", "TENANT_ATTRIBUTE"]
+__all__ = ["BUDGET_QUERY", "MEMO_KEY", "STATE_ATTRIBUTE", "TENANT_ATTRIBUTE"]

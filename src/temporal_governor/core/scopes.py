@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .policy import LimitSpec, Policy, SharedQuotas
+from ..policy import LimitSpec, Policy, SharedQuotas
 
 SharedResource = Literal["tokens", "cost_usd", "tool_calls", "subtasks", "concurrency"]
 

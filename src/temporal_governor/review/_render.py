@@ -25,10 +25,10 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from .accounting import RESOURCES, EventKind
-from .decisions import DecisionRecord
-from .policy import PER_TASK_LIMITS
-from .report import CausalChain, IncidentReport, RunNode, SpendRow, SpendSeries
+from ..core.accounting import RESOURCES, EventKind
+from ..core.decisions import DecisionRecord
+from ..policy import PER_TASK_LIMITS
+from ._report import CausalChain, IncidentReport, RunNode, SpendRow, SpendSeries
 
 _TIMELINE_ALL = 60
 """Timelines up to this many decisions are shown whole."""

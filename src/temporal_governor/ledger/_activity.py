@@ -25,7 +25,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from ..workflows._ledger import LEDGER_FULL, LEDGER_WORKFLOW, MALFORMED_UPDATE, LedgerState
+from ._workflow import LEDGER_FULL, LEDGER_WORKFLOW, MALFORMED_UPDATE, LedgerState
 
 LEDGER_ACTIVITY = "temporal_governor.ledger"
 """Activity type of :func:`ledger_call`; the governor never governs its own activities."""

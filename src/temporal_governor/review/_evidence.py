@@ -44,13 +44,13 @@ from typing import IO, Annotated, Any, BinaryIO
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 from temporalio.client import WorkflowHistory
 
-from .control import Keyring, KeyringError
-from .decisions import DecisionRecord
-from .errors import GovernorError
-from .policy import Policy
-from .render import render_html
-from .replay import ReviewError, _run_id_of, review
-from .report import IncidentReport
+from ..control._messages import Keyring, KeyringError
+from ..core.decisions import DecisionRecord
+from ..errors import GovernorError
+from ..policy import Policy
+from ._render import render_html
+from ._replay import ReviewError, _run_id_of, review
+from ._report import IncidentReport
 
 FORMAT = "temporal-governor-evidence"
 """The manifest's ``format``."""

@@ -34,9 +34,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from temporalio.api.common.v1 import Payload
 from temporalio.common import RawValue
 
-from . import book
-from .errors import GovernorError, validation_problems
-from .policy import PER_TASK_LIMITS, ControlSettings, Policy
+from ..core import book
+from ..errors import GovernorError, validation_problems
+from ..policy import PER_TASK_LIMITS, ControlSettings, Policy
 
 KILL_SIGNAL = "governor.kill"
 """Signal: stop a run (``pause`` until an authorised resume, or ``terminate``)."""

@@ -10,8 +10,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .decisions import DecisionRecord
-from .errors import BreachDetails
+from ..core.decisions import DecisionRecord
+from ..errors import BreachDetails
 
 REPORT_SCHEMA_VERSION = 1
 """Bumped whenever a field of :class:`IncidentReport` changes meaning or disappears."""
