@@ -23,17 +23,10 @@ from temporalio.worker import Worker
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from examples.agents import Executor, Planner, PlanRequest, call_llm, vector_search
-from temporal_governor import (
-    BUDGET_QUERY,
-    CONTROL_QUERY,
-    BreachDetails,
-    BudgetSnapshot,
-    GovernorPlugin,
-    Policy,
-    attribution,
-)
-from temporal_governor.control import ControlClient, ControlTarget
+from temporal_governor import BreachDetails, GovernorPlugin, Policy, attribution
+from temporal_governor.control import CONTROL_QUERY, ControlClient, ControlTarget
 from temporal_governor.review import fetch_tree, render_html, review
+from temporal_governor.workflow import BUDGET_QUERY, BudgetSnapshot
 
 POLICY = Path(__file__).with_name("governance.yaml")
 OUT = Path(__file__).resolve().parent.parent / "out"

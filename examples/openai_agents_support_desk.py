@@ -182,7 +182,8 @@ async def main() -> int:
     # late imports: the workflow sandbox re-imports this file and needs none of these
     from temporalio.openai_agents import ModelActivityParameters, OpenAIAgentsPlugin
 
-    from temporal_governor import BUDGET_QUERY, BreachDetails, GovernorPlugin, Policy
+    from temporal_governor import BreachDetails, GovernorPlugin, Policy
+    from temporal_governor.workflow import BUDGET_QUERY
 
     policy = Policy.from_yaml(POLICY)
     quiet = Runtime(

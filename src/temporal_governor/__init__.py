@@ -12,114 +12,119 @@ Example::
     client = await Client.connect("localhost:7233", plugins=[GovernorPlugin(policy)])
     with attribution(tenant="acme", owner="alice@acme"):
         await client.execute_workflow(Planner.run, goal, id="run-1", task_queue="agents")
+
+The root holds what an application registers and catches: the plugin, the policy, the
+attribution of runs and the errors. The rest is grouped by job, in submodules:
+
+- :mod:`temporal_governor.activity`: what activity code calls (``report_usage``,
+  ``emit_backpressure``, ``current_decision``).
+- :mod:`temporal_governor.workflow`: what workflow code calls (``estimate``,
+  ``current_attribution``, ``current_backpressure``) and what a governed run answers to
+  its budget query.
+- :mod:`temporal_governor.control`: the control client and its signed messages.
+- :mod:`temporal_governor.review`: incident review, its renderers and evidence bundles.
+- :mod:`temporal_governor.ledger`: the shared ledger's workflow and activity.
+- :mod:`temporal_governor.telemetry`: the OpenTelemetry sink and the decision records every
+  sink receives.
+- :mod:`temporal_governor.errors`: the failure type names (``BUDGET_EXCEEDED`` ...) and
+  the error details.
+
+The other names the root used to export still import from here for one more release,
+with a ``DeprecationWarning`` that names their new home.
 """
 
-from .context import (
-    Attribution,
-    BudgetContext,
-    attribution,
-    current_attribution,
-    current_decision,
-    estimate,
-)
-from .control._messages import (
-    BACKPRESSURE_SIGNAL,
-    CONTROL_QUERY,
-    KILL_SIGNAL,
-    OVERRIDE_SIGNAL,
-    RESUME_SIGNAL,
-    BackpressureMessage,
-    Keyring,
-    KeyringError,
-    KillMessage,
-    OverrideMessage,
-    ResumeMessage,
-)
-from .core.accounting import Amounts, GovernanceEvent, LimitState
-from .core.decisions import DecisionRecord, DecisionSink
-from .core.degradation import Decision
+import importlib as _importlib
+import typing as _typing
+import warnings as _warnings
+
+from .context import Attribution, attribution
 from .errors import (
-    BUDGET_EXCEEDED,
-    GOVERNANCE_KILLED,
-    INVALID_USAGE,
-    RUNAWAY_LOOP,
-    TOOL_DISABLED,
     BreachDetails,
     BudgetExceeded,
-    ChainLink,
     GovernanceKilled,
     GovernorError,
     InvalidUsage,
     PolicyError,
-    PolicyIssue,
     RunawayLoop,
-)
-from .interceptors import (
-    BUDGET_QUERY,
-    PRIORITY_KEYS,
-    ActiveBackpressure,
-    BudgetSnapshot,
-    ControlStatus,
-    GovernanceInterceptor,
-    current_backpressure,
 )
 from .plugin import GovernorPlugin, register_search_attributes
 from .policy import Policy
-from .review._report import IncidentReport
-from .telemetry import OpenTelemetrySink
-from .usage import Usage, emit_backpressure, report_usage
 
 __all__ = [
-    "BACKPRESSURE_SIGNAL",
-    "BUDGET_EXCEEDED",
-    "BUDGET_QUERY",
-    "CONTROL_QUERY",
-    "GOVERNANCE_KILLED",
-    "INVALID_USAGE",
-    "KILL_SIGNAL",
-    "OVERRIDE_SIGNAL",
-    "PRIORITY_KEYS",
-    "RESUME_SIGNAL",
-    "RUNAWAY_LOOP",
-    "TOOL_DISABLED",
-    "ActiveBackpressure",
-    "Amounts",
     "Attribution",
-    "BackpressureMessage",
     "BreachDetails",
-    "BudgetContext",
     "BudgetExceeded",
-    "BudgetSnapshot",
-    "ChainLink",
-    "ControlStatus",
-    "Decision",
-    "DecisionRecord",
-    "DecisionSink",
-    "GovernanceEvent",
-    "GovernanceInterceptor",
     "GovernanceKilled",
     "GovernorError",
     "GovernorPlugin",
-    "IncidentReport",
     "InvalidUsage",
-    "Keyring",
-    "KeyringError",
-    "KillMessage",
-    "LimitState",
-    "OpenTelemetrySink",
-    "OverrideMessage",
     "Policy",
     "PolicyError",
-    "PolicyIssue",
-    "ResumeMessage",
     "RunawayLoop",
-    "Usage",
     "attribution",
-    "current_attribution",
-    "current_backpressure",
-    "current_decision",
-    "emit_backpressure",
-    "estimate",
     "register_search_attributes",
-    "report_usage",
 ]
+
+_MOVED: dict[str, str] = {
+    # what workflow code uses, and what a governed run answers to a client
+    "BUDGET_QUERY": "temporal_governor.workflow",
+    "ActiveBackpressure": "temporal_governor.workflow",
+    "BudgetContext": "temporal_governor.workflow",
+    "BudgetSnapshot": "temporal_governor.workflow",
+    "ControlStatus": "temporal_governor.workflow",
+    "current_attribution": "temporal_governor.workflow",
+    "current_backpressure": "temporal_governor.workflow",
+    "estimate": "temporal_governor.workflow",
+    # what activity code uses
+    "Decision": "temporal_governor.activity",
+    "Usage": "temporal_governor.activity",
+    "current_decision": "temporal_governor.activity",
+    "emit_backpressure": "temporal_governor.activity",
+    "report_usage": "temporal_governor.activity",
+    # the control plane
+    "BACKPRESSURE_SIGNAL": "temporal_governor.control",
+    "CONTROL_QUERY": "temporal_governor.control",
+    "KILL_SIGNAL": "temporal_governor.control",
+    "OVERRIDE_SIGNAL": "temporal_governor.control",
+    "RESUME_SIGNAL": "temporal_governor.control",
+    "BackpressureMessage": "temporal_governor.control",
+    "Keyring": "temporal_governor.control",
+    "KeyringError": "temporal_governor.control",
+    "KillMessage": "temporal_governor.control",
+    "OverrideMessage": "temporal_governor.control",
+    "ResumeMessage": "temporal_governor.control",
+    # failure type names and error details
+    "BUDGET_EXCEEDED": "temporal_governor.errors",
+    "GOVERNANCE_KILLED": "temporal_governor.errors",
+    "INVALID_USAGE": "temporal_governor.errors",
+    "RUNAWAY_LOOP": "temporal_governor.errors",
+    "TOOL_DISABLED": "temporal_governor.errors",
+    "ChainLink": "temporal_governor.errors",
+    "PolicyIssue": "temporal_governor.errors",
+    # decision records and their sinks
+    "DecisionRecord": "temporal_governor.telemetry",
+    "DecisionSink": "temporal_governor.telemetry",
+    "OpenTelemetrySink": "temporal_governor.telemetry",
+    # the rest
+    "IncidentReport": "temporal_governor.review",
+    "GovernanceInterceptor": "temporal_governor.interceptors",
+    "PRIORITY_KEYS": "temporal_governor.interceptors",
+    "Amounts": "temporal_governor.core.accounting",
+    "GovernanceEvent": "temporal_governor.core.accounting",
+    "LimitState": "temporal_governor.core.accounting",
+}
+"""Names the root used to export -> the module that exports them now."""
+
+
+def __getattr__(name: str) -> _typing.Any:
+    """Resolve a name the root no longer exports from its new home, with a warning."""
+    home = _MOVED.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    _warnings.warn(
+        f"importing {name} from temporal_governor is deprecated and stops working in the "
+        f"next release: use `from {home} import {name}`",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(_importlib.import_module(home), name)

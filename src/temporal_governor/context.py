@@ -721,7 +721,7 @@ def estimate(tokens: float = 0, cost_usd: float = 0.0, tool_calls: float = 0) ->
 
     Use it in workflow code around ``execute_activity`` or ``execute_child_workflow``::
 
-        with temporal_governor.estimate(tokens=8_000, cost_usd=0.05):
+        with temporal_governor.workflow.estimate(tokens=8_000, cost_usd=0.05):
             answer = await workflow.execute_activity(call_llm, prompt, ...)
 
     The estimate is what is reserved before dispatch; the actual usage is committed when
@@ -793,7 +793,7 @@ def current_decision() -> Decision | None:
     pick a cheaper model or a smaller ``max_tokens`` where the governor cannot rewrite
     the arguments itself::
 
-        decision = temporal_governor.current_decision()
+        decision = temporal_governor.activity.current_decision()
         model = decision.model_for(request.model) if decision else request.model
     """
     if not temporalio.activity.in_activity():

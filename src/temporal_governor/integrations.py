@@ -3,7 +3,7 @@
 Both are governed with no change to agent code: their model calls are activities, whose
 results carry token usage, whose inputs name the model (priced from the policy's
 ``models`` table) and whose arguments the governor's degradation rewrites (see
-:func:`temporal_governor.degradation.rewrite_arguments`). This module names the activity
+:func:`temporal_governor.core.degradation.rewrite_arguments`). This module names the activity
 types to put in a policy, and holds :class:`GovernedUsage`, the one piece that needs a line
 of agent code: a pydantic-ai agent run *inside* an activity (a delegate run by a tool that
 runs as an activity) calls its model in-process, where no activity of its own carries the

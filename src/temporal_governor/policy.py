@@ -40,7 +40,7 @@ from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
 from yaml.resolver import Resolver
 
-from .errors import PolicyError, PolicyIssue
+from .core.problems import PolicyError, PolicyIssue
 
 OnBreach = Literal["terminate", "alert"]
 """What a breached limit does: ``terminate`` halts the run, ``alert`` logs an event."""
@@ -410,6 +410,7 @@ class TenantPolicy(BaseModel):
 
 
 OnRefusal = Literal["terminate", "wait"]
+"""What a refused shared reservation does: halt the run, or wait (``shared.on_refusal``)."""
 
 
 class SharedSettings(BaseModel):

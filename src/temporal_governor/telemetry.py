@@ -1,6 +1,7 @@
 """OpenTelemetry spans, events and metrics of every governance decision.
 
-:class:`OpenTelemetrySink` is a :class:`~temporal_governor.decisions.DecisionSink`: install
+:class:`OpenTelemetrySink` is a :class:`DecisionSink` (a receiver of every governance
+decision, as a :class:`DecisionRecord`; both are exported here for custom sinks): install
 it with ``GovernorPlugin(policy, tracer_provider=..., meter_provider=...)`` or
 ``GovernanceInterceptor(policy, sinks=[OpenTelemetrySink(...)])``. It emits
 
@@ -36,7 +37,7 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
-from .core.decisions import DecisionRecord
+from .core.decisions import DecisionRecord, DecisionSink
 
 INSTRUMENTATION_NAME = "temporal_governor"
 """Name of the tracer and the meter the sink uses."""
@@ -375,4 +376,11 @@ def _run_scope(decision: DecisionRecord) -> str:
     return f"run {decision.agent}/{decision.workflow_id}"
 
 
-__all__ = ["DISPATCH_SPAN_PREFIX", "EVENT_PREFIX", "INSTRUMENTATION_NAME", "OpenTelemetrySink"]
+__all__ = [
+    "DISPATCH_SPAN_PREFIX",
+    "EVENT_PREFIX",
+    "INSTRUMENTATION_NAME",
+    "DecisionRecord",
+    "DecisionSink",
+    "OpenTelemetrySink",
+]

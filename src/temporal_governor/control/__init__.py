@@ -1,7 +1,9 @@
 """The control plane: signed signals that stop, resume, slow down and re-budget runs.
 
 :class:`ControlClient` sends them (to one run, a tree, a tenant or an agent type); the
-message types are what travels; :class:`Keyring` signs and verifies them.
+message types are what travels; :class:`Keyring` signs and verifies them. A governed run
+answers :data:`CONTROL_QUERY` with its
+:class:`~temporal_governor.workflow.ControlStatus`.
 """
 
 from ._client import ControlClient, ControlError, ControlOutcome, ControlTarget
@@ -9,6 +11,7 @@ from ._messages import (
     BACKPRESSURE_SIGNAL,
     CONTROL_QUERY,
     KILL_SIGNAL,
+    MAX_CONTROL_BYTES,
     OVERRIDE_SIGNAL,
     RESUME_SIGNAL,
     AnyControl,
@@ -28,6 +31,7 @@ __all__ = [
     "BACKPRESSURE_SIGNAL",
     "CONTROL_QUERY",
     "KILL_SIGNAL",
+    "MAX_CONTROL_BYTES",
     "OVERRIDE_SIGNAL",
     "RESUME_SIGNAL",
     "AnyControl",

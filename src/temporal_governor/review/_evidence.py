@@ -324,7 +324,7 @@ def write_bundle(
     """Write a signed evidence bundle (a zip file) of a report and its histories.
 
     Args:
-        report: The incident report (from :func:`~temporal_governor.replay.review`).
+        report: The incident report (from :func:`~temporal_governor.review.review`).
         histories: The histories the report was built from, root first.
         path: The zip file to write (replaced if it exists).
         keyring: The keys (e.g. ``Keyring.from_policy(policy)``).

@@ -1,7 +1,7 @@
 """The incident report's schema: what ``temporal-governor replay`` rebuilds from history.
 
 An :class:`IncidentReport` is plain data (pydantic, JSON-serialisable); it is produced by
-:func:`temporal_governor.replay.review` and rendered by :mod:`temporal_governor.render`.
+:func:`temporal_governor.review.review` and rendered by :mod:`temporal_governor.review`.
 """
 
 from __future__ import annotations
