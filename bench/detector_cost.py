@@ -51,8 +51,9 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from temporal_governor import PRIORITY_KEYS, BreachDetails, GovernorPlugin, Policy
+from temporal_governor import BreachDetails, GovernorPlugin, Policy
 from temporal_governor.core.detectors import LoopDetector, LoopRules, TokenBucket, call_signature
+from temporal_governor.interceptors import PRIORITY_KEYS
 
 POLICY_OFF = """
 defaults:

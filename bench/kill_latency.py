@@ -33,8 +33,9 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from temporal_governor import CONTROL_QUERY, GOVERNANCE_KILLED, GovernorPlugin, Policy
-from temporal_governor.control import ControlClient, ControlTarget
+from temporal_governor import GovernorPlugin, Policy
+from temporal_governor.control import CONTROL_QUERY, ControlClient, ControlTarget
+from temporal_governor.errors import GOVERNANCE_KILLED
 
 POLICY = """
 defaults:

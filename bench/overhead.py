@@ -34,7 +34,8 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from temporal_governor import GovernorPlugin, Policy, report_usage
+from temporal_governor import GovernorPlugin, Policy
+from temporal_governor.activity import report_usage
 
 POLICY = """
 defaults:

@@ -8,7 +8,8 @@ from typing import Any
 from temporalio import activity, workflow
 
 with workflow.unsafe.imports_passed_through():
-    from temporal_governor import attribution, current_attribution
+    from temporal_governor import attribution
+    from temporal_governor.workflow import current_attribution
 
 
 @workflow.defn

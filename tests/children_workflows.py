@@ -17,7 +17,7 @@ from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
 from temporalio.workflow import ParentClosePolicy
 
-from temporal_governor import current_attribution, report_usage
+from temporal_governor.activity import current_attribution, report_usage
 
 _TIMEOUT = timedelta(seconds=30)
 _ONCE = RetryPolicy(maximum_attempts=1)

@@ -9,8 +9,8 @@ from typing import Any
 
 from temporalio import activity, workflow
 
-import temporal_governor
-from temporal_governor import emit_backpressure, report_usage
+import temporal_governor.workflow
+from temporal_governor.activity import emit_backpressure, report_usage
 
 
 @dataclass
@@ -66,7 +66,7 @@ class Looper:
                 backpressure_ms=500 if i == loop.backpressure_at else 0,
             )
             if loop.estimate is not None:
-                with temporal_governor.estimate(tokens=loop.estimate):
+                with temporal_governor.workflow.estimate(tokens=loop.estimate):
                     total += await workflow.execute_activity(step, s, **_STEP)
             else:
                 total += await workflow.execute_activity(step, s, **_STEP)
@@ -108,7 +108,7 @@ class Relay:
         tokens = await workflow.execute_child_workflow(
             Looper.run, loop, id=f"{workflow.info().workflow_id}.child"
         )
-        pressure = temporal_governor.current_backpressure()
+        pressure = temporal_governor.workflow.current_backpressure()
         return {
             "tokens": tokens,
             "source": pressure.source if pressure else None,

@@ -11,8 +11,8 @@ from typing import Any
 from temporalio import activity, workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
-import temporal_governor
-from temporal_governor import current_decision, report_usage
+import temporal_governor.workflow
+from temporal_governor.activity import current_decision, report_usage
 
 _T = {"start_to_close_timeout": timedelta(seconds=20)}
 
@@ -192,7 +192,7 @@ class Burner:
     async def run(self, plan: list[int]) -> int:
         total = 0
         for tokens in plan:
-            with temporal_governor.estimate(tokens=0):
+            with temporal_governor.workflow.estimate(tokens=0):
                 total += await workflow.execute_activity(burn, tokens, **_T)
         return total
 

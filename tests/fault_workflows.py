@@ -25,7 +25,7 @@ from temporalio.common import RetryPolicy
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from temporal_governor import report_usage
+    from temporal_governor.activity import report_usage
 
 FAULT_ACTIVITY = "fault_spend"
 

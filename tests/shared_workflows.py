@@ -8,7 +8,7 @@ from datetime import timedelta
 from temporalio import activity, workflow
 
 with workflow.unsafe.imports_passed_through():
-    from temporal_governor import report_usage
+    from temporal_governor.activity import report_usage
 
 IN_FLIGHT = {"now": 0, "max": 0}
 

@@ -35,14 +35,9 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 import adoption_workflows as aw
 from conftest import RECORDED, ROOT, Recorded
 from previous_release import wait_for_event, wait_for_running_activity
-from temporal_governor import (
-    BUDGET_QUERY,
-    BudgetSnapshot,
-    GovernanceInterceptor,
-    GovernorPlugin,
-    Policy,
-)
-from temporal_governor.interceptors import GOVERNED_PATCH
+from temporal_governor import GovernorPlugin, Policy
+from temporal_governor.interceptors import GOVERNED_PATCH, GovernanceInterceptor
+from temporal_governor.workflow import BUDGET_QUERY, BudgetSnapshot
 
 PREVIOUS_RELEASE = "e570692"
 """The commit of the previous release (0.1.0): its histories carry no governor marker."""

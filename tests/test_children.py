@@ -30,8 +30,9 @@ from children_workflows import (
     Work,
 )
 from conftest import eventually
-from temporal_governor import BUDGET_QUERY, BreachDetails, BudgetSnapshot, GovernorPlugin, Policy
+from temporal_governor import BreachDetails, GovernorPlugin, Policy
 from temporal_governor.interceptors._run import CHILD_SHARE_PATCH
+from temporal_governor.workflow import BUDGET_QUERY, BudgetSnapshot
 
 # the case: one million tokens per task for every workflow type, leaves that
 # spend a few hundred; nowhere near the ceiling

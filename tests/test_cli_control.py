@@ -14,9 +14,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from conftest import CONTROL_KEY_ID, eventually
 from control_workflows import CONTROL_ACTIVITIES, CONTROL_WORKFLOWS, Loop, Looper
-from temporal_governor import CONTROL_QUERY, Policy
+from temporal_governor import Policy
 from temporal_governor.cli import EXIT_BAD_INPUT, EXIT_UNREACHABLE
 from temporal_governor.cli import main as cli
+from temporal_governor.control import CONTROL_QUERY
 
 POLICY_YAML = """
 agents: { Looper: { quotas: { max_tokens_per_task: 10000 } } }

@@ -26,18 +26,17 @@ from control_workflows import (
     Looper,
     Relay,
 )
-from temporal_governor import (
-    BUDGET_QUERY,
+from temporal_governor import BreachDetails, Policy, attribution
+from temporal_governor.control import (
     CONTROL_QUERY,
-    GOVERNANCE_KILLED,
-    BreachDetails,
+    ControlClient,
+    ControlTarget,
     Keyring,
     OverrideMessage,
-    Policy,
     ResumeMessage,
-    attribution,
 )
-from temporal_governor.control import ControlClient, ControlTarget
+from temporal_governor.errors import GOVERNANCE_KILLED
+from temporal_governor.workflow import BUDGET_QUERY
 
 POLICY = Policy.from_dict(
     {

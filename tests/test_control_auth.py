@@ -8,13 +8,12 @@ from typing import Any
 
 import pytest
 
-from temporal_governor import (
+from temporal_governor import Policy, PolicyError
+from temporal_governor.control import (
     Keyring,
     KeyringError,
     KillMessage,
     OverrideMessage,
-    Policy,
-    PolicyError,
     ResumeMessage,
 )
 from temporal_governor.control._messages import ControlCheck, canonical

@@ -23,25 +23,23 @@ from temporalio.converter import DataConverter
 from conftest import CONTROL_KEY_ID, CONTROL_SECRET, eventually
 from control_wire_workflows import LONG_SUFFIX, LongChildParent
 from control_workflows import CONTROL_ACTIVITIES, CONTROL_WORKFLOWS, Fanner, Loop
-from temporal_governor import (
-    BUDGET_QUERY,
+from temporal_governor import Policy
+from temporal_governor.control import (
     CONTROL_QUERY,
     BackpressureMessage,
-    Keyring,
-    KillMessage,
-    OverrideMessage,
-    Policy,
-    ResumeMessage,
-)
-from temporal_governor.control import (
     ControlClient,
     ControlError,
     ControlMessage,
     ControlTarget,
+    Keyring,
+    KillMessage,
+    OverrideMessage,
+    ResumeMessage,
     decode_payload,
     encode_message,
 )
 from temporal_governor.control._messages import MAX_CONTROL_BYTES, ControlCheck
+from temporal_governor.workflow import BUDGET_QUERY
 
 POLICY = Policy.from_dict({"tools": {"step": {"estimate": {"tokens": 50}}}})
 WORKFLOWS = [*CONTROL_WORKFLOWS, LongChildParent]

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from temporal_governor import Decision
+from temporal_governor.activity import Decision
 from temporal_governor.core.degradation import rewrite_arguments
 
 DECISION = Decision(rule=0, reason="low budget", model_map={"big": "small"}, max_tokens=64)

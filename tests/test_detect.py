@@ -25,15 +25,9 @@ from detect_workflows import (
     ToolAgent,
     Twins,
 )
-from temporal_governor import (
-    BUDGET_EXCEEDED,
-    BUDGET_QUERY,
-    RUNAWAY_LOOP,
-    TOOL_DISABLED,
-    BreachDetails,
-    Policy,
-    attribution,
-)
+from temporal_governor import BreachDetails, Policy, attribution
+from temporal_governor.errors import BUDGET_EXCEEDED, RUNAWAY_LOOP, TOOL_DISABLED
+from temporal_governor.workflow import BUDGET_QUERY
 
 
 def agent(name: str, **entry: Any) -> dict[str, Any]:

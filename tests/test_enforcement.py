@@ -8,7 +8,8 @@ import pytest
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
-from temporal_governor import BUDGET_QUERY, BreachDetails, BudgetSnapshot, Policy, attribution
+from temporal_governor import BreachDetails, Policy, attribution
+from temporal_governor.workflow import BUDGET_QUERY, BudgetSnapshot
 from workflows import (
     ALL_ACTIVITIES,
     ALL_WORKFLOWS,

@@ -60,14 +60,8 @@ from integration_workflows import (
     ScriptedProvider,
     seen_for,
 )
-from temporal_governor import (
-    BUDGET_QUERY,
-    BreachDetails,
-    BudgetSnapshot,
-    Decision,
-    GovernorPlugin,
-    Policy,
-)
+from temporal_governor import BreachDetails, GovernorPlugin, Policy
+from temporal_governor.activity import Decision
 from temporal_governor.core.degradation import rewrite_arguments
 from temporal_governor.integrations import (
     OPENAI_AGENTS_MODEL_ACTIVITIES,
@@ -75,6 +69,7 @@ from temporal_governor.integrations import (
     pydantic_ai_tool_activities,
 )
 from temporal_governor.usage import usage_in_result
+from temporal_governor.workflow import BUDGET_QUERY, BudgetSnapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 CALL = IN_TOKENS + OUT_TOKENS

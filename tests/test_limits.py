@@ -9,13 +9,9 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from conftest import RECORDED, Recorded
-from temporal_governor import (
-    BUDGET_QUERY,
-    BreachDetails,
-    GovernanceInterceptor,
-    Policy,
-    attribution,
-)
+from temporal_governor import BreachDetails, Policy, attribution
+from temporal_governor.interceptors import GovernanceInterceptor
+from temporal_governor.workflow import BUDGET_QUERY
 from workflows import (
     ALL_ACTIVITIES,
     ALL_WORKFLOWS,

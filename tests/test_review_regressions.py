@@ -21,14 +21,9 @@ from temporalio.exceptions import ApplicationError, ChildWorkflowError
 from temporalio.service import RPCError
 from temporalio.worker import Interceptor, Worker
 
-from temporal_governor import (
-    BUDGET_QUERY,
-    BreachDetails,
-    BudgetSnapshot,
-    GovernorPlugin,
-    Policy,
-    report_usage,
-)
+from temporal_governor import BreachDetails, GovernorPlugin, Policy
+from temporal_governor.activity import report_usage
+from temporal_governor.workflow import BUDGET_QUERY, BudgetSnapshot
 
 
 def policy(body: str) -> Policy:

@@ -13,7 +13,8 @@ from temporalio.service import RPCError
 
 from conftest import eventually
 from shared_workflows import IN_FLIGHT, SHARED_ACTIVITIES, SHARED_WORKFLOWS, FanOut, Paced
-from temporal_governor import BUDGET_QUERY, BreachDetails, BudgetSnapshot, Policy, attribution
+from temporal_governor import BreachDetails, Policy, attribution
+from temporal_governor.workflow import BUDGET_QUERY, BudgetSnapshot
 from workflows import ALL_ACTIVITIES, ALL_WORKFLOWS, Spender, Steps
 
 WORKFLOWS = [*ALL_WORKFLOWS, *SHARED_WORKFLOWS]

@@ -129,7 +129,7 @@ async def test_a_cancel_that_arrives_during_the_final_release_leaves_nothing_ope
     the run then completes (the cancel request is swallowed) and its lease stays open in
     the ledger until the TTL, when it is charged in full (a whole lease, not what was used).
     """
-    from temporal_governor.ledger import _ledger as ledger_activity
+    from temporal_governor.ledger import _activity as ledger_activity
 
     p = policy(
         """
@@ -374,7 +374,7 @@ async def test_a_cancel_while_a_halted_run_waits_for_its_children_still_settles(
     unshielded: a cancel of the run meanwhile (an operator, the grandparent's parent-close
     policy) ends the run as cancelled, its breach lost, and its lease left open in the
     ledger until the TTL, then charged in full."""
-    from temporal_governor import BUDGET_QUERY, BudgetSnapshot
+    from temporal_governor.workflow import BUDGET_QUERY, BudgetSnapshot
 
     p = policy(
         """

@@ -29,15 +29,9 @@ from temporalio.worker import Worker
 
 from conftest import RECORDED, Recorded
 from processes import WorkerProcesses
-from temporal_governor import (
-    BUDGET_QUERY,
-    BreachDetails,
-    BudgetSnapshot,
-    GovernorPlugin,
-    Policy,
-    attribution,
-)
+from temporal_governor import BreachDetails, GovernorPlugin, Policy, attribution
 from temporal_governor.ledger._workflow import LEDGER_WORKFLOW, MALFORMED_UPDATE
+from temporal_governor.workflow import BUDGET_QUERY, BudgetSnapshot
 from workflows import ALL_ACTIVITIES, ALL_WORKFLOWS, SlowSpender, Spender, Steps
 
 PROCESS_WORKFLOWS = [*ALL_WORKFLOWS, SlowSpender]

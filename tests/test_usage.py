@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from temporal_governor import Usage, report_usage
+from temporal_governor.activity import Usage, report_usage
 from temporal_governor.usage import UsageMeter, reset_meter, set_meter, usage_in_result
 
 

@@ -12,11 +12,10 @@ import json
 
 import pytest
 
-from temporal_governor.core import accounting, book
+from temporal_governor.core import accounting, book, carving
 from temporal_governor.core.accounting import _EPSILON, FLOAT_OPS, Amounts, Limit, Ops, RunLedger
 from temporal_governor.core.book import LedgerBook, ReserveRequest, SettleRequest
 from temporal_governor.core.scopes import SharedLimit
-from temporal_governor.interceptors import _run
 from temporal_governor.verify._proofs import (
     PROPERTIES,
     Counterexample,
@@ -133,9 +132,9 @@ def replay_carve(found: Counterexample) -> bool:
             remaining = ledger.remaining("tokens")
             assert remaining is not None
             left = remaining - estimate
-            if _run._starved("tokens", left):
+            if carving.starved("tokens", left):
                 continue
-            amount = _run._share(carve_rule(ledger, inputs), "tokens", left, estimate)
+            amount = carving.share(carve_rule(ledger, inputs), "tokens", left, estimate)
             if ledger.check(Amounts(tokens=amount)) is not None:
                 return True  # the carve passed the gate, yet asks more than is left
         ledger.reserve(key, Amounts(tokens=amount))
@@ -144,12 +143,12 @@ def replay_carve(found: Counterexample) -> bool:
     return False
 
 
-def carve_rule(ledger: RunLedger, inputs: dict[str, float]) -> float | _run._FairShare:
+def carve_rule(ledger: RunLedger, inputs: dict[str, float]) -> float | carving.FairShare:
     if not inputs["auto"]:
         return inputs["fraction"]
     running = sum(1 for key in ledger.reservations if inputs[f"child_{key[1:]}"])
     caps = {"tokens": inputs["cap"]} if inputs["capped"] else {}
-    return _run._FairShare(running=running, caps=caps)
+    return carving.FairShare(running=running, caps=caps)
 
 
 def test_a_carve_ignoring_the_parents_spend_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:

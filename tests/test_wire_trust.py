@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.failure.v1 import Failure
 from temporalio.client import (
     Client,
     Interceptor,
@@ -31,14 +32,8 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from conftest import CONTROL_KEY_ID, CONTROL_SECRET
-from temporal_governor import (
-    BUDGET_QUERY,
-    BreachDetails,
-    BudgetSnapshot,
-    Policy,
-    Usage,
-    attribution,
-)
+from temporal_governor import BreachDetails, Policy, attribution
+from temporal_governor.activity import Usage
 from temporal_governor.context import (
     HEADER,
     MAX_CHAIN,
@@ -57,13 +52,15 @@ from temporal_governor.context import (
 from temporal_governor.control import Keyring
 from temporal_governor.core.accounting import Amounts
 from temporal_governor.errors import INVALID_USAGE, ChainLink, InvalidUsage
+from temporal_governor.interceptors._failures import LEGACY_MARKER_KEY, marker_payload
 from temporal_governor.interceptors._wire import (
-    USAGE_MARKER_KEY,
     USAGE_METADATA_KEY,
-    split_marker,
+    has_usage_marker,
+    read_marker,
     take_failure_usage,
     take_usage,
 )
+from temporal_governor.plugin import governed_data_converter
 from temporal_governor.usage import (
     MAX_TOKENS,
     UsageMeter,
@@ -72,6 +69,7 @@ from temporal_governor.usage import (
     set_meter,
     usage_in_result,
 )
+from temporal_governor.workflow import BUDGET_QUERY, BudgetSnapshot
 from trust_workflows import (
     BAD_REPORTS,
     TRUST_ACTIVITIES,
@@ -572,11 +570,30 @@ def test_usage_on_the_wire_is_refused_not_counted_negative(raw: bytes) -> None:
     payload = Payload(metadata={USAGE_METADATA_KEY: raw}, data=b"1")
     assert take_usage(payload) is None
     assert USAGE_METADATA_KEY not in payload.metadata  # agent code never sees it
-    marker = json.loads(raw.replace(b"NaN", b"1e999").replace(b"-Infinity", b"-1e999"))
-    assert split_marker(("user detail", {USAGE_MARKER_KEY: marker})) == (None, ("user detail",))
-    failure = ApplicationError("x", "user detail", {USAGE_MARKER_KEY: marker})
-    assert take_failure_usage(failure) is None
-    assert list(failure.details) == ["user detail"]
+    # the governor's marker (a tagged payload) on a failure, and in heartbeat details
+    inner = Payload()
+    inner.ParseFromString(marker_payload(Usage()).data)
+    inner.data = raw
+    tagged = marker_payload(Usage())
+    tagged.data = inner.SerializeToString()
+    # and the JSON marker object of 0.1.x
+    legacy = json.loads(raw.replace(b"NaN", b"1e999").replace(b"-Infinity", b"-1e999"))
+    converter = governed_data_converter()
+    (old,) = converter.payload_converter.to_payloads([{LEGACY_MARKER_KEY: legacy}])
+    for marker in (tagged, old):
+        failure = Failure()
+        converter.failure_converter.to_failure(
+            ApplicationError("x", "user detail"), converter.payload_converter, failure
+        )
+        failure.application_failure_info.details.payloads.append(marker)
+        error = converter.failure_converter.from_failure(failure, converter.payload_converter)
+        assert isinstance(error, ApplicationError)
+        assert list(error.details) == ["user detail"]  # agent code never sees it
+        assert has_usage_marker(error)  # there, so the dispatch is charged as unknown
+        assert take_failure_usage(error) is None
+        (decoded,) = converter.payload_converter.from_payloads([marker])
+        usage, rest, problem = read_marker(("user detail", decoded))
+        assert (usage, rest) == (None, ("user detail",)) and problem is not None
 
 
 def test_usage_on_the_wire_is_bounded_in_bytes() -> None:

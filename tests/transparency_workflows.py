@@ -24,7 +24,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
 
-    from temporal_governor import report_usage
+    from temporal_governor.activity import report_usage
 
 _TIMEOUT = timedelta(seconds=30)
 _ONCE = RetryPolicy(maximum_attempts=1)

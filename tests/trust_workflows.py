@@ -17,7 +17,7 @@ from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
-from temporal_governor import report_usage
+from temporal_governor.activity import report_usage
 from workflows import Spend, spend
 
 _T = {"start_to_close_timeout": timedelta(seconds=20)}

@@ -11,8 +11,8 @@ from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
-import temporal_governor
-from temporal_governor import current_attribution, report_usage
+import temporal_governor.workflow
+from temporal_governor.activity import current_attribution, report_usage
 
 _T = {"start_to_close_timeout": timedelta(seconds=20)}
 
@@ -97,7 +97,7 @@ class Spender:
         for tokens in steps.tokens:
             try:
                 if steps.estimate is not None:
-                    with temporal_governor.estimate(tokens=steps.estimate):
+                    with temporal_governor.workflow.estimate(tokens=steps.estimate):
                         await workflow.execute_activity(spend, Spend(output_tokens=tokens), **_T)
                 else:
                     await workflow.execute_activity(spend, Spend(output_tokens=tokens), **_T)

@@ -14,6 +14,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from temporalio.exceptions import ApplicationError
 
+from .core.problems import GovernorError, PolicyError, PolicyIssue, validation_problems
+
 BUDGET_EXCEEDED = "BudgetExceeded"
 """``ApplicationError.type`` of a run halted because a budget limit was breached."""
 
@@ -33,52 +35,6 @@ an infinity, a negative or an absurdly large amount): non-retryable."""
 
 KILL_LIMIT = "kill"
 """``BreachDetails.limit`` of a run stopped by a kill (terminate, or a pause that timed out)."""
-
-
-def validation_problems(error: ValidationError, whole: str = "message") -> str:
-    """A pydantic error as one line: ``field.path: problem; ...`` (``whole`` for the root)."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or whole}: {e['msg']}"
-        for e in error.errors(include_url=False)
-    )
-
-
-class GovernorError(Exception):
-    """Root of every error the governor raises to its users."""
-
-
-class PolicyIssue(BaseModel):
-    """One problem found in a policy: where it is, what was there, what was expected."""
-
-    model_config = ConfigDict(frozen=True)
-
-    source: str
-    """The file the policy came from, or ``<text>`` / ``<dict>``."""
-    path: str
-    """Dotted path of the field, e.g. ``agents.planner.quotas.max_tokens_per_task``."""
-    value: Any = None
-    """The offending value as it was given."""
-    expected: str
-    """What would have been accepted."""
-
-    def __str__(self) -> str:
-        where = f"{self.source}: {self.path}" if self.path else self.source
-        return f"{where}: got {self.value!r}; expected {self.expected}"
-
-
-class PolicyError(GovernorError, ValueError):
-    """A policy could not be loaded; the message names file, field, value and expectation.
-
-    Args:
-        issues: Every problem found, in document order.
-
-    """
-
-    def __init__(self, issues: list[PolicyIssue]) -> None:
-        self.issues = issues
-        lines = [str(issue) for issue in issues]
-        head = "invalid governance policy" + (f" ({len(lines)} problems)" if len(lines) > 1 else "")
-        super().__init__(head + ":\n  " + "\n  ".join(lines))
 
 
 class ChainLink(BaseModel):
@@ -240,7 +196,7 @@ class RunawayLoop(BudgetExceeded):
 class InvalidUsage(ApplicationError, GovernorError, ValueError):
     """Usage an activity reported was refused: NaN, an infinity, negative or absurdly large.
 
-    :func:`~temporal_governor.report_usage` raises it inside the activity, so the activity
+    :func:`~temporal_governor.activity.report_usage` raises it inside the activity, so the activity
     fails non-retryably (its ``type`` is :data:`INVALID_USAGE`) unless the activity catches
     it. Either way the refused amount is never counted as negative spend: the attempt is
     charged at least the policy's estimate for the activity (the governor never assumes

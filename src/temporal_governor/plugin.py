@@ -14,15 +14,18 @@ from temporalio.api.operatorservice.v1 import (
     ListSearchAttributesRequest,
 )
 from temporalio.client import Client
+from temporalio.converter import DataConverter
 from temporalio.plugin import SimplePlugin
 from temporalio.service import RPCError, RPCStatusCode
-from temporalio.worker import Worker, WorkflowRunner
+from temporalio.worker import Worker, WorkerConfig, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from .activities import ledger_call
 from .control._messages import Keyring
 from .core.decisions import DecisionSink
 from .interceptors import GovernanceInterceptor, UnmarkedRuns
+from .interceptors._failures import governed_data_converter as _governed_data_converter
+from .interceptors._failures import is_governed
 from .names import STATE_ATTRIBUTE, TENANT_ATTRIBUTE
 from .policy import Policy
 from .telemetry import OpenTelemetrySink
@@ -45,6 +48,28 @@ def _share_governor_with_sandbox(runner: WorkflowRunner | None) -> WorkflowRunne
         restrictions = runner.restrictions.with_passthrough_modules("temporal_governor")
         return dataclasses.replace(runner, restrictions=restrictions)
     return runner
+
+
+def governed_data_converter(converter: DataConverter | None = None) -> DataConverter:
+    """``converter`` (default: the SDK's) with the failure converter the governor needs.
+
+    Usage of failed activity attempts, and of a failed child run towards its governed
+    parent, travels as a marker payload the failure converter appends and takes off
+    again, so that agent code never sees it. The plugin installs it on the client (and
+    so on its workers) and on replayers; a client or ``Replayer`` assembled by hand with
+    :class:`~temporal_governor.GovernanceInterceptor` needs
+    ``data_converter=governed_data_converter(...)``.
+
+    Args:
+        converter: The data converter to extend. Its failure converter class is
+            subclassed, so its own conversion still applies; its payload converter,
+            codec and external storage are kept.
+
+    Returns:
+        The data converter to use (``converter`` itself when it is governed already).
+
+    """
+    return _governed_data_converter(converter)
 
 
 async def register_search_attributes(client: Client) -> None:
@@ -130,7 +155,24 @@ class GovernorPlugin(SimplePlugin):
             workflows=[GovernorLedger],
             activities=[ledger_call],
             workflow_runner=_share_governor_with_sandbox,
+            data_converter=governed_data_converter,
         )
+
+    def configure_worker(self, config: WorkerConfig) -> WorkerConfig:
+        """Install the governor on the worker; warn when its client lacks the converter.
+
+        A worker takes its data converter from its client, which a worker plugin cannot
+        change: the plugin belongs on the client (``Client.connect(..., plugins=[...])``).
+        """
+        client = config.get("client")
+        if client is not None and not is_governed(client.data_converter):
+            _logger.warning(
+                "the governor is installed on a worker whose client does not have it: "
+                "usage of failed activity attempts and failed child runs will not be "
+                "known (charged as unknown); install GovernorPlugin on the client, or "
+                "give the client data_converter=governed_data_converter(...)"
+            )
+        return super().configure_worker(config)
 
     async def run_worker(self, worker: Worker, next: Callable[[Worker], Awaitable[None]]) -> None:
         """Register the search attributes the policy uses, then run the worker."""

@@ -27,27 +27,32 @@ import os
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from temporalio.api.common.v1 import Payload
 from temporalio.common import RawValue
 
 from ..core import book
+from ..core.control import (
+    BACKPRESSURE_SIGNAL,
+    CONTROL_QUERY,
+    KILL_SIGNAL,
+    MESSAGE_OF_SIGNAL,
+    OVERRIDE_SIGNAL,
+    RESUME_SIGNAL,
+    SIGNAL_OF_ACTION,
+    AnyControl,
+    BackpressureMessage,
+    ControlMessage,
+    KillMessage,
+    OverrideMessage,
+    ResumeMessage,
+    Target,
+)
 from ..errors import GovernorError, validation_problems
 from ..policy import PER_TASK_LIMITS, ControlSettings, Policy
-
-KILL_SIGNAL = "governor.kill"
-"""Signal: stop a run (``pause`` until an authorised resume, or ``terminate``)."""
-RESUME_SIGNAL = "governor.resume"
-"""Signal: let a paused run dispatch again (signed only)."""
-BACKPRESSURE_SIGNAL = "governor.backpressure"
-"""Signal: slow a run's dispatches down for a while."""
-OVERRIDE_SIGNAL = "governor.override"
-"""Signal: raise or lower a limit of a run for a while, never above its hard ceiling."""
-CONTROL_QUERY = "governor.control"
-"""Query: the run's control state and the audit trail of control messages."""
 
 MAX_CONTROL_BYTES = book.MAX_CONTROL_BYTES
 """The most a control message may weigh on the wire: the protobuf size of its payload (data
@@ -66,94 +71,7 @@ _MAX_NESTING = 32
 """The deepest nesting of arrays and objects in a control message's JSON (checked before
 parsing, so no worker ever parses deep enough to depend on its recursion limit)."""
 
-Target = Literal["run", "tree", "tenant", "agent"]
-"""What a message is for: one run, a run and its descendants, a tenant's or an agent
-type's runs."""
-Relay = Literal["up", "down"]
-
-_Name = Annotated[str, Field(min_length=1, max_length=200)]
-
-
-class ControlMessage(BaseModel):
-    """What every control message carries: who, why, for whom, when, and its signature."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    issuer: _Name
-    """Who sent it (a person, a service, or ``governor:<workflow id>`` when relayed)."""
-    reason: str = Field(default="", max_length=2000)
-    """Why: kept in the audit trail."""
-    target: Target = "run"
-    workflow_id: str | None = Field(default=None, max_length=1000)
-    """For ``run`` and ``tree``: the workflow the message is for."""
-    tenant: str | None = Field(default=None, max_length=200)
-    """For ``tenant``: the tenant whose runs it is for."""
-    agent: str | None = Field(default=None, max_length=200)
-    """For ``agent``: the workflow type whose runs it is for."""
-    issued_at_ms: int = Field(ge=0)
-    """When it was issued, epoch milliseconds; too far from the run's clock is stale."""
-    nonce: str = Field(min_length=8, max_length=128)
-    """A one-time value: a run rejects a nonce it has seen."""
-    key_id: str | None = Field(default=None, max_length=200)
-    signature: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    """Hex HMAC-SHA256 of :func:`canonical` with the key ``key_id``."""
-    relay: Relay | None = None
-    """Set by the governor when it forwards a message up or down the tree (not signed)."""
-
-
-class KillMessage(ControlMessage):
-    """Stop dispatching: ``pause`` (rest until resumed) or ``terminate`` (fail the run)."""
-
-    action: Literal["kill"] = "kill"
-    mode: Literal["pause", "terminate"] = "pause"
-
-
-class ResumeMessage(ControlMessage):
-    """Let a paused run dispatch again."""
-
-    action: Literal["resume"] = "resume"
-
-
-class BackpressureMessage(ControlMessage):
-    """Slow down: space dispatches, cap those in flight, suggest smaller batches."""
-
-    action: Literal["backpressure"] = "backpressure"
-    retry_after_ms: int = Field(default=0, ge=0, le=3_600_000)
-    """Least time between two dispatches of the run while the backpressure holds."""
-    max_concurrency: int | None = Field(default=None, ge=1)
-    """Most dispatches in flight at once while it holds."""
-    reduce_batch_to: int | None = Field(default=None, ge=1)
-    """Advice to agent code (see ``current_backpressure()``): batch at most this many."""
-    source: str = Field(default="", max_length=200)
-    """Who is overloaded (a tool, a provider, a downstream agent)."""
-    duration_ms: int = Field(default=60_000, gt=0)
-    """How long it holds (cut to the policy's ``control.max_backpressure``)."""
-
-
-class OverrideMessage(ControlMessage):
-    """Set a per-task limit of a run to ``value`` for ``duration_s`` seconds."""
-
-    action: Literal["override"] = "override"
-    limit: str = Field(min_length=1, max_length=100)
-    """A per-task quota name, e.g. ``max_tokens_per_task``."""
-    value: float = Field(ge=0)
-    duration_s: float = Field(default=3600.0, gt=0)
-    """How long the override holds (cut to the policy's ``control.max_override``)."""
-
-
-AnyControl = KillMessage | ResumeMessage | BackpressureMessage | OverrideMessage
 M = TypeVar("M", bound=ControlMessage)
-
-MESSAGE_OF_SIGNAL: dict[str, type[ControlMessage]] = {
-    KILL_SIGNAL: KillMessage,
-    RESUME_SIGNAL: ResumeMessage,
-    BACKPRESSURE_SIGNAL: BackpressureMessage,
-    OVERRIDE_SIGNAL: OverrideMessage,
-}
-"""Signal name -> the message model it carries."""
-SIGNAL_OF_ACTION = {
-    model.model_fields["action"].default: name for name, model in MESSAGE_OF_SIGNAL.items()
-}
 
 
 def canonical(message: ControlMessage) -> bytes:
@@ -486,6 +404,7 @@ __all__ = [
     "MESSAGE_OF_SIGNAL",
     "OVERRIDE_SIGNAL",
     "RESUME_SIGNAL",
+    "SIGNAL_OF_ACTION",
     "AnyControl",
     "BackpressureMessage",
     "ControlCheck",

@@ -22,7 +22,14 @@ import math
 import zlib
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from .accounting import FLOAT_OPS, Ops
 from .detectors import BaselineState, SpendBaseline
@@ -80,7 +87,18 @@ Amount = Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)]
 
 
 class _Request(BaseModel):
+    """A ledger update's request: validated on construction, sent as :meth:`wire`."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    def wire(self) -> dict[str, Any]:
+        """The request as the update's JSON argument: the fields that were set, only.
+
+        A request parsed from JSON gives back the same JSON, so a call carries exactly what
+        its caller built, and ledgers of earlier releases (which may not know a newer
+        optional field) keep accepting what the caller did not set.
+        """
+        return self.model_dump(mode="json", exclude_unset=True)
 
 
 class LedgerRefusal(BaseModel):
@@ -120,6 +138,11 @@ class ReserveRequest(_Request):
     caller wants back with the result, if newer than ``controls_since_ms``."""
     controls_since_ms: int = Field(default=0, ge=-1, le=2**53)
 
+    @field_serializer("limits")
+    def _whole_limits(self, limits: list[SharedLimit]) -> list[dict[str, Any]]:
+        # every field of a limit, even in a :meth:`wire` dump (the ledger reads them all)
+        return [limit.model_dump(mode="json") for limit in limits]
+
     @field_validator("limits")
     @classmethod
     def _bounded_limits(cls, limits: list[SharedLimit]) -> list[SharedLimit]:
@@ -141,6 +164,19 @@ class ReserveRequest(_Request):
         return self
 
 
+class StoredControl(BaseModel):
+    """A fleet-wide control message as the ledger keeps it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    message: dict[str, Any]
+    recorded_at_ms: int
+
+
+StoredControls = dict[str, dict[str, StoredControl]]
+"""Scope (``tenant:<name>``, ``agent:<type>``) -> signal -> its latest stored message."""
+
+
 class ReserveResult(BaseModel):
     """The outcome of a reservation."""
 
@@ -153,7 +189,7 @@ class ReserveResult(BaseModel):
     refusal: LedgerRefusal | None = None
     duplicate: bool = False
     """The key was seen before; this is the earlier outcome."""
-    controls: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    controls: StoredControls = Field(default_factory=dict)
     """Stored kills and resumes of the requested scopes, newer than the caller has seen:
     the caller verifies and applies them (the ledger itself verifies nothing)."""
 
@@ -240,15 +276,6 @@ class ReadControlsRequest(_Request):
 
     scopes: list[Name] = Field(max_length=10)
     since_ms: int = Field(default=0, ge=-1, le=2**53)
-
-
-class StoredControl(BaseModel):
-    """A fleet-wide control message as the ledger keeps it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    message: dict[str, Any]
-    recorded_at_ms: int
 
 
 class Counter(BaseModel):
@@ -779,14 +806,21 @@ class LedgerBook:
         self.state.controls.setdefault(req.scope, {})[req.signal] = stored
         return stored
 
-    def controls_since(self, scopes: list[str], since_ms: int) -> dict[str, dict[str, Any]]:
+    def stored_controls(self, scopes: list[str], since_ms: int) -> StoredControls:
         """Stored kills and resumes of ``scopes`` recorded after ``since_ms``."""
-        found: dict[str, dict[str, Any]] = {}
+        found: StoredControls = {}
         for scope in scopes:
             for signal, stored in self.state.controls.get(scope, {}).items():
                 if stored.recorded_at_ms > since_ms:
-                    found.setdefault(scope, {})[signal] = stored.model_dump(mode="json")
+                    found.setdefault(scope, {})[signal] = stored
         return found
+
+    def controls_since(self, scopes: list[str], since_ms: int) -> dict[str, dict[str, Any]]:
+        """:meth:`stored_controls` as JSON data."""
+        return {
+            scope: {signal: stored.model_dump(mode="json") for signal, stored in by.items()}
+            for scope, by in self.stored_controls(scopes, since_ms).items()
+        }
 
     def baselines(self, req: BaselineRequest) -> dict[str, Any]:
         """The baselines of some keys (those never observed are left out)."""
@@ -876,6 +910,7 @@ __all__ = [
     "SettleRequest",
     "SettleResult",
     "StoredControl",
+    "StoredControls",
     "lease_grant",
     "shared_refuses",
 ]

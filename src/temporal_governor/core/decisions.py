@@ -9,6 +9,7 @@ with side effects must ignore records whose ``replaying`` flag is set.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
@@ -16,7 +17,29 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .accounting import EventKind
 
-DispatchKind = Literal["activity", "child", ""]
+DispatchKind = Literal["activity", "child"]
+"""What a run dispatches: an activity (a tool) or a child workflow (a sub-agent)."""
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """One dispatch of a run, as the governor follows it from interceptor to record.
+
+    The workflow interceptor makes it when agent code asks for an activity or a child
+    workflow; the run's guards, ledger and shared scopes judge it under its ``key``, and
+    every decision about it is recorded with its ``kind`` and ``target``.
+    """
+
+    kind: DispatchKind
+    target: str
+    """The activity type (tool) or child workflow type (agent)."""
+    key: str
+    """Its key within the run (reservations, records), e.g. ``activity:3:call_llm``."""
+
+    @property
+    def label(self) -> str:
+        """How failures name it (``BreachDetails.dispatch``), e.g. ``activity call_llm``."""
+        return f"{self.kind} {self.target}"
 
 
 class DecisionRecord(BaseModel):
@@ -41,8 +64,8 @@ class DecisionRecord(BaseModel):
     """How many runs are above it (0 for the root)."""
     tenant: str
     owner: str | None = None
-    dispatch: DispatchKind = ""
-    """Whether the decision concerns an activity or a child workflow."""
+    dispatch: DispatchKind | Literal[""] = ""
+    """Whether the decision concerns an activity or a child workflow ("" for neither)."""
     target: str = ""
     """The activity type (tool) or child workflow type (agent) dispatched."""
     key: str = ""

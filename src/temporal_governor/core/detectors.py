@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import PolicyError, PolicyIssue
+from .problems import PolicyError, PolicyIssue
 
 Action = Literal["alert", "throttle", "terminate"]
 """What a fired detector asks for: report it, slow the run down, or halt the run."""

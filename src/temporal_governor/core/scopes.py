@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..policy import LimitSpec, Policy, SharedQuotas
+from .decisions import DispatchKind
 
 SharedResource = Literal["tokens", "cost_usd", "tool_calls", "subtasks", "concurrency"]
 
@@ -48,11 +49,12 @@ class SharedLimit(BaseModel):
         return f"{self.scope}|{self.resource}|{window}"
 
 
-Dispatch = Literal["run", "activity", "child"]
+StartKind = Literal["run"] | DispatchKind
+"""What reserves in shared scopes: the run's own start (a concurrency slot) or a dispatch."""
 
 
 def _quota_limits(
-    policy: Policy, quotas: SharedQuotas, scope: str, path: str, kind: Dispatch
+    policy: Policy, quotas: SharedQuotas, scope: str, path: str, kind: StartKind
 ) -> Iterator[SharedLimit]:
     if kind == "activity":
         for resource in ("tokens", "cost_usd", "tool_calls"):
@@ -99,7 +101,7 @@ def shared_limits(
     owner: str | None,
     agent: str,
     tool: str | None,
-    kind: Dispatch | None = None,
+    kind: StartKind | None = None,
 ) -> list[SharedLimit]:
     """Every shared limit that applies to a run's start or to one of its dispatches.
 

@@ -30,7 +30,7 @@ class GovernanceInterceptor(temporalio.client.Interceptor, temporalio.worker.Int
     Args:
         policy: The policy to enforce.
         sinks: Receivers of every governance decision (see
-            :class:`~temporal_governor.decisions.DecisionSink`), e.g. OpenTelemetry.
+            :class:`~temporal_governor.telemetry.DecisionSink`), e.g. OpenTelemetry.
         keyring: The keys control messages are verified with (default: read from the
             environment and file the policy's ``control`` section names).
         govern_new_runs: Govern runs that start from now on (default). ``False`` is the

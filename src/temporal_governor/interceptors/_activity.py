@@ -19,7 +19,7 @@ from typing import Any
 
 import temporalio.activity
 from temporalio.common import RawValue
-from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.exceptions import CancelledError
 from temporalio.worker import (
     ActivityInboundInterceptor,
     ActivityOutboundInterceptor,
@@ -30,7 +30,8 @@ from ..context import HEADER, decode_context, reset_activity_context, set_activi
 from ..errors import InvalidUsage
 from ..policy import Policy
 from ..usage import Usage, UsageMeter, reset_meter, set_meter, usage_in_result
-from ._wire import attach_usage, read_marker, usage_marker
+from ._failures import marker_detail
+from ._wire import attach_usage, carry_failure_usage, read_marker
 
 _LOCAL_CARRY_LIMIT = 10_000
 _logger = logging.getLogger(__name__)
@@ -111,7 +112,9 @@ class GovernedActivityInbound(ActivityInboundInterceptor):
                 self._carry.put(carry_key, total)
             else:
                 self._outbound.heartbeat_usage(total)
-            raise _with_usage(error, total) from error.__cause__
+            # the error goes on exactly as raised; its failure carries the usage
+            carry_failure_usage(error, total)
+            raise
         finally:
             reset_activity_context(context_token)
             reset_meter(meter_token)
@@ -152,7 +155,7 @@ class GovernedActivityOutbound(ActivityOutboundInterceptor):
 
     def __init__(self, next: ActivityOutboundInterceptor) -> None:
         super().__init__(next)
-        self._marker: dict[str, Any] | None = None
+        self._marker: RawValue | None = None
         self._user_details: tuple[Any, ...] = ()
 
     def info(self) -> temporalio.activity.Info:
@@ -176,11 +179,11 @@ class GovernedActivityOutbound(ActivityOutboundInterceptor):
         attempts' usage for the agent's heartbeats, so neither erases the other.
         """
         _, self._user_details, _ = read_marker(details)
-        self._marker = usage_marker(earlier) if earlier is not None else None
+        self._marker = marker_detail(earlier) if earlier is not None else None
 
     def heartbeat_usage(self, usage: Usage) -> None:
         """Record the usage so far as the last heartbeat detail, for the next attempt."""
-        self._marker = usage_marker(usage)
+        self._marker = marker_detail(usage)
         self.next.heartbeat(*self._user_details, self._marker)
 
 
@@ -217,19 +220,3 @@ def _has_spend(usage: Usage) -> bool:
     return bool(
         usage.tokens or usage.cost_usd or usage.tool_calls or usage.backpressure or usage.refused
     )
-
-
-def _with_usage(error: BaseException, usage: Usage) -> BaseException:
-    """The error to raise so that the failure carries the usage as a trailing detail."""
-    marker = usage_marker(usage)
-    if isinstance(error, ApplicationError):
-        _, details, _ = read_marker(error.details)
-        error._details = (*details, marker)
-        return error
-    if not isinstance(error, Exception):
-        return error
-    # The SDK would convert any other exception to an ApplicationError with the class
-    # name as its type; do the same so the type (and retry policy matching) is unchanged.
-    wrapped = ApplicationError(str(error), marker, type=type(error).__name__)
-    wrapped.__traceback__ = error.__traceback__
-    return wrapped

@@ -1,5 +1,11 @@
 """A governed run's control plane: kill, resume, backpressure and override, all audited.
 
+The decisions are the pure core's (:mod:`temporal_governor.core.control`); this module is the
+glue around them. It receives the four control signals, has their payloads checked
+(:class:`~temporal_governor.control.ControlCheck`: decoding, signature, freshness, nonces),
+asks the core what to do, and turns its effects into Temporal commands: signals relayed to
+other runs of the tree, timers, search attributes, the run's halt, records in the audit trail.
+
 Everything here runs in workflow code and is deterministic: signals arrive through
 history, time is workflow time, waits are workflow timers and conditions, nonces for
 relayed messages come from ``workflow.uuid4()``. A replay with the same keys reaches the
@@ -18,155 +24,180 @@ import functools
 import inspect
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Protocol
 
 import temporalio.workflow
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from temporalio.common import RawValue
 
+from ..context import BudgetContext
 from ..control._messages import (
     BACKPRESSURE_SIGNAL,
     CONTROL_QUERY,
-    KILL_SIGNAL,
     MESSAGE_OF_SIGNAL,
-    OVERRIDE_SIGNAL,
-    RESUME_SIGNAL,
-    SIGNAL_OF_ACTION,
     AnyControl,
     BackpressureMessage,
     ControlCheck,
-    ControlMessage,
     Keyring,
     KillMessage,
-    OverrideMessage,
-    ResumeMessage,
     decode_payload,
     encode_message,
     overridable,
 )
-from ..core.accounting import Limit
-from ..errors import KILL_LIMIT, BreachDetails
+from ..core import control as core
+from ..core.accounting import Limit, RunLedger
+from ..core.control import (
+    ActiveBackpressure,
+    ActiveOverride,
+    AwaitResume,
+    AwaitSlot,
+    CancelInFlight,
+    ControlRecord,
+    ControlRules,
+    ControlState,
+    ControlStatus,
+    Effect,
+    Go,
+    Halt,
+    OwnLimit,
+    PollFleet,
+    Record,
+    RelayTo,
+    SetCeiling,
+    ShowState,
+    SleepUntil,
+    Step,
+    WatchPause,
+)
+from ..errors import KILL_LIMIT, BreachDetails, BudgetExceeded, GovernanceKilled
 from ..names import STATE_ATTRIBUTE
+from ..policy import PER_TASK_LIMITS, ControlSettings, Policy
 
-if TYPE_CHECKING:
-    from ._run import GovernedRun
-
-_AUDIT_KEPT = 200
 _ONE_RAW_PAYLOAD = inspect.Signature(
     [inspect.Parameter("payload", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=RawValue)],
     return_annotation=None,
 )
 """What a control signal handler shows the SDK: one parameter, an undecoded payload."""
-RunState = Literal["running", "paused", "killed"]
 
 
-class ControlRecord(BaseModel):
-    """One control message a run received, accepted or rejected, and what it changed."""
+class FleetReader(Protocol):
+    """What the control plane uses of a run's shared budget: asking for fleet controls."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    seq: int
-    time: datetime
-    """Workflow time it was handled."""
-    signal: str
-    accepted: bool
-    outcome: str
-    """What happened (``paused``, ``resumed``, ``override max_tokens_per_task 5000 ->
-    8000``) or why it was rejected."""
-    issuer: str = ""
-    reason: str = ""
-    target: str = ""
-    key_id: str | None = None
-    nonce: str = ""
-    relay: str | None = None
-    before: dict[str, Any] | None = None
-    after: dict[str, Any] | None = None
+    async def fleet_controls(self) -> None:
+        """Ask the ledger for kills and resumes of the run's tenant and agent it has not seen."""
+        ...
 
 
-class ActiveBackpressure(BaseModel):
-    """Backpressure holding on a run."""
+class ControlledRun(Protocol):
+    """What the control plane uses of the governed run it serves (``GovernedRun``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    @property
+    def policy(self) -> Policy:
+        """The policy the run is governed by (its ``control`` and ``visibility``)."""
+        ...
 
-    retry_after_ms: int
-    max_concurrency: int | None
-    reduce_batch_to: int | None
-    source: str
-    reason: str
-    issuer: str
-    until: datetime
+    @property
+    def info(self) -> temporalio.workflow.Info:
+        """The run's workflow info."""
+        ...
+
+    @property
+    def context(self) -> BudgetContext:
+        """The run's budget context (its tenant, its parent chain)."""
+        ...
+
+    @property
+    def agent(self) -> str:
+        """The run's workflow type."""
+        ...
+
+    @property
+    def scope(self) -> str:
+        """The run's own budget scope, e.g. ``run planner/wf-1``."""
+        ...
+
+    @property
+    def ledger(self) -> RunLedger:
+        """The run's budget ledger (an override changes one of its limits)."""
+        ...
+
+    @property
+    def shared(self) -> FleetReader:
+        """The run's shared budget (a fleet pause polls it for its resume)."""
+        ...
+
+    @property
+    def breach(self) -> BudgetExceeded | None:
+        """What halted the run, if it is halted."""
+        ...
+
+    @property
+    def killed(self) -> bool:
+        """Whether the run was halted by a kill (``GovernanceKilled``)."""
+        ...
+
+    def stop(self, error: BudgetExceeded, *, refused: str | None = None) -> BudgetExceeded:
+        """Halt the run with ``error`` (``GovernanceKilled`` here), the one way to halt it."""
+        ...
+
+    def raise_if_halted(self) -> None:
+        """Raise the run's halt again if it is halted."""
+        ...
+
+    def hard_ceiling(self, limit_name: str) -> float:
+        """The ceiling no override can lift for one of the run's own per-task limits."""
+        ...
+
+    def details(self, **fields: Any) -> BreachDetails:
+        """Breach details of this run: ``fields`` plus its chain, tenant and spend so far."""
+        ...
+
+    def control_event(self, record: ControlRecord) -> None:
+        """Log a control message the run accepted or rejected."""
+        ...
 
 
-class ActiveOverride(BaseModel):
-    """An operator's override of one limit, until it expires."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    limit: str
-    scope: str
-    value: float
-    before: float
-    hard_ceiling: float
-    until: datetime
-    issuer: str
-    reason: str
-
-
-class ControlStatus(BaseModel):
-    """What the ``governor.control`` query returns."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    workflow_id: str
-    run_id: str
-    state: RunState
-    paused_since: datetime | None = None
-    paused_by: str | None = None
-    pause_reason: str | None = None
-    pause_deadline: datetime | None = None
-    """When a pause not resumed fails the run (``control.pause_timeout``)."""
-    backpressure: ActiveBackpressure | None = None
-    overrides: list[ActiveOverride] = Field(default_factory=list)
-    dispatches_refused_while_paused: int = 0
-    """Dispatches agent code asked for while paused (they wait for the resume)."""
-    accepted: int = 0
-    rejected: int = 0
-    audit: list[ControlRecord] = Field(default_factory=list)
-    """The last control messages, oldest first, accepted and rejected."""
+def control_rules(settings: ControlSettings) -> ControlRules:
+    """The policy's ``control`` section as the pure core takes it."""
+    return ControlRules(
+        pause_timeout=settings.pause_timeout,
+        above_ceiling=settings.above_ceiling,
+        max_override=settings.max_override,
+        backpressure_propagation=settings.backpressure_propagation,
+        max_backpressure=settings.max_backpressure,
+        check_kills_at_start=settings.check_kills_at_start,
+        overridable=frozenset(name for name in PER_TASK_LIMITS if overridable(name)),
+    )
 
 
 class ControlPlane:
     """The control state of one governed run, its signal handlers and its dispatch gate."""
 
-    def __init__(self, run: GovernedRun, keyring: Keyring) -> None:
+    def __init__(self, run: ControlledRun, keyring: Keyring) -> None:
         self.run = run
         self.settings = run.policy.control
+        self.rules = control_rules(self.settings)
         self.keyring = keyring
         self.check = ControlCheck(keyring, self.settings)
-        self.paused: KillMessage | None = None
-        self.paused_since: datetime | None = None
-        self.pause_deadline: datetime | None = None
-        self.backpressure: ActiveBackpressure | None = None
-        self.overrides: dict[str, ActiveOverride] = {}
+        self.state = ControlState()
+        """The decision state (pause, backpressure, overrides, children, fleet kills)."""
+        self.audit = core.AuditTrail()
         self.running = 0
         """Dispatches started and not yet settled."""
         self.activities: dict[str, Any] = {}
         """Key -> handle of in-flight activities (a pause cancels them)."""
-        self.children: dict[str, str] = {}
-        """Key -> workflow id of running children (a pause is forwarded to them)."""
         self.cancelled_by_pause: set[str] = set()
         """Keys of in-flight activities a pause cancelled (to dispatch again on resume)."""
-        self.held_while_paused = 0
+        self._facts = _Facts(self)
         self._last_dispatch: datetime | None = None
-        self._audit: list[ControlRecord] = []
-        self._accepted = 0
-        self._rejected = 0
-        self._seq = 0
         self._watch: asyncio.Future[Any] | None = None
         self._poll: asyncio.Future[Any] | None = None
         self._sends: set[asyncio.Future[Any]] = set()
-        self._fleet: dict[str, dict[str, tuple[int, AnyControl]]] = {}
-        self._fleet_seen: set[tuple[str, str, int]] = set()
+
+    @property
+    def paused(self) -> KillMessage | None:
+        """The kill that paused the run, while the pause holds."""
+        return self.state.paused
 
     # -- installation -------------------------------------------------------------------
 
@@ -200,25 +231,14 @@ class ControlPlane:
 
     def status(self) -> ControlStatus:
         """The run's control state and audit trail (read only: queries must not change state)."""
-        now = temporalio.workflow.now()
-        pressure = self.backpressure
-        state: RunState = (
-            "killed" if self.run.killed else "paused" if self.paused is not None else "running"
-        )
-        return ControlStatus(
-            workflow_id=self.run.info.workflow_id,
-            run_id=self.run.info.run_id,
-            state=state,
-            paused_since=self.paused_since,
-            paused_by=self.paused.issuer if self.paused else None,
-            pause_reason=self.paused.reason if self.paused else None,
-            pause_deadline=self.pause_deadline,
-            backpressure=pressure if pressure is not None and now < pressure.until else None,
-            overrides=[o for o in self.overrides.values() if now < o.until],
-            dispatches_refused_while_paused=self.held_while_paused,
-            accepted=self._accepted,
-            rejected=self._rejected,
-            audit=self._audit[-_AUDIT_KEPT:],
+        info = self.run.info
+        return core.status(
+            self.state,
+            self.audit,
+            temporalio.workflow.now(),
+            info.workflow_id,
+            info.run_id,
+            self.run.killed,
         )
 
     # -- receiving ------------------------------------------------------------------------
@@ -234,128 +254,11 @@ class ControlPlane:
         """
         clock = _now_ms() if now_ms is None else now_ms
         try:
-            message, problem = self.check.check(signal, args, clock)
-            if problem is None and message is not None:
-                problem = self._misdirected(message)
-            if problem is not None or message is None:
-                self._reject(signal, message, problem or "rejected")
-                return
-            self._apply(message)
+            verdict = self.check.check(signal, args, clock)
+            now = temporalio.workflow.now()
+            self._do(core.receive(self.state, signal, verdict, now, self._facts, self.rules))
         except Exception as error:  # a control message must never fail the workflow task
             self._reject(signal, None, f"could not apply: {type(error).__name__}: {error}")
-
-    def _misdirected(self, message: ControlMessage) -> str | None:
-        """Why a valid message is not for this run, or ``None`` when it is."""
-        info = self.run.info
-        attribution = self.run.context.attribution
-        if message.target in ("run", "tree"):
-            if message.workflow_id is None:
-                return f"malformed: target {message.target} needs workflow_id"
-            if message.workflow_id != info.workflow_id:
-                return f"misdirected: for workflow {message.workflow_id}"
-        elif message.target == "tenant" and message.tenant != attribution.tenant:
-            return f"misdirected: for tenant {message.tenant}, this run is {attribution.tenant}"
-        elif message.target == "agent" and message.agent != self.run.agent:
-            return f"misdirected: for agent {message.agent}, this run is {self.run.agent}"
-        return None
-
-    def _apply(self, message: AnyControl) -> None:
-        if isinstance(message, KillMessage):
-            self._kill(message)
-        elif isinstance(message, ResumeMessage):
-            self._resume(message)
-        elif isinstance(message, BackpressureMessage):
-            self._backpressure(message)
-        else:
-            self._override(message)
-
-    # -- kill and resume -------------------------------------------------------------------
-
-    def _kill(self, message: KillMessage) -> None:
-        if self.run.killed or self.run.breach is not None:
-            self._record(message, True, "already stopped; nothing changed")
-            return
-        if message.mode == "terminate" and message.signature is None:
-            # an unsigned kill stops spend but cannot do what only a resume could undo
-            message = message.model_copy(update={"mode": "pause"})
-            self._record(message, True, "unsigned terminate taken as a pause")
-        if message.mode == "terminate":
-            self._record(message, True, "terminated")
-            if message.target != "run":
-                self._relay_down(message)
-            self.run.kill(_kill_details(self.run, message))
-            return
-        self._relay_down(message)  # sub-agents spend this run's allowance: they rest too
-        if self.paused is not None:
-            self._record(message, True, "already paused")
-            return
-        cancelled = 0
-        for key, handle in list(self.activities.items()):
-            inner = getattr(handle, "inner", None)
-            if inner is not None and not inner.done():
-                self.cancelled_by_pause.add(key)
-                inner.cancel()
-                cancelled += 1
-        self._rest(
-            message,
-            f"paused; {cancelled} in-flight activities cancelled (re-dispatched on resume), "
-            f"{len(self.children)} children paused",
-        )
-
-    def _rest(self, message: KillMessage, outcome: str) -> None:
-        """Hold the run paused by ``message`` until it is lifted or ``pause_timeout`` ends."""
-        now = temporalio.workflow.now()
-        self.paused, self.paused_since = message, now
-        self.pause_deadline = now + timedelta(seconds=self.settings.pause_timeout)
-        self._record(message, True, outcome)
-        self._show("paused")
-        self._watch = asyncio.ensure_future(self._pause_watch(message))
-        if message.target in ("tenant", "agent") and self.settings.check_kills_at_start:
-            self._poll = asyncio.ensure_future(self._poll_fleet(message))
-
-    def _pause_over(self, message: KillMessage) -> bool:
-        """Whether the pause ``message`` started no longer holds (lifted, or the run halted)."""
-        return self.paused is not message or self.run.breach is not None
-
-    async def _poll_fleet(self, message: KillMessage) -> None:
-        """While a fleet pause holds, ask the ledger now and then whether it was lifted."""
-        interval = timedelta(seconds=self.settings.fleet_poll_interval)
-        while not self._pause_over(message):
-            with contextlib.suppress(TimeoutError):
-                await temporalio.workflow.wait_condition(
-                    functools.partial(self._pause_over, message), timeout=interval
-                )
-            if self._pause_over(message):
-                return
-            try:
-                await self.run.shared.fleet_controls()
-            except Exception as error:  # the ledger may be down: try again later
-                temporalio.workflow.logger.warning("governor: fleet poll failed (%s)", error)
-
-    async def _pause_watch(self, message: KillMessage) -> None:
-        try:
-            await temporalio.workflow.wait_condition(
-                functools.partial(self._pause_over, message),
-                timeout=timedelta(seconds=self.settings.pause_timeout),
-            )
-        except TimeoutError:
-            reason = (
-                f"paused by {message.issuer} and not resumed within "
-                f"control.pause_timeout ({self.settings.pause_timeout:g} s)"
-            )
-            details = _kill_details(self.run, message).model_copy(update={"kill_reason": reason})
-            self.run.kill(details)
-
-    def _resume(self, message: ResumeMessage) -> None:
-        self._relay_down(message)
-        if self.paused is None:
-            self._record(message, True, "not paused; nothing to resume")
-            return
-        before = {"paused_by": self.paused.issuer, "since": _iso(self.paused_since)}
-        self.paused = None
-        self.paused_since = self.pause_deadline = None
-        self._record(message, True, "resumed", before=before, after={"state": "running"})
-        self._show("running")
 
     def apply_stored(self, stored: dict[str, Any]) -> None:
         """Take the fleet-wide kills and resumes the ledger keeps for this run's tenant and agent.
@@ -366,108 +269,15 @@ class ControlPlane:
         and resume wins; the run is killed if any scope's kill wins, and a pause that came
         from the fleet is lifted once none does.
         """
-        fresh = False
-        for scope in sorted(stored):
-            for signal, entry in sorted(stored[scope].items()):
-                if signal not in (KILL_SIGNAL, RESUME_SIGNAL):
-                    continue
-                recorded_at = int(entry["recorded_at_ms"])
-                identity = (scope, signal, recorded_at)
-                if identity in self._fleet_seen:
-                    continue
-                self._fleet_seen.add(identity)
-                known = self._fleet.setdefault(scope, {}).get(signal)
-                if known is not None and known[0] > recorded_at:
-                    continue
-                message, problem = self.check.check(
-                    signal, (entry["message"],), recorded_at, stored=True
-                )
-                if problem is None and message is not None:
-                    problem = self._misdirected(message)
-                if problem is not None or message is None:
-                    self._reject(signal, message, f"stored for {scope}: {problem or 'rejected'}")
-                    continue
-                self._fleet[scope][signal] = (recorded_at, message)
-                fresh = True
-        if fresh:
-            self._judge_fleet()
-
-    def _judge_fleet(self) -> None:
-        winning: list[KillMessage] = []
-        resumes: list[tuple[int, AnyControl]] = []
-        for scope in sorted(self._fleet):
-            kill = self._fleet[scope].get(KILL_SIGNAL)
-            resume = self._fleet[scope].get(RESUME_SIGNAL)
-            if kill is not None and (resume is None or resume[0] < kill[0]):
-                assert isinstance(kill[1], KillMessage)
-                winning.append(kill[1])
-            elif resume is not None:
-                resumes.append(resume)
-        terminate = [k for k in winning if k.mode == "terminate" and k.signature is not None]
-        if terminate:
-            self._kill(terminate[0])
-        elif winning:
-            if self.paused is None:
-                self._kill(winning[0])
-        elif self.paused is not None and self.paused.target in ("tenant", "agent") and resumes:
-            latest = max(resumes, key=lambda r: r[0])[1]
-            assert isinstance(latest, ResumeMessage)
-            self._resume(latest)
-
-    def joined(self, key: str, workflow_id: str) -> None:
-        """A child started: pause it too if this run is paused meanwhile."""
-        self.children[key] = workflow_id
-        if self.paused is not None:
-            self._send(KILL_SIGNAL, self.paused, workflow_id, "down")
-
-    def left(self, key: str) -> None:
-        """A child ended."""
-        if self.children.pop(key, None) is not None:
-            self.finished()
-
-    def carry(self) -> dict[str, Any]:
-        """What a continue-as-new hands on: the pause in force and the nonces seen."""
-        state: dict[str, Any] = {"nonces": self.check.nonces()}
-        if self.paused is not None:
-            state["paused"] = self.paused.model_dump(mode="json")
-        return state
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """Take over what the previous run of a continue-as-new chain handed on."""
-        self.check.remember({str(k): int(v) for k, v in state.get("nonces", {}).items()})
-        paused = state.get("paused")
-        if paused:
-            self._rest(KillMessage.model_validate(paused), "still paused after continue-as-new")
-
-    # -- backpressure ----------------------------------------------------------------------
-
-    def _backpressure(self, message: BackpressureMessage) -> None:
-        duration_ms = min(message.duration_ms, int(self.settings.max_backpressure * 1000))
-        before = self.backpressure.model_dump(mode="json") if self.backpressure else None
-        self.backpressure = ActiveBackpressure(
-            retry_after_ms=message.retry_after_ms,
-            max_concurrency=message.max_concurrency,
-            reduce_batch_to=message.reduce_batch_to,
-            source=message.source,
-            reason=message.reason,
-            issuer=message.issuer,
-            until=temporalio.workflow.now() + timedelta(milliseconds=duration_ms),
+        now = temporalio.workflow.now()
+        self._do(
+            core.take_stored(self.state, stored, self._verify_stored, now, self._facts, self.rules)
         )
-        relayed = []
-        propagation = self.settings.backpressure_propagation
-        if message.relay != "down" and propagation in ("up", "both"):
-            parent = self.run.context.chain[-1].workflow_id if self.run.context.chain else None
-            if parent is not None:
-                self._send(BACKPRESSURE_SIGNAL, message, parent, "up")
-                relayed.append(f"parent {parent}")
-        if message.relay != "up" and propagation in ("down", "both"):
-            relayed += [f"child {c}" for c in self._relay_down(message)]
-        outcome = f"slowing down for {duration_ms} ms"
-        if relayed:
-            outcome += "; relayed to " + ", ".join(relayed)
-        self._record(
-            message, True, outcome, before=before, after=self.backpressure.model_dump(mode="json")
-        )
+
+    def _verify_stored(
+        self, signal: str, data: Any, recorded_at_ms: int
+    ) -> tuple[AnyControl | None, str | None]:
+        return self.check.check(signal, (data,), recorded_at_ms, stored=True)
 
     def emitted(self, data: dict[str, Any], tool: str) -> None:
         """Apply backpressure an activity of this run emitted, and route it upstream."""
@@ -483,99 +293,50 @@ class ControlPlane:
         except ValidationError as error:
             self._reject(BACKPRESSURE_SIGNAL, None, f"malformed emit_backpressure: {error}")
             return
-        self._backpressure(message)
+        now = temporalio.workflow.now()
+        self._do(core.apply(self.state, message, now, self._facts, self.rules))
+
+    # -- children and continue-as-new ---------------------------------------------------------
+
+    def joined(self, key: str, workflow_id: str) -> None:
+        """A child started: pause it too if this run is paused meanwhile."""
+        self._do(core.joined(self.state, key, workflow_id))
+
+    def left(self, key: str) -> None:
+        """A child ended."""
+        self.state, known = core.left(self.state, key)
+        if known:
+            self.finished()
+
+    def carry(self) -> dict[str, Any]:
+        """What a continue-as-new hands on: the pause in force and the nonces seen."""
+        return core.carry(self.state, self.check.nonces())
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take over what the previous run of a continue-as-new chain handed on."""
+        self.check.remember({str(k): int(v) for k, v in state.get("nonces", {}).items()})
+        self._do(core.restore(self.state, state, temporalio.workflow.now(), self.rules))
+
+    # -- backpressure and overrides in force ----------------------------------------------------
 
     def current_backpressure(self) -> ActiveBackpressure | None:
         """The backpressure holding now, if any."""
-        self._expire()
-        return self.backpressure
-
-    # -- overrides ---------------------------------------------------------------------------
-
-    def _override(self, message: OverrideMessage) -> None:
-        if message.target == "tree":
-            self._relay_down(message)  # every run of the tree judges it for its own limits
-        if not overridable(message.limit):
-            self._reject(
-                OVERRIDE_SIGNAL,
-                message,
-                f"unknown limit {message.limit!r}: an override changes a per-task quota "
-                "(max_tokens_per_task, max_cost_usd_per_task, max_tool_calls_per_task, "
-                "max_subtasks_per_task, max_child_workflows_per_task)",
-            )
-            return
-        limit = self._own_limit(message.limit)
-        if limit is None:
-            self._reject(
-                OVERRIDE_SIGNAL, message, f"{message.limit} is not set for agent {self.run.agent}"
-            )
-            return
-        self._expire()
-        active = self.overrides.get(message.limit)
-        original = active.before if active else limit.ceiling
-        hard = self.run.hard_ceiling(message.limit)
-        value = message.value
-        if value > hard:
-            if self.settings.above_ceiling == "reject":
-                self._reject(
-                    OVERRIDE_SIGNAL,
-                    message,
-                    f"{message.value:g} is above the hard ceiling {hard:g} of "
-                    f"{message.limit} (control.above_ceiling: reject)",
-                )
-                return
-            value = hard
-        duration = min(message.duration_s, self.settings.max_override)
-        before = limit.ceiling
-        limit.ceiling = value
-        override = ActiveOverride(
-            limit=message.limit,
-            scope=limit.scope,
-            value=value,
-            before=original,
-            hard_ceiling=hard,
-            until=temporalio.workflow.now() + timedelta(seconds=duration),
-            issuer=message.issuer,
-            reason=message.reason,
-        )
-        self.overrides[message.limit] = override
-        clamped = (
-            f" (clamped from {message.value:g} to the hard ceiling)"
-            if value != message.value
-            else ""
-        )
-        self._record(
-            message,
-            True,
-            f"override {message.limit} {before:g} -> {value:g} for {duration:g} s{clamped}",
-            before={"limit": message.limit, "ceiling": before},
-            after={"limit": message.limit, "ceiling": value, "until": _iso(override.until)},
-        )
-
-    def _own_limit(self, name: str) -> Limit | None:
-        for limit in self.run.ledger.limits:
-            if limit.name == name and limit.scope == self.run.scope:
-                return limit
-        return None
-
-    def _expire(self) -> None:
-        """Drop the backpressure and overrides whose time is up (restoring the limits)."""
         now = temporalio.workflow.now()
-        if self.backpressure is not None and now >= self.backpressure.until:
-            self.backpressure = None
-        for name, override in list(self.overrides.items()):
-            if now >= override.until:
-                limit = self._own_limit(name)
-                if limit is not None:
-                    limit.ceiling = override.before
-                del self.overrides[name]
+        self._expire(now)
+        return core.current_backpressure(self.state, now)
+
+    def _expire(self, now: datetime) -> None:
+        """Drop the backpressure and overrides whose time is up (restoring the limits)."""
+        if self.state.backpressure is not None or self.state.overrides:
+            self._do(core.expire(self.state, now))
 
     # -- the dispatch gate -----------------------------------------------------------------
 
     def holds(self) -> bool:
         """Whether a new dispatch must pass :meth:`gate` (paused, or backpressure holds)."""
-        self._expire()
-        return self.paused is not None or self.backpressure is not None
+        now = temporalio.workflow.now()
+        self._expire(now)
+        return core.holds(self.state, now)
 
     async def gate(self) -> bool:
         """Wait until a new dispatch may start: not paused, spaced and capped as asked.
@@ -588,41 +349,31 @@ class ControlPlane:
         counted_hold = False
         while True:
             self.run.raise_if_halted()
-            self._expire()
-            if self.paused is not None:
-                if not counted_hold:
-                    self.held_while_paused += 1
-                    counted_hold = True
-                await temporalio.workflow.wait_condition(
-                    lambda: self.paused is None or self.run.breach is not None
-                )
-                continue
-            pressure = self.backpressure
-            if pressure is None:
-                break
             now = temporalio.workflow.now()
-            if pressure.retry_after_ms and self._last_dispatch is not None:
-                ready = min(
-                    self._last_dispatch + timedelta(milliseconds=pressure.retry_after_ms),
-                    pressure.until,
-                )
-                if now < ready:
-                    await temporalio.workflow.sleep(ready - now)
-                    continue
-            cap = pressure.max_concurrency
-            if cap is not None and self.running >= cap:
-                with contextlib.suppress(TimeoutError):  # the backpressure expired
-                    await temporalio.workflow.wait_condition(
-                        functools.partial(self._below, cap),
-                        timeout=max(pressure.until - now, timedelta(milliseconds=1)),
-                    )
-                continue
-            break
+            self._expire(now)
+            match core.may_dispatch(self.state, now, self.running, self._last_dispatch):
+                case Go():
+                    break
+                case AwaitResume():
+                    if not counted_hold:
+                        self.state = core.held(self.state)
+                        counted_hold = True
+                    await temporalio.workflow.wait_condition(self._resumed_or_halted)
+                case SleepUntil(moment=moment):
+                    await temporalio.workflow.sleep(moment - now)
+                case AwaitSlot(cap=cap, timeout=timeout):
+                    with contextlib.suppress(TimeoutError):  # the backpressure expired
+                        await temporalio.workflow.wait_condition(
+                            functools.partial(self._below, cap), timeout=timeout
+                        )
         self.started()
         return counted_hold
 
+    def _resumed_or_halted(self) -> bool:
+        return self.state.paused is None or self.run.breach is not None
+
     def _below(self, cap: int) -> bool:
-        return self.running < cap or self.paused is not None
+        return self.running < cap or self.state.paused is not None
 
     def started(self) -> None:
         """Count a dispatch that starts now."""
@@ -633,13 +384,80 @@ class ControlPlane:
         """Count a dispatch that ended."""
         self.running -= 1
 
-    # -- relaying and the audit trail -------------------------------------------------------
+    # -- carrying out the core's effects ----------------------------------------------------
 
-    def _relay_down(self, message: AnyControl) -> list[str]:
-        children = sorted(set(self.children.values()))
-        for child in children:
-            self._send(SIGNAL_OF_ACTION[message.action], message, child, "down")
-        return children
+    def _do(self, step: Step) -> None:
+        """Take the core's next state and carry out its effects, in order."""
+        self.state, effects = step
+        for effect in effects:
+            self._effect(effect)
+
+    def _effect(self, effect: Effect) -> None:
+        match effect:
+            case Record():
+                self._record(effect)
+            case RelayTo(signal=signal, message=message, workflow_id=target, direction=way):
+                self._send(signal, message, target, way)
+            case Halt():
+                self._halt(effect)
+            case ShowState(state=state):
+                self._show(state)
+            case WatchPause(message=message):
+                self._watch = asyncio.ensure_future(self._pause_watch(message))
+            case PollFleet(message=message):
+                self._poll = asyncio.ensure_future(self._poll_fleet(message))
+            case CancelInFlight():
+                for key, handle in list(self.activities.items()):
+                    inner = getattr(handle, "inner", None)
+                    if inner is not None and not inner.done():
+                        self.cancelled_by_pause.add(key)
+                        inner.cancel()
+            case SetCeiling(limit=name, ceiling=ceiling):
+                limit = _own_limit(self.run, name)
+                if limit is not None:
+                    limit.ceiling = ceiling
+
+    def _halt(self, halt: Halt) -> None:
+        """Fail the run with ``GovernanceKilled`` (a run already halted stays as it was)."""
+        details = self.run.details(
+            limit=KILL_LIMIT,
+            resource="control",
+            scope=halt.scope,
+            observed=0.0,
+            ceiling=0.0,
+            dispatch=halt.dispatch,
+            killed_by=halt.killed_by,
+            kill_reason=halt.kill_reason,
+        )
+        self.run.stop(GovernanceKilled(details))
+
+    def _pause_over(self, message: KillMessage) -> bool:
+        """Whether the pause ``message`` started no longer holds (lifted, or the run halted)."""
+        return core.pause_over(self.state, message) or self.run.breach is not None
+
+    async def _pause_watch(self, message: KillMessage) -> None:
+        try:
+            await temporalio.workflow.wait_condition(
+                functools.partial(self._pause_over, message),
+                timeout=timedelta(seconds=self.settings.pause_timeout),
+            )
+        except TimeoutError:
+            self._halt(core.pause_timed_out(message, self._facts, self.rules))
+
+    async def _poll_fleet(self, message: KillMessage) -> None:
+        """While a fleet pause holds, ask the ledger now and then whether it was lifted."""
+        interval = timedelta(seconds=self.settings.fleet_poll_interval)
+        while not self._pause_over(message):
+            with contextlib.suppress(TimeoutError):
+                await temporalio.workflow.wait_condition(
+                    functools.partial(self._pause_over, message), timeout=interval
+                )
+            if self._pause_over(message):
+                return
+            try:
+                await self.run.shared.fleet_controls()
+            except Exception as error:  # the ledger may be down: try again later
+                temporalio.workflow.logger.warning("governor: fleet poll failed (%s)", error)
 
     def _send(self, signal: str, message: AnyControl, workflow_id: str, relay: str) -> None:
         """Forward a message to another run of the tree, re-signed by this worker."""
@@ -674,48 +492,61 @@ class ControlPlane:
                 "governor: could not relay %s to %s: %s", signal, workflow_id, error
             )
 
-    def _record(
-        self,
-        message: AnyControl | None,
-        accepted: bool,
-        outcome: str,
-        signal: str | None = None,
-        before: dict[str, Any] | None = None,
-        after: dict[str, Any] | None = None,
-    ) -> None:
-        self._seq += 1
-        if accepted:
-            self._accepted += 1
-        else:
-            self._rejected += 1
-        name = signal or (SIGNAL_OF_ACTION[message.action] if message is not None else "?")
-        record = ControlRecord(
-            seq=self._seq,
-            time=temporalio.workflow.now(),
-            signal=name,
-            accepted=accepted,
-            outcome=outcome,
-            issuer=message.issuer if message else "",
-            reason=message.reason if message else "",
-            target=message.target if message else "",
-            key_id=message.key_id if message else None,
-            nonce=message.nonce if message else "",
-            relay=message.relay if message else None,
-            before=before,
-            after=after,
-        )
-        self._audit.append(record)
-        if len(self._audit) > 2 * _AUDIT_KEPT:
-            del self._audit[:_AUDIT_KEPT]
+    def _record(self, entry: Record) -> None:
+        record = self.audit.add(entry, temporalio.workflow.now())
         self.run.control_event(record)
+
+    def _reject(self, signal: str, message: AnyControl | None, problem: str) -> None:
+        self._record(core.rejection(signal, message, problem))
 
     def _show(self, state: str) -> None:
         """Show the run as paused or running again in its ``GovernorState`` attribute."""
         if self.run.policy.visibility.search_attributes:
             temporalio.workflow.upsert_search_attributes([STATE_ATTRIBUTE.value_set(state)])
 
-    def _reject(self, signal: str, message: AnyControl | None, problem: str) -> None:
-        self._record(message, False, problem, signal=signal)
+
+class _Facts:
+    """The run as the core's control decisions see it, read when a decision asks."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self._plane = plane
+        self._run = plane.run
+
+    @property
+    def workflow_id(self) -> str:
+        return self._run.info.workflow_id
+
+    @property
+    def tenant(self) -> str:
+        return self._run.context.attribution.tenant
+
+    @property
+    def agent(self) -> str:
+        return self._run.agent
+
+    @property
+    def scope(self) -> str:
+        return self._run.scope
+
+    @property
+    def parent(self) -> str | None:
+        chain = self._run.context.chain
+        return chain[-1].workflow_id if chain else None
+
+    @property
+    def stopped(self) -> bool:
+        return self._run.killed or self._run.breach is not None
+
+    @property
+    def in_flight(self) -> int:
+        inners = (getattr(h, "inner", None) for h in self._plane.activities.values())
+        return sum(1 for inner in inners if inner is not None and not inner.done())
+
+    def limit(self, name: str) -> OwnLimit | None:
+        limit = _own_limit(self._run, name)
+        if limit is None:
+            return None
+        return OwnLimit(limit.ceiling, self._run.hard_ceiling(name), limit.scope)
 
 
 _planes: dict[str, ControlPlane] = {}
@@ -744,31 +575,16 @@ def current_backpressure() -> ActiveBackpressure | None:
     return plane.current_backpressure() if plane is not None else None
 
 
-def _kill_details(run: GovernedRun, message: KillMessage) -> BreachDetails:
-    scope = {
-        "run": run.scope,
-        "tree": f"tree of {message.workflow_id}",
-        "tenant": f"tenant {message.tenant}",
-        "agent": f"agent {message.agent}",
-    }[message.target]
-    return run.details(
-        limit=KILL_LIMIT,
-        resource="control",
-        scope=scope,
-        observed=0.0,
-        ceiling=0.0,
-        dispatch=f"{message.mode} by {message.issuer}",
-        killed_by=message.issuer,
-        kill_reason=message.reason,
-    )
+def _own_limit(run: ControlledRun, name: str) -> Limit | None:
+    """The run's own limit ``name`` (the one an override changes), if it has it."""
+    for limit in run.ledger.limits:
+        if limit.name == name and limit.scope == run.scope:
+            return limit
+    return None
 
 
 def _now_ms() -> int:
     return int(temporalio.workflow.now().timestamp() * 1000)
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment is not None else None
 
 
 __all__ = [
@@ -777,5 +593,8 @@ __all__ = [
     "ControlPlane",
     "ControlRecord",
     "ControlStatus",
+    "ControlledRun",
+    "FleetReader",
+    "control_rules",
     "current_backpressure",
 ]

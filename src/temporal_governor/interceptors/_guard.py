@@ -9,13 +9,14 @@ verdicts, waits and decisions.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import temporalio.common
 import temporalio.workflow
 from temporalio.exceptions import ApplicationError
 
 from ..core.accounting import EventKind, Refusal
+from ..core.decisions import Dispatch
 from ..core.degradation import Decision
 from ..core.detectors import (
     AnomalyRule,
@@ -29,11 +30,9 @@ from ..core.detectors import (
     call_signature,
     predictive_delay,
 )
-from ..errors import TOOL_DISABLED
+from ..errors import TOOL_DISABLED, BudgetExceeded, RunawayLoop
 from ..policy import AgentPolicy, PriorityClass, RiskTier
-
-if TYPE_CHECKING:
-    from ._run import GovernedRun
+from ._ports import GuardHost
 
 PRIORITY_KEYS: dict[PriorityClass, int] = {
     "critical": 1,
@@ -53,7 +52,7 @@ _MIN_RATE_WINDOW_S = 60.0
 class RunGuard:
     """The guards of one run, consulted before every dispatch and after every result."""
 
-    def __init__(self, run: GovernedRun) -> None:
+    def __init__(self, run: GuardHost) -> None:
         self.run = run
         policy = run.policy
         entry = policy.agent_for(run.agent)
@@ -131,8 +130,12 @@ class RunGuard:
 
     # -- before a dispatch ------------------------------------------------------------------
 
-    def admit(self, kind: str, target: str, args: Sequence[Any], key: str) -> float:
+    def admit(self, dispatch: Dispatch, args: Sequence[Any]) -> float:
         """Judge a dispatch before it is reserved.
+
+        Args:
+            dispatch: The dispatch; what the guards decide is recorded under its key.
+            args: Its arguments (a loop is a call repeated with the same arguments).
 
         Raises:
             ApplicationError: ``ToolDisabled``, the tool is disabled by a degrade rule.
@@ -141,7 +144,7 @@ class RunGuard:
         Returns:
             Seconds the dispatch must wait first (throttles, ``throttle`` actions).
         """
-        dispatch = f"{kind} {target}"
+        kind, target = dispatch.kind, dispatch.target
         decision = self.current_decision()
         if kind == "activity" and decision is not None and target in decision.disabled_tools:
             raise ApplicationError(
@@ -150,9 +153,9 @@ class RunGuard:
                 type=TOOL_DISABLED,
                 non_retryable=True,
             )
-        tier_name, tier = self._tier(kind, target)
+        tier_name, tier = self._tier(dispatch)
         if tier is not None:
-            self._check_tier(tier_name, tier, key, dispatch)
+            self._check_tier(tier_name, tier, dispatch)
         wait = 0.0
         if kind == "child" and self.loop is not None and self.loop.max_agent_visits:
             chain = [link.agent for link in [*self.run.context.chain, self.run.link]]
@@ -160,13 +163,13 @@ class RunGuard:
                 chain, target, self.loop.max_agent_visits, action=self.loop.action
             )
             if verdict is not None:
-                wait += self._act(verdict, key, dispatch, loop=True)
+                wait += self._act(verdict, dispatch, loop=True)
         if self.detector is not None:
             verdict = self.detector.on_dispatch(target, call_signature(target, args))
             if verdict is not None:
                 if tier is not None and tier.loop_action is not None:
                     verdict = verdict.model_copy(update={"action": tier.loop_action})
-                wait += self._act(verdict, key, dispatch, loop=True)
+                wait += self._act(verdict, dispatch, loop=True)
         if self.anomalous is not None and self.anomalous.action == "throttle":
             wait += self.anomaly.throttle_delay if self.anomaly else 0.0
         wait += self._pending_delay
@@ -174,10 +177,10 @@ class RunGuard:
         wait = max(wait, self._predictive_delay())
         if tier_name is not None:
             self.tier_calls[tier_name] = self.tier_calls.get(tier_name, 0) + 1
-        self._log_wait(wait, key, dispatch)
+        self._log_wait(wait, dispatch)
         return wait
 
-    def pace(self, kind: str, target: str, key: str) -> float:
+    def pace(self, dispatch: Dispatch) -> float:
         """Take a token from the agent's and the tool's bucket for a dispatch starting now.
 
         Called once the dispatch may start (after a pause or backpressure let it), so that
@@ -188,34 +191,37 @@ class RunGuard:
         """
         now = temporalio.workflow.now().timestamp()
         wait = 0.0
-        for bucket in (self.bucket, self._bucket_for(kind, target)):
+        for bucket in (self.bucket, self._bucket_for(dispatch)):
             if bucket is not None:
                 wait = max(wait, bucket.take(now))
-        self._log_wait(wait, key, f"{kind} {target}")
+        self._log_wait(wait, dispatch)
         return wait
 
-    def _log_wait(self, wait: float, key: str, dispatch: str) -> None:
+    def _log_wait(self, wait: float, dispatch: Dispatch) -> None:
         if wait > 0:
             self.run.ledger.log_detector(
-                "throttle", key, "throttle", f"{dispatch} held back {wait:.3f} s", observed=wait
+                "throttle",
+                dispatch.key,
+                "throttle",
+                f"{dispatch.label} held back {wait:.3f} s",
+                observed=wait,
             )
             self.run.log_events()
 
-    def _tier(self, kind: str, target: str) -> tuple[str | None, RiskTier | None]:
+    def _tier(self, dispatch: Dispatch) -> tuple[str | None, RiskTier | None]:
         tiers = self.run.policy.risk_tiers
         name: str | None = None
-        if kind == "activity":
-            tool = self.run.policy.tool_for(target)
+        if dispatch.kind == "activity":
+            tool = self.run.policy.tool_for(dispatch.target)
             name = tool[1].risk_tier if tool else None
         if name is None and self.agent is not None:
             name = self.agent.risk_tier
         return name, (tiers.get(name) if name is not None else None)
 
-    def _check_tier(self, name: str | None, tier: RiskTier, key: str, dispatch: str) -> None:
+    def _check_tier(self, name: str | None, tier: RiskTier, dispatch: Dispatch) -> None:
         calls = self.tier_calls.get(name or "", 0)
         if tier.max_calls_per_task is not None and calls + 1 > tier.max_calls_per_task:
             self._refuse(
-                key,
                 dispatch,
                 f"risk_tiers.{name}.max_calls_per_task",
                 "tool_calls",
@@ -226,7 +232,6 @@ class RunGuard:
         spent = self.tier_cost.get(name or "", 0.0)
         if tier.max_cost_usd_per_task is not None and spent >= tier.max_cost_usd_per_task:
             self._refuse(
-                key,
                 dispatch,
                 f"risk_tiers.{name}.max_cost_usd_per_task",
                 "cost_usd",
@@ -237,8 +242,7 @@ class RunGuard:
 
     def _refuse(
         self,
-        key: str,
-        dispatch: str,
+        dispatch: Dispatch,
         limit: str,
         resource: str,
         observed: float,
@@ -254,12 +258,13 @@ class RunGuard:
             committed=committed,
             overage=0.0,
         )
-        self.run.ledger.log_breach(key, refusal)
-        raise self.run.halt(refusal, dispatch)
+        details = self.run.refused(refusal, dispatch.label)
+        raise self.run.stop(BudgetExceeded(details), refused=dispatch.key)
 
-    def _bucket_for(self, kind: str, target: str) -> TokenBucket | None:
-        if kind != "activity":
+    def _bucket_for(self, dispatch: Dispatch) -> TokenBucket | None:
+        if dispatch.kind != "activity":
             return None
+        target = dispatch.target
         if target not in self.tool_buckets:
             tool = self.run.policy.tool_for(target)
             throttle = tool[1].throttle if tool else None
@@ -268,16 +273,16 @@ class RunGuard:
             self.tool_buckets[target] = TokenBucket(throttle.rate_per_sec, throttle.burst)
         return self.tool_buckets[target]
 
-    def _act(self, verdict: Verdict, key: str, dispatch: str, loop: bool) -> float:
+    def _act(self, verdict: Verdict, dispatch: Dispatch, loop: bool) -> float:
         """Carry out a verdict: halt, or hold the dispatch back, or report it once."""
         kind: EventKind = "loop" if loop else "anomaly"
         if verdict.action == "terminate":
-            self._log_verdict(kind, verdict, key)
-            raise self.run.halt_verdict(verdict, dispatch, loop=loop)
+            self._log_verdict(kind, verdict, dispatch.key)
+            raise self._halt(verdict, dispatch, loop=loop)
         first = verdict.detector not in self._alerted
         self._alerted.add(verdict.detector)
         if first:
-            self._log_verdict(kind, verdict, key)
+            self._log_verdict(kind, verdict, dispatch.key)
             temporalio.workflow.logger.warning(
                 "governance %s (%s): %s", kind, verdict.action, verdict.message
             )
@@ -293,6 +298,23 @@ class RunGuard:
             kind, key, verdict.detector, verdict.message, observed, ceiling
         )
         self.run.log_events()
+
+    def _halt(self, verdict: Verdict, dispatch: Dispatch, loop: bool) -> BudgetExceeded:
+        """Halt the run on a detector's verdict: ``RunawayLoop`` for a loop, else a breach.
+
+        The failure's details carry the verdict's evidence and message.
+        """
+        observed, ceiling = evidence_numbers(verdict.evidence)
+        details = self.run.details(
+            limit=f"loop_detection.{verdict.detector}" if loop else verdict.detector,
+            resource="dispatches" if loop else "spend",
+            scope=self.run.scope,
+            observed=observed,
+            ceiling=ceiling,
+            dispatch=dispatch.label,
+            evidence={**verdict.evidence, "detector": verdict.detector, "message": verdict.message},
+        )
+        return self.run.stop(RunawayLoop(details) if loop else BudgetExceeded(details))
 
     def _predictive_delay(self) -> float:
         predictive = self.anomaly.predictive if self.anomaly else None
@@ -313,11 +335,11 @@ class RunGuard:
 
     # -- what a dispatch carries ---------------------------------------------------------------
 
-    def priority(self, kind: str, target: str, current: Any) -> Any:
+    def priority(self, dispatch: Dispatch, current: Any) -> Any:
         """The Temporal priority a dispatch gets from the policy (code's own wins)."""
         klass: PriorityClass | None = None
-        if kind == "activity":
-            tool = self.run.policy.tool_for(target)
+        if dispatch.kind == "activity":
+            tool = self.run.policy.tool_for(dispatch.target)
             klass = tool[1].priority_class if tool else None
         settings = self.agent.priority if self.agent else None
         if klass is None and settings is not None:
@@ -377,10 +399,9 @@ class RunGuard:
 
     # -- after a result --------------------------------------------------------------------------
 
-    def after(self, kind: str, target: str, ok: bool, cost_usd: float, key: str) -> None:
+    def after(self, dispatch: Dispatch, ok: bool, cost_usd: float) -> None:
         """Count a finished dispatch: failures in a row, tier spend, anomalies."""
-        dispatch = f"{kind} {target}"
-        tier_name, tier = self._tier(kind, target)
+        tier_name, tier = self._tier(dispatch)
         if tier_name is not None:
             self.tier_cost[tier_name] = self.tier_cost.get(tier_name, 0.0) + cost_usd
             failures = 0 if ok else self.tier_failures.get(tier_name, 0) + 1
@@ -394,22 +415,21 @@ class RunGuard:
                         message=f"{failures} failed {tier_name}-tier calls in a row",
                         evidence={"tier": tier_name, "count": failures, "limit": limit},
                     ),
-                    key,
                     dispatch,
                 )
-        found = self.detector.on_result(target, ok) if self.detector is not None else None
+        found = self.detector.on_result(dispatch.target, ok) if self.detector is not None else None
         if found is not None:
             if found.action == "terminate":
-                self._halt_after(found, key, dispatch)
+                self._halt_after(found, dispatch)
             else:
-                self._pending_delay += self._act(found, key, dispatch, loop=True)
-        self._check_anomaly(key, dispatch)
+                self._pending_delay += self._act(found, dispatch, loop=True)
+        self._check_anomaly(dispatch)
 
-    def _halt_after(self, verdict: Verdict, key: str, dispatch: str) -> None:
+    def _halt_after(self, verdict: Verdict, dispatch: Dispatch) -> None:
         """Halt the run from a result (the failing dispatch already ended)."""
         if self.run.breach is None:
-            self._log_verdict("loop", verdict, key)
-            self.run.halt_verdict(verdict, dispatch, loop=True)
+            self._log_verdict("loop", verdict, dispatch.key)
+            self._halt(verdict, dispatch, loop=True)
 
     # -- anomalies against baselines -----------------------------------------------------------
 
@@ -458,7 +478,7 @@ class RunGuard:
                 learnt[key] = value
         return learnt
 
-    def _check_anomaly(self, key: str, dispatch: str) -> None:
+    def _check_anomaly(self, dispatch: Dispatch) -> None:
         if self.anomaly is None or self.anomalous is not None or not self.baselines:
             return
         rule = AnomalyRule(
@@ -476,10 +496,10 @@ class RunGuard:
                 if verdict is None:
                     continue
                 self.anomalous = verdict
-                self._log_verdict("anomaly", verdict, key)
+                self._log_verdict("anomaly", verdict, dispatch.key)
                 temporalio.workflow.logger.warning("governance anomaly: %s", verdict.message)
                 if verdict.action == "terminate" and self.run.breach is None:
-                    self.run.halt_verdict(verdict, dispatch, loop=False)
+                    self._halt(verdict, dispatch, loop=False)
                 return
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import temporalio.workflow
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,34 +23,29 @@ from ..context import (
     verified_attribution,
 )
 from ..control._messages import Keyring
+from ..core import carving
 from ..core.accounting import (
-    FLOAT_OPS,
     RESOURCES,
     ZERO,
     Amounts,
     GovernanceEvent,
     Limit,
     LimitState,
-    Ops,
     Refusal,
     RunLedger,
 )
-from ..core.decisions import DecisionRecord, DecisionSink, DispatchKind
+from ..core.control import ControlRecord
+from ..core.deadlines import deadline_refusal, earliest, overrun
+from ..core.decisions import DecisionRecord, DecisionSink, Dispatch
 from ..core.scopes import SharedLimit
 from ..errors import BreachDetails, BudgetExceeded, ChainLink, GovernanceKilled, RunawayLoop
 from ..policy import PER_TASK_LIMITS, Policy
-from ._guard import RunGuard, evidence_numbers
+from ._guard import RunGuard
+from ._ports import ControlPort
 from ._shared import SharedBudget
 
-if TYPE_CHECKING:
-    from ..core.detectors import Verdict
-    from ._control import ControlPlane, ControlRecord
-
 _RESOURCE_TO_LIMIT_NAME = {resource: name for name, resource in PER_TASK_LIMITS.items()}
-_CARVED = ("tokens", "cost_usd", "tool_calls", "child_workflows")
-_STARVING = ("tokens", "cost_usd")
 _RECENT_EVENTS = 50
-CHILD_KEY_PREFIX = "child:"
 _F = TypeVar("_F", bound="asyncio.Future[Any]")
 
 
@@ -127,48 +121,13 @@ CHILD_SHARE_PATCH = "temporal-governor/child-share-v1"
 carves a child under ``auto`` records it once; one replayed without it carves as before."""
 
 
-@dataclass(frozen=True)
-class _FairShare:
-    """``child_allowance: auto``: a child's share shrinks with the children in flight."""
-
-    running: int
-    """This run's children in flight (carved and not yet settled) before this one."""
-    caps: dict[str, float]
-    """The child's own terminate per-task ceilings: it can never spend more."""
-
-
-def _starved(resource: str, left: float) -> bool:
-    """Whether a child is refused outright for ``resource``, with ``left`` after its estimate.
-
-    Only when nothing of ``tokens`` or ``cost_usd`` is left: the other resources are left
-    to the reservation of the carve.
-    """
-    return resource in _STARVING and left <= 0
-
-
-def _share(
-    rule: float | _FairShare, resource: str, left: float, estimate: float, ops: Ops = FLOAT_OPS
-) -> float:
-    """What a child is carved of one resource, of ``left`` (what remains after its estimate).
-
-    A negative ``left`` counts as nothing. A fraction ``f``: ``f * left``. A fair share:
-    ``left / (running + 2)`` (half of what is left with no other child running, a third
-    with one, ...), at most the child's own ceiling. Never less than the estimate (which
-    ``left`` does not include). ``ops`` is :data:`~temporal_governor.accounting.FLOAT_OPS`
-    at runtime (the bounded proofs pass the solver's).
-    """
-    left = ops.max(left, 0.0)
-    if not isinstance(rule, _FairShare):
-        return ops.max(estimate, rule * left)
-    share = left / (rule.running + 2)
-    cap = rule.caps.get(resource)
-    if cap is not None:
-        share = ops.min(share, cap)
-    return ops.max(estimate, share)
-
-
 class GovernedRun:
-    """Budget state of one workflow run, rebuilt deterministically on every replay."""
+    """Budget state of one workflow run, rebuilt deterministically on every replay.
+
+    The decisions themselves are the pure core's (:mod:`~temporal_governor.core`): this
+    class holds the run's state, asks the core, records what it decided and halts the run
+    (:meth:`stop`, the one way to halt) when the answer is a refusal.
+    """
 
     def __init__(
         self,
@@ -187,35 +146,38 @@ class GovernedRun:
         self.link = ChainLink(workflow_id=info.workflow_id, run_id=info.run_id, agent=self.agent)
         self.scope = f"run {self.agent}/{info.workflow_id}"
         self.ledger = RunLedger(limits=self._limits(), committed=context.carried or ZERO)
-        self.deadline = self._deadline()
+        self.deadline = earliest(self._own_deadline(), context.deadline)
         self.max_depth, self.max_depth_scope = self._max_depth()
         self.breach: BudgetExceeded | None = None
+        """What halted the run (set once, by :meth:`stop`)."""
         self.breached = asyncio.get_running_loop().create_future()
         self._dispatches = 0
         self._wall_alerted = False
         self.children_spend = ZERO
         self.in_flight: set[asyncio.Future[Any]] = set()
-        self._targets: dict[str, tuple[DispatchKind, str]] = {}
+        self._named: dict[str, Dispatch] = {}
+        """Every dispatch of the run by key: what its decision records name."""
         self._models: dict[str, dict[str, int]] = {}
         self.shared = SharedBudget(self)
-        self.killed = False
         self.guard = RunGuard(self)
-        self.control: ControlPlane | None = None
+        self.control: ControlPort | None = None
         """Set by the workflow interceptor once the control signals are installed."""
         self._record_refused_header(refused)
         if policy.control.require_attribution and self._unattributed():
-            self.kill(
-                self.details(
-                    limit=ATTRIBUTION_REQUIRED,
-                    resource="attribution",
-                    scope=self.scope,
-                    observed=0.0,
-                    ceiling=0.0,
-                    dispatch="run start",
-                    evidence={
-                        "message": "the run arrived with no tenant or owner (start it inside "
-                        "`with attribution(...)`, from a governed client)"
-                    },
+            self.stop(
+                GovernanceKilled(
+                    self.details(
+                        limit=ATTRIBUTION_REQUIRED,
+                        resource="attribution",
+                        scope=self.scope,
+                        observed=0.0,
+                        ceiling=0.0,
+                        dispatch="run start",
+                        evidence={
+                            "message": "the run arrived with no tenant or owner (start it "
+                            "inside `with attribution(...)`, from a governed client)"
+                        },
+                    )
                 )
             )
 
@@ -269,18 +231,17 @@ class GovernedRun:
             )
         return limits
 
-    def _deadline(self) -> Deadline | None:
-        inherited = self.context.deadline
+    def _own_deadline(self) -> Deadline | None:
+        """The run's own ``max_wall_time_s`` as a deadline, if it halts (``terminate``)."""
         spec = self.policy.quotas_for(self.agent).per_task().get("wall_time_s")
         if spec is None or self.policy.on_breach_of(spec) != "terminate":
-            return inherited
-        own = Deadline(
+            return None
+        return Deadline(
             at=self.info.start_time + timedelta(seconds=float(spec.limit)),
             limit=_RESOURCE_TO_LIMIT_NAME["wall_time_s"],
             scope=self.scope,
             seconds=float(spec.limit),
         )
-        return own if inherited is None or own.at < inherited.at else inherited
 
     def _max_depth(self) -> tuple[int | None, str]:
         inherited = self.context.max_depth
@@ -290,12 +251,34 @@ class GovernedRun:
             return own, self.scope
         return inherited, self.context.max_depth_scope
 
-    # -- decisions ------------------------------------------------------------------------
+    # -- dispatches -----------------------------------------------------------------------
 
     def next_key(self, kind: str, name: str) -> str:
         """A deterministic idempotency key for the next dispatch of this run."""
         self._dispatches += 1
         return f"{kind}:{self._dispatches}:{name}"
+
+    def activity(self, activity_type: str) -> Dispatch:
+        """A new activity dispatch of this run, under the next key."""
+        return self._name(
+            Dispatch("activity", activity_type, self.next_key("activity", name=activity_type))
+        )
+
+    def child(self, workflow_type: str, workflow_id: str) -> Dispatch:
+        """A child workflow dispatch, keyed by the child's id (``child:<id>``).
+
+        A child of the same id still running (whose start of this one will fail) keeps
+        its key: this one gets a key of its own, so its reservation is never touched.
+        """
+        key = f"{carving.CHILD_KEY_PREFIX}{workflow_id}"
+        if key in self.ledger.reservations:
+            key = self.next_key(carving.CHILD_KEY_PREFIX.rstrip(":"), workflow_id)
+        return self._name(Dispatch("child", workflow_type, key))
+
+    def _name(self, dispatch: Dispatch) -> Dispatch:
+        """Remember a dispatch, so the decisions about its key name its kind and target."""
+        self._named[dispatch.key] = dispatch
+        return dispatch
 
     def track(self, handle: _F) -> _F:
         """Remember an in-flight dispatch so a breach can cancel it."""
@@ -303,24 +286,24 @@ class GovernedRun:
         handle.add_done_callback(self.in_flight.discard)
         return handle
 
-    def reserve(self, key: str, amounts: Amounts, dispatch: str) -> None:
+    # -- decisions ------------------------------------------------------------------------
+
+    def reserve(self, dispatch: Dispatch, amounts: Amounts) -> None:
         """Reserve a dispatch's estimate, or halt the run with :class:`BudgetExceeded`."""
-        kind, _, target = dispatch.partition(" ")
-        self._targets[key] = (kind if kind in ("activity", "child") else "", target)  # type: ignore[assignment]
-        if self.breach is not None:
-            raise self._halt_again(dispatch)
-        self._check_deadline(key, dispatch)
-        refusal = self.ledger.reserve(key, amounts)
+        self.raise_if_halted(dispatch.label)
+        self._check_deadline(dispatch)
+        refusal = self.ledger.reserve(dispatch.key, amounts)
         if refusal is not None:
-            self.ledger.log_breach(key, refusal)
-            raise self._halt(refusal, dispatch)
+            raise self.stop(
+                BudgetExceeded(self.refused(refusal, dispatch.label)), refused=dispatch.key
+            )
         self._log_new_events()
 
     def commit(self, key: str, actual: Amounts, models: dict[str, int] | None = None) -> None:
         """Commit a finished dispatch's usage and release the rest of its reservation."""
         if models:
             self._models[key] = models
-        if key.startswith(CHILD_KEY_PREFIX) and key in self.ledger.reservations:
+        if key.startswith(carving.CHILD_KEY_PREFIX) and key in self.ledger.reservations:
             self.children_spend = self.children_spend + actual
         self.ledger.commit(key, actual)
         self._log_new_events()
@@ -330,170 +313,166 @@ class GovernedRun:
         self.ledger.note_wait(key, limit=limit, scope=scope, observed=observed, ceiling=ceiling)
         self._log_new_events()
 
-    def halt_shared(self, key: str, refusal: Refusal, dispatch: str) -> NoReturn:
-        """Halt the run because a shared scope refused a dispatch."""
-        self.ledger.release(key)
-        self.ledger.log_breach(key, refusal)
-        raise self._halt(refusal, dispatch)
-
     def release(self, key: str) -> None:
         """Release the reservation of a dispatch that never started."""
         self.ledger.release(key)
         self._log_new_events()
 
-    def carve(self, key: str, child_type: str, estimate: Amounts) -> dict[str, AllowanceEntry]:
+    def carve(self, dispatch: Dispatch, estimate: Amounts) -> dict[str, AllowanceEntry]:
         """Reserve a child's allowance out of this run's remaining budget.
 
-        For every resource this run limits (``tokens``, ``cost_usd``, ``tool_calls``,
-        ``child_workflows``) the child gets a share of what is left after its estimate
-        (:meth:`_share`), and at least its estimate; it is refused when less than its
-        estimate, or nothing at all, remains of ``tokens`` or ``cost_usd``. The whole
-        carve is reserved here until the child ends, so the carves of all children in
-        flight plus this run's own spend and reservations never pass its ceilings.
+        The carve is the core's (:func:`~temporal_governor.core.carving.carve`): a share
+        of what is left of every resource this run limits, at least the child's estimate;
+        refused when less than its estimate, or nothing at all, remains of ``tokens`` or
+        ``cost_usd``. The whole carve is reserved here until the child ends, so the carves
+        of all children in flight plus this run's own spend and reservations never pass
+        its ceilings. A child deeper than ``loop_detection.max_depth`` halts the run with
+        :class:`RunawayLoop`.
         """
-        dispatch = f"child {child_type}"
-        self._targets[key] = ("child", child_type)
-        if self.breach is not None:
-            raise self._halt_again(dispatch)
-        depth = self.context.depth + 1
-        if self.max_depth is not None and depth > self.max_depth:
-            refusal = Refusal(
-                limit="loop_detection.max_depth",
-                resource="depth",
-                scope=self.max_depth_scope,
-                observed=depth,
-                ceiling=self.max_depth,
-                committed=self.context.depth,
-                overage=0.0,
+        self.raise_if_halted(dispatch.label)
+        too_deep = carving.depth_refusal(self.context.depth, self.max_depth, self.max_depth_scope)
+        if too_deep is not None:
+            raise self.stop(
+                RunawayLoop(self.refused(too_deep, dispatch.label)), refused=dispatch.key
             )
-            self.ledger.log_breach(key, refusal)
-            raise self._halt(refusal, dispatch, loop=True)
-        self._check_deadline(key, dispatch)
-        base = estimate + Amounts(subtasks=1, child_workflows=1)
-        reservation = base
-        allowance: dict[str, AllowanceEntry] = {}
-        rule: float | _FairShare | None = None
-        for resource in _CARVED:
-            binding = self.ledger.binding_limit(resource)
-            remaining = self.ledger.remaining(resource)
-            if binding is None or remaining is None:
-                continue
-            left = remaining - base.get(resource)
-            if _starved(resource, left):
-                used = binding.ceiling - remaining
-                refusal = Refusal(
-                    limit=binding.name,
-                    resource=resource,
-                    scope=binding.scope,
-                    observed=used + estimate.get(resource),
-                    ceiling=binding.ceiling,
-                    committed=self.ledger.committed.get(resource),
-                    overage=max(0.0, self.ledger.committed.get(resource) - binding.ceiling),
-                )
-                self.ledger.log_breach(key, refusal)
-                raise self._halt(refusal, dispatch)
-            if rule is None:
-                rule = self._carve_rule(child_type)
-            give = _share(rule, resource, left, estimate.get(resource))
-            allowance[resource] = AllowanceEntry(
-                amount=give, limit=binding.name, scope=binding.scope
+        self._check_deadline(dispatch)
+        plan = carving.carve(self.ledger, estimate, lambda: self._carve_rule(dispatch.target))
+        if isinstance(plan, Refusal):
+            raise self.stop(
+                BudgetExceeded(self.refused(plan, dispatch.label)), refused=dispatch.key
             )
-            # the child itself is one child workflow; its allowance is for its descendants
-            own = 1.0 if resource == "child_workflows" else 0.0
-            reservation = reservation.model_copy(update={resource: own + give})
-        self.reserve(key, reservation, dispatch)
-        return allowance
+        self.reserve(dispatch, plan.reservation)
+        return {
+            resource: AllowanceEntry(amount=part.amount, limit=part.limit, scope=part.scope)
+            for resource, part in plan.shares.items()
+        }
 
-    def _carve_rule(self, child_type: str) -> float | _FairShare:
+    def _carve_rule(self, child_type: str) -> carving.CarveRule:
         """How this run carves a child: a fraction of what is left, or a fair share.
 
         The policy's ``child_allowance`` fraction as it is. ``auto`` is a
-        :class:`_FairShare` with the number of this run's children in flight and the
-        child's own per-task ceilings; histories recorded before ``auto`` existed (no
-        :data:`CHILD_SHARE_PATCH` marker) replay with the former default, ``1.0``.
+        :class:`~temporal_governor.core.carving.FairShare` with the number of this run's
+        children in flight and the child's own per-task ceilings; histories recorded
+        before ``auto`` existed (no :data:`CHILD_SHARE_PATCH` marker) replay with the
+        former default, ``1.0``.
         """
         setting = self.policy.child_allowance_for(self.agent)
         if setting != "auto":
             return float(setting)
         if not temporalio.workflow.patched(CHILD_SHARE_PATCH):
             return 1.0
-        running = sum(1 for key in self.ledger.reservations if key.startswith(CHILD_KEY_PREFIX))
-        caps = {
-            resource: spec.ceiling
-            for resource, spec in self.policy.quotas_for(child_type).per_task().items()
-            if resource in _CARVED and self.policy.on_breach_of(spec) == "terminate"
-        }
-        return _FairShare(running=running, caps=caps)
-
-    def _check_deadline(self, key: str, dispatch: str) -> None:
-        now = temporalio.workflow.now()
-        if self.deadline is not None and now >= self.deadline.at:
-            elapsed = self.deadline.seconds + (now - self.deadline.at).total_seconds()
-            refusal = Refusal(
-                limit=self.deadline.limit,
-                resource="wall_time_s",
-                scope=self.deadline.scope,
-                observed=elapsed,
-                ceiling=self.deadline.seconds,
-                committed=elapsed,
-                overage=0.0,
-            )
-            self.ledger.log_breach(key, refusal)
-            raise self._halt(refusal, dispatch)
-        spec = self.policy.quotas_for(self.agent).per_task().get("wall_time_s")
-        if (
-            spec is not None
-            and not self._wall_alerted
-            and self.policy.on_breach_of(spec) == "alert"
-        ):
-            elapsed = (now - self.info.start_time).total_seconds()
-            if elapsed > float(spec.limit):
-                self._wall_alerted = True
-                temporalio.workflow.logger.warning(
-                    "governance alert: %s (wall_time_s) of %s: observed %.1f > ceiling %.1f",
-                    _RESOURCE_TO_LIMIT_NAME["wall_time_s"],
-                    self.scope,
-                    elapsed,
-                    float(spec.limit),
-                )
-
-    def halt(self, refusal: Refusal, dispatch: str) -> BudgetExceeded:
-        """Halt the run on a refusal decided outside the run's ledger (a risk tier's)."""
-        return self._halt(refusal, dispatch)
-
-    def halt_verdict(self, verdict: Verdict, dispatch: str, loop: bool) -> BudgetExceeded:
-        """Halt the run on a detector's verdict: ``RunawayLoop`` for a loop, else a breach.
-
-        The failure's details carry the verdict's evidence and message.
-        """
-        observed, ceiling = evidence_numbers(verdict.evidence)
-        details = self.details(
-            limit=f"loop_detection.{verdict.detector}" if loop else verdict.detector,
-            resource="dispatches" if loop else "spend",
-            scope=self.scope,
-            observed=observed,
-            ceiling=ceiling,
-            dispatch=dispatch,
-            evidence={**verdict.evidence, "detector": verdict.detector, "message": verdict.message},
+        return carving.FairShare(
+            running=carving.children_in_flight(self.ledger),
+            caps=carving.child_caps(self.policy, child_type),
         )
-        error: BudgetExceeded = RunawayLoop(details) if loop else BudgetExceeded(details)
-        return self._stop(error) if self.breach is None else error
+
+    def _check_deadline(self, dispatch: Dispatch) -> None:
+        """Halt the run if its deadline has passed; report an ``alert`` wall time once."""
+        now = temporalio.workflow.now()
+        refusal = deadline_refusal(self.deadline, now)
+        if refusal is not None:
+            raise self.stop(
+                BudgetExceeded(self.refused(refusal, dispatch.label)), refused=dispatch.key
+            )
+        spec = self.policy.quotas_for(self.agent).per_task().get("wall_time_s")
+        if spec is None or self._wall_alerted or self.policy.on_breach_of(spec) != "alert":
+            return
+        elapsed = overrun(self.info.start_time, now, float(spec.limit))
+        if elapsed is not None:
+            self._wall_alerted = True
+            temporalio.workflow.logger.warning(
+                "governance alert: %s (wall_time_s) of %s: observed %.1f > ceiling %.1f",
+                _RESOURCE_TO_LIMIT_NAME["wall_time_s"],
+                self.scope,
+                elapsed,
+                float(spec.limit),
+            )
+
+    # -- halting --------------------------------------------------------------------------
+
+    def stop(self, error: BudgetExceeded, *, refused: str | None = None) -> BudgetExceeded:
+        """Halt the run with ``error``: the one way a run is halted.
+
+        The first halt is the run's: it becomes :attr:`breach` (``GovernanceKilled`` for a
+        kill, ``RunawayLoop`` for a loop, else ``BudgetExceeded``) and wakes the workflow
+        interceptor, which fails the run with it. A run already halted stays halted as it
+        was.
+
+        Args:
+            error: The failure to halt with.
+            refused: The key of the dispatch whose refusal halts the run: the halt is
+                recorded as that dispatch's ``breach`` decision.
+
+        Returns:
+            The error to raise where the halt was found: ``error``, or, if the run was
+            already halted, its halt again naming ``error``'s dispatch.
+        """
+        if self.breach is not None:
+            return self._again(error.breach.dispatch)
+        if refused is not None:
+            details = error.breach
+            self.ledger.log_breach(
+                refused,
+                Refusal(
+                    limit=details.limit,
+                    resource=details.resource,
+                    scope=details.scope,
+                    observed=details.observed,
+                    ceiling=details.ceiling,
+                    committed=details.committed,
+                    overage=details.overage,
+                ),
+            )
+        self.breach = error
+        self._log_new_events()
+        if not self.breached.done():
+            self.breached.set_result(None)
+        return error
+
+    @property
+    def killed(self) -> bool:
+        """Whether the run was halted by a kill (``GovernanceKilled``)."""
+        return isinstance(self.breach, GovernanceKilled)
+
+    def raise_if_halted(self, dispatch: str | None = None) -> None:
+        """Raise the run's halt again if it is halted (a dispatch asked for after it).
+
+        Args:
+            dispatch: The dispatch asked for, named in the error (by default the one
+                the run was halted at).
+        """
+        if self.breach is not None:
+            raise self._again(dispatch if dispatch is not None else self.breach.breach.dispatch)
+
+    def final_error(self) -> BudgetExceeded:
+        """The halt to fail the run with, its spend brought up to date."""
+        assert self.breach is not None
+        spent = self.ledger.committed.nonzero()
+        return type(self.breach)(self.breach.breach.model_copy(update={"spent": spent}))
+
+    def _again(self, dispatch: str) -> BudgetExceeded:
+        """A fresh error of the run's halt (same kind and details) naming ``dispatch``."""
+        assert self.breach is not None
+        return type(self.breach)(self.breach.breach.model_copy(update={"dispatch": dispatch}))
+
+    def refused(self, refusal: Refusal, dispatch: str) -> BreachDetails:
+        """Breach details of a refusal of ``dispatch`` (its label, e.g. ``activity x``)."""
+        return self.details(**refusal.model_dump(), dispatch=dispatch)
+
+    def details(self, **fields: Any) -> BreachDetails:
+        """Breach details of this run: ``fields`` plus its chain, tenant and spend so far."""
+        return BreachDetails(
+            chain=[*self.context.chain, self.link],
+            tenant=self.context.attribution.tenant,
+            spent=self.ledger.committed.nonzero(),
+            **fields,
+        )
+
+    # -- control --------------------------------------------------------------------------
 
     def log_events(self) -> None:
         """Hand the decisions logged since the last call to the sinks and the log."""
         self._log_new_events()
-
-    def kill(self, details: BreachDetails) -> None:
-        """Stop the run with ``GovernanceKilled`` (a kill ``terminate`` or a pause timeout)."""
-        if self.breach is not None:
-            return
-        self.killed = True
-        self._stop(GovernanceKilled(details))
-
-    def raise_if_halted(self) -> None:
-        """Raise the run's breach or kill again (a dispatch asked for after the halt)."""
-        if self.breach is not None:
-            raise self._halt_again(self.breach.breach.dispatch)
 
     def hard_ceiling(self, limit_name: str) -> float:
         """The ceiling no override can lift for one of the run's own per-task limits."""
@@ -511,48 +490,6 @@ class GovernedRun:
             record.issuer or "?",
             record.outcome,
         )
-
-    def _halt(self, refusal: Refusal, dispatch: str, loop: bool = False) -> BudgetExceeded:
-        details = self._details(refusal, dispatch)
-        error: BudgetExceeded = RunawayLoop(details) if loop else BudgetExceeded(details)
-        return self._stop(error)
-
-    def _stop(self, error: BudgetExceeded) -> BudgetExceeded:
-        """Make ``error`` the run's breach and wake the workflow interceptor to fail the run."""
-        self.breach = error
-        self._log_new_events()
-        if not self.breached.done():
-            self.breached.set_result(None)
-        return error
-
-    def _halt_again(self, dispatch: str) -> BudgetExceeded:
-        assert self.breach is not None
-        return self._error(self.breach.breach.model_copy(update={"dispatch": dispatch}))
-
-    def _details(self, refusal: Refusal, dispatch: str) -> BreachDetails:
-        return self.details(**refusal.model_dump(), dispatch=dispatch)
-
-    def details(self, **fields: Any) -> BreachDetails:
-        """Breach details of this run: ``fields`` plus its chain, tenant and spend so far."""
-        return BreachDetails(
-            chain=[*self.context.chain, self.link],
-            tenant=self.context.attribution.tenant,
-            spent=self.ledger.committed.nonzero(),
-            **fields,
-        )
-
-    def final_error(self) -> BudgetExceeded:
-        """The breach to fail the run with, its spend brought up to date."""
-        assert self.breach is not None
-        spent = self.ledger.committed.nonzero()
-        return self._error(self.breach.breach.model_copy(update={"spent": spent}))
-
-    def _error(self, details: BreachDetails) -> BudgetExceeded:
-        """A fresh error of the same kind as the run's breach."""
-        if isinstance(self.breach, GovernanceKilled):
-            return GovernanceKilled(details)
-        loop = isinstance(self.breach, RunawayLoop)
-        return RunawayLoop(details) if loop else BudgetExceeded(details)
 
     # -- reporting ------------------------------------------------------------------------
 
@@ -584,7 +521,7 @@ class GovernedRun:
                 )
 
     def _record(self, event: GovernanceEvent) -> DecisionRecord:
-        dispatch, target = self._targets.get(event.key, ("", ""))
+        dispatch = self._named.get(event.key)
         return DecisionRecord(
             seq=event.seq,
             kind=event.kind,
@@ -596,8 +533,8 @@ class GovernedRun:
             depth=self.context.depth,
             tenant=self.context.attribution.tenant,
             owner=self.context.attribution.owner,
-            dispatch=dispatch,
-            target=target,
+            dispatch=dispatch.kind if dispatch else "",
+            target=dispatch.target if dispatch else "",
             key=event.key,
             amounts=event.amounts,
             models=self._models.pop(event.key, {}) if event.kind == "commit" else {},

@@ -9,24 +9,56 @@ Two ways to reserve in shared scopes:
   more than a fair share of what is left) and reserves against it locally, with no round
   trip; the lease is settled with what was really used when it runs out, ages, or the run
   ends. The scopes' ceilings still hold exactly, because a lease is a reservation.
+
+What the run holds, whether a lease fits, what to settle and what a refusal leads to are
+decided in :mod:`temporal_governor.core.leases` (pure); this module turns the answers into
+ledger calls: typed requests (:class:`~temporal_governor.ledger._workflow.LedgerUpdate`)
+through the ledger's local activity, typed replies back.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import temporalio.workflow
+from pydantic import BaseModel, ValidationError
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 from ..core.accounting import Refusal
-from ..core.book import CAPACITY_LIMIT
-from ..core.scopes import Dispatch, SharedLimit, shared_limits
+from ..core.book import StoredControls
+from ..core.detectors import BaselineState
+from ..core.leases import (
+    Halt,
+    Holdings,
+    Lease,
+    Signature,
+    Ticket,
+    Unavailable,
+    after_refusal,
+    chunks,
+    reservation,
+    signature_of,
+    split,
+    wanted_of,
+)
+from ..core.scopes import SharedLimit, StartKind, shared_limits
+from ..errors import BudgetExceeded, GovernanceKilled
 from ..ledger._activity import LEDGER_ACTIVITY, LEDGER_UNAVAILABLE, LedgerCall
-from ..ledger._workflow import MALFORMED_UPDATE, MAX_SETTLEMENTS, ReserveResult
+from ..ledger._workflow import (
+    BASELINE,
+    EXTEND,
+    MALFORMED_UPDATE,
+    OBSERVE,
+    READ_CONTROLS,
+    RELEASE_RUN,
+    RESERVE,
+    SETTLE,
+    LedgerUpdate,
+)
+from ._ports import SharedHost
 from ._versions import (
     LEASE_LOCK_PATCH,
     ONE_LEDGER_CALL_PATCH,
@@ -35,84 +67,39 @@ from ._versions import (
     Commands,
 )
 
-if TYPE_CHECKING:
-    from ._run import GovernedRun
-
 # A ledger call is bounded by its schedule-to-close timeout (``shared.call_timeout``) only;
-# each attempt keeps its own deadline inside the activity (see activities/_ledger.py).
+# each attempt keeps its own deadline inside the activity (see ledger/_activity.py).
 _CALL_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=100),
     maximum_interval=timedelta(seconds=2),
     maximum_attempts=0,  # unlimited: shared.call_timeout bounds the call
     non_retryable_error_types=[LEDGER_UNAVAILABLE],
 )
-_DEFAULT_RETRY_S = 0.5
 
 LEDGER_UNAVAILABLE_LIMIT = "shared.ledger_unavailable"
 """The ``limit`` of the ``GovernanceKilled`` failure of a run whose ledger cannot answer."""
 
-
-@dataclass
-class _Lease:
-    """A chunk of shared budget held by this run, reserved against locally."""
-
-    ledger_key: str
-    granted: dict[str, float]
-    taken_at: float
-    used: dict[str, float] = field(default_factory=dict)
-    held: dict[str, float] = field(default_factory=dict)
-    dispatches: int = 0
-    retired: bool = False
-
-    def fits(self, wanted: dict[str, float]) -> bool:
-        return all(
-            self.granted.get(r, 0.0) - self.used.get(r, 0.0) - self.held.get(r, 0.0) >= v - 1e-9
-            for r, v in wanted.items()
-        )
-
-    def drained(self) -> bool:
-        """No dispatch reserved against it is still running."""
-        return not any(v > 1e-9 for v in self.held.values())
-
-
-@dataclass
-class Ticket:
-    """What one dispatch holds in the shared scopes, to settle when it ends."""
-
-    number: int
-    """Unique within the run: tickets are tracked by it until they are settled."""
-    reserved: dict[str, float] = field(default_factory=dict)
-    """What the dispatch reserved (concurrency left out): its charge if its usage is never
-    known (the governor never assumes money was not spent)."""
-    lease: _Lease | None = None
-    leased: dict[str, float] = field(default_factory=dict)
-    ledger_key: str | None = None
-    per_dispatch: tuple[str, ...] = ()
-    """Resources reserved per dispatch (settled with their actual, concurrency with 0)."""
-    actual: dict[str, float] | None = None
-    """What the dispatch really used, once known."""
+_Request = TypeVar("_Request", bound=BaseModel)
+_Reply = TypeVar("_Reply")
 
 
 class SharedBudget:
-    """Reservations of one run in the scopes shared across runs (tenant, agent, tool ...)."""
+    """Reservations of one run in the scopes shared across runs (tenant, agent, tool ...).
 
-    def __init__(self, run: GovernedRun) -> None:
+    What the run holds and every decision about it is :class:`~..core.leases.Holdings`;
+    this class issues the ledger calls it leads to.
+    """
+
+    def __init__(self, run: SharedHost) -> None:
         self.run = run
         self.settings = run.policy.shared
-        self.open: set[str] = set()
+        self.holdings = Holdings()
         self._limits: dict[str, list[SharedLimit]] = {}
-        self._leases: dict[tuple[str, ...], _Lease] = {}
-        self._retired: list[_Lease] = []
-        self._lease_locks: dict[tuple[str, ...], asyncio.Lock] = {}
+        self._lease_locks: dict[Signature, asyncio.Lock] = {}
         self._one_call = asyncio.Lock()
         """One ledger call of the run at a time: concurrent local activities resolve in
         completion order live but in schedule order on replay (temporalio 1.35), which
         would make the run's later commands differ."""
-        self._tickets: dict[int, Ticket] = {}
-        self._tickets_issued = 0
-        self._unanswered = 0
-        """Reservations asked for and not answered (cancelled meanwhile): the ledger may hold
-        them, so the run's end releases whatever it still holds."""
         self._keeper: asyncio.Task[None] | None = None
         self._renewals = 0
         self.commands = Commands()
@@ -123,7 +110,12 @@ class SharedBudget:
         attribution = run.context.attribution
         self._control_scopes = [f"tenant:{attribution.tenant}", f"agent:{run.agent}"]
 
-    def limits_for(self, tool: str | None, kind: Dispatch | None = None) -> list[SharedLimit]:
+    @property
+    def open(self) -> set[str]:
+        """Ledger keys of the run's reservations not settled yet."""
+        return self.holdings.open
+
+    def limits_for(self, tool: str | None, kind: StartKind | None = None) -> list[SharedLimit]:
         """The shared limits of the run's start (``kind="run"``) or of a dispatch."""
         cache_key = f"{kind or ''}:{tool or ''}"
         if cache_key not in self._limits:
@@ -148,7 +140,9 @@ class SharedBudget:
 
     # -- ledger calls -------------------------------------------------------------------
 
-    async def _call(self, update: str, request: dict[str, Any], update_id: str) -> Any:
+    async def _call(
+        self, update: LedgerUpdate[_Request, _Reply], request: _Request, update_id: str
+    ) -> _Reply | None:
         """One ledger update, or ``None`` when the ledger cannot answer and policy says open.
 
         Fail-closed (``shared.on_unavailable: closed``, the default) stops the run instead.
@@ -161,7 +155,8 @@ class SharedBudget:
             cause = error.cause
             if isinstance(cause, ApplicationError) and cause.type == MALFORMED_UPDATE:
                 raise  # a bug of the governor's, not an outage: never hide it
-            return self._unavailable(update, cause or error)
+            self._unavailable(update.name, cause or error)
+            return None
 
     def _unavailable(self, update: str, error: BaseException) -> None:
         """The ledger cannot answer: stop the run (closed) or go on uncounted (open)."""
@@ -174,24 +169,26 @@ class SharedBudget:
             )
             return
         temporalio.workflow.logger.error("governor: %s; the run stops (fail-closed)", message)
-        self.run.kill(
-            self.run.details(
-                limit=LEDGER_UNAVAILABLE_LIMIT,
-                resource="ledger",
-                scope=f"ledger:{ledger}",
-                observed=0.0,
-                ceiling=0.0,
-                dispatch=update,
-                evidence={"message": message},
-            )
+        details = self.run.details(
+            limit=LEDGER_UNAVAILABLE_LIMIT,
+            resource="ledger",
+            scope=f"ledger:{ledger}",
+            observed=0.0,
+            ceiling=0.0,
+            dispatch=update,
+            evidence={"message": message},
         )
+        self.run.stop(GovernanceKilled(details))  # a run halted before stays halted as it was
         self.run.raise_if_halted()
 
-    async def _call_once(self, update: str, request: dict[str, Any], update_id: str) -> Any:
+    async def _call_once(
+        self, update: LedgerUpdate[_Request, _Reply], request: _Request, update_id: str
+    ) -> _Reply:
+        """One ledger update, its reply typed (a malformed reply fails the workflow task)."""
         call = LedgerCall(
             ledger_id=self.settings.ledger_id,
             task_queue=self.settings.task_queue,
-            update=update,
+            update=update.name,
             request=request,
             update_id=update_id,
             continue_as_new_after=self.settings.continue_as_new_after,
@@ -199,8 +196,8 @@ class SharedBudget:
         )
         if self.commands.since(ONE_LEDGER_CALL_PATCH):
             async with self._one_call:
-                return await self._local_activity(call)
-        return await self._local_activity(call)
+                return update.reply_of(await self._local_activity(call))
+        return update.reply_of(await self._local_activity(call))
 
     async def _local_activity(self, call: LedgerCall) -> Any:
         """Run the ledger's local activity; its failure has one shape, live or replayed.
@@ -251,30 +248,31 @@ class SharedBudget:
             and the policy lets the dispatch go uncounted (``on_unavailable: open``).
         """
         waited = 0.0
+        controls = self.run.policy.control.check_kills_at_start
         while True:
             self._calls += 1
             ledger_key = f"{self._owner}/{key}#{self._calls}"
-            request: dict[str, Any] = {
-                "key": ledger_key,
-                "run": self._owner,
-                "amounts": {r: v * max(lease_of, 1) for r, v in wanted.items()},
-                "limits": [limit.model_dump(mode="json") for limit in limits],
-                "ttl_s": self.settings.reservation_ttl,
-            }
-            if lease_of:
-                request["minimum"] = wanted
-                request["max_share"] = self.settings.lease_max_share
-            if self.run.policy.control.check_kills_at_start:
-                request["controls_for"] = self._control_scopes
-                request["controls_since_ms"] = self._controls_since_ms
-            self._unanswered += 1  # until the answer is in: the ledger may hold it already
-            answer = await self._call("reserve", request, f"reserve:{ledger_key}")
-            self._unanswered -= 1
-            if answer is None:
+            try:
+                request = reservation(
+                    ledger_key,
+                    self._owner,
+                    limits,
+                    wanted,
+                    self.settings.reservation_ttl,
+                    lease_of=lease_of,
+                    max_share=self.settings.lease_max_share,
+                    controls_for=self._control_scopes if controls else None,
+                    controls_since_ms=self._controls_since_ms,
+                )
+            except ValidationError as error:
+                raise RESERVE.refused(error) from None
+            self.holdings.unanswered += 1  # until the answer is in: the ledger may hold it
+            result = await self._call(RESERVE, request, f"reserve:{ledger_key}")
+            self.holdings.unanswered -= 1
+            if result is None:
                 return None, {}
-            result = ReserveResult.model_validate(answer)
             if result.granted:
-                self.open.add(ledger_key)  # before a returned kill can halt the run
+                self.holdings.granted(ledger_key)  # before a returned kill can halt the run
                 self._keep_alive()
             if result.controls:
                 self._apply_controls(result.controls)
@@ -282,22 +280,12 @@ class SharedBudget:
                 return ledger_key, result.amounts
             refusal = result.refusal
             assert refusal is not None
-            left = self.settings.max_wait - waited
-            full = refusal.limit == CAPACITY_LIMIT  # the ledger is busy, not the budget spent
-            if full and left <= 0:
+            step = after_refusal(refusal, waited, self.settings.max_wait, self.settings.on_refusal)
+            if isinstance(step, Unavailable):
                 self._unavailable("reserve", RuntimeError(f"ledger full: {refusal.resource}"))
                 return None, {}
-            if (full or self.settings.on_refusal == "wait") and left > 0:
-                pause = max(0.05, min(left, refusal.retry_after_s or _DEFAULT_RETRY_S))
-                self.run.note_wait(
-                    key, refusal.limit, refusal.scope, refusal.observed, refusal.ceiling
-                )
-                await temporalio.workflow.sleep(pause)
-                waited += pause
-                continue
-            self.run.halt_shared(
-                key,
-                Refusal(
+            if isinstance(step, Halt):
+                refused = Refusal(
                     limit=refusal.limit,
                     resource=refusal.resource,
                     scope=refusal.scope,
@@ -305,9 +293,14 @@ class SharedBudget:
                     ceiling=refusal.ceiling,
                     committed=refusal.committed,
                     overage=0.0,
-                ),
-                dispatch,
-            )
+                )
+                self.run.release(key)  # the run's own reservation of the dispatch
+                raise self.run.stop(
+                    BudgetExceeded(self.run.refused(refused, dispatch)), refused=key
+                )
+            self.run.note_wait(key, refusal.limit, refusal.scope, refusal.observed, refusal.ceiling)
+            await temporalio.workflow.sleep(step.pause)
+            waited += step.pause
 
     def _keep_alive(self) -> None:
         """Renew the run's open reservations every half TTL while it lives.
@@ -326,34 +319,40 @@ class SharedBudget:
         ttl = self.settings.reservation_ttl
         while True:
             await temporalio.workflow.sleep(ttl / 2)
-            if not self.open:
+            if not self.holdings.open:
                 return
             self._renewals += 1
             renewals = self._renewals
-            request = {"run": self._owner, "ttl_s": ttl}
+            request = EXTEND.request_of({"run": self._owner, "ttl_s": ttl})
             try:
-                await self._call_once("extend", request, f"extend:{self._owner}#{renewals}")
+                await self._call_once(EXTEND, request, f"extend:{self._owner}#{renewals}")
             except ActivityError as error:
                 temporalio.workflow.logger.warning(
                     "governor: reservations not renewed (%s); they expire charged in full",
                     error.cause or error,
                 )
 
-    def _apply_controls(self, controls: dict[str, dict[str, Any]], halt: bool = True) -> None:
+    def _apply_controls(self, controls: StoredControls, halt: bool = True) -> None:
         """Apply fleet kills and resumes the ledger sent back with a reservation, once each."""
         for by_signal in controls.values():
             for stored in by_signal.values():
-                self._controls_since_ms = max(self._controls_since_ms, stored["recorded_at_ms"])
+                self._controls_since_ms = max(self._controls_since_ms, stored.recorded_at_ms)
         if self.run.control is not None:
-            self.run.control.apply_stored(controls)
+            self.run.control.apply_stored(
+                {
+                    scope: {signal: stored.model_dump(mode="json") for signal, stored in by.items()}
+                    for scope, by in controls.items()
+                }
+            )
         if halt and self.run.breach is not None:
             self.run.raise_if_halted()
 
     async def _settle_key(self, ledger_key: str, actual: dict[str, float]) -> None:
-        if ledger_key not in self.open:
+        if ledger_key not in self.holdings.open:
             return
-        await self._call("settle", {"key": ledger_key, "actual": actual}, f"settle:{ledger_key}")
-        self.open.discard(ledger_key)  # only once the ledger has it: else release_all settles it
+        request = SETTLE.request_of({"key": ledger_key, "actual": actual})
+        await self._call(SETTLE, request, f"settle:{ledger_key}")
+        self.holdings.settled(ledger_key)  # only once the ledger has it: else release_all
 
     # -- the run's interface --------------------------------------------------------------
 
@@ -369,27 +368,15 @@ class SharedBudget:
         Returns:
             The ticket to settle when the dispatch ends.
         """
-        self._tickets_issued += 1
-        ticket = Ticket(
-            number=self._tickets_issued,
-            reserved={r: float(v) for r, v in amounts.items() if r != "concurrency" and v},
-        )
-        self._tickets[ticket.number] = ticket
-        per_dispatch = [lim for lim in limits if lim.resource == "concurrency"]
-        leasable = [lim for lim in limits if lim.resource != "concurrency"]
-        if leasable and not self.settings.leases:
-            per_dispatch, leasable = limits, []
+        ticket = self.holdings.issue(amounts)
+        per_dispatch, leasable = split(limits, self.settings.leases)
         try:
             if leasable:
-                wanted: dict[str, float] = {
-                    lim.resource: float(amounts.get(lim.resource, 0.0)) for lim in leasable
-                }
+                wanted = wanted_of(leasable, amounts)
                 ticket.lease = await self._lease_for(key, leasable, wanted, dispatch)
                 ticket.leased = wanted if ticket.lease is not None else {}
             if per_dispatch:
-                wanted = {
-                    str(lim.resource): float(amounts.get(lim.resource, 0.0)) for lim in per_dispatch
-                }
+                wanted = wanted_of(per_dispatch, amounts)
                 ticket.per_dispatch = tuple(wanted)
                 ticket.ledger_key, _ = await self._reserve(key, per_dispatch, wanted, dispatch)
         except BaseException:
@@ -399,9 +386,9 @@ class SharedBudget:
 
     async def _lease_for(
         self, key: str, leasable: list[SharedLimit], wanted: dict[str, float], dispatch: str
-    ) -> _Lease | None:
+    ) -> Lease | None:
         """Hold ``wanted`` against the run's lease of these scopes, renewing it if needed."""
-        signature = tuple(sorted(f"{lim.counter}|{lim.ceiling:g}" for lim in leasable))
+        signature = signature_of(leasable)
         if not self.commands.since(LEASE_LOCK_PATCH):  # a run of the previous release: no lock
             return await self._hold(signature, key, leasable, wanted, dispatch)
         lock = self._lease_locks.setdefault(signature, asyncio.Lock())
@@ -410,93 +397,78 @@ class SharedBudget:
 
     async def _hold(
         self,
-        signature: tuple[str, ...],
+        signature: Signature,
         key: str,
         leasable: list[SharedLimit],
         wanted: dict[str, float],
         dispatch: str,
-    ) -> _Lease | None:
+    ) -> Lease | None:
         """Hold ``wanted`` against the lease of ``signature``, taking a new one if needed."""
-        lease = self._leases.get(signature)
         now = temporalio.workflow.now().timestamp()
-        stale = lease is not None and now - lease.taken_at > self.settings.reservation_ttl / 2
-        if lease is None or stale or not lease.fits(wanted):
-            if lease is not None:
-                await self._retire(signature, lease)
+        max_age = self.settings.reservation_ttl / 2
+        lease = self.holdings.fitting(signature, wanted, now, max_age)
+        if lease is None:
+            await self._retire(signature)
             ledger_key, granted = await self._reserve(
                 key, leasable, wanted, dispatch, lease_of=self.settings.lease_dispatches
             )
             if ledger_key is None:
                 return None  # uncounted: the ledger is unavailable and policy says open
-            lease = _Lease(ledger_key=ledger_key, granted=granted, taken_at=now)
-            self._leases[signature] = lease
-        for resource, value in wanted.items():
-            lease.held[resource] = lease.held.get(resource, 0.0) + value
-        lease.dispatches += 1
+            lease = self.holdings.take(signature, ledger_key, granted, now)
+        lease.hold(wanted)
         return lease
+
+    async def _retire(self, signature: Signature) -> None:
+        """Stop reserving against a lease; settle it once its dispatches have ended."""
+        drained = self.holdings.retire(signature)
+        if drained is not None:
+            await self._settle_key(drained.ledger_key, drained.used)
 
     def record(self, ticket: Ticket, actual: dict[str, float]) -> None:
         """Note what a finished dispatch used, without a ledger call (it cannot fail).
 
         The ledger learns it from :meth:`flush` or, at the latest, from :meth:`release_all`.
         """
-        if ticket.actual is not None:
-            return
-        ticket.actual = {r: v for r, v in actual.items() if r != "concurrency"}
-        lease = ticket.lease
-        if lease is not None:
-            for resource, value in ticket.leased.items():
-                lease.held[resource] = lease.held.get(resource, 0.0) - value
-                lease.used[resource] = lease.used.get(resource, 0.0) + actual.get(resource, 0.0)
+        self.holdings.record(ticket, actual)
 
     async def flush(self, ticket: Ticket) -> None:
         """Tell the ledger about a recorded dispatch now (frees its concurrency slot)."""
         assert ticket.actual is not None
-        if ticket.ledger_key is not None:
-            actual = {r: ticket.actual.get(r, 0.0) for r in ticket.per_dispatch}
-            await self._settle_key(ticket.ledger_key, {r: v for r, v in actual.items() if v})
-        lease = ticket.lease
-        if lease is not None and lease.retired and lease.drained():
+        own = self.holdings.dispatch_settlement(ticket)
+        if own is not None:
+            await self._settle_key(*own)
+        lease = self.holdings.lease_done(ticket)
+        if lease is not None:
             await self._settle_key(lease.ledger_key, lease.used)
-            if lease in self._retired:
-                self._retired.remove(lease)
-        self._tickets.pop(ticket.number, None)
+            self.holdings.forget(lease)
+        self.holdings.close(ticket)
 
     async def settle(self, ticket: Ticket, actual: dict[str, float]) -> None:
         """Commit a finished dispatch's usage in the shared scopes and release the rest."""
         self.record(ticket, actual)
         await self.flush(ticket)
 
-    async def _retire(self, signature: tuple[str, ...], lease: _Lease) -> None:
-        """Stop reserving against a lease; settle it once its dispatches have ended."""
-        self._leases.pop(signature, None)
-        lease.retired = True
-        if lease.drained():
-            await self._settle_key(lease.ledger_key, lease.used)
-        else:
-            self._retired.append(lease)
-
     async def fleet_controls(self) -> None:
         """Ask the ledger for kills and resumes of the run's tenant and agent it has not seen."""
         self._calls += 1
-        request = {"scopes": self._control_scopes, "since_ms": self._controls_since_ms}
-        found: dict[str, Any] = await self._call_once(
-            "read_controls", request, f"read_controls:{self._owner}#{self._calls}"
+        request = READ_CONTROLS.request_of(
+            {"scopes": self._control_scopes, "since_ms": self._controls_since_ms}
+        )
+        found = await self._call_once(
+            READ_CONTROLS, request, f"read_controls:{self._owner}#{self._calls}"
         )
         if found:
             self._apply_controls(found, halt=False)
 
-    async def baselines(self, keys: list[str]) -> dict[str, Any]:
+    async def baselines(self, keys: list[str]) -> dict[str, BaselineState]:
         """Read spend baselines kept in the ledger (anomaly detection)."""
-        result: dict[str, Any] = await self._call_once(
-            "baseline", {"keys": keys}, f"baseline:{self._owner}"
-        )
-        return result
+        request = BASELINE.request_of({"keys": keys})
+        return await self._call_once(BASELINE, request, f"baseline:{self._owner}")
 
     async def observe(self, values: dict[str, float], alpha: float, min_samples: int) -> None:
         """Fold a finished run's spend into the ledger's baselines."""
-        request = {"values": values, "alpha": alpha, "min_samples": min_samples}
-        await self._call_once("observe", request, f"observe:{self._owner}")
+        request = OBSERVE.request_of({"values": values, "alpha": alpha, "min_samples": min_samples})
+        await self._call_once(OBSERVE, request, f"observe:{self._owner}")
 
     async def release_all(self) -> None:
         """Settle everything the run holds in one ledger call (the run ends).
@@ -508,39 +480,22 @@ class SharedBudget:
         if not self.commands.since(RELEASE_RUN_PATCH):
             await self._release_all_previous()
             return
-        for ticket in list(self._tickets.values()):
-            self.record(ticket, ticket.actual if ticket.actual is not None else ticket.reserved)
-        settlements: dict[str, dict[str, float]] = {}
-        for ticket in self._tickets.values():
-            if ticket.ledger_key is not None and ticket.ledger_key in self.open:
-                assert ticket.actual is not None
-                settlements[ticket.ledger_key] = {
-                    r: v for r in ticket.per_dispatch if (v := ticket.actual.get(r, 0.0))
-                }
-        for lease in [*self._leases.values(), *self._retired]:
-            if lease.ledger_key in self.open:
-                settlements[lease.ledger_key] = {r: v for r, v in lease.used.items() if v}
-        self._tickets.clear()
-        self._leases.clear()
-        self._retired.clear()
+        settlements = self.holdings.end()
         if self._keeper is not None:
             self._keeper.cancel()
-        if not self.open and not self._unanswered:
+        if not self.holdings.holds_anything():
             return
-        items = sorted(settlements.items())
-        chunks = [items[i : i + MAX_SETTLEMENTS] for i in range(0, len(items), MAX_SETTLEMENTS)]
-        for number, chunk in enumerate(chunks or [[]]):
-            request = {
-                "run": self._owner,
-                "settlements": dict(chunk),
-                "release_rest": number == len(chunks or [[]]) - 1,
-            }
+        cut = chunks(settlements)
+        for number, chunk in enumerate(cut):
+            request = RELEASE_RUN.request_of(
+                {"run": self._owner, "settlements": chunk, "release_rest": number == len(cut) - 1}
+            )
             try:
-                await self._call_once("release_run", request, f"release_run:{self._owner}:{number}")
+                await self._call_once(RELEASE_RUN, request, f"release_run:{self._owner}:{number}")
             except ActivityError as error:
                 self._unreachable_at_end(error)
                 break
-        self.open.clear()
+        self.holdings.open.clear()
 
     async def _release_all_previous(self) -> None:
         """The previous release's end of a run: one ``settle`` per lease, then the rest.
@@ -550,22 +505,24 @@ class SharedBudget:
         dispatches used (a dispatch whose outcome is unknown with what it reserved);
         ``release_run`` then releases what else the run holds.
         """
-        for ticket in list(self._tickets.values()):
-            self.record(ticket, ticket.actual if ticket.actual is not None else ticket.reserved)
-        self._tickets.clear()
-        for signature, lease in list(self._leases.items()):
-            await self._retire(signature, lease)
-        for lease in self._retired:
+        holdings = self.holdings
+        holdings.record_all()
+        holdings.tickets.clear()
+        for signature in list(holdings.leases):
+            await self._retire(signature)
+        for lease in holdings.retired:
             await self._settle_key(lease.ledger_key, lease.used)
-        self._retired.clear()
+        holdings.retired.clear()
         if self._keeper is not None:
             self._keeper.cancel()
-        if not self.open:
+        if not holdings.open:
             return
-        self.open.clear()
-        request = {"run": self._owner, "settlements": {}, "release_rest": True}
+        holdings.open.clear()
+        request = RELEASE_RUN.request_of(
+            {"run": self._owner, "settlements": {}, "release_rest": True}
+        )
         try:
-            await self._call_once("release_run", request, f"release_run:{self._owner}")
+            await self._call_once(RELEASE_RUN, request, f"release_run:{self._owner}")
         except ActivityError as error:
             self._unreachable_at_end(error)
 
@@ -581,3 +538,6 @@ class SharedBudget:
             self.settings.ledger_id,
             error.cause or error,
         )
+
+
+__all__ = ["LEDGER_UNAVAILABLE_LIMIT", "SharedBudget", "Ticket"]

@@ -1,10 +1,12 @@
 """How actual usage rides on Temporal's own result and failure paths.
 
 Success: the usage is a metadata entry of the result payload, which converters ignore.
-Failure: the usage is a trailing detail (a marker object) of the ``ApplicationError``,
-removed again on the workflow side before agent code sees the error. Between retry
+Failure: the usage is a trailing marker payload of the ``ApplicationError`` failure,
+appended and taken off again by the failure converter the plugin installs, so neither the
+exception agent code raised nor the one agent code receives carries it. Between retry
 attempts: the same marker is the last heartbeat detail, hidden from activity code.
 All three are recorded in the workflow's history, so replay sees the same numbers.
+:mod:`._failures` has the marker and the converter.
 
 Whatever arrives this way is checked before it counts (:class:`Usage` refuses NaN,
 infinities, negatives and absurd amounts, and a carried usage is at most
@@ -23,16 +25,13 @@ from typing import Any
 import temporalio.workflow
 from pydantic import ValidationError
 from temporalio.api.common.v1 import Payload
-from temporalio.exceptions import ApplicationError, TimeoutError
 
 from ..errors import validation_problems
 from ..usage import Usage
+from ._failures import carried_in_detail, carry_usage, has_carried, take_carried
 
 USAGE_METADATA_KEY = "temporal-governor-usage"
 """Payload metadata key carrying the JSON :class:`Usage` of an activity or child run."""
-
-USAGE_MARKER_KEY = "__temporal_governor_usage__"
-"""Key of the marker object appended to failure and heartbeat details."""
 
 MAX_USAGE_BYTES = 64 * 1024
 """The largest usage (as JSON) that is read from a payload's metadata; larger is refused."""
@@ -48,7 +47,7 @@ def attach_usage(payload: Payload, usage: Usage) -> Payload:
     return tagged
 
 
-def read_usage(data: bytes | Any, where: str) -> tuple[Usage | None, str | None]:
+def read_usage(data: bytes | object, where: str) -> tuple[Usage | None, str | None]:
     """Check usage that arrived over the wire (JSON bytes, or a marker's decoded object).
 
     Args:
@@ -96,13 +95,11 @@ def take_usage(payload: Payload) -> Usage | None:
     return usage
 
 
-def usage_marker(usage: Usage) -> dict[str, Any]:
-    """The marker object that carries usage as a failure or heartbeat detail."""
-    return {USAGE_MARKER_KEY: usage.model_dump(mode="json", exclude_defaults=True)}
-
-
 def read_marker(details: Sequence[Any]) -> tuple[Usage | None, tuple[Any, ...], str | None]:
-    """Separate a trailing usage marker from other details, and check it.
+    """Separate a trailing usage marker from other (decoded) details, and check it.
+
+    The details are an activity's heartbeat details, where the marker of the earlier
+    attempts' usage is the last one (see :mod:`._failures`).
 
     Returns:
         ``(usage, the other details, None)``; ``usage`` is ``None`` when there is no
@@ -111,72 +108,43 @@ def read_marker(details: Sequence[Any]) -> tuple[Usage | None, tuple[Any, ...], 
 
     """
     items = tuple(details)
-    if items and isinstance(items[-1], dict) and USAGE_MARKER_KEY in items[-1]:
-        usage, problem = read_usage(items[-1][USAGE_MARKER_KEY], "in a failure or heartbeat")
-        return usage, items[:-1], problem
-    return None, items, None
-
-
-def split_marker(details: Sequence[Any]) -> tuple[Usage | None, tuple[Any, ...]]:
-    """Separate a trailing usage marker from other details (a refused one reads as none)."""
-    usage, rest, problem = read_marker(details)
-    _refused(problem)
-    return usage, rest
+    carried = carried_in_detail(items[-1]) if items else None
+    if carried is None:
+        return None, items, None
+    usage, problem = read_usage(carried.data, "in a failure or heartbeat")
+    return usage, items[:-1], problem
 
 
 def has_usage_marker(error: BaseException | None) -> bool:
-    """Whether a failure's cause carries a usage marker (believable or not)."""
-    if isinstance(error, ApplicationError):
-        details: Sequence[Any] = error.details
-    elif isinstance(error, TimeoutError):
-        details = error.last_heartbeat_details
-    else:
-        return False
-    return bool(details) and isinstance(details[-1], dict) and USAGE_MARKER_KEY in details[-1]
+    """Whether a failure's cause carried a usage marker (believable or not).
+
+    ``error`` is the cause of an ``ActivityError`` or ``ChildWorkflowError``: the
+    ``ApplicationError`` or ``TimeoutError`` the governed failure converter built, which
+    noted the marker it took off (see :mod:`._failures`).
+    """
+    return has_carried(error)
 
 
 def take_failure_usage(error: BaseException | None) -> Usage | None:
-    """Find, remove and return the usage marker in a failure's cause.
+    """Take and check the usage the marker of a failure's cause carried.
 
-    Looks at the ``ApplicationError`` details or the ``TimeoutError`` last heartbeat
-    details of ``error`` (the cause of an ``ActivityError`` or ``ChildWorkflowError``).
-    A marker whose usage is refused is removed too, and read as unknown (``None``).
+    ``error`` is the cause of an ``ActivityError`` or ``ChildWorkflowError``. The marker
+    itself was taken off before the exception was built (an earlier attempt's marker
+    nested as its cause too), so agent code never sees it. A marker whose usage is
+    refused reads as unknown (``None``).
     """
-    usage, problem = _strip(error)
+    carried = take_carried(error)
+    if carried is None:
+        return None
+    usage, problem = read_usage(carried.data, "in a failure or heartbeat")
     _refused(problem)
-    # an earlier attempt's failure nested as the cause (a heartbeat timeout's) carries its
-    # own marker: its usage is in the total above already, and the caller must not see it
-    nested = error.__cause__ if error is not None else None
-    while nested is not None:
-        _strip(nested)
-        nested = nested.__cause__
     return usage
 
 
-def _strip(error: BaseException | None) -> tuple[Usage | None, str | None]:
-    """Remove the usage marker of one error (Python object and the SDK's stored failure)."""
-    if isinstance(error, ApplicationError):
-        usage, rest, problem = read_marker(error.details)
-        if len(rest) != len(error.details):
-            error._details = rest  # the SDK stores details here; agent code must not see ours
-            if error.failure is not None:
-                _drop_last(error.failure.application_failure_info.details.payloads)
-        return usage, problem
-    if isinstance(error, TimeoutError):
-        usage, rest, problem = read_marker(error.last_heartbeat_details)
-        if len(rest) != len(error.last_heartbeat_details):
-            error._last_heartbeat_details = rest
-            if error.failure is not None:
-                _drop_last(error.failure.timeout_failure_info.last_heartbeat_details.payloads)
-        return usage, problem
-    return None, None
+def carry_failure_usage(error: BaseException, usage: Usage) -> None:
+    """Let the failure ``error`` becomes carry ``usage`` to the workflow that receives it.
 
-
-def _drop_last(payloads: Any) -> None:
-    """Remove the marker's payload from the failure the SDK keeps with the error.
-
-    An error that agent code lets through is sent on from that stored failure (not from
-    the Python object), so the marker must leave it too, or the caller would see it.
+    ``error`` is left exactly as it is; the governed failure converter appends the marker
+    when it converts ``error`` (see :mod:`._failures`).
     """
-    if len(payloads) > 0:
-        del payloads[-1]
+    carry_usage(error, usage)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -39,8 +40,9 @@ from ..context import (
 )
 from ..control._messages import Keyring
 from ..core.accounting import Amounts
-from ..core.decisions import DecisionSink
+from ..core.decisions import DecisionSink, Dispatch
 from ..core.degradation import rewrite_arguments
+from ..core.scopes import SharedLimit
 from ..errors import (
     BUDGET_EXCEEDED,
     GOVERNANCE_KILLED,
@@ -54,7 +56,7 @@ from ..names import BUDGET_QUERY, MEMO_KEY, STATE_ATTRIBUTE, TENANT_ATTRIBUTE
 from ..policy import Estimate, Policy
 from ..usage import Usage
 from ._control import ControlPlane, forget_plane, register_plane
-from ._run import CHILD_KEY_PREFIX, GovernedRun
+from ._run import GovernedRun
 from ._shared import Ticket
 from ._versions import (
     CANCEL_PATCH,
@@ -67,13 +69,15 @@ from ._versions import (
 from ._wire import (
     USAGE_METADATA_KEY,
     attach_usage,
+    carry_failure_usage,
     has_usage_marker,
     take_failure_usage,
     take_usage,
-    usage_marker,
 )
 
 _ActivityStart = StartActivityInput | StartLocalActivityInput
+_Starter = Callable[[Any], temporalio.workflow.ActivityHandle[Any]]
+"""The next interceptor's ``start_activity`` or ``start_local_activity``."""
 _GOVERNOR_FAILURES = (BUDGET_EXCEEDED, RUNAWAY_LOOP, GOVERNANCE_KILLED)
 
 
@@ -137,6 +141,7 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
         temporalio.workflow.set_query_handler(BUDGET_QUERY, run.budget_query)
         plane = ControlPlane(run, self.keyring)
         run.control = plane
+        self._outbound.plane = plane
         plane.install()
         register_workflow_context(run.info.run_id, context)
         register_plane(run.info.run_id, plane)
@@ -174,7 +179,7 @@ class GovernedWorkflowInbound(WorkflowInboundInterceptor):
                 # grandchild's breach passed on, or one forged by agent code): the parent
                 # must be charged this run's own spend, not the numbers in those details
                 if child and spent.amounts().nonzero():
-                    error._details = (*error.details, usage_marker(spent))
+                    carry_failure_usage(error, spent)  # the error itself stays as raised
                 raise
             await _learn(run)
             _publish(run, "completed")
@@ -348,6 +353,8 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
     """Wraps every activity, local activity and child workflow dispatch of a run."""
 
     run: GovernedRun | None = None
+    plane: ControlPlane | None = None
+    """The run's control plane (its pause and backpressure gate every dispatch)."""
 
     def start_activity(self, input: StartActivityInput) -> temporalio.workflow.ActivityHandle[Any]:
         return self._start_activity(input, self.next.start_activity)
@@ -357,122 +364,15 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
     ) -> temporalio.workflow.ActivityHandle[Any]:
         return self._start_activity(input, self.next.start_local_activity)
 
-    def _start_activity(self, input: Any, start: Any) -> temporalio.workflow.ActivityHandle[Any]:
+    def _start_activity(
+        self, input: _ActivityStart, start: _Starter
+    ) -> temporalio.workflow.ActivityHandle[Any]:
         if self.run is None or input.activity == LEDGER_ACTIVITY:
-            return start(input)  # type: ignore[no-any-return]
-        run: GovernedRun = self.run
-        plane = run.control
-        assert plane is not None
-        policy = run.policy
-        tool = policy.tool_for(input.activity)
-        counts = 1.0 if tool is None or tool[1].counts_as_tool_call else 0.0
-        guess = explicit_estimate() or _amounts(policy.estimate_for_activity(input.activity))
-        wanted = guess + Amounts(tool_calls=counts)
-        dispatch = f"activity {input.activity}"
-        guard = run.guard
-        run.raise_if_halted()
-        wait = guard.admit("activity", input.activity, input.args, dispatch)
-        decision = guard.decision
-        if decision is not None and decision.rewrite_arguments:
-            input.args = rewrite_arguments(input.args, decision)
-        if hasattr(input, "priority"):  # local activities have none
-            input.priority = guard.priority("activity", input.activity, input.priority)
-        context = run.context.model_copy(
-            update={
-                "chain": [*run.context.chain, run.link],
-                "allowance": {},
-                "carried": None,
-                "decision": decision,
-            }
-        )
-        input.headers = with_context(input.headers, context)
-        ret_type = input.ret_type
-        input.ret_type = RawValue
-        charge = functools.partial(_activity_amounts, counts=counts)
-        limits = run.shared.limits_for(input.activity)
-        shared_amounts = {**wanted.nonzero(), "concurrency": 1.0}
-
-        async def dispatch_once(hold: float, paced: bool) -> tuple[str, Any, Ticket | None]:
-            """Wait ``hold`` seconds, gate, pace, reserve and start one attempt."""
-            if hold > 0:
-                await temporalio.workflow.sleep(hold)
-            while True:
-                await _gate_and_pace(run, "activity", input.activity, paced)
-                paced = True
-                key = run.next_key("activity", input.activity)
-                try:
-                    run.reserve(key, wanted, dispatch)
-                except BaseException:
-                    plane.finished()
-                    raise
-                ticket = None
-                try:
-                    if limits:
-                        ticket = await run.shared.reserve(key, limits, shared_amounts, dispatch)
-                    if run.breach is not None and run.shared.commands.since(HALT_PATCH):
-                        run.raise_if_halted()  # halted while it waited for the ledger
-                    if plane.paused is None:
-                        return key, start(input), ticket
-                except BaseException:
-                    run.release(key)
-                    plane.finished()
-                    if ticket is not None:
-                        await run.shared.settle(ticket, {})
-                    raise
-                # paused while the ledger was asked: give the slot back, wait for the resume
-                run.release(key)
-                plane.finished()
-                if ticket is not None:
-                    await run.shared.settle(ticket, {})
-
-        entered = _Entered()
-
-        async def flow(
-            first: tuple[str, Any, Ticket | None] | None, paced: bool, hold: float
-        ) -> Any:
-            entered.yes = True
-            attempt = first
-            while True:
-                if attempt is None:
-                    attempt = await dispatch_once(hold, paced)
-                    hold, paced = 0.0, False
-                key, inner, ticket = attempt
-                handle.inner = inner
-                plane.activities[key] = handle
-                try:
-                    return await _settle(
-                        run, key, inner, ret_type, charge, ticket, ("activity", input.activity)
-                    )
-                except ActivityError:
-                    if key not in plane.cancelled_by_pause:
-                        raise
-                    attempt = None  # paused: dispatch it again once resumed
-                finally:
-                    plane.cancelled_by_pause.discard(key)
-                    plane.activities.pop(key, None)
-                    plane.finished()
-
-        if limits or wait > 0 or plane.holds():
-            handle = _GovernedActivityHandle(None, flow(None, False, wait))
-            return run.track(handle)
-        bucket = guard.pace("activity", input.activity, dispatch)
-        if bucket > 0:  # the token is taken: wait for it, then gate and start
-            handle = _GovernedActivityHandle(None, flow(None, True, bucket))
-            return run.track(handle)
-        # the common case: reserve and start now, in the same workflow task as agent code
-        key = run.next_key("activity", input.activity)
-        run.reserve(key, wanted, dispatch)
-        try:
-            inner = start(input)
-        except BaseException:
-            run.release(key)
-            raise
-        plane.started()
-        handle = _GovernedActivityHandle(inner, flow((key, inner, None), True, 0.0))
-        handle.add_done_callback(
-            functools.partial(_never_ran, entered, run, key, lambda: charge(None), plane.finished)
-        )
-        return run.track(handle)
+            return start(input)
+        assert self.plane is not None
+        activity = _Activity(self.run, self.plane, input, start)
+        wait = activity.admit()
+        return self.run.track(activity.launch(wait))
 
     async def start_child_workflow(
         self, input: StartChildWorkflowInput
@@ -480,24 +380,22 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
         if self.run is None:
             return await self.next.start_child_workflow(input)
         run: GovernedRun = self.run
-        plane = run.control
+        plane = self.plane
         assert plane is not None
         explicit = explicit_estimate() or _amounts(run.policy.estimate_for_child(input.workflow))
-        key = f"{CHILD_KEY_PREFIX}{input.id}"
-        if key in run.ledger.reservations:
-            # a child of this id still runs: this start will fail; never touch its reservation
-            key = run.next_key(CHILD_KEY_PREFIX.rstrip(":"), input.id)
+        dispatch = run.child(input.workflow, input.id)
         run.raise_if_halted()
-        wait = run.guard.admit("child", input.workflow, input.args, f"child {input.workflow}")
-        input.priority = run.guard.priority("child", input.workflow, input.priority)
+        wait = run.guard.admit(dispatch, input.args)
+        input.priority = run.guard.priority(dispatch, input.priority)
         if wait > 0:
             await temporalio.workflow.sleep(wait)
-        await _gate_and_pace(run, "child", input.workflow, paced=False)
+        await _gate_and_pace(run, plane, dispatch, paced=False)
         try:
-            allowance = run.carve(key, input.workflow, explicit)
+            allowance = run.carve(dispatch, explicit)
         except BaseException:
             plane.finished()
             raise
+        key = dispatch.key
         reserved = run.ledger.reservations[key]
         context = BudgetContext(
             attribution=run.context.attribution,
@@ -516,7 +414,7 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
         try:
             if limits:
                 ticket = await run.shared.reserve(
-                    key, limits, {"subtasks": 1.0, "concurrency": 1.0}, f"child {input.workflow}"
+                    key, limits, {"subtasks": 1.0, "concurrency": 1.0}, dispatch.label
                 )
             inner = await self.next.start_child_workflow(input)
         except BaseException:
@@ -532,9 +430,7 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
             entered,
             plane,
             key,
-            functools.partial(
-                _settle, run, key, inner, ret_type, charge, ticket, ("child", input.workflow)
-            ),
+            functools.partial(_settle, run, plane, dispatch, inner, ret_type, charge, ticket),
         )
         handle = _GovernedChildHandle(inner, settle)
         handle.terminated_on_close = input.parent_close_policy == ParentClosePolicy.TERMINATE
@@ -556,7 +452,7 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
                 "controls": {},
                 "guard_state": {
                     **(run.guard.carry() or {}),
-                    **({"control": run.control.carry()} if run.control else {}),
+                    **({"control": self.plane.carry()} if self.plane else {}),
                 },
             }
         )
@@ -564,24 +460,225 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
         return self.next.continue_as_new(input)
 
 
+@dataclass(frozen=True)
+class _Attempt:
+    """One attempt of an activity dispatch: reserved and started."""
+
+    dispatch: Dispatch
+    inner: temporalio.workflow.ActivityHandle[Any]
+    ticket: Ticket | None
+    """Its reservation in shared scopes, if any apply."""
+
+
+class _Activity:
+    """One activity dispatch of agent code, in four steps: admit, reserve, dispatch, settle.
+
+    In the common case it is reserved and started at once, in the workflow task of the
+    agent code that asked for it (:meth:`launch`). A dispatch that must wait first (for a
+    throttle, a pause, backpressure or the shared ledger) is reserved and started by its
+    handle's coroutine; so is one a pause cancelled, again once the pause ends, under a
+    new key.
+    """
+
+    def __init__(
+        self, run: GovernedRun, plane: ControlPlane, input: _ActivityStart, start: _Starter
+    ) -> None:
+        self.run = run
+        self.plane = plane
+        self.input = input
+        self.start = start
+        tool = run.policy.tool_for(input.activity)
+        counts = 1.0 if tool is None or tool[1].counts_as_tool_call else 0.0
+        guess = explicit_estimate() or _amounts(run.policy.estimate_for_activity(input.activity))
+        self.wanted = guess + Amounts(tool_calls=counts)
+        """What the dispatch reserves in the run's ledger."""
+        self.shared_amounts = {**self.wanted.nonzero(), "concurrency": 1.0}
+        """What it reserves in shared scopes."""
+        self.charge = functools.partial(_activity_amounts, counts=counts)
+        self.dispatch = Dispatch("activity", input.activity, "")
+        """The dispatch of the current attempt (keyed once admitted)."""
+        self.limits: list[SharedLimit] = []
+        self.ret_type: type | None = None
+        self.entered = _Entered()
+        self.handle: _GovernedActivityHandle | None = None
+        self._key_taken = False
+        """Whether an attempt has taken the admitted key (a re-dispatch takes a new one)."""
+
+    def admit(self) -> float:
+        """Ask the run's guards, and shape the input as they decide.
+
+        Raises:
+            BudgetExceeded: The run is halted, or a guard halts it now.
+            ApplicationError: ``ToolDisabled`` (a degrade rule disabled the tool).
+
+        Returns:
+            Seconds the dispatch must wait before it starts.
+        """
+        run, input = self.run, self.input
+        run.raise_if_halted()
+        self.dispatch = run.activity(input.activity)
+        wait = run.guard.admit(self.dispatch, input.args)
+        decision = run.guard.decision
+        if decision is not None and decision.rewrite_arguments:
+            input.args = rewrite_arguments(input.args, decision)
+        if isinstance(input, StartActivityInput):  # local activities have no priority
+            input.priority = run.guard.priority(self.dispatch, input.priority)
+        context = run.context.model_copy(
+            update={
+                "chain": [*run.context.chain, run.link],
+                "allowance": {},
+                "carried": None,
+                "decision": decision,
+            }
+        )
+        input.headers = with_context(input.headers, context)
+        self.ret_type = input.ret_type
+        input.ret_type = RawValue
+        self.limits = run.shared.limits_for(input.activity)
+        return wait
+
+    def launch(self, wait: float) -> _GovernedActivityHandle:
+        """The handle agent code gets: the activity started now, or by the handle later.
+
+        Args:
+            wait: Seconds the guards hold the dispatch back.
+        """
+        if self.limits or wait > 0 or self.plane.holds():
+            return self._handle(None, self._flow(None, paced=False, hold=wait))
+        bucket = self.run.guard.pace(self.dispatch)
+        if bucket > 0:  # the token is taken: wait for it, then gate and start
+            return self._handle(None, self._flow(None, paced=True, hold=bucket))
+        # the common case: reserve and start now, in the same workflow task as agent code
+        attempt = self._reserve_and_start()
+        handle = self._handle(attempt.inner, self._flow(attempt, paced=True, hold=0.0))
+        handle.add_done_callback(
+            functools.partial(
+                _never_ran,
+                self.entered,
+                self.run,
+                attempt.dispatch.key,
+                functools.partial(self.charge, None),
+                self.plane.finished,
+            )
+        )
+        return handle
+
+    def _handle(
+        self,
+        inner: temporalio.workflow.ActivityHandle[Any] | None,
+        flow: Coroutine[Any, Any, Any],
+    ) -> _GovernedActivityHandle:
+        self.handle = _GovernedActivityHandle(inner, flow)
+        return self.handle
+
+    def _attempt(self) -> Dispatch:
+        """The dispatch of the next attempt: the admitted key first, then a new one each."""
+        if self._key_taken:
+            self.dispatch = self.run.activity(self.input.activity)
+        self._key_taken = True
+        return self.dispatch
+
+    def _reserve_and_start(self) -> _Attempt:
+        """Reserve the dispatch in the run's ledger and start it (nothing holds it)."""
+        dispatch = self._attempt()
+        self.run.reserve(dispatch, self.wanted)
+        try:
+            inner = self.start(self.input)
+        except BaseException:
+            self.run.release(dispatch.key)
+            raise
+        self.plane.started()
+        return _Attempt(dispatch, inner, None)
+
+    async def _dispatch(self, hold: float, paced: bool) -> _Attempt:
+        """Wait ``hold`` seconds, then gate, pace, reserve (here and shared) and start."""
+        run, plane = self.run, self.plane
+        if hold > 0:
+            await temporalio.workflow.sleep(hold)
+        while True:
+            dispatch = self._attempt()
+            await _gate_and_pace(run, plane, dispatch, paced)
+            paced = True
+            try:
+                run.reserve(dispatch, self.wanted)
+            except BaseException:
+                plane.finished()
+                raise
+            ticket = None
+            try:
+                if self.limits:
+                    ticket = await run.shared.reserve(
+                        dispatch.key, self.limits, self.shared_amounts, dispatch.label
+                    )
+                if run.breach is not None and run.shared.commands.since(HALT_PATCH):
+                    run.raise_if_halted()  # halted while it waited for the ledger
+                if plane.paused is None:
+                    return _Attempt(dispatch, self.start(self.input), ticket)
+            except BaseException:
+                run.release(dispatch.key)
+                plane.finished()
+                if ticket is not None:
+                    await run.shared.settle(ticket, {})
+                raise
+            # paused while the ledger was asked: give the slot back, wait for the resume
+            run.release(dispatch.key)
+            plane.finished()
+            if ticket is not None:
+                await run.shared.settle(ticket, {})
+
+    async def _flow(self, first: _Attempt | None, paced: bool, hold: float) -> Any:
+        """The handle's coroutine: dispatch (unless started already), then settle.
+
+        An attempt a pause cancelled is dispatched again once the pause ends.
+        """
+        self.entered.yes = True
+        plane, attempt = self.plane, first
+        assert self.handle is not None
+        while True:
+            if attempt is None:
+                attempt = await self._dispatch(hold, paced)
+                hold, paced = 0.0, False
+            key = attempt.dispatch.key
+            self.handle.inner = attempt.inner
+            plane.activities[key] = self.handle
+            try:
+                return await _settle(
+                    self.run,
+                    plane,
+                    attempt.dispatch,
+                    attempt.inner,
+                    self.ret_type,
+                    self.charge,
+                    attempt.ticket,
+                )
+            except ActivityError:
+                if key not in plane.cancelled_by_pause:
+                    raise
+                attempt = None  # paused: dispatch it again once resumed
+            finally:
+                plane.cancelled_by_pause.discard(key)
+                plane.activities.pop(key, None)
+                plane.finished()
+
+
 async def _settle(
     run: GovernedRun,
-    key: str,
+    plane: ControlPlane,
+    dispatch: Dispatch,
     inner: Awaitable[RawValue],
     ret_type: type | None,
     charge: Callable[[Usage | None], Amounts],
     ticket: Ticket | None = None,
-    target: tuple[str, str] = ("", ""),
 ) -> Any:
     """Await a dispatch, commit what it used (success, failure or cancel), return its result.
 
     With a shared-scope ``ticket`` the usage is also settled in the shared scopes. A
     dispatch cancelled before it reported (by a pause, by agent code, by the run's own
     cancellation) is charged its whole reservation: what it spent before it stopped is
-    unknown, and the governor never assumes money was not spent.
-    ``target`` (kind and name) is what the run's guard counts the outcome against.
+    unknown, and the governor never assumes money was not spent. The run's guard counts
+    the outcome against the dispatch's target.
     """
-    kind, name = target
+    kind, name, key = dispatch.kind, dispatch.target, dispatch.key
     actual: Amounts | None = None
     settle_shared = True
     dispatched_at = temporalio.workflow.now()  # the workflow task that started it
@@ -591,8 +688,7 @@ async def _settle(
         refused = has_usage_marker(error.cause)
         usage = take_failure_usage(error.cause) or _breach_usage(error.cause, run, kind)
         refused = refused and usage is None  # there, but not believable: unknown
-        plane = run.control
-        paused = plane is not None and key in plane.cancelled_by_pause
+        paused = key in plane.cancelled_by_pause
         if usage is None and refused:
             actual = run.ledger.reservations.get(key) or charge(None)
         elif usage is None and (paused or isinstance(error.cause, CancelledError)):
@@ -607,11 +703,11 @@ async def _settle(
             actual = charge(usage)
         run.commit(key, actual, usage.models if usage else None)
         settle_shared = run.breach is None  # before a verdict below may halt the run
-        if usage is not None and usage.backpressure and plane is not None and kind == "activity":
+        if usage is not None and usage.backpressure and kind == "activity":
             plane.emitted(usage.backpressure, name)
-        if name and not paused and not isinstance(error.cause, CancelledError):
+        if not paused and not isinstance(error.cause, CancelledError):
             # a cancel (a hedged call, a timeout in agent code) is no failure of the tool
-            run.guard.after(kind, name, False, actual.cost_usd, key)
+            run.guard.after(dispatch, False, actual.cost_usd)
         raise
     except GeneratorExit:
         raise  # the coroutine is closed unfinished (the run left the cache): no outcome
@@ -631,10 +727,9 @@ async def _settle(
             actual = charge(usage)
         run.commit(key, actual, usage.models if usage else None)
         settle_shared = run.breach is None  # before a verdict below may halt the run
-        if usage is not None and usage.backpressure and run.control is not None:
-            run.control.emitted(usage.backpressure, name)
-        if name:
-            run.guard.after(kind, name, True, actual.cost_usd, key)
+        if usage is not None and usage.backpressure:
+            plane.emitted(usage.backpressure, name)
+        run.guard.after(dispatch, True, actual.cost_usd)
         return _decode(raw, ret_type)
     finally:
         if ticket is not None and actual is not None:
@@ -643,22 +738,22 @@ async def _settle(
                 await run.shared.flush(ticket)
 
 
-async def _gate_and_pace(run: GovernedRun, kind: str, target: str, paced: bool) -> None:
+async def _gate_and_pace(
+    run: GovernedRun, plane: ControlPlane, dispatch: Dispatch, paced: bool
+) -> None:
     """Wait until a dispatch may start, then take its throttle token (unless ``paced``).
 
     The token is taken once the pause and backpressure gate lets the dispatch through, and
     taken again after a pause held it, so held dispatches do not all go at once on resume.
     Counts the dispatch as running when it returns, like the gate.
     """
-    plane = run.control
-    assert plane is not None
     while True:
         if await plane.gate():
             paced = False  # held by a pause: take a fresh token
         if paced:
             return
         paced = True
-        wait = run.guard.pace(kind, target, f"{kind} {target}")
+        wait = run.guard.pace(dispatch)
         if wait <= 0:
             return
         plane.finished()
@@ -755,12 +850,23 @@ def _evicting() -> bool:
 
     The SDK cancels every task of an evicted run; that is no outcome of the dispatch, and
     committing it would hand sinks settle records no history event stands for.
+
+    No public API says a run is being evicted (temporalio 1.35: ``cancellation_reason()``
+    is for server cancels only, and eviction also marks the run as replaying). What the
+    SDK does publicly is refuse every workflow action while it evicts, with an exception
+    of its own (not an ``Exception``), so ask for ``workflow.random()``: it has no side
+    effect (it returns the run's generator) and is refused otherwise only in a query or
+    an update validator (``ReadOnlyContextError``), where no eviction happens.
     """
+    if not temporalio.workflow.in_workflow():
+        return False  # a coroutine closed by the garbage collector, outside any run
     try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:  # a coroutine closed by the garbage collector, outside any loop
+        temporalio.workflow.random()
+    except temporalio.workflow.ReadOnlyContextError:
         return False
-    return bool(getattr(loop, "_deleting", False))
+    except BaseException:  # the SDK refusing an action while it evicts the run
+        return True
+    return False
 
 
 def _amounts(estimate: Estimate) -> Amounts:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_serializer, model_validator
 from temporalio import activity
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
@@ -25,7 +25,24 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from ._workflow import LEDGER_FULL, LEDGER_WORKFLOW, MALFORMED_UPDATE, LedgerState
+from ..core.book import (
+    BaselineRequest,
+    ControlRecordRequest,
+    ExtendRequest,
+    ObserveRequest,
+    ReadControlsRequest,
+    ReleaseRunRequest,
+    ReserveRequest,
+    SettleRequest,
+)
+from ._workflow import (
+    LEDGER_FULL,
+    LEDGER_WORKFLOW,
+    MALFORMED_UPDATE,
+    UPDATES,
+    LedgerState,
+    UpdateName,
+)
 
 LEDGER_ACTIVITY = "temporal_governor.ledger"
 """Activity type of :func:`ledger_call`; the governor never governs its own activities."""
@@ -47,23 +64,33 @@ LEDGER_SLOW = "LedgerSlow"
 """``ApplicationError.type`` of an attempt that ran out of time: retried."""
 
 
+LedgerRequest = (
+    ReserveRequest
+    | SettleRequest
+    | ReleaseRunRequest
+    | ExtendRequest
+    | ControlRecordRequest
+    | ReadControlsRequest
+    | BaselineRequest
+    | ObserveRequest
+)
+"""The request of any ledger update."""
+
+
 class LedgerCall(BaseModel):
-    """One call to the ledger."""
+    """One call to the ledger: an update and its typed request.
+
+    As JSON (the local activity's argument) the request is exactly the update's JSON
+    argument (:meth:`~temporal_governor.core.book.ReserveRequest.wire`); parsed back, it
+    is validated by the model of its ``update``: a request of the wrong model, or one the
+    ledger would refuse, never leaves the caller.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     ledger_id: str
-    update: Literal[
-        "reserve",
-        "settle",
-        "release_run",
-        "extend",
-        "control",
-        "read_controls",
-        "baseline",
-        "observe",
-    ]
-    request: dict[str, Any]
+    update: UpdateName
+    request: LedgerRequest
     update_id: str
     """Idempotency key of the call."""
     task_queue: str | None = None
@@ -72,6 +99,25 @@ class LedgerCall(BaseModel):
     max_in_flight: int = 5
     """Most updates this worker process sends to one ledger at once (Temporal refuses more
     than 10 in-flight updates per workflow by default)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _request_of_its_update(cls, data: Any) -> Any:
+        """Validate the request with its update's model (a union cannot tell them apart)."""
+        if isinstance(data, dict) and data.get("update") in UPDATES and "request" in data:
+            update = UPDATES[data["update"]]
+            request = data["request"]
+            if isinstance(request, BaseModel) and not isinstance(request, update.request):
+                raise ValueError(
+                    f"{data['update']} takes a {update.request.__name__}, "
+                    f"not a {type(request).__name__}"
+                )
+            return {**data, "request": update.request_of(request)}
+        return data
+
+    @field_serializer("request")
+    def _request_json(self, request: LedgerRequest) -> dict[str, Any]:
+        return request.wire()
 
 
 _gates: dict[str, asyncio.Semaphore] = {}
@@ -90,10 +136,12 @@ async def ledger_call(call: dict[str, Any]) -> Any:
     """Apply one update to the ledger, starting the ledger if needed.
 
     Args:
-        call: A :class:`LedgerCall` as JSON data.
+        call: A :class:`LedgerCall` as JSON data. A request its update's model refuses
+            fails the call at once, non-retryably (``MalformedLedgerUpdate``), as the
+            ledger's own validator would.
 
     Returns:
-        The update's result.
+        The update's result as JSON data (the caller types it: ``LedgerUpdate.reply_of``).
     """
     parsed = LedgerCall.model_validate(call)
     client = activity.client()
@@ -111,7 +159,7 @@ async def ledger_call(call: dict[str, Any]) -> Any:
         ):
             return await client.execute_update_with_start_workflow(
                 parsed.update,
-                parsed.request,
+                parsed.request.wire(),
                 id=parsed.update_id,
                 start_workflow_operation=start,
                 rpc_timeout=_RPC_TIMEOUT,

@@ -7,17 +7,20 @@ taken against every scope it touches in one step: no time-of-check/time-of-use r
 within a run; the book remembers open and recently closed reservation keys across
 continue-as-new), so a retried call or a duplicate delivery never counts twice.
 
-All the arithmetic lives in :class:`~temporal_governor.book.LedgerBook` (pure, bounded);
-this module is the Temporal glue: validation, the clock, expiry timers, continue-as-new.
+All the arithmetic lives in :class:`~temporal_governor.core.book.LedgerBook` (pure,
+bounded); this module is the Temporal glue: validation, the clock, expiry timers,
+continue-as-new. Each update is described once, as a :class:`LedgerUpdate` (name, request
+model, reply type), which callers use too: one validation point for both sides.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from datetime import UTC, timedelta
-from typing import Any
+from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
@@ -39,8 +42,10 @@ from ..core.book import (
     SettleRequest,
     SettleResult,
     StoredControl,
+    StoredControls,
 )
-from ..errors import validation_problems
+from ..core.detectors import BaselineState
+from ..errors import GovernorError, validation_problems
 
 LEDGER_WORKFLOW = "temporal-governor-ledger"
 """Workflow type of the ledger."""
@@ -55,15 +60,112 @@ _PRUNE_EVERY = 500
 """Updates between two prunes of closed windows and idle counters."""
 
 
-def _validated(model: type[BaseModel], data: Any) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as error:
-        raise ApplicationError(
-            f"malformed {model.__name__}: {validation_problems(error, 'request')}",
-            type=MALFORMED_UPDATE,
-            non_retryable=True,
-        ) from None
+_RequestT = TypeVar("_RequestT", bound=BaseModel)
+_ReplyT = TypeVar("_ReplyT")
+
+UpdateName = Literal[
+    "reserve",
+    "settle",
+    "release_run",
+    "extend",
+    "control",
+    "read_controls",
+    "baseline",
+    "observe",
+]
+"""The ledger's updates."""
+
+
+class MalformedLedgerReply(GovernorError):
+    """A ledger reply that is not what its update answers: a governor bug or version skew.
+
+    Raised in workflow code, it fails the workflow task (retried), never the run: a fixed
+    worker takes the run on from the recorded reply.
+    """
+
+
+def _malformed(model: type[BaseModel], error: ValidationError) -> ApplicationError:
+    return ApplicationError(
+        f"malformed {model.__name__}: {validation_problems(error, 'request')}",
+        type=MALFORMED_UPDATE,
+        non_retryable=True,
+    )
+
+
+@dataclass(frozen=True)
+class LedgerUpdate(Generic[_RequestT, _ReplyT]):
+    """One update of the ledger: its name, its request model and the type of its reply.
+
+    The one place where a caller's request and the ledger's reply are validated: callers
+    build requests with :meth:`request_of` and read replies with :meth:`reply_of`; the
+    ledger's handlers validate with :attr:`request` too.
+    """
+
+    name: UpdateName
+    request: type[_RequestT]
+    reply: TypeAdapter[_ReplyT]
+
+    def request_of(self, data: Any) -> _RequestT:
+        """``data`` (JSON data or the request model) as this update's request.
+
+        Raises:
+            ApplicationError: ``MalformedLedgerUpdate`` (non-retryable), naming every
+                problem, as the ledger's validator would have refused it.
+        """
+        if isinstance(data, self.request):
+            return data
+        try:
+            return self.request.model_validate(data)
+        except ValidationError as error:
+            raise self.refused(error) from None
+
+    def refused(self, error: ValidationError) -> ApplicationError:
+        """The failure of a request the ledger refuses (``MalformedLedgerUpdate``)."""
+        return _malformed(self.request, error)
+
+    def reply_of(self, data: Any) -> _ReplyT:
+        """The ledger's reply (JSON data) as this update's typed reply.
+
+        Raises:
+            MalformedLedgerReply: The reply is not of this update's reply type.
+        """
+        try:
+            return self.reply.validate_python(data)
+        except ValidationError as error:
+            raise MalformedLedgerReply(
+                f"the ledger's reply to {self.name} is malformed: "
+                f"{validation_problems(error, 'reply')}"
+            ) from None
+
+
+RESERVE = LedgerUpdate("reserve", ReserveRequest, TypeAdapter(ReserveResult))
+"""Reserve in every scope of the request, or in none."""
+SETTLE = LedgerUpdate("settle", SettleRequest, TypeAdapter(SettleResult))
+"""Commit the actual usage of a reservation and release the rest."""
+RELEASE_RUN = LedgerUpdate("release_run", ReleaseRunRequest, TypeAdapter(int))
+"""Settle what an ending run lists, release its other reservations; replies how many."""
+EXTEND = LedgerUpdate("extend", ExtendRequest, TypeAdapter(int))
+"""Keep a live run's open reservations from expiring; replies how many."""
+CONTROL = LedgerUpdate("control", ControlRecordRequest, TypeAdapter(StoredControl))
+"""Keep the latest kill or resume of a tenant or agent type."""
+READ_CONTROLS = LedgerUpdate(
+    "read_controls", ReadControlsRequest, TypeAdapter[StoredControls](StoredControls)
+)
+"""The stored kills and resumes of some scopes newer than a time."""
+BASELINE = LedgerUpdate(
+    "baseline", BaselineRequest, TypeAdapter[dict[str, BaselineState]](dict[str, BaselineState])
+)
+"""The spend baselines of some keys (those never observed are left out)."""
+OBSERVE = LedgerUpdate(
+    "observe", ObserveRequest, TypeAdapter[dict[str, BaselineState]](dict[str, BaselineState])
+)
+"""Fold a finished run's values into their baselines; replies the new baselines."""
+
+UPDATES: dict[str, LedgerUpdate[Any, Any]] = {
+    update.name: update
+    for update in (RESERVE, SETTLE, RELEASE_RUN, EXTEND, CONTROL, READ_CONTROLS, BASELINE, OBSERVE)
+}
+"""Every update of the ledger, by name."""
 
 
 @workflow.defn(name=LEDGER_WORKFLOW)
@@ -122,58 +224,56 @@ class GovernorLedger:
     def reserve(self, request: dict[str, Any]) -> dict[str, Any]:
         """Reserve in every scope of the request, or in none."""
         now = self._counted()
-        req: ReserveRequest = _validated(ReserveRequest, request)
+        req = RESERVE.request_of(request)
         result = self.book.reserve(req, now)
         if result.granted and not result.duplicate:
             expires_at = now + req.ttl_s
             if self._deadline is None or expires_at < self._deadline:
                 self._wake = True  # the expiry loop must wait for this sooner expiry
-        controls = self.book.controls_since(req.controls_for, req.controls_since_ms)
+        controls = self.book.stored_controls(req.controls_for, req.controls_since_ms)
         if controls:
             result = result.model_copy(update={"controls": controls})
         return result.model_dump(mode="json")
 
     @reserve.validator
     def _check_reserve(self, request: dict[str, Any]) -> None:
-        _validated(ReserveRequest, request)
+        RESERVE.request_of(request)
 
     @workflow.update(name="settle")
     def settle(self, request: dict[str, Any]) -> dict[str, Any]:
         """Commit the actual usage of a reservation and release the rest."""
         now = self._counted()
-        req: SettleRequest = _validated(SettleRequest, request)
-        return self.book.settle(req, now).model_dump(mode="json")
+        return self.book.settle(SETTLE.request_of(request), now).model_dump(mode="json")
 
     @settle.validator
     def _check_settle(self, request: dict[str, Any]) -> None:
-        _validated(SettleRequest, request)
+        SETTLE.request_of(request)
 
     @workflow.update(name="release_run")
     def release_run(self, request: dict[str, Any]) -> int:
         """Settle what an ending run lists, release its other reservations; returns how many."""
         now = self._counted()
-        req: ReleaseRunRequest = _validated(ReleaseRunRequest, request)
-        return self.book.release_run(req, now)
+        return self.book.release_run(RELEASE_RUN.request_of(request), now)
 
     @release_run.validator
     def _check_release_run(self, request: dict[str, Any]) -> None:
-        _validated(ReleaseRunRequest, request)
+        RELEASE_RUN.request_of(request)
 
     @workflow.update(name="extend")
     def extend(self, request: dict[str, Any]) -> int:
         """Keep a live run's open reservations from expiring; returns how many."""
         now = self._counted()
-        return self.book.extend(_validated(ExtendRequest, request), now)
+        return self.book.extend(EXTEND.request_of(request), now)
 
     @extend.validator
     def _check_extend(self, request: dict[str, Any]) -> None:
-        _validated(ExtendRequest, request)
+        EXTEND.request_of(request)
 
     @workflow.update(name="control")
     def control(self, request: dict[str, Any]) -> dict[str, Any]:
         """Keep the latest kill or resume of a tenant or agent type for runs that start later."""
         now = self._counted()
-        req: ControlRecordRequest = _validated(ControlRecordRequest, request)
+        req = CONTROL.request_of(request)
         try:
             stored = self.book.record_control(req, now)
         except CapacityError as error:
@@ -182,27 +282,27 @@ class GovernorLedger:
 
     @control.validator
     def _check_control(self, request: dict[str, Any]) -> None:
-        _validated(ControlRecordRequest, request)
+        CONTROL.request_of(request)
 
     @workflow.update(name="baseline")
     def baseline(self, request: dict[str, Any]) -> dict[str, Any]:
         """The baselines of some keys (those never observed are left out)."""
         self._counted()
-        return self.book.baselines(_validated(BaselineRequest, request))
+        return self.book.baselines(BASELINE.request_of(request))
 
     @baseline.validator
     def _check_baseline(self, request: dict[str, Any]) -> None:
-        _validated(BaselineRequest, request)
+        BASELINE.request_of(request)
 
     @workflow.update(name="observe")
     def observe(self, request: dict[str, Any]) -> dict[str, Any]:
         """Fold a finished run's values into their baselines; returns the new baselines."""
         now = self._counted()
-        return self.book.observe(_validated(ObserveRequest, request), now)
+        return self.book.observe(OBSERVE.request_of(request), now)
 
     @observe.validator
     def _check_observe(self, request: dict[str, Any]) -> None:
-        _validated(ObserveRequest, request)
+        OBSERVE.request_of(request)
 
     @workflow.update(name="read_controls")
     def read_controls(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -211,12 +311,12 @@ class GovernorLedger:
         For workflows, which cannot query: a run resting in a fleet pause polls this.
         """
         self._counted()
-        req: ReadControlsRequest = _validated(ReadControlsRequest, request)
+        req = READ_CONTROLS.request_of(request)
         return self.book.controls_since(req.scopes, req.since_ms)
 
     @read_controls.validator
     def _check_read_controls(self, request: dict[str, Any]) -> None:
-        _validated(ReadControlsRequest, request)
+        READ_CONTROLS.request_of(request)
 
     @workflow.query(name="controls")
     def query_controls(self, scopes: list[str]) -> dict[str, Any]:
@@ -234,19 +334,36 @@ def _now() -> float:
 
 
 __all__ = [
+    "BASELINE",
+    "CONTROL",
+    "EXTEND",
     "LEDGER_FULL",
     "LEDGER_WORKFLOW",
     "MALFORMED_UPDATE",
     "MAX_SETTLEMENTS",
     "MAX_TTL_S",
+    "OBSERVE",
+    "READ_CONTROLS",
+    "RELEASE_RUN",
+    "RESERVE",
+    "SETTLE",
+    "UPDATES",
+    "BaselineRequest",
     "ControlRecordRequest",
+    "ExtendRequest",
     "GovernorLedger",
     "LedgerRefusal",
     "LedgerState",
+    "LedgerUpdate",
+    "MalformedLedgerReply",
+    "ObserveRequest",
+    "ReadControlsRequest",
     "ReleaseRunRequest",
     "ReserveRequest",
     "ReserveResult",
     "SettleRequest",
     "SettleResult",
     "StoredControl",
+    "StoredControls",
+    "UpdateName",
 ]

@@ -3,11 +3,12 @@
 Every property is checked over **every interleaving of k dispatches**: each dispatch is
 started (reserved, carved or leased) at most once and finished (committed or settled) at
 most once after its start, in any order, with any amounts. The steps call the very rule
-functions the runtime calls (:func:`~temporal_governor.accounting.refuses`,
-:func:`~temporal_governor.accounting.headroom`, the carve's ``_starved`` and ``_share``,
-:func:`~temporal_governor.book.lease_grant`, :func:`~temporal_governor.book.shared_refuses`,
-the book's ``_clean``) with solver terms in place of floats, so a change of a rule changes
-what is proved. Amounts are real numbers here (see ``docs/verification.md``).
+functions the runtime calls (:func:`~temporal_governor.core.accounting.refuses`,
+:func:`~temporal_governor.core.accounting.headroom`, the carve's ``starved`` and ``share``,
+:func:`~temporal_governor.core.book.lease_grant`,
+:func:`~temporal_governor.core.book.shared_refuses`, the book's ``_clean``) with solver
+terms in place of floats, so a change of a rule changes what is proved. Amounts are real
+numbers here (see ``docs/verification.md``).
 
 z3 is imported only when a proof runs (the optional ``verify`` extra).
 """
@@ -19,9 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..core import accounting, book
+from ..core import accounting, book, carving
 from ..core.accounting import Ops
-from ..interceptors import _run
 from ._solver import load_z3
 
 EPSILON = accounting._EPSILON
@@ -195,7 +195,7 @@ class _Model:
 
 
 class _RunLedgerModel(_Model):
-    """:class:`~temporal_governor.accounting.RunLedger`: two terminate limits on a resource."""
+    """:class:`~temporal_governor.core.accounting.RunLedger`: two terminate limits on a resource."""
 
     limits = 2
     within = True
@@ -307,24 +307,24 @@ class _CarveWithinCeiling(_OneLimit):
         self.assumptions += [self.fraction > 0, self.fraction <= 1]
 
     def carve(self, state: State, estimate: Any) -> tuple[Any, Any]:
-        """Whether ``GovernedRun.carve`` refuses a child outright, and its carve of tokens."""
+        """Whether ``carving.carve`` refuses a child outright, and its carve of tokens."""
         z3, ops = self.z3, self.ops
         remaining = accounting.headroom(self.ceiling, state["committed"], state["reserved"])
-        left = remaining - estimate  # GovernedRun.carve: remaining - base.get(resource)
+        left = remaining - estimate  # carving.carve: remaining - base.get(resource)
         running = self.open_count(state, lambda j: self.children[j])
 
         def auto(n: int) -> Any:
-            capped = _run._FairShare(running=n, caps={"tokens": self.cap})
-            uncapped = _run._FairShare(running=n, caps={})
+            capped = carving.FairShare(running=n, caps={"tokens": self.cap})
+            uncapped = carving.FairShare(running=n, caps={})
             return z3.If(
                 self.capped,
-                _run._share(capped, "tokens", left, estimate, ops),
-                _run._share(uncapped, "tokens", left, estimate, ops),
+                carving.share(capped, "tokens", left, estimate, ops),
+                carving.share(uncapped, "tokens", left, estimate, ops),
             )
 
-        fraction = _run._share(self.fraction, "tokens", left, estimate, ops)
+        fraction = carving.share(self.fraction, "tokens", left, estimate, ops)
         give = z3.If(self.auto, self.by_count(running, self.k - 1, auto), fraction)
-        return _run._starved("tokens", left), give
+        return carving.starved("tokens", left), give
 
     def start(self, i: int, state: State) -> _Start:
         z3 = self.z3

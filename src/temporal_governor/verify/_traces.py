@@ -183,7 +183,7 @@ def incident_trace(report: IncidentReport, policy: Policy) -> TreeTrace:
     """The incident tree's dispatches in order, with what each limit compares at each.
 
     Args:
-        report: The incident's report (:func:`temporal_governor.replay.review`).
+        report: The incident's report (:func:`temporal_governor.review.review`).
         policy: The policy its runs were governed by (for the estimates).
 
     Returns:
@@ -286,7 +286,7 @@ def suggest_from_reports(
     """The tightest limits that halt a replayed incident earliest and pass the normal runs.
 
     Args:
-        incident: The incident tree's report (:func:`temporal_governor.replay.review`).
+        incident: The incident tree's report (:func:`temporal_governor.review.review`).
         normal: Reports of normal runs (one per tree, or several trees in one).
         policy: The policy the runs were governed by; suggestions only tighten it.
         margin: Suggested limits are at least this fraction over the largest normal run.
