@@ -28,6 +28,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,test,bench]'
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/fanout.py
 	$(BIN)/python bench/replay_speed.py
 	$(BIN)/python bench/ledger_throughput.py
 

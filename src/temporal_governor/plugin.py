@@ -20,16 +20,15 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker, WorkerConfig, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
-from .activities import ledger_call
 from .control._messages import Keyring
 from .core.decisions import DecisionSink
 from .interceptors import GovernanceInterceptor, UnmarkedRuns
 from .interceptors._failures import governed_data_converter as _governed_data_converter
 from .interceptors._failures import is_governed
+from .ledger import GovernorLedger, ledger_call
 from .names import STATE_ATTRIBUTE, TENANT_ATTRIBUTE
 from .policy import Policy
 from .telemetry import OpenTelemetrySink
-from .workflows import GovernorLedger
 
 PLUGIN_NAME = "temporal-governor"
 

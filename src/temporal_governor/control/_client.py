@@ -23,11 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pydantic import ValidationError
 from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import RawValue, WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from ..errors import GovernorError
+from ..core.book import ControlRecordRequest
+from ..errors import GovernorError, validation_problems
 from ..ledger._workflow import LEDGER_WORKFLOW, LedgerState
 from ..names import BUDGET_QUERY, TENANT_ATTRIBUTE
 from ..policy import Policy
@@ -256,7 +258,15 @@ class ControlClient:
 
     async def _store(self, target: ControlTarget, signal: str, payload: dict[str, Any]) -> None:
         """Keep a tenant's or agent type's kill or resume in the ledger."""
-        request = {"scope": f"{target.kind}:{target.value}", "signal": signal, "message": payload}
+        try:
+            request = ControlRecordRequest.model_validate(
+                {"scope": f"{target.kind}:{target.value}", "signal": signal, "message": payload}
+            ).wire()
+        except ValidationError as error:
+            raise ControlError(
+                f"the ledger would refuse to keep this {signal}: "
+                f"{validation_problems(error, 'request')}"
+            ) from None
         ledger_id = self.policy.shared.ledger_id
         if self.ledger_task_queue is not None:
             start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(

@@ -8,9 +8,12 @@ query or drive the ledger directly.
 from ._activity import LEDGER_ACTIVITY, LedgerCall, ledger_call
 from ._workflow import (
     LEDGER_WORKFLOW,
+    UPDATES,
     GovernorLedger,
     LedgerRefusal,
     LedgerState,
+    LedgerUpdate,
+    MalformedLedgerReply,
     ReleaseRunRequest,
     ReserveRequest,
     ReserveResult,
@@ -21,10 +24,13 @@ from ._workflow import (
 __all__ = [
     "LEDGER_ACTIVITY",
     "LEDGER_WORKFLOW",
+    "UPDATES",
     "GovernorLedger",
     "LedgerCall",
     "LedgerRefusal",
     "LedgerState",
+    "LedgerUpdate",
+    "MalformedLedgerReply",
     "ReleaseRunRequest",
     "ReserveRequest",
     "ReserveResult",
