@@ -9,7 +9,7 @@ from temporalio import activity, workflow
 
 with workflow.unsafe.imports_passed_through():
     from temporal_governor import attribution
-    from temporal_governor.workflow import current_attribution
+    from temporal_governor.workflow import current_context
 
 
 @workflow.defn
@@ -18,7 +18,7 @@ class WhoPays:
 
     @workflow.run
     async def run(self) -> dict[str, Any]:
-        context = current_attribution()
+        context = current_context()
         assert context is not None
         return {
             "tenant": context.attribution.tenant,

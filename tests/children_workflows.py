@@ -17,7 +17,7 @@ from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
 from temporalio.workflow import ParentClosePolicy
 
-from temporal_governor.activity import current_attribution, report_usage
+from temporal_governor.activity import current_context, report_usage
 
 _TIMEOUT = timedelta(seconds=30)
 _ONCE = RetryPolicy(maximum_attempts=1)
@@ -29,7 +29,7 @@ WITNESS: dict[str, list[int]] = {}
 @activity.defn
 async def leaf_spend(tokens: int) -> int:
     """Reports ``tokens`` and records them in ``WITNESS`` under the tree's root."""
-    context = current_attribution()
+    context = current_context()
     root = context.chain[0].workflow_id if context and context.chain else "?"
     report_usage(output_tokens=tokens)
     WITNESS.setdefault(root, []).append(tokens)

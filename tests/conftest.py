@@ -2,6 +2,8 @@
 
 Every task queue a test used is remembered with its policy and workflows; when the
 session ends, every history the suite produced is replayed (``replay_every_history``).
+The replay runs in the teardown of the session fixture ``env``, so it runs in every test
+process whatever files it ran, in whatever order (also for one file or one test alone).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner, Worker
 
-from temporal_governor import GovernorPlugin, Policy
+from temporal_governor import GovernorPlugin, Policy, attribution
 
 # hypothesis' pytest plugin imports hypothesis at the session's end if no test did; on
 # CPython 3.11.7 that import, deep in pytest's hooks, can die with "SystemError: AST
@@ -223,6 +225,70 @@ def governed(env: WorkflowEnvironment) -> GovernedFactory:
             yield Governed(client, task_queue, plugin)
 
     return factory
+
+
+# a smaller ceiling than the demo's so the runaway halts after a few rounds
+RUNAWAY_POLICY = Policy.from_yaml(
+    (ROOT / "examples" / "governance.yaml")
+    .read_text()
+    .replace("max_tokens_per_task: 50_000", "max_tokens_per_task: 20_000")
+    .replace("max_tokens_per_task: 30_000", "max_tokens_per_task: 8_000")
+)
+"""The demo's policy with tighter task ceilings: what the ``runaway`` tree ran under."""
+
+
+@pytest.fixture(scope="session")
+async def runaway(
+    env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """One runaway planner tree of the demo's agents, halted; what the live run said.
+
+    Made once per test process and shared by the files that review it (incident review,
+    evidence bundles): ``client`` (governed), ``id`` (the root workflow id), ``breach``
+    (the root's ``BreachDetails``), ``live`` (its last ``BudgetSnapshot``) and ``files``
+    (the tree's histories, written as JSON, root first).
+    """
+    from examples.agents import Executor, Planner, PlanRequest, call_llm, vector_search
+    from temporalio.client import WorkflowFailureError
+
+    from temporal_governor import BreachDetails
+    from temporal_governor.review import fetch_tree
+    from temporal_governor.workflow import BUDGET_QUERY, BudgetSnapshot
+
+    client = Client(
+        env.client.service_client,
+        namespace=env.client.namespace,
+        plugins=[GovernorPlugin(RUNAWAY_POLICY)],
+    )
+    task_queue = f"replay-{uuid.uuid4()}"
+    RECORDED.append(Recorded(task_queue, RUNAWAY_POLICY, [Planner, Executor]))
+    workflow_id = f"runaway-{uuid.uuid4().hex[:8]}"
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[Planner, Executor],
+        activities=[call_llm, vector_search],
+    ):
+        with attribution(tenant="acme", owner="ops@acme"):
+            handle = await client.start_workflow(
+                Planner.run,
+                PlanRequest(goal="perfect", runaway=True),
+                id=workflow_id,
+                task_queue=task_queue,
+            )
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+        live = BudgetSnapshot.model_validate(await handle.query(BUDGET_QUERY))
+    breach = BreachDetails.from_error(failure.value)
+    assert breach is not None
+    histories = await fetch_tree(client, workflow_id)
+    folder = tmp_path_factory.mktemp("histories")
+    files = []
+    for i, history in enumerate(histories):
+        path = folder / f"run-{i}.json"
+        path.write_text(history.to_json())
+        files.append(path)
+    return {"client": client, "id": workflow_id, "breach": breach, "live": live, "files": files}
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:

@@ -12,7 +12,7 @@ from temporalio import activity, workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 import temporal_governor.workflow
-from temporal_governor.activity import current_decision, report_usage
+from temporal_governor.activity import current_degradation, report_usage
 
 _T = {"start_to_close_timeout": timedelta(seconds=20)}
 
@@ -53,7 +53,7 @@ async def burn(tokens: int) -> int:
 async def chat(request: dict[str, Any]) -> dict[str, Any]:
     """An OpenAI-style call: echoes what it was asked to use and what the governor decided."""
     report_usage(output_tokens=200, model=request["model"])
-    decision = current_decision()
+    decision = current_degradation()
     return {
         "model": request["model"],
         "max_tokens": request.get("max_tokens"),

@@ -7,10 +7,10 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from temporal_governor.activity import Decision
+from temporal_governor.activity import Degradation
 from temporal_governor.core.degradation import rewrite_arguments
 
-DECISION = Decision(rule=0, reason="low budget", model_map={"big": "small"}, max_tokens=64)
+DECISION = Degradation(rule=0, reason="low budget", model_map={"big": "small"}, max_tokens=64)
 
 
 class Request(BaseModel):

@@ -8,7 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from examples.agents import Executor, Planner
 
+from conftest import RUNAWAY_POLICY as POLICY
 from temporal_governor.control import Keyring, KeyringError
 from temporal_governor.core.decisions import DecisionRecord
 from temporal_governor.review import (
@@ -28,14 +30,17 @@ from temporal_governor.review._evidence import (
     Problem,
     chain,
 )
-from test_replay import POLICY, WORKFLOWS, runaway  # noqa: F401  (the module-scoped fixture)
+
+WORKFLOWS = [Planner, Executor]
+# `runaway` (conftest.py): the session's one runaway planner tree under POLICY, halted; the
+# incident review tests (test_replay.py) use the same tree when they run in the same process
 
 # the session's control keys ($TEMPORAL_GOVERNOR_KEYS, set by conftest), as the CLI reads them
 KEYRING = Keyring.from_policy(POLICY)
 
 
 @pytest.fixture(scope="module")
-async def reviewed(runaway):  # noqa: F811
+async def reviewed(runaway):
     histories = load_histories(runaway["files"], runaway["id"])
     report = await review(runaway["id"], policy=POLICY, workflows=WORKFLOWS, histories=histories)
     assert report.breaches and not report.nondeterminism
@@ -391,7 +396,6 @@ async def test_replay_is_skipped_when_the_bundle_fails_its_checks(bundle: Path, 
 async def test_replay_with_changed_workflow_code_names_the_history_that_no_longer_replays(
     bundle: Path,
 ) -> None:
-    from test_replay import Executor
     from workflows import ChangedPlanner
 
     check = await replay_bundle(
@@ -405,7 +409,7 @@ async def test_replay_with_changed_workflow_code_names_the_history_that_no_longe
 
 
 def test_the_cli_writes_a_bundle_that_verify_bundle_accepts_and_a_tampered_one_fails(
-    runaway,  # noqa: F811
+    runaway,
     tmp_path: Path,
 ) -> None:
     from click.testing import CliRunner

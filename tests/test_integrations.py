@@ -61,7 +61,7 @@ from integration_workflows import (
     seen_for,
 )
 from temporal_governor import BreachDetails, GovernorPlugin, Policy
-from temporal_governor.activity import Decision
+from temporal_governor.activity import Degradation
 from temporal_governor.core.degradation import rewrite_arguments
 from temporal_governor.integrations import (
     OPENAI_AGENTS_MODEL_ACTIVITIES,
@@ -481,7 +481,7 @@ def test_openai_streaming_events_usage_and_model() -> None:
 def test_degradation_of_framework_inputs_without_a_server() -> None:
     from agents import ModelSettings
 
-    decision = Decision(rule=0, reason="low", model_map={BIG_MODEL: SMALL_MODEL}, max_tokens=64)
+    decision = Degradation(rule=0, reason="low", model_map={BIG_MODEL: SMALL_MODEL}, max_tokens=64)
     [openai] = rewrite_arguments(
         [
             {
@@ -498,7 +498,7 @@ def test_degradation_of_framework_inputs_without_a_server() -> None:
         [{"model_name": None, "model_settings": ModelSettings(max_tokens=10)}], decision
     )
     assert low == {"model_name": None, "model_settings": ModelSettings(max_tokens=10)}
-    by_default = Decision(rule=0, reason="low", model_map={"default": SMALL_MODEL})
+    by_default = Degradation(rule=0, reason="low", model_map={"default": SMALL_MODEL})
     [swapped] = rewrite_arguments(
         [{"model_name": None, "model_settings": ModelSettings()}], by_default
     )

@@ -93,6 +93,24 @@ OLD_ROOT = [
 ]
 """Everything the root exported before the public face was made small (commit 8570e14)."""
 
+RENAMED = {
+    "Decision": "Degradation",
+    "current_decision": "current_degradation",
+    "current_attribution": "current_context",
+    "GovernanceEvent": "BudgetEvent",
+}
+"""Old root names that also got a new name (issue #12, one name per concept)."""
+
+RENAMED_IN_MODULES = {
+    "temporal_governor.activity": {
+        "Decision": "Degradation",
+        "current_decision": "current_degradation",
+        "current_attribution": "current_context",
+    },
+    "temporal_governor.workflow": {"current_attribution": "current_context"},
+}
+"""Names the new modules had before issue #12's renames, kept as deprecated aliases."""
+
 DEPRECATED_MODULES = ("workflows", "activities", "control_client", "replay")
 """Modules kept as deprecated aliases of ``ledger``, ``control`` and ``review``."""
 
@@ -157,7 +175,7 @@ def test_every_public_name_resolves_and_has_a_docstring(module_name: str) -> Non
 
 def test_the_workflow_module_shares_the_governors_state_inside_the_sandbox() -> None:
     # workflow code imports temporal_governor.workflow in the sandbox: it must be passed
-    # through (so estimate() and current_attribution() see what the interceptors set)
+    # through (so estimate() and current_context() see what the interceptors set)
     from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
     from temporal_governor.plugin import _share_governor_with_sandbox
@@ -174,16 +192,41 @@ def test_an_old_root_name_still_resolves_with_a_warning_naming_its_new_home(name
         value = getattr(temporal_governor, name)
     [warning] = [w for w in caught if "from temporal_governor" in str(w.message)]
     assert warning.filename == __file__  # it blames the import, not the package
-    found = re.search(rf"`from (temporal_governor(?:\.\w+)+) import {name}`", str(warning.message))
+    new = RENAMED.get(name, name)
+    found = re.search(rf"`from (temporal_governor(?:\.\w+)+) import {new}`", str(warning.message))
     assert found, str(warning.message)
     home = importlib.import_module(found.group(1))
-    assert getattr(home, name) is value
+    assert getattr(home, new) is value
     if hasattr(home, "__all__"):
-        assert name in home.__all__
-    assert has_docstring(home, name)
+        assert new in home.__all__
+    assert has_docstring(home, new)
     # the `from` form warns the same way
     with pytest.warns(DeprecationWarning, match=name):
         exec(f"from temporal_governor import {name}", {})
+
+
+@pytest.mark.parametrize(
+    ("module_name", "old", "new"),
+    [(m, old, new) for m, names in RENAMED_IN_MODULES.items() for old, new in names.items()],
+)
+def test_a_renamed_name_still_resolves_with_a_warning_naming_the_new_one(
+    module_name: str, old: str, new: str
+) -> None:
+    module = importlib.import_module(module_name)
+    with pytest.warns(DeprecationWarning, match=rf"`from {module_name} import {new}`") as caught:
+        value = getattr(module, old)
+    assert caught[0].filename == __file__  # it blames the caller
+    assert value is getattr(module, new)
+    assert old not in module.__all__ and new in module.__all__
+    with pytest.warns(DeprecationWarning, match=old):
+        exec(f"from {module_name} import {old}", {})
+
+
+def test_renamed_classes_keep_their_old_name_as_the_same_class() -> None:
+    from temporal_governor.core import accounting, degradation
+
+    assert degradation.Decision is degradation.Degradation
+    assert accounting.GovernanceEvent is accounting.BudgetEvent
 
 
 def test_the_old_root_names_stay_out_of_sight() -> None:

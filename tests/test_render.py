@@ -460,6 +460,20 @@ def test_html_escapes_report_text() -> None:
     assert f"{evil} changed" in " ".join(checker.text)
 
 
+def test_html_escapes_report_text_inside_attributes() -> None:
+    # a run's status and a decision's kind become CSS classes: quoting must hold there too
+    breakout = 'x" onmouseover="alert(1)'
+    report = build_report()
+    runs = [run.model_copy(update={"status": breakout}) for run in report.runs]
+    decisions = [d.model_copy(update={"kind": breakout}) for d in report.decisions]
+    document = render_html(report.model_copy(update={"runs": runs, "decisions": decisions}))
+    checker = check_html(document)
+    assert all("onmouseover" not in attrs for _, attrs in checker.elements)
+    classes = [attrs.get("class") or "" for _, attrs in checker.elements]
+    assert f"status status-{breakout}" in classes
+    assert f"k-{breakout}" in classes
+
+
 def test_report_without_breaches_or_series_renders() -> None:
     report = build_report(breaches=[], series=None, runs=build_report().runs[1:2])
     text = terminal_text(report)

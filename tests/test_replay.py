@@ -8,65 +8,16 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from examples.agents import Executor, Planner, PlanRequest, call_llm, vector_search
-from temporalio.client import WorkflowFailureError
+from examples.agents import Executor, Planner
 
-from conftest import ROOT
-from temporal_governor import BUDGET_QUERY, BreachDetails, BudgetSnapshot, Policy, attribution
+from conftest import RUNAWAY_POLICY
 from temporal_governor.cli import main as cli
-from temporal_governor.review import IncidentReport, fetch_tree, load_histories, review
+from temporal_governor.review import IncidentReport, load_histories, review
 from workflows import ChangedPlanner
 
-DEMO_POLICY = (ROOT / "examples" / "governance.yaml").read_text()
-# a smaller ceiling than the demo's so the runaway halts after a few rounds
-POLICY = Policy.from_yaml(
-    DEMO_POLICY.replace("max_tokens_per_task: 50_000", "max_tokens_per_task: 20_000").replace(
-        "max_tokens_per_task: 30_000", "max_tokens_per_task: 8_000"
-    )
-)
+POLICY = RUNAWAY_POLICY
 WORKFLOWS = [Planner, Executor]
-
-
-@pytest.fixture(scope="module")
-async def runaway(env, tmp_path_factory):
-    """One runaway planner tree, halted; what the live run said about itself."""
-    import uuid
-
-    from temporalio.client import Client
-    from temporalio.worker import Worker
-
-    from conftest import RECORDED, Recorded
-    from temporal_governor import GovernorPlugin
-
-    client = Client(
-        env.client.service_client, namespace=env.client.namespace, plugins=[GovernorPlugin(POLICY)]
-    )
-    task_queue = f"replay-{uuid.uuid4()}"
-    RECORDED.append(Recorded(task_queue, POLICY, WORKFLOWS))
-    workflow_id = f"runaway-{uuid.uuid4().hex[:8]}"
-    async with Worker(
-        client, task_queue=task_queue, workflows=WORKFLOWS, activities=[call_llm, vector_search]
-    ):
-        with attribution(tenant="acme", owner="ops@acme"):
-            handle = await client.start_workflow(
-                Planner.run,
-                PlanRequest(goal="perfect", runaway=True),
-                id=workflow_id,
-                task_queue=task_queue,
-            )
-        with pytest.raises(WorkflowFailureError) as failure:
-            await handle.result()
-        live = BudgetSnapshot.model_validate(await handle.query(BUDGET_QUERY))
-    breach = BreachDetails.from_error(failure.value)
-    assert breach is not None
-    histories = await fetch_tree(client, workflow_id)
-    folder = tmp_path_factory.mktemp("histories")
-    files = []
-    for i, history in enumerate(histories):
-        path = folder / f"run-{i}.json"
-        path.write_text(history.to_json())
-        files.append(path)
-    return {"client": client, "id": workflow_id, "breach": breach, "live": live, "files": files}
+# `runaway` (conftest.py): the session's one runaway planner tree under POLICY, halted
 
 
 async def test_report_names_the_limit_agent_and_events_the_live_run_recorded(runaway) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -588,11 +591,90 @@ def test_telemetry_errors_never_reach_workflow_code(caplog: pytest.LogCaptureFix
     assert duration.count == 1
 
 
-def test_global_providers_by_default() -> None:
+GLOBAL_PROVIDERS = """
+import json, logging, sys
+from datetime import UTC, datetime
+
+import opentelemetry.metrics, opentelemetry.trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from temporal_governor.core.decisions import DecisionRecord
+from temporal_governor.telemetry import OpenTelemetrySink
+
+failures = []  # what the sink caught and logged (it never raises)
+
+class Failures(logging.Handler):
+    def emit(self, entry):
+        failures.append(repr(entry.exc_info[1]) if entry.exc_info else entry.getMessage())
+
+logging.getLogger("temporal_governor.telemetry").addHandler(Failures())
+logging.getLogger("temporal_governor.telemetry").setLevel(logging.DEBUG)
+
+def record(kind, seq, **fields):
+    return DecisionRecord(
+        seq=seq, kind=kind, event_id=3 * seq, time=datetime(2025, 1, 1, tzinfo=UTC),
+        workflow_id="wf-global", run_id="run-1", agent="planner", depth=0, tenant="acme",
+        dispatch="activity", target="call_llm", key="activity:1:call_llm", **fields,
+    )
+
+# "before": the sink exists before the application installs its SDK (a plugin built at
+# import time); "after": the application installed it first
+if sys.argv[1] == "before":
     sink = OpenTelemetrySink()
-    sink.record(record("reserve", 1, amounts={"tokens": 1}), replaying=False)
-    sink.record(record("commit", 2, amounts={"tokens": 1}), replaying=False)
-    sink.remaining(record("commit", 2), {"tokens": 5}, replaying=False)
+exporter, reader = InMemorySpanExporter(), InMemoryMetricReader()
+tracer_provider = TracerProvider()
+tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+opentelemetry.trace.set_tracer_provider(tracer_provider)
+opentelemetry.metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+if sys.argv[1] == "after":
+    sink = OpenTelemetrySink()
+
+sink.record(record("reserve", 1, amounts={"tokens": 10}), replaying=False)
+sink.record(record("commit", 2, amounts={"tokens": 7, "tool_calls": 1}), replaying=False)
+sink.record(
+    record("breach", 3, limit="max", scope="run x", observed=2, ceiling=1), replaying=False
+)
+sink.remaining(record("commit", 2), {"tokens": 3}, replaying=False)
+metrics = {}
+data = reader.get_metrics_data()  # None when nothing was recorded
+for resource in data.resource_metrics if data is not None else []:
+    for scope in resource.scope_metrics:
+        for metric in scope.metrics:
+            for point in metric.data.data_points:
+                # a counter's or gauge's value, a histogram's count
+                metrics[metric.name] = point.value if hasattr(point, "value") else point.count
+print(json.dumps({
+    "spans": sorted(span.name for span in exporter.get_finished_spans()),
+    "metrics": metrics,
+    "failures": failures,
+}))
+"""
+
+
+@pytest.mark.parametrize("installed", ["before", "after"])
+def test_global_providers_by_default(installed: str) -> None:
+    # the global providers can be set once per process: a fresh one sets them, as an
+    # application does, before or after the sink is made, and says what reached them
+    done = subprocess.run(
+        [sys.executable, "-c", GLOBAL_PROVIDERS, installed],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout)
+    assert seen["failures"] == []  # the sink swallows errors: none happened
+    assert seen["spans"] == ["governance.breach", "governor.dispatch call_llm"]
+    assert seen["metrics"] == {
+        "governor.tokens": 7,
+        "governor.tool_calls": 1,
+        "governor.dispatch.duration": 1,
+        "governor.remaining": 3,
+    }
 
 
 async def test_a_rejected_control_message_emits_a_telemetry_event(env: WorkflowEnvironment) -> None:

@@ -12,7 +12,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 import temporal_governor.workflow
-from temporal_governor.activity import current_attribution, report_usage
+from temporal_governor.activity import current_context, report_usage
 
 _T = {"start_to_close_timeout": timedelta(seconds=20)}
 
@@ -70,7 +70,7 @@ async def always_fails(tokens: int) -> str:
 
 @activity.defn
 async def whoami() -> dict[str, Any]:
-    context = current_attribution()
+    context = current_context()
     assert context is not None
     return {
         "tenant": context.attribution.tenant,

@@ -17,9 +17,9 @@ The root holds what an application registers and catches: the plugin, the policy
 attribution of runs and the errors. The rest is grouped by job, in submodules:
 
 - :mod:`temporal_governor.activity`: what activity code calls (``report_usage``,
-  ``emit_backpressure``, ``current_decision``).
+  ``emit_backpressure``, ``current_degradation``).
 - :mod:`temporal_governor.workflow`: what workflow code calls (``estimate``,
-  ``current_attribution``, ``current_backpressure``) and what a governed run answers to
+  ``current_context``, ``current_backpressure``) and what a governed run answers to
   its budget query.
 - :mod:`temporal_governor.control`: the control client and its signed messages.
 - :mod:`temporal_governor.review`: incident review, its renderers and evidence bundles.
@@ -30,7 +30,9 @@ attribution of runs and the errors. The rest is grouped by job, in submodules:
   the error details.
 
 The other names the root used to export still import from here for one more release,
-with a ``DeprecationWarning`` that names their new home.
+with a ``DeprecationWarning`` that names their new home (and their new name, for the few
+renamed: ``Decision`` is ``Degradation``, ``current_decision`` is ``current_degradation``,
+``current_attribution`` is ``current_context``, ``GovernanceEvent`` is ``BudgetEvent``).
 """
 
 import importlib as _importlib
@@ -72,13 +74,10 @@ _MOVED: dict[str, str] = {
     "BudgetContext": "temporal_governor.workflow",
     "BudgetSnapshot": "temporal_governor.workflow",
     "ControlStatus": "temporal_governor.workflow",
-    "current_attribution": "temporal_governor.workflow",
     "current_backpressure": "temporal_governor.workflow",
     "estimate": "temporal_governor.workflow",
     # what activity code uses
-    "Decision": "temporal_governor.activity",
     "Usage": "temporal_governor.activity",
-    "current_decision": "temporal_governor.activity",
     "emit_backpressure": "temporal_governor.activity",
     "report_usage": "temporal_governor.activity",
     # the control plane
@@ -110,21 +109,29 @@ _MOVED: dict[str, str] = {
     "GovernanceInterceptor": "temporal_governor.interceptors",
     "PRIORITY_KEYS": "temporal_governor.interceptors",
     "Amounts": "temporal_governor.core.accounting",
-    "GovernanceEvent": "temporal_governor.core.accounting",
     "LimitState": "temporal_governor.core.accounting",
 }
-"""Names the root used to export -> the module that exports them now."""
+"""Names the root used to export -> the module that exports them now, under the same name."""
+
+_RENAMED: dict[str, tuple[str, str]] = {
+    "Decision": ("temporal_governor.activity", "Degradation"),
+    "current_decision": ("temporal_governor.activity", "current_degradation"),
+    "current_attribution": ("temporal_governor.workflow", "current_context"),
+    "GovernanceEvent": ("temporal_governor.core.accounting", "BudgetEvent"),
+}
+"""Names the root used to export that were also renamed (issue #12) -> home, new name."""
 
 
 def __getattr__(name: str) -> _typing.Any:
     """Resolve a name the root no longer exports from its new home, with a warning."""
-    home = _MOVED.get(name)
+    home, new = _RENAMED.get(name) or (_MOVED.get(name), name)
     if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    renamed = f" (renamed {new})" if new != name else ""
     _warnings.warn(
         f"importing {name} from temporal_governor is deprecated and stops working in the "
-        f"next release: use `from {home} import {name}`",
+        f"next release: use `from {home} import {new}`{renamed}",
         DeprecationWarning,
         stacklevel=2,
     )
-    return getattr(_importlib.import_module(home), name)
+    return getattr(_importlib.import_module(home), new)

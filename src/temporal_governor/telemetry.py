@@ -1,7 +1,9 @@
 """OpenTelemetry spans, events and metrics of every governance decision.
 
 :class:`OpenTelemetrySink` is a :class:`DecisionSink` (a receiver of every governance
-decision, as a :class:`DecisionRecord`; both are exported here for custom sinks): install
+decision, as a :class:`DecisionRecord`; both are exported here for custom sinks, with the
+typed views of a record's ``payload``: :class:`BudgetPayload`, :class:`ControlPayload`,
+:class:`DetectorPayload`): install
 it with ``GovernorPlugin(policy, tracer_provider=..., meter_provider=...)`` or
 ``GovernanceInterceptor(policy, sinks=[OpenTelemetrySink(...)])``. It emits
 
@@ -15,7 +17,9 @@ it with ``GovernorPlugin(policy, tracer_provider=..., meter_provider=...)`` or
 
 The sink is called from inside workflow code. It emits nothing for records of a replaying
 workflow task (so nothing is emitted twice), runs its OpenTelemetry calls outside the
-workflow sandbox's restrictions, and never raises into workflow code. See
+workflow sandbox's restrictions, and never raises into workflow code. It builds no span
+while its tracer provider is a no-op one (the global default until an application installs
+an OpenTelemetry SDK), and records no metric while its meter provider is. See
 ``docs/telemetry.md`` for every name and attribute.
 """
 
@@ -37,7 +41,14 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
-from .core.decisions import DecisionRecord, DecisionSink
+from .core.decisions import (
+    BudgetPayload,
+    ControlPayload,
+    DecisionRecord,
+    DecisionSink,
+    DetectorPayload,
+    RemainingMode,
+)
 
 INSTRUMENTATION_NAME = "temporal_governor"
 """Name of the tracer and the meter the sink uses."""
@@ -75,6 +86,25 @@ def _ns(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
+def _tracer_goes_somewhere(provider: TracerProvider | None) -> bool:
+    """Whether spans started from ``provider`` (``None``: the global one) reach anything."""
+    if provider is None:
+        provider = opentelemetry.trace.get_tracer_provider()
+    return not isinstance(
+        provider, opentelemetry.trace.NoOpTracerProvider | opentelemetry.trace.ProxyTracerProvider
+    )
+
+
+def _meter_goes_somewhere(provider: MeterProvider | None) -> bool:
+    """Whether metrics of ``provider`` (``None``: the global one) reach anything."""
+    if provider is None:
+        provider = opentelemetry.metrics.get_meter_provider()
+    # the global default is a proxy that stays a no-op until a provider is installed
+    return not isinstance(provider, opentelemetry.metrics.NoOpMeterProvider) and (
+        type(provider).__name__ != "_ProxyMeterProvider"
+    )
+
+
 def _bounded_put(table: OrderedDict[Any, Any], key: Any, value: Any, limit: int) -> None:
     table[key] = value
     table.move_to_end(key)
@@ -101,12 +131,21 @@ class OpenTelemetrySink:
     """Most settled dispatches remembered (to parent later events under their span)."""
     max_gauges = 10_000
     """Most ``governor.remaining`` series reported; the least recently updated go first."""
+    takes_remaining: RemainingMode = "live"
+    """The sink takes the remaining budget of live workflow tasks only (see
+    :class:`~temporal_governor.core.decisions.DecisionSink`)."""
 
     def __init__(
         self,
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
     ) -> None:
+        self._tracer_provider = tracer_provider
+        self._meter_provider = meter_provider
+        self._tracing = _tracer_goes_somewhere(tracer_provider)
+        """Whether spans reach anything (rechecked while the global provider is a no-op)."""
+        self._metering = _meter_goes_somewhere(meter_provider)
+        """Whether metrics reach anything (rechecked likewise)."""
         self._tracer = opentelemetry.trace.get_tracer(
             INSTRUMENTATION_NAME, tracer_provider=tracer_provider
         )
@@ -193,9 +232,26 @@ class OpenTelemetrySink:
         except Exception:
             logger.debug("telemetry of a governance decision failed", exc_info=True)
 
+    def _outlets(self) -> tuple[bool, bool]:
+        """Whether spans and metrics reach anything now.
+
+        A given provider does or does not for good; the global one starts as a no-op and
+        may be replaced once, by the application, at any time: until then it is asked
+        again on every decision.
+        """
+        if not self._tracing and self._tracer_provider is None:
+            self._tracing = _tracer_goes_somewhere(None)
+        if not self._metering and self._meter_provider is None:
+            self._metering = _meter_goes_somewhere(None)
+        return self._tracing, self._metering
+
     # -- bookkeeping ---------------------------------------------------------------------
 
     def _relearn(self, decision: DecisionRecord) -> None:
+        if decision.kind not in _SETTLING and decision.kind != "reserve":
+            return
+        if not any(self._outlets()):
+            return
         where = (decision.run_id, decision.key)
         with self._lock:
             if decision.kind == "reserve":
@@ -211,6 +267,8 @@ class OpenTelemetrySink:
                     del self._pending[where]
 
     def _set_remaining(self, decision: DecisionRecord, remaining: dict[str, float]) -> None:
+        if not self._outlets()[1]:
+            return
         with self._lock:
             for resource, value in remaining.items():
                 key = (decision.tenant, decision.agent, decision.workflow_id, resource)
@@ -230,6 +288,9 @@ class OpenTelemetrySink:
     # -- live decisions ------------------------------------------------------------------
 
     def _handle(self, decision: DecisionRecord) -> None:
+        tracing, metering = self._outlets()
+        if not (tracing or metering):
+            return  # nothing would reach anything: build nothing
         kind = decision.kind
         where = (decision.run_id, decision.key)
         if kind == "reserve":
@@ -250,14 +311,15 @@ class OpenTelemetrySink:
                 # settled before anything can fail: never a second span for this dispatch
                 _bounded_put(self._settled, where, None, self.max_settled)
         if outcome is not None:
-            self._safely(self._dispatch_span, decision, outcome, pending)
-            if pending is not None and pending.monotonic is not None:
+            if tracing:
+                self._safely(self._dispatch_span, decision, outcome, pending)
+            if metering and pending is not None and pending.monotonic is not None:
                 elapsed = max(0.0, time.monotonic() - pending.monotonic)
                 attributes = self._metric_attributes(decision, decision=outcome)
                 self._safely(self._duration.record, elapsed, attributes)
-        if kind == "commit" and decision.dispatch == "activity":
+        if metering and kind == "commit" and decision.dispatch == "activity":
             self._safely(self._count, decision)
-        if kind not in _SETTLING:
+        if tracing and kind not in _SETTLING:
             self._safely(self._event_span, decision)
 
     def _dispatch_span(
@@ -323,6 +385,7 @@ class OpenTelemetrySink:
             "workflow_id": decision.workflow_id,
             "run_id": decision.run_id,
         }
+        details.update(_named_details(decision))
         span = self._tracer.start_span(
             name, context=context, kind=SpanKind.INTERNAL, attributes=common, start_time=moment
         )
@@ -376,11 +439,39 @@ def _run_scope(decision: DecisionRecord) -> str:
     return f"run {decision.agent}/{decision.workflow_id}"
 
 
+def _named_details(decision: DecisionRecord) -> Attributes:
+    """A control or detector event's category and fields under their own names.
+
+    (``limit_name`` and ``scope`` still carry them too, as they always did: the issuer or
+    detector, and the outcome or message. A budget event's attributes are as they were.)
+    """
+    payload = decision.payload
+    if isinstance(payload, ControlPayload):
+        return {
+            "category": payload.category,
+            "signal": payload.signal,
+            "accepted": payload.accepted,
+            "issuer": payload.issuer,
+            "outcome": payload.outcome,
+        }
+    if isinstance(payload, DetectorPayload):
+        return {
+            "category": payload.category,
+            "detector": payload.detector,
+            "message": payload.message,
+            "threshold": payload.threshold,
+        }
+    return {}
+
+
 __all__ = [
     "DISPATCH_SPAN_PREFIX",
     "EVENT_PREFIX",
     "INSTRUMENTATION_NAME",
+    "BudgetPayload",
+    "ControlPayload",
     "DecisionRecord",
     "DecisionSink",
+    "DetectorPayload",
     "OpenTelemetrySink",
 ]

@@ -223,17 +223,24 @@ class UsageMeter:
             if priced is None:
                 unpriced = input_tokens + output_tokens
             cost_usd = priced or 0.0
-        models: dict[str, int] = {}
+        # the sum, built at once (as ``Usage.__add__`` would build it from a usage of
+        # this one report: same bounds, same model names)
+        usage = self.usage
+        models = dict(usage.models)
         if model:
             _add_model(models, model, input_tokens + output_tokens)
-        self.usage = self.usage + Usage(
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cost_usd=cost_usd,
-            tool_calls=tool_calls,
-            attempts=0,
+        self.usage = Usage(
+            input_tokens=_count(usage.input_tokens + input_tokens, MAX_TOKENS),
+            output_tokens=_count(usage.output_tokens + output_tokens, MAX_TOKENS),
+            cost_usd=_bounded(usage.cost_usd + cost_usd, MAX_COST_USD),
+            tool_calls=_count(usage.tool_calls + tool_calls, MAX_COUNT),
+            subtasks=usage.subtasks,
+            child_workflows=usage.child_workflows,
+            attempts=usage.attempts,
             models=models,
-            unpriced_tokens=unpriced,
+            unpriced_tokens=_count(usage.unpriced_tokens + unpriced, MAX_TOKENS),
+            backpressure=usage.backpressure,
+            refused=usage.refused,
         )
         self.reported = True
 

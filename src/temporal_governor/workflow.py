@@ -17,8 +17,9 @@ sandbox share this module with the interceptors, so it needs no
 
 - :func:`estimate`: override the policy's estimate for the dispatches started inside the
   block.
-- :func:`current_attribution`: the run's own governor context (:class:`BudgetContext`): who
-  pays, the chain of runs above it, its carved allowance and deadline.
+- :func:`current_context`: the run's own governor context (:class:`BudgetContext`): who
+  pays (its ``attribution``), the chain of runs above it, its carved allowance and
+  deadline.
 - :func:`current_backpressure`: the backpressure holding on the run
   (:class:`ActiveBackpressure`), e.g. to make batches smaller.
 
@@ -27,11 +28,19 @@ And what every governed run answers to a client, from outside workflow code:
 (:data:`temporal_governor.control.CONTROL_QUERY`) a :class:`ControlStatus`::
 
     snapshot = await handle.query(BUDGET_QUERY, result_type=BudgetSnapshot)
+
+``current_attribution`` is the old name of :func:`current_context` (issue #12: it always
+returned the whole context, not an :class:`~temporal_governor.Attribution`); it still
+imports from here for one release, with a ``DeprecationWarning``.
 """
 
 from __future__ import annotations
 
-from .context import BudgetContext, current_attribution, estimate
+import warnings as _warnings
+from typing import Any as _Any
+
+from .activity import current_context
+from .context import BudgetContext, estimate
 from .interceptors import ActiveBackpressure, BudgetSnapshot, ControlStatus, current_backpressure
 from .names import BUDGET_QUERY
 
@@ -41,7 +50,20 @@ __all__ = [
     "BudgetContext",
     "BudgetSnapshot",
     "ControlStatus",
-    "current_attribution",
     "current_backpressure",
+    "current_context",
     "estimate",
 ]
+
+
+def __getattr__(name: str) -> _Any:
+    """Resolve ``current_attribution``, the old name of :func:`current_context`, with a warning."""
+    if name != "current_attribution":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    _warnings.warn(
+        f"{__name__}.current_attribution is deprecated and stops working in the next "
+        f"release: use `from {__name__} import current_context`",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return current_context

@@ -315,6 +315,36 @@ def test_backpressure_expires_and_then_no_longer_holds() -> None:
     assert unchanged is state
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    pressure_ms=st.one_of(st.none(), st.integers(1, 100_000)),
+    override_s=st.one_of(st.none(), st.integers(1, 100)),
+    probe_ms=st.integers(0, 200_000),
+)
+def test_nothing_expires_before_the_next_expiry_and_something_does_at_it(
+    pressure_ms: int | None, override_s: int | None, probe_ms: int
+) -> None:
+    # the control plane skips expire() until next_expiry(): that skip must lose nothing
+    run = tokens_run(ceiling=1000, hard=5000)
+    state = ControlState()
+    if pressure_ms is not None:
+        state, _ = core.apply(state, pressure(duration_ms=pressure_ms), T0, run, RULES)
+    if override_s is not None:
+        state, effects = core.apply(state, override(duration_s=override_s), T0, run, RULES)
+        run.follow(effects)
+    ends = [T0 + timedelta(milliseconds=pressure_ms)] if pressure_ms is not None else []
+    ends += [T0 + timedelta(seconds=override_s)] if override_s is not None else []
+    first = core.next_expiry(state)
+    assert first == (min(ends) if ends else None)
+    now = T0 + timedelta(milliseconds=probe_ms)
+    after, effects = core.expire(state, now)
+    if first is None or now < first:
+        assert after is state and effects == []
+    else:
+        assert after is not state  # the first one to end is dropped
+        assert core.next_expiry(after) is None or core.next_expiry(after) > now
+
+
 # -- overrides -------------------------------------------------------------------------------
 
 

@@ -125,15 +125,31 @@ class Amounts(BaseModel):
         """
         return float(getattr(self, resource))
 
+    # The arithmetic spells the five fields out: it runs several times per dispatch, and
+    # a validating constructor over plain floats is cheaper than ``model_construct``
+    # (pydantic 2) and a ``get`` call per resource.
+
     def __add__(self, other: Amounts) -> Amounts:
-        return Amounts.model_construct(None, **{r: self.get(r) + other.get(r) for r in RESOURCES})
+        return Amounts(
+            tokens=float(self.tokens) + float(other.tokens),
+            cost_usd=float(self.cost_usd) + float(other.cost_usd),
+            tool_calls=float(self.tool_calls) + float(other.tool_calls),
+            subtasks=float(self.subtasks) + float(other.subtasks),
+            child_workflows=float(self.child_workflows) + float(other.child_workflows),
+        )
 
     def __sub__(self, other: Amounts) -> Amounts:
-        return Amounts.model_construct(None, **{r: self.get(r) - other.get(r) for r in RESOURCES})
+        return Amounts(
+            tokens=float(self.tokens) - float(other.tokens),
+            cost_usd=float(self.cost_usd) - float(other.cost_usd),
+            tool_calls=float(self.tool_calls) - float(other.tool_calls),
+            subtasks=float(self.subtasks) - float(other.subtasks),
+            child_workflows=float(self.child_workflows) - float(other.child_workflows),
+        )
 
     def nonzero(self) -> dict[str, float]:
         """The resources with a non-zero amount, as a plain mapping."""
-        return {r: self.get(r) for r in RESOURCES if self.get(r)}
+        return {r: v for r in RESOURCES if (v := float(getattr(self, r)))}
 
 
 ZERO = Amounts()
@@ -159,8 +175,15 @@ class Limit:
     alerted: bool = False
 
 
-class GovernanceEvent(BaseModel):
-    """One governance decision, in the order the run made it."""
+class BudgetEvent(BaseModel):
+    """One entry of a run ledger's log: a decision, in the order the run made it.
+
+    The log of :class:`RunLedger`, and the ``recent_events`` of the budget query. The
+    ledger also logs control and detector events here, in the same flat fields (the
+    issuer or detector in ``limit``, the outcome or message in ``scope``): the record
+    sinks receive, :class:`~temporal_governor.core.decisions.DecisionRecord`, names them
+    in its ``payload``.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -180,6 +203,10 @@ class GovernanceEvent(BaseModel):
     """For warn, alert, refuse, breach and overage: the spend that was looked at."""
     ceiling: float = 0.0
     """For warn, alert, refuse, breach and overage: the limit's ceiling."""
+
+
+GovernanceEvent = BudgetEvent
+"""Deprecated name of :class:`BudgetEvent` (before issue #12); goes in the next release."""
 
 
 class Refusal(BaseModel):
@@ -242,12 +269,12 @@ class RunLedger:
 
         """
         committed, reserved = self.committed.get(resource), self.reserved.get(resource)
-        headrooms = [
-            headroom(limit.ceiling, committed, reserved)
-            for limit in self.limits
-            if limit.resource == resource and limit.on_breach == "terminate"
-        ]
-        return min(headrooms) if headrooms else None
+        least: float | None = None
+        for limit in self.limits:
+            if limit.resource == resource and limit.on_breach == "terminate":
+                left = headroom(limit.ceiling, committed, reserved)
+                least = left if least is None else min(least, left)
+        return least
 
     def binding_limit(self, resource: str) -> Limit | None:
         """The terminate limit with the least headroom for a resource, if any."""

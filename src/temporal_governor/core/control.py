@@ -855,6 +855,17 @@ def decide_override(
     return requested
 
 
+def next_expiry(state: ControlState) -> datetime | None:
+    """When the first backpressure or override in force runs out (``None``: none is).
+
+    Before then :func:`expire` changes nothing, so a caller may skip it until that time.
+    """
+    ends = [override.until for override in state.overrides.values()]
+    if state.backpressure is not None:
+        ends.append(state.backpressure.until)
+    return min(ends) if ends else None
+
+
 def expire(state: ControlState, now: datetime) -> Step:
     """Drop the backpressure and the overrides whose time is up, restoring the limits."""
     if state.backpressure is None and not state.overrides:
@@ -1075,6 +1086,7 @@ __all__ = [
     "left",
     "may_dispatch",
     "misdirected",
+    "next_expiry",
     "pause_over",
     "pause_timed_out",
     "receive",

@@ -1,8 +1,8 @@
 """Graceful decisions short of a halt: downgrade the model, cap tokens, disable tools.
 
-A :class:`Decision` is taken in workflow code from the policy's ``degrade`` rules (on the
-run's remaining budget, or on a spend anomaly). It travels to every activity the run
-dispatches in the governor's header (``current_decision()`` there returns it), and where
+A :class:`Degradation` is taken in workflow code from the policy's ``degrade`` rules (on
+the run's remaining budget, or on a spend anomaly). It travels to every activity the run
+dispatches in the governor's header (``current_degradation()`` there returns it), and where
 the rule says so, the arguments of model calls (OpenAI-style ``model`` / ``max_tokens``, the
 OpenAI Agents SDK's and pydantic-ai's ``model_name`` / ``model_id`` and nested
 ``model_settings.max_tokens``) are rewritten on the way in, so the activity needs no change
@@ -25,8 +25,13 @@ _DEFAULT_MODEL = "default"
 """The ``model_map`` key for a framework call that names no model (the agent's default)."""
 
 
-class Decision(BaseModel):
-    """A degradation in force for a run's dispatches."""
+class Degradation(BaseModel):
+    """A degradation in force for a run's dispatches: what a ``degrade`` rule decided.
+
+    Not to be confused with :class:`~temporal_governor.core.decisions.DecisionRecord`, the
+    audit record of every governance decision (a change of degradation is recorded as a
+    ``degrade`` record).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -39,16 +44,22 @@ class Decision(BaseModel):
     max_tokens: int | None = None
     """Cap on ``max_tokens`` of model calls."""
     disabled_tools: list[str] = Field(default_factory=list)
-    """Activity types refused while the decision holds."""
+    """Activity types refused while the degradation holds."""
     rewrite_arguments: bool = True
+    """Whether model-call arguments are rewritten on the way in (else the activity reads
+    the degradation itself)."""
 
     def model_for(self, requested: str) -> str:
         """The model to call instead of ``requested``."""
         return self.model_map.get(requested, requested)
 
 
-def rewrite_arguments(args: Sequence[Any], decision: Decision) -> list[Any]:
-    """Apply a decision to the arguments of a model call.
+Decision = Degradation
+"""Deprecated name of :class:`Degradation` (before issue #12); goes in the next release."""
+
+
+def rewrite_arguments(args: Sequence[Any], decision: Degradation) -> list[Any]:
+    """Apply a degradation to the arguments of a model call.
 
     Each argument that is a mapping, a dataclass or a pydantic model naming a model in a
     ``model``, ``model_name`` (the OpenAI Agents SDK's ``invoke_model_activity`` input) or
@@ -94,7 +105,7 @@ def _replaced(arg: Any, changes: dict[str, Any]) -> Any:
     return dataclasses.replace(arg, **changes)
 
 
-def _rewrite(arg: Any, decision: Decision) -> Any:
+def _rewrite(arg: Any, decision: Degradation) -> Any:
     try:
         fields = _fields_of(arg)
         if fields is None:
@@ -104,7 +115,7 @@ def _rewrite(arg: Any, decision: Decision) -> Any:
         return arg
 
 
-def _changes(fields: dict[str, Any], decision: Decision) -> dict[str, Any]:
+def _changes(fields: dict[str, Any], decision: Degradation) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     key = _model_key(fields)
     if key is None:
@@ -152,4 +163,4 @@ def _capped_settings(settings: Any, cap: int) -> Any:
     return _replaced(settings, {"max_tokens": cap})
 
 
-__all__ = ["Decision", "rewrite_arguments"]
+__all__ = ["Degradation", "rewrite_arguments"]

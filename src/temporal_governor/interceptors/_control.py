@@ -23,7 +23,7 @@ import contextlib
 import functools
 import inspect
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import temporalio.workflow
@@ -189,10 +189,14 @@ class ControlPlane:
         self.cancelled_by_pause: set[str] = set()
         """Keys of in-flight activities a pause cancelled (to dispatch again on resume)."""
         self._facts = _Facts(self)
-        self._last_dispatch: datetime | None = None
+        self._last_dispatch_ns: int | None = None
+        """Workflow time (ns) the last dispatch started at (read only under backpressure)."""
         self._watch: asyncio.Future[Any] | None = None
         self._poll: asyncio.Future[Any] | None = None
         self._sends: set[asyncio.Future[Any]] = set()
+        self._expiry_of: ControlState | None = None
+        self._expiry: datetime | None = None
+        """When the first backpressure or override of state ``_expiry_of`` runs out."""
 
     @property
     def paused(self) -> KillMessage | None:
@@ -326,14 +330,23 @@ class ControlPlane:
         return core.current_backpressure(self.state, now)
 
     def _expire(self, now: datetime) -> None:
-        """Drop the backpressure and overrides whose time is up (restoring the limits)."""
-        if self.state.backpressure is not None or self.state.overrides:
-            self._do(core.expire(self.state, now))
+        """Drop the backpressure and overrides whose time is up (restoring the limits).
+
+        Only once the earliest of them is up (kept per state: states are immutable).
+        """
+        state = self.state
+        if state is not self._expiry_of:
+            self._expiry_of, self._expiry = state, core.next_expiry(state)
+        if self._expiry is not None and now >= self._expiry:
+            self._do(core.expire(state, now))
 
     # -- the dispatch gate -----------------------------------------------------------------
 
     def holds(self) -> bool:
         """Whether a new dispatch must pass :meth:`gate` (paused, or backpressure holds)."""
+        state = self.state
+        if state.backpressure is None and not state.overrides:
+            return state.paused is not None  # nothing in force expires: no clock to read
         now = temporalio.workflow.now()
         self._expire(now)
         return core.holds(self.state, now)
@@ -351,7 +364,7 @@ class ControlPlane:
             self.run.raise_if_halted()
             now = temporalio.workflow.now()
             self._expire(now)
-            match core.may_dispatch(self.state, now, self.running, self._last_dispatch):
+            match core.may_dispatch(self.state, now, self.running, self._last_dispatch()):
                 case Go():
                     break
                 case AwaitResume():
@@ -378,7 +391,12 @@ class ControlPlane:
     def started(self) -> None:
         """Count a dispatch that starts now."""
         self.running += 1
-        self._last_dispatch = temporalio.workflow.now()
+        self._last_dispatch_ns = temporalio.workflow.time_ns()  # no datetime per dispatch
+
+    def _last_dispatch(self) -> datetime | None:
+        """When the last dispatch started, as ``workflow.now()`` gave it then."""
+        moment = self._last_dispatch_ns
+        return None if moment is None else datetime.fromtimestamp(moment / 1e9, UTC)
 
     def finished(self) -> None:
         """Count a dispatch that ended."""

@@ -84,7 +84,13 @@ class RunGuard:
         self.bucket = TokenBucket(throttle.rate_per_sec, throttle.burst) if throttle else None
         if self.bucket is not None and carried.get("bucket"):
             self.bucket = TokenBucket.from_state(carried["bucket"])
-        self.tool_buckets: dict[str, TokenBucket] = {}
+        self.tool_buckets: dict[str, TokenBucket | None] = {}
+        """Per activity type, its tool's throttle bucket (``None``: the tool has none)."""
+        self._tiers: dict[tuple[str, str], tuple[str | None, RiskTier | None]] = {}
+        """Per dispatch kind and target: its risk tier's name and rules (policy look-ups
+        done once per target; the run's policy does not change)."""
+        self._classes: dict[str, PriorityClass | None] = {}
+        """Per activity type: its tool's priority class."""
         self.tier_calls: dict[str, int] = {}
         self.tier_cost: dict[str, float] = {}
         self.tier_failures: dict[str, int] = {}
@@ -189,11 +195,13 @@ class RunGuard:
         Returns:
             Seconds to wait before starting (0: go now).
         """
+        buckets = [b for b in (self.bucket, self._bucket_for(dispatch)) if b is not None]
+        if not buckets:
+            return 0.0
         now = temporalio.workflow.now().timestamp()
         wait = 0.0
-        for bucket in (self.bucket, self._bucket_for(dispatch)):
-            if bucket is not None:
-                wait = max(wait, bucket.take(now))
+        for bucket in buckets:
+            wait = max(wait, bucket.take(now))
         self._log_wait(wait, dispatch)
         return wait
 
@@ -209,14 +217,19 @@ class RunGuard:
             self.run.log_events()
 
     def _tier(self, dispatch: Dispatch) -> tuple[str | None, RiskTier | None]:
-        tiers = self.run.policy.risk_tiers
-        name: str | None = None
-        if dispatch.kind == "activity":
-            tool = self.run.policy.tool_for(dispatch.target)
-            name = tool[1].risk_tier if tool else None
-        if name is None and self.agent is not None:
-            name = self.agent.risk_tier
-        return name, (tiers.get(name) if name is not None else None)
+        """The risk tier of a dispatch's target (looked up once per target per run)."""
+        found = self._tiers.get((dispatch.kind, dispatch.target))
+        if found is None:
+            tiers = self.run.policy.risk_tiers
+            name: str | None = None
+            if dispatch.kind == "activity":
+                tool = self.run.policy.tool_for(dispatch.target)
+                name = tool[1].risk_tier if tool else None
+            if name is None and self.agent is not None:
+                name = self.agent.risk_tier
+            found = name, (tiers.get(name) if name is not None else None)
+            self._tiers[(dispatch.kind, dispatch.target)] = found
+        return found
 
     def _check_tier(self, name: str | None, tier: RiskTier, dispatch: Dispatch) -> None:
         calls = self.tier_calls.get(name or "", 0)
@@ -268,9 +281,9 @@ class RunGuard:
         if target not in self.tool_buckets:
             tool = self.run.policy.tool_for(target)
             throttle = tool[1].throttle if tool else None
-            if throttle is None:
-                return None
-            self.tool_buckets[target] = TokenBucket(throttle.rate_per_sec, throttle.burst)
+            self.tool_buckets[target] = (
+                TokenBucket(throttle.rate_per_sec, throttle.burst) if throttle else None
+            )
         return self.tool_buckets[target]
 
     def _act(self, verdict: Verdict, dispatch: Dispatch, loop: bool) -> float:
@@ -339,8 +352,12 @@ class RunGuard:
         """The Temporal priority a dispatch gets from the policy (code's own wins)."""
         klass: PriorityClass | None = None
         if dispatch.kind == "activity":
-            tool = self.run.policy.tool_for(dispatch.target)
-            klass = tool[1].priority_class if tool else None
+            target = dispatch.target
+            if target in self._classes:
+                klass = self._classes[target]
+            else:
+                tool = self.run.policy.tool_for(target)
+                klass = self._classes[target] = tool[1].priority_class if tool else None
         settings = self.agent.priority if self.agent else None
         if klass is None and settings is not None:
             klass = settings.default_class

@@ -6,18 +6,22 @@ spend, every breach with the limit, scope, observed spend against the ceiling, w
 the budget and what was decided just before, spend per agent, tool, tenant and depth, a
 timeline of decisions, and any run whose replay failed (non-determinism).
 
-The HTML page has no scripts, fonts, images or links of its own; its chart is inline SVG. The
-same report always renders to the same bytes.
+The HTML page is rendered from the package's jinja2 templates (``templates/report.html``,
+``chart.svg``, ``report.css``), which escape every value they insert. It has no scripts,
+fonts, images or links of its own; its chart is inline SVG. The same report always renders
+to the same bytes.
 """
 
 from __future__ import annotations
 
-import html
+import functools
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import get_args
 
+import jinja2
 from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.rule import Rule
@@ -476,109 +480,111 @@ def _timeline_table(decisions: Sequence[DecisionRecord], units: _Units) -> Rende
 
 
 # -- HTML ---------------------------------------------------------------------------------
+#
+# The page is the template ``templates/report.html`` (with ``chart.svg`` and ``report.css``);
+# the functions below only gather what it shows, as text already formatted. The templates
+# escape every value they insert (autoescape), so report text never becomes markup.
 
-_CSS = """
-:root { --fg: #1d232a; --muted: #65707c; --line: #d8dee4; --bad: #c62828; --bad-bg: #fdecea;
-  --ok: #2e7d32; --warn: #b26a00; --accent: #1565c0; }
-* { box-sizing: border-box; }
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg);
-  margin: 0 auto; padding: 24px 32px 48px; max-width: 1200px; }
-h1 { font-size: 22px; margin: 0 0 4px; }
-h2 { font-size: 17px; margin: 32px 0 10px; border-bottom: 1px solid var(--line);
-  padding-bottom: 4px; }
-h3 { font-size: 15px; margin: 0 0 8px; color: var(--bad); }
-h4 { font-size: 13px; margin: 16px 0 6px; }
-code, .mono, td.mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
-  font-size: 12.5px; }
-.muted { color: var(--muted); }
-table { border-collapse: collapse; margin: 6px 0 12px; }
-th, td { border: 1px solid var(--line); padding: 3px 8px; text-align: left; vertical-align: top; }
-th { background: #f3f5f7; font-weight: 600; }
-td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-table.kv th { background: none; border: none; padding: 2px 12px 2px 0; color: var(--muted);
-  font-weight: normal; }
-table.kv td { border: none; padding: 2px 0; }
-.spend-tables { display: flex; flex-wrap: wrap; gap: 24px; }
-.spend-tables h3 { color: var(--fg); }
-ul.tree, ul.tree ul { list-style: none; margin: 0; padding-left: 22px; }
-ul.tree { padding-left: 0; }
-ul.tree li { position: relative; padding: 2px 0; }
-ul.tree ul li::before { content: ""; position: absolute; left: -14px; top: 0; height: 13px;
-  width: 10px; border-left: 1px solid var(--line); border-bottom: 1px solid var(--line); }
-.agent { font-weight: 600; }
-.status { display: inline-block; padding: 0 6px; border-radius: 8px; font-size: 12px;
-  background: #eef1f4; }
-.status-completed { color: var(--ok); }
-.status-failed, .status-breached { color: #fff; background: var(--bad); }
-.status-running { color: var(--accent); }
-li.breached > .run, tr.breached td { color: var(--bad); }
-.breach { border: 2px solid var(--bad); border-radius: 6px; padding: 12px 16px; margin: 12px 0;
-  background: #fffafa; }
-.breach .msg { font-weight: 600; color: var(--bad); margin: 0 0 8px; }
-.alarm { border: 2px solid var(--bad); background: var(--bad-bg); color: var(--bad);
-  padding: 10px 16px; border-radius: 6px; }
-.k-reserve { color: #00838f; } .k-commit { color: var(--ok); } .k-release { color: var(--muted); }
-.k-warn { color: var(--warn); font-weight: 600; } .k-alert { color: #8e24aa; font-weight: 600; }
-.k-overage { color: var(--bad); font-weight: 600; }
-.k-refuse { color: var(--bad); font-weight: 700; }
-.k-breach { color: #fff; background: var(--bad); font-weight: 700; }
-.k-control { color: #1565c0; font-weight: 600; }
-.k-control_rejected { color: #8e24aa; font-weight: 700; }
-.k-loop { color: var(--bad); font-weight: 700; }
-.k-anomaly { color: var(--warn); font-weight: 700; }
-.k-throttle, .k-degrade { color: var(--warn); }
-svg.chart { width: 100%; max-width: 900px; height: auto; display: block; }
-svg.chart text { font: 11px system-ui, sans-serif; fill: var(--muted); }
-svg.chart .axis { stroke: #8a949e; stroke-width: 1; }
-svg.chart .grid { stroke: #edf0f2; stroke-width: 1; }
-svg.chart .spend { fill: none; stroke: var(--accent); stroke-width: 2; }
-svg.chart .point { fill: var(--accent); }
-svg.chart .ceiling { stroke: var(--bad); stroke-width: 1.5; stroke-dasharray: 6 4; }
-svg.chart text.ceiling-label, svg.chart text.breach-label { fill: var(--bad); font-weight: 600; }
-svg.chart .breach-line { stroke: var(--bad); stroke-width: 1.5; stroke-dasharray: 2 3; }
-svg.chart .breach-mark { fill: var(--bad); }
-svg.chart text.axis-title { fill: var(--fg); }
-"""
+_TEMPLATE = "report.html"
 
 
-def _e(text: object) -> str:
-    """Escape text for HTML content and attribute values."""
-    return html.escape(str(text), quote=True)
+@functools.cache
+def _templates() -> jinja2.Environment:
+    """The environment of the report's templates (they ship in the package)."""
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader(__name__.rpartition(".")[0], "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        auto_reload=False,
+    )
+    environment.filters["coord"] = _f
+    return environment
 
 
-_Cell = str | tuple[str, str]
-"""A table cell: its text, or its text and a CSS class."""
+@dataclass(frozen=True)
+class _Cell:
+    """A table cell: its text and CSS classes."""
+
+    text: str
+    css: str = ""
 
 
-def _html_table(
-    head: Sequence[str],
-    rows: Iterable[Sequence[_Cell]],
-    *,
-    numeric: Iterable[int] = (),
-    row_classes: Sequence[str] | None = None,
-    css: str = "",
-) -> str:
-    right = set(numeric)
-    out = [f'<table class="{_e(css)}">' if css else "<table>", "<thead><tr>"]
-    for i, title in enumerate(head):
-        out.append(f'<th class="n">{_e(title)}</th>' if i in right else f"<th>{_e(title)}</th>")
-    out.append("</tr></thead><tbody>")
-    for r, row in enumerate(rows):
-        cls = row_classes[r] if row_classes is not None and r < len(row_classes) else ""
-        out.append(f'<tr class="{_e(cls)}">' if cls else "<tr>")
-        for i, cell in enumerate(row):
-            text, extra = (cell, "") if isinstance(cell, str) else cell
-            classes = " ".join(c for c in ("n" if i in right else "", extra) if c)
-            attr = f' class="{_e(classes)}"' if classes else ""
-            out.append(f"<td{attr}>{_e(text)}</td>")
-        out.append("</tr>")
-    out.append("</tbody></table>")
-    return "".join(out)
+@dataclass(frozen=True)
+class _Grid:
+    """A table: header cells and rows of cells."""
+
+    head: list[_Cell]
+    rows: list[list[_Cell]]
 
 
-def _html_kv(pairs: Iterable[tuple[str, str]]) -> str:
-    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in pairs)
-    return f'<table class="kv"><tbody>{rows}</tbody></table>'
+@dataclass(frozen=True)
+class _TreeItem:
+    """A run of the tree, with the runs it started."""
+
+    run: RunNode
+    spend: str
+    children: list[_TreeItem]
+
+
+@dataclass(frozen=True)
+class _BreachView:
+    """A breach's section."""
+
+    number: int
+    limit: str
+    message: str
+    facts: list[tuple[str, str]]
+    consumers: _Grid | None
+    last_decisions: _Grid | None
+
+
+@dataclass(frozen=True)
+class _Tick:
+    """An axis tick: where it is (an SVG coordinate) and its label."""
+
+    at: float
+    label: str
+
+
+@dataclass(frozen=True)
+class _ChartPoint:
+    """A point of the spend line, with its tooltip."""
+
+    x: float
+    y: float
+    tip: str
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """The ceiling (``at`` is its y) or the first breach (``at`` is its x), with its text."""
+
+    at: float
+    text: str
+
+
+@dataclass(frozen=True)
+class _Chart:
+    """The cumulative spend chart, in SVG coordinates."""
+
+    summary: str
+    width: float
+    height: float
+    left: float
+    right: float
+    top: float
+    bottom: float
+    y_ticks: list[_Tick]
+    x_ticks: list[_Tick]
+    x_title: str
+    y_title: str
+    ceiling: _Mark | None
+    breach: _Mark | None
+    breach_label_left: bool
+    points: list[_ChartPoint]
 
 
 def render_html(report: IncidentReport) -> str:
@@ -598,56 +604,32 @@ def render_html(report: IncidentReport) -> str:
 
     """
     units = _Units(report)
-    title = f"Incident report: {report.root_workflow_id}"
-    body = [
-        "<header>",
-        f"<h1>{_e(title)}</h1>",
-        f'<p class="muted">{_e(_summary_line(report))}</p>',
-        "</header>",
-        _html_summary(report),
-    ]
-    if report.nondeterminism:
-        body.append(_html_nondeterminism(report.nondeterminism))
-    body += [
-        '<section id="tree"><h2>Run tree</h2>',
-        _html_tree(report.runs),
-        "</section>",
-    ]
-    if report.breaches:
-        body.append(f'<section id="breaches"><h2>Breaches ({len(report.breaches)})</h2>')
-        for number, chain in enumerate(report.breaches, start=1):
-            body.append(_html_breach(number, chain, units))
-        body.append("</section>")
-    body += [
-        '<section id="chart"><h2>Cumulative spend</h2>',
-        _html_chart(report),
-        "</section>",
-        '<section id="timeline"><h2>Timeline</h2>',
-        _html_timeline(report.decisions, units),
-        "</section>",
-        '<section id="spend"><h2>Spend</h2><div class="spend-tables">',
-    ]
-    for (heading, group), rows in _spend_groups(report):
-        body.append(f"<div><h3>{_e(heading)}</h3>")
-        body.append(_html_rows(group, rows) if rows else '<p class="muted">no spend recorded</p>')
-        body.append("</div>")
-    body.append("</div></section>")
-    return "\n".join(
-        [
-            "<!DOCTYPE html>",
-            '<html lang="en">',
-            "<head>",
-            '<meta charset="utf-8">',
-            '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            f"<title>{_e(title)}</title>",
-            f"<style>{_CSS}</style>",
-            "</head>",
-            "<body>",
-            *body,
-            "</body>",
-            "</html>",
-            "",
-        ]
+    shown, omitted = _timeline(report.decisions)
+    series = report.series
+    template = _templates().get_template(_TEMPLATE)
+    return template.render(
+        title=f"Incident report: {report.root_workflow_id}",
+        summary_line=_summary_line(report),
+        summary=_summary_pairs(report),
+        nondeterminism=report.nondeterminism,
+        tree=_tree_items(report.runs),
+        breaches=[
+            _breach_view(number, chain, units)
+            for number, chain in enumerate(report.breaches, start=1)
+        ],
+        chart=(
+            _chart(series, report.breaches[0] if report.breaches else None)
+            if series is not None and series.points
+            else None
+        ),
+        chart_note=_no_chart_note(series),
+        timeline=_decision_grid(shown, units, event_ids=True) if shown else None,
+        omitted=_plural(omitted, "routine decision") if omitted else "",
+        timeline_others=_TIMELINE_OTHERS,
+        spend=[
+            (heading, _spend_grid(group, rows) if rows else None)
+            for (heading, group), rows in _spend_groups(report)
+        ],
     )
 
 
@@ -658,7 +640,7 @@ def _summary_line(report: IncidentReport) -> str:
     )
 
 
-def _html_summary(report: IncidentReport) -> str:
+def _summary_pairs(report: IncidentReport) -> list[tuple[str, str]]:
     pairs = [
         ("root workflow", report.root_workflow_id),
         ("root run", report.root_run_id),
@@ -682,46 +664,41 @@ def _html_summary(report: IncidentReport) -> str:
         )
     for chain in report.breaches:
         pairs.append(("breach", chain.breach.message()))
-    return f'<section id="summary"><h2>Summary</h2>{_html_kv(pairs)}</section>'
+    return pairs
 
 
-def _html_nondeterminism(lines: Sequence[str]) -> str:
-    items = "".join(f"<li><code>{_e(line)}</code></li>" for line in lines)
-    return (
-        '<section id="nondeterminism" class="alarm"><h2>Non-determinism</h2>'
-        "<p>Replay failed for these runs (the workflow code changed since they ran); "
-        f"their decisions may be incomplete:</p><ul>{items}</ul></section>"
-    )
-
-
-def _html_tree(runs: Sequence[RunNode]) -> str:
-    if not runs:
-        return '<p class="muted">no runs</p>'
+def _tree_items(runs: Sequence[RunNode]) -> list[_TreeItem]:
+    """The run tree, each run once (a run already shown is not shown again)."""
     roots, children = _children(runs)
     index = {id(run): i for i, run in enumerate(runs)}
     seen: set[int] = set()
 
-    def item(run: RunNode) -> str:
+    def item(run: RunNode) -> _TreeItem:
         seen.add(index[id(run)])
-        cls = ' class="breached"' if run.status == "breached" else ""
-        label = (
-            f'<span class="run"><span class="agent">{_e(run.agent)}</span> '
-            f"<code>{_e(run.workflow_id)}</code> "
-            f'<span class="status status-{_e(run.status)}">{_e(run.status)}</span> '
-            f'<span class="mono">{_e(_spend(run.spend))}</span>'
-        )
-        if run.replay_error:
-            label += ' <span class="status status-failed">replay failed</span>'
-        label += "</span>"
         kids = [c for c in children.get(index[id(run)], []) if index[id(c)] not in seen]
-        nested = "<ul>" + "".join(item(kid) for kid in kids) + "</ul>" if kids else ""
-        return f"<li{cls}>{label}{nested}</li>"
+        return _TreeItem(run=run, spend=_spend(run.spend), children=[item(kid) for kid in kids])
 
-    return '<ul class="tree">' + "".join(item(root) for root in roots) + "</ul>"
+    return [item(root) for root in roots]
 
 
-def _html_rows(group: str, rows: Sequence[SpendRow]) -> str:
-    return _html_table(
+def _grid(
+    head: Sequence[str], rows: Iterable[Sequence[str | _Cell]], *, numeric: Iterable[int] = ()
+) -> _Grid:
+    """A table whose ``numeric`` columns are right-aligned."""
+    right = set(numeric)
+
+    def cell(i: int, value: str | _Cell) -> _Cell:
+        text, extra = (value, "") if isinstance(value, str) else (value.text, value.css)
+        return _Cell(text, " ".join(c for c in ("n" if i in right else "", extra) if c))
+
+    return _Grid(
+        head=[cell(i, title) for i, title in enumerate(head)],
+        rows=[[cell(i, value) for i, value in enumerate(row)] for row in rows],
+    )
+
+
+def _spend_grid(group: str, rows: Sequence[SpendRow]) -> _Grid:
+    return _grid(
         [group, "dispatches", "tokens", "cost", "tool calls"],
         [
             [
@@ -737,20 +714,20 @@ def _html_rows(group: str, rows: Sequence[SpendRow]) -> str:
     )
 
 
-def _html_decisions(
+def _decision_grid(
     decisions: Sequence[DecisionRecord], units: _Units, *, event_ids: bool = False
-) -> str:
+) -> _Grid:
     head = ["time", "run", "kind", "target"]
     if event_ids:
         head = ["event", *head, "limit @ scope", "amounts or observed / ceiling"]
     else:
         head.append("amounts")
-    rows: list[list[_Cell]] = []
+    rows: list[list[str | _Cell]] = []
     for d in decisions:
-        row: list[_Cell] = [
-            (_clock(d.time), "mono"),
-            (_run_label(d.agent, d.workflow_id), "mono"),
-            (d.kind, f"k-{d.kind}"),
+        row: list[str | _Cell] = [
+            _Cell(_clock(d.time), "mono"),
+            _Cell(_run_label(d.agent, d.workflow_id), "mono"),
+            _Cell(d.kind, f"k-{d.kind}"),
             d.target,
         ]
         if event_ids:
@@ -758,38 +735,20 @@ def _html_decisions(
         row.append(units.values(d))
         rows.append(row)
     numeric = (0, len(head) - 1) if event_ids else (len(head) - 1,)
-    return _html_table(head, rows, numeric=numeric)
+    return _grid(head, rows, numeric=numeric)
 
 
-def _html_breach(number: int, chain: CausalChain, units: _Units) -> str:
-    parts = [
-        f'<article class="breach" id="breach-{number}">',
-        f"<h3>Breach {number}: {_e(chain.breach.limit)}</h3>",
-        f'<p class="msg">{_e(chain.breach.message())}</p>',
-        _html_kv(_breach_facts(chain, units)),
-    ]
-    if chain.consumers:
-        parts.append("<h4>What consumed the budget</h4>")
-        parts.append(_html_rows("agent / tool", chain.consumers))
-    if chain.last_decisions:
-        parts.append("<h4>Last decisions before the breach</h4>")
-        parts.append(_html_decisions(chain.last_decisions, units))
-    parts.append("</article>")
-    return "".join(parts)
-
-
-def _html_timeline(decisions: Sequence[DecisionRecord], units: _Units) -> str:
-    if not decisions:
-        return '<p class="muted">no decisions recorded</p>'
-    shown, omitted = _timeline(decisions)
-    note = ""
-    if omitted:
-        note = (
-            f'<p class="muted">{_e(_plural(omitted, "routine decision"))} omitted; showing '
-            "every warn, alert, overage, refuse and breach and the last "
-            f"{_TIMELINE_OTHERS} others.</p>"
-        )
-    return note + _html_decisions(shown, units, event_ids=True)
+def _breach_view(number: int, chain: CausalChain, units: _Units) -> _BreachView:
+    return _BreachView(
+        number=number,
+        limit=chain.breach.limit,
+        message=chain.breach.message(),
+        facts=_breach_facts(chain, units),
+        consumers=_spend_grid("agent / tool", chain.consumers) if chain.consumers else None,
+        last_decisions=(
+            _decision_grid(chain.last_decisions, units) if chain.last_decisions else None
+        ),
+    )
 
 
 # -- the chart ----------------------------------------------------------------------------
@@ -825,20 +784,18 @@ def _f(value: float) -> str:
     return f"{value:.1f}"
 
 
-def _html_chart(report: IncidentReport) -> str:
-    series = report.series
-    if series is None or not series.points:
-        note = "No spend recorded."
-        if series is not None and series.ceiling is not None:
-            note += (
-                f" Ceiling {series.limit or series.resource}: "
-                f"{_quantity(series.resource, series.ceiling)}."
-            )
-        return f'<p class="muted">{_e(note)}</p>'
-    return _svg_chart(series, report.breaches[0] if report.breaches else None)
+def _no_chart_note(series: SpendSeries | None) -> str:
+    """What the chart section says when there is nothing to draw."""
+    note = "No spend recorded."
+    if series is not None and series.ceiling is not None:
+        note += (
+            f" Ceiling {series.limit or series.resource}: "
+            f"{_quantity(series.resource, series.ceiling)}."
+        )
+    return note
 
 
-def _svg_chart(series: SpendSeries, breach: CausalChain | None) -> str:
+def _chart(series: SpendSeries, breach: CausalChain | None) -> _Chart:
     resource = series.resource
     start = series.points[0].time
     times = [(p.time - start).total_seconds() for p in series.points]
@@ -870,67 +827,19 @@ def _svg_chart(series: SpendSeries, breach: CausalChain | None) -> str:
         summary += f" against {series.limit or 'the ceiling'} {_quantity(resource, series.ceiling)}"
     if series.scope:
         summary += f" ({series.scope})"
-    out = [
-        f'<p class="muted">{_e(summary)}.</p>',
-        f'<svg class="chart" viewBox="0 0 {_f(_W)} {_f(_H)}" role="img" '
-        f'aria-label="{_e(summary)}">',
-        f"<title>{_e(summary)}</title>",
-    ]
-    for value in y_ticks:
-        out.append(
-            f'<line class="grid" x1="{_f(_LEFT)}" x2="{_f(_W - _RIGHT)}" '
-            f'y1="{_f(y(value))}" y2="{_f(y(value))}"/>'
-        )
-        out.append(
-            f'<text x="{_f(_LEFT - 8)}" y="{_f(y(value) + 4)}" text-anchor="end">'
-            f"{_e(_quantity(resource, value))}</text>"
-        )
-    for value in x_ticks:
-        at = x(value / per_second)
-        out.append(
-            f'<line class="axis" x1="{_f(at)}" x2="{_f(at)}" '
-            f'y1="{_f(bottom)}" y2="{_f(bottom + 5)}"/>'
-        )
-        out.append(
-            f'<text x="{_f(at)}" y="{_f(bottom + 18)}" text-anchor="middle">'
-            f"{_e(_num(round(value, 6)))}</text>"
-        )
-    out += [
-        f'<line class="axis" x1="{_f(_LEFT)}" x2="{_f(_W - _RIGHT)}" '
-        f'y1="{_f(bottom)}" y2="{_f(bottom)}"/>',
-        f'<line class="axis" x1="{_f(_LEFT)}" x2="{_f(_LEFT)}" y1="{_f(_TOP)}" y2="{_f(bottom)}"/>',
-        f'<text class="axis-title" x="{_f(_LEFT + plot_w / 2)}" y="{_f(_H - 10)}" '
-        f'text-anchor="middle">{_e(f"workflow time since first commit ({unit})")}</text>',
-        f'<text class="axis-title" x="16" y="{_f(_TOP + plot_h / 2)}" text-anchor="middle" '
-        f'transform="rotate(-90 16 {_f(_TOP + plot_h / 2)})">'
-        f"{_e(f'cumulative {label}')}</text>",
-    ]
+    ceiling = None
     if series.ceiling is not None:
-        ceiling_y = y(series.ceiling)
-        text = f"{series.limit or 'ceiling'} = {_quantity(resource, series.ceiling)}"
-        out += [
-            f'<line class="ceiling" x1="{_f(_LEFT)}" x2="{_f(_W - _RIGHT)}" '
-            f'y1="{_f(ceiling_y)}" y2="{_f(ceiling_y)}"><title>{_e(text)}</title></line>',
-            f'<text class="ceiling-label" x="{_f(_LEFT + 6)}" y="{_f(ceiling_y - 6)}">'
-            f"{_e(text)}</text>",
-        ]
+        ceiling = _Mark(
+            at=y(series.ceiling),
+            text=f"{series.limit or 'ceiling'} = {_quantity(resource, series.ceiling)}",
+        )
+    mark = None
     if breach is not None and breach_at is not None:
-        at = x(breach_at)
-        left = at < _LEFT + plot_w / 2
-        tip = f"breach at {_clock(breach.decision.time)}: {breach.breach.message()}"
-        out += [
-            f'<line class="breach-line" x1="{_f(at)}" x2="{_f(at)}" '
-            f'y1="{_f(_TOP)}" y2="{_f(bottom)}"><title>{_e(tip)}</title></line>',
-            f'<path class="breach-mark" d="M {_f(at - 6)} {_f(_TOP - 10)} '
-            f'L {_f(at + 6)} {_f(_TOP - 10)} L {_f(at)} {_f(_TOP)} Z">'
-            f"<title>{_e(tip)}</title></path>",
-            f'<text class="breach-label" x="{_f(at + 9 if left else at - 9)}" '
-            f'y="{_f(_TOP - 2)}" text-anchor="{"start" if left else "end"}">breach</text>',
-        ]
-    vertices = " ".join(
-        f"{_f(x(t))},{_f(y(p.cumulative))}" for t, p in zip(times, series.points, strict=True)
-    )
-    out.append(f'<polyline class="spend" points="{vertices}"/>')
+        mark = _Mark(
+            at=x(breach_at),
+            text=f"breach at {_clock(breach.decision.time)}: {breach.breach.message()}",
+        )
+    points = []
     for t, point in zip(times, series.points, strict=True):
         where = f"{point.workflow_id} {point.target}".strip()
         tip = (
@@ -938,12 +847,24 @@ def _svg_chart(series: SpendSeries, breach: CausalChain | None) -> str:
             f"cumulative {_quantity(resource, point.cumulative)}"
             + ("" if resource == "cost_usd" else f" {label}")
         )
-        out.append(
-            f'<circle class="point" cx="{_f(x(t))}" cy="{_f(y(point.cumulative))}" r="3.5">'
-            f"<title>{_e(tip)}</title></circle>"
-        )
-    out.append("</svg>")
-    return "\n".join(out)
+        points.append(_ChartPoint(x=x(t), y=y(point.cumulative), tip=tip))
+    return _Chart(
+        summary=summary,
+        width=_W,
+        height=_H,
+        left=_LEFT,
+        right=_W - _RIGHT,
+        top=_TOP,
+        bottom=bottom,
+        y_ticks=[_Tick(y(value), _quantity(resource, value)) for value in y_ticks],
+        x_ticks=[_Tick(x(value / per_second), _num(round(value, 6))) for value in x_ticks],
+        x_title=f"workflow time since first commit ({unit})",
+        y_title=f"cumulative {label}",
+        ceiling=ceiling,
+        breach=mark,
+        breach_label_left=mark is not None and mark.at < _LEFT + plot_w / 2,
+        points=points,
+    )
 
 
 __all__ = ["render_html", "render_terminal"]

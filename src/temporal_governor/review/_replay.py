@@ -21,7 +21,7 @@ from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
 from ..context import HEADER, BudgetContext
 from ..core.accounting import RESOURCES
-from ..core.decisions import DecisionRecord
+from ..core.decisions import DecisionRecord, RemainingMode
 from ..errors import (
     BUDGET_EXCEEDED,
     GOVERNANCE_KILLED,
@@ -30,7 +30,7 @@ from ..errors import (
     GovernorError,
 )
 from ..interceptors import GovernanceInterceptor
-from ..plugin import _share_governor_with_sandbox
+from ..plugin import _share_governor_with_sandbox, governed_data_converter
 from ..policy import Policy
 from ._report import (
     CausalChain,
@@ -61,6 +61,9 @@ class ReviewError(GovernorError):
 
 class _Collector:
     """A decision sink that keeps everything, replaying or not (review mode)."""
+
+    takes_remaining: RemainingMode = "never"
+    """The report has no use for the remaining budget: the governor spares computing it."""
 
     def __init__(self) -> None:
         self.decisions: list[DecisionRecord] = []
@@ -230,16 +233,20 @@ def _add(row: dict[str, float], decision: DecisionRecord) -> None:
 def _rows(
     commits: Iterable[DecisionRecord], group: Callable[[DecisionRecord], str]
 ) -> list[SpendRow]:
-    totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    counts: dict[str, int] = defaultdict(int)
+    totals: dict[str, list[float]] = {}
     for decision in commits:
         key = group(decision)
-        counts[key] += 1
-        for resource in ("tokens", "cost_usd", "tool_calls"):
-            totals[key][resource] += decision.amounts.get(resource, 0.0)
+        row = totals.get(key)
+        if row is None:
+            row = totals[key] = [0.0, 0.0, 0.0, 0.0]
+        amounts = decision.amounts
+        row[0] += amounts.get("tokens", 0.0)
+        row[1] += amounts.get("cost_usd", 0.0)
+        row[2] += amounts.get("tool_calls", 0.0)
+        row[3] += 1
     rows = [
-        SpendRow(group=key, dispatches=counts[key], **{r: v for r, v in totals[key].items()})
-        for key in totals
+        SpendRow(group=key, tokens=t, cost_usd=c, tool_calls=n, dispatches=int(d))
+        for key, (t, c, n, d) in totals.items()
     ]
     return sorted(rows, key=lambda row: (-row.tokens, -row.cost_usd, row.group))
 
@@ -452,6 +459,9 @@ async def review(
     replayer = Replayer(
         workflows=workflows,
         interceptors=[GovernanceInterceptor(policy, sinks=[collector])],
+        # usage on failed attempts and children travels in markers only the governed
+        # failure converter reads (and takes off before agent code sees the error)
+        data_converter=governed_data_converter(client.data_converter if client else None),
         workflow_runner=(
             _share_governor_with_sandbox(None) if sandboxed else UnsandboxedWorkflowRunner()
         ),
