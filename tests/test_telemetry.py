@@ -27,8 +27,9 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from conftest import RECORDED, Recorded
-from temporal_governor import GovernanceInterceptor, Policy, attribution
+from temporal_governor import Policy, attribution
 from temporal_governor.core.decisions import DecisionRecord, DecisionSink
+from temporal_governor.interceptors import GovernanceInterceptor
 from temporal_governor.telemetry import OpenTelemetrySink
 from workflows import ALL_ACTIVITIES, ALL_WORKFLOWS, Priced, Spender, Steps
 
@@ -704,3 +705,23 @@ async def test_a_rejected_control_message_emits_a_telemetry_event(env: WorkflowE
     assert details["limit_name"] == "mallory"  # the issuer
     assert str(details["scope"]).startswith("unsigned resume")  # why it was rejected
     assert dict(span.attributes or {})["governor.key"] == "governor.resume"
+
+
+def test_two_sinks_on_one_meter_provider_both_show_in_the_remaining_gauge() -> None:
+    """OpenTelemetry keeps one gauge per name on a meter: both sinks' runs must reach it."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    first = OpenTelemetrySink(meter_provider=provider)
+    second = OpenTelemetrySink(meter_provider=provider)
+    first.remaining(record("commit", 1, workflow_id="wf-a"), {"tokens": 10.0}, replaying=False)
+    second.remaining(record("commit", 2, workflow_id="wf-b"), {"tokens": 20.0}, replaying=False)
+    data = reader.get_metrics_data()
+    seen = {
+        point.attributes["workflow_id"]: point.value
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "governor.remaining"
+        for point in metric.data.data_points
+    }
+    assert seen == {"wf-a": 10.0, "wf-b": 20.0}

@@ -42,7 +42,7 @@ from temporalio.api.common.v1 import Payload
 
 from .control._messages import Keyring, KillMessage
 from .core.accounting import RESOURCES, Amounts
-from .core.degradation import Decision
+from .core.degradation import Degradation
 from .core.detectors import BucketState, LoopState
 from .errors import ChainLink, validation_problems
 
@@ -130,7 +130,7 @@ class BudgetContext(BaseModel):
     """The tightest ``loop_detection.max_depth`` of the receiver's ancestors."""
     max_depth_scope: str = ""
     """The scope that set :attr:`max_depth`."""
-    decision: Decision | None = None
+    decision: Degradation | None = None
     """For an activity: the degradation in force when it was dispatched."""
     guard_state: dict[str, Any] | None = None
     """Loop-detector and throttle state carried over a continue-as-new (so a loop cannot
@@ -786,7 +786,7 @@ def current_attribution() -> BudgetContext | None:
     return None
 
 
-def current_decision() -> Decision | None:
+def current_decision() -> Degradation | None:
     """Inside a governed activity: the degradation in force when it was dispatched.
 
     ``None`` when no ``degrade`` rule applied (or outside a governed activity). Use it to

@@ -38,7 +38,7 @@ _logger = logging.getLogger(__name__)
 def _share_governor_with_sandbox(runner: WorkflowRunner | None) -> WorkflowRunner:
     """Let sandboxed workflow code import the governor's own module, not a re-import.
 
-    ``estimate()`` and ``current_attribution()`` work through module state that the
+    ``estimate()`` and ``current_context()`` work through module state that the
     interceptors (outside the sandbox) also see; a re-imported copy would not share it.
     """
     if runner is None:

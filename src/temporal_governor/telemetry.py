@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -166,12 +167,7 @@ class OpenTelemetrySink:
             unit="s",
             description="Wall-clock time from a dispatch's reservation to its settlement.",
         )
-        meter.create_observable_gauge(
-            "governor.remaining",
-            callbacks=[self._observe_remaining],
-            unit="1",
-            description="A run's remaining budget per resource under its tightest limit.",
-        )
+        _observe_with(meter, meter_provider, self)
         self._lock = threading.Lock()
         self._pending: OrderedDict[tuple[str, str], _Reserved] = OrderedDict()
         self._settled: OrderedDict[tuple[str, str], SpanContext | None] = OrderedDict()
@@ -462,6 +458,42 @@ def _named_details(decision: DecisionRecord) -> Attributes:
             "threshold": payload.threshold,
         }
     return {}
+
+
+_GLOBAL_GAUGE_SINKS: weakref.WeakSet[OpenTelemetrySink] = weakref.WeakSet()
+_GAUGE_SINKS: weakref.WeakKeyDictionary[MeterProvider, weakref.WeakSet[OpenTelemetrySink]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _observe_with(
+    meter: opentelemetry.metrics.Meter,
+    provider: MeterProvider | None,
+    sink: OpenTelemetrySink,
+) -> None:
+    """Let ``sink``'s runs show in the ``governor.remaining`` gauge of ``provider``.
+
+    OpenTelemetry keeps the first instrument of a name on a meter and drops the callbacks
+    of later ones, so every sink on one provider shares one gauge whose callback asks each.
+    """
+    if provider is None:
+        sinks = _GLOBAL_GAUGE_SINKS
+        first = not sinks
+    else:
+        first = provider not in _GAUGE_SINKS
+        sinks = _GAUGE_SINKS.setdefault(provider, weakref.WeakSet())
+    sinks.add(sink)
+    if first:
+
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            return [seen for each in list(sinks) for seen in each._observe_remaining(options)]
+
+        meter.create_observable_gauge(
+            "governor.remaining",
+            callbacks=[observe],
+            unit="1",
+            description="A run's remaining budget per resource under its tightest limit.",
+        )
 
 
 __all__ = [

@@ -17,7 +17,7 @@ from temporalio.exceptions import ApplicationError
 
 from ..core.accounting import EventKind, Refusal
 from ..core.decisions import Dispatch
-from ..core.degradation import Decision
+from ..core.degradation import Degradation
 from ..core.detectors import (
     AnomalyRule,
     LoopDetector,
@@ -97,7 +97,7 @@ class RunGuard:
         self.anomaly = self.agent.anomaly if self.agent else None
         self.baselines: dict[str, SpendBaseline] = {}
         self.anomalous: Verdict | None = None
-        self.decision: Decision | None = None
+        self.decision: Degradation | None = None
         self._alerted: set[str] = set()
         self._pending_delay = 0.0
         """A ``throttle`` verdict reached after a result, applied to the next dispatch."""
@@ -372,10 +372,10 @@ class RunGuard:
             fairness_weight=current.fairness_weight,
         )
 
-    def current_decision(self) -> Decision | None:
+    def current_decision(self) -> Degradation | None:
         """The first ``degrade`` rule that applies now, as a decision (logged when it changes)."""
         rules = self.agent.degrade if self.agent else []
-        decision: Decision | None = None
+        decision: Degradation | None = None
         for index, rule in enumerate(rules):
             reason = ""
             if rule.when_anomalous and self.anomalous is not None:
@@ -385,7 +385,7 @@ class RunGuard:
                 if left is not None and left < rule.when_remaining_below:
                     reason = f"{left:.0%} of the run's budget remains"
             if reason:
-                decision = Decision(
+                decision = Degradation(
                     rule=index,
                     reason=reason,
                     model_map=rule.model_map,
