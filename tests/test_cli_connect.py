@@ -39,6 +39,15 @@ def finalization_probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "import atexit, os\n"
         f"atexit.register(lambda: os.write(2, {(FINALIZED + chr(10)).encode()!r}))\n"
     )
+    # the control: a process that does finalize must print it, or the probe checks nothing
+    control = subprocess.run(
+        [sys.executable, "-c", "pass"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(folder)},
+        timeout=60,
+    )
+    assert FINALIZED in control.stderr, f"the probe did not load: {control.stderr[-500:]}"
     return folder
 
 

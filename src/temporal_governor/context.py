@@ -42,6 +42,7 @@ from temporalio.api.common.v1 import Payload
 
 from .control._messages import Keyring, KillMessage
 from .core.accounting import RESOURCES, Amounts
+from .core.degradation import Decision as Decision  # the 0.1 name, kept importable
 from .core.degradation import Degradation
 from .core.detectors import BucketState, LoopState
 from .errors import ChainLink, validation_problems
