@@ -37,6 +37,7 @@ from conftest import RECORDED, ROOT, Recorded
 from previous_release import wait_for_event, wait_for_running_activity
 from temporal_governor import GovernorPlugin, Policy
 from temporal_governor.interceptors import GOVERNED_PATCH, GovernanceInterceptor
+from temporal_governor.interceptors._versions import KEY_ON_ASK_PATCH
 from temporal_governor.workflow import BUDGET_QUERY, BudgetSnapshot
 
 PREVIOUS_RELEASE = "e570692"
@@ -105,6 +106,18 @@ def _patches(history: WorkflowHistory) -> list[str]:
         if "patch-data" in details:
             ids.append(json.loads(details["patch-data"].payloads[0].data)["id"])
     return ids
+
+
+def _governed_patches(history: WorkflowHistory) -> list[str]:
+    """The patch ids a run governed by this release from its start records.
+
+    The marker first; then, at its first activity dispatch, the key numbering's
+    (``KEY_ON_ASK_PATCH``: runs recorded with the marker before it keep theirs).
+    """
+    dispatched = any(
+        e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED for e in history.events
+    )
+    return [GOVERNED_PATCH, *([KEY_ON_ASK_PATCH] if dispatched else [])]
 
 
 def _governor_events(history: WorkflowHistory) -> list[HistoryEvent]:
@@ -242,7 +255,7 @@ async def test_a_run_started_plain_is_finished_plain_by_a_governed_worker(env) -
         assert _task_failures(history) == [], workflow_id
         assert _governor_events(history) == [], f"{workflow_id} got governor commands"
     fresh_history = await _fetch(env.client, fresh.id)
-    assert _patches(fresh_history) == [GOVERNED_PATCH]
+    assert _patches(fresh_history) == _governed_patches(fresh_history)
     assert _task_failures(fresh_history) == []
 
 
@@ -305,7 +318,7 @@ async def test_runs_started_governed_are_finished_governed_with_the_switch_off(e
     for workflow_id in [conversation.id, delegator.id, f"{delegator.id}-helper"]:
         history = await _fetch(env.client, workflow_id)
         assert _task_failures(history) == [], workflow_id
-        assert _patches(history) == [GOVERNED_PATCH], workflow_id
+        assert _patches(history) == _governed_patches(history), workflow_id
         memo = [
             e
             for e in history.events
@@ -408,7 +421,7 @@ async def test_the_previous_release_histories_replay_and_its_open_runs_finish(
         "temporal-governor/cancel-to-agent-v1",
         "temporal-governor/release-run-v1",
     ]
-    assert _patches(finished["fresh"]) == [GOVERNED_PATCH]
+    assert _patches(finished["fresh"]) == _governed_patches(finished["fresh"])
     failures = await _replay_failures(
         [finished["conversation"], finished["cancellable"], finished["fresh"]],
         plugins=[previous],

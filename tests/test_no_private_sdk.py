@@ -7,7 +7,8 @@
   marker is appended to the failure, never to the exception, and taken off the failure
   before an exception is built from it; a root run's own error reaches its client
   exactly as raised, with or without the plugin on that client.
-- Histories written by releases up to 0.1.x (a JSON marker object) are still read.
+- Histories written by releases up to 0.1.x (a JSON marker object) and by the code that
+  wrote the marker as a ``binary/protobuf`` payload are still read.
 - An eviction is told from a cancellation without the event loop's private state.
 """
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import ast
 import functools
-import json
 import subprocess
 import uuid
 from collections.abc import Iterable, Iterator
@@ -349,18 +349,59 @@ def test_markers_leave_every_cause_and_the_input_is_not_changed() -> None:
     assert usage is not None and usage.input_tokens == 3  # the heartbeat's: every attempt
 
 
-def test_a_refused_marker_is_taken_off_and_reads_as_unknown() -> None:
+def protobuf_marker(usage_json: bytes) -> Payload:
+    """A marker as it was briefly written: the usage in a tagged ``Payload`` message."""
+    inner = Payload(metadata={MARKER_METADATA_KEY: b"usage"}, data=usage_json)
+    return Payload(
+        metadata={
+            "encoding": b"binary/protobuf",
+            "messageType": b"temporal.api.common.v1.Payload",
+            MARKER_METADATA_KEY: b"usage",
+        },
+        data=inner.SerializeToString(),
+    )
+
+
+def json_marker(usage_json: bytes) -> Payload:
+    """The governor's marker around any usage JSON (``marker_payload`` writes only valid)."""
+    marker = marker_payload(Usage(input_tokens=1))
+    marker.data = b'{"temporal-governor-marker": "usage", "usage": ' + usage_json + b"}"
+    return marker
+
+
+@pytest.mark.parametrize("marker", [json_marker, protobuf_marker])
+def test_a_refused_marker_is_taken_off_and_reads_as_unknown(marker: Any) -> None:
     failure = to_failure(ApplicationError("x", "user detail"))
-    bad = marker_payload(Usage(input_tokens=1))
-    inner = Payload()
-    inner.ParseFromString(bad.data)
-    inner.data = b'{"input_tokens": -1000000}'
-    bad.data = inner.SerializeToString()
-    failure.application_failure_info.details.payloads.append(bad)
+    failure.application_failure_info.details.payloads.append(marker(b'{"input_tokens": -1000000}'))
     error = from_failure(failure)
     assert isinstance(error, ApplicationError) and list(error.details) == ["user detail"]
     assert has_usage_marker(error)
     assert take_failure_usage(error) is None
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"not json", b"[1]", b'{"usage": {"input_tokens": 5}}', b"[" * 100_000]
+)
+def test_a_malformed_marker_is_taken_off_and_reads_as_unknown(data: bytes) -> None:
+    failure = to_failure(ApplicationError("x", "user detail"))
+    marker = marker_payload(Usage(input_tokens=1))
+    marker.data = data
+    failure.application_failure_info.details.payloads.append(marker)
+    error = from_failure(failure)
+    assert isinstance(error, ApplicationError) and list(error.details) == ["user detail"]
+    assert has_usage_marker(error)
+    assert take_failure_usage(error) is None
+
+
+def test_the_binary_protobuf_marker_is_still_read() -> None:
+    failure = to_failure(ApplicationError("x", "user detail"))
+    failure.application_failure_info.details.payloads.append(
+        protobuf_marker(b'{"input_tokens": 4}')
+    )
+    error = from_failure(failure)
+    assert isinstance(error, ApplicationError) and list(error.details) == ["user detail"]
+    usage = take_failure_usage(error)
+    assert usage is not None and usage.input_tokens == 4
 
 
 def _failure_events(path: Path) -> list[Failure]:
@@ -534,8 +575,12 @@ def test_a_marker_payload_is_recognised_by_its_metadata_only() -> None:
     error = from_failure(failure)
     assert isinstance(error, ApplicationError) and len(error.details) == 2
     assert not has_usage_marker(error)
+    # nor is one shaped exactly like the marker's JSON: only the governor's tag makes one
+    shaped = {"temporal-governor-marker": "usage", "usage": {"input_tokens": 5}}
+    error = from_failure(to_failure(ApplicationError("x", shaped)))
+    assert isinstance(error, ApplicationError) and list(error.details) == [shaped]
+    assert not has_usage_marker(error)
     payload = marker_payload(Usage(input_tokens=5))
     assert payload.metadata[MARKER_METADATA_KEY] == b"usage"
-    assert json.loads(PLAIN.payload_converter.from_payloads([payload])[0].data) == {
-        "input_tokens": 5
-    }
+    assert payload.metadata["encoding"] == b"json/plain"  # every payload converter has it
+    assert PLAIN.payload_converter.from_payloads([payload]) == [shaped]

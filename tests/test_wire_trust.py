@@ -52,7 +52,11 @@ from temporal_governor.context import (
 from temporal_governor.control import Keyring
 from temporal_governor.core.accounting import Amounts
 from temporal_governor.errors import INVALID_USAGE, ChainLink, InvalidUsage
-from temporal_governor.interceptors._failures import LEGACY_MARKER_KEY, marker_payload
+from temporal_governor.interceptors._failures import (
+    LEGACY_MARKER_KEY,
+    MARKER_METADATA_KEY,
+    marker_payload,
+)
 from temporal_governor.interceptors._wire import (
     USAGE_METADATA_KEY,
     has_usage_marker,
@@ -570,17 +574,24 @@ def test_usage_on_the_wire_is_refused_not_counted_negative(raw: bytes) -> None:
     payload = Payload(metadata={USAGE_METADATA_KEY: raw}, data=b"1")
     assert take_usage(payload) is None
     assert USAGE_METADATA_KEY not in payload.metadata  # agent code never sees it
-    # the governor's marker (a tagged payload) on a failure, and in heartbeat details
-    inner = Payload()
-    inner.ParseFromString(marker_payload(Usage()).data)
-    inner.data = raw
+    # the governor's marker (a tagged JSON payload) on a failure, and in heartbeat details
     tagged = marker_payload(Usage())
-    tagged.data = inner.SerializeToString()
+    tagged.data = b'{"temporal-governor-marker": "usage", "usage": ' + raw + b"}"
+    # the marker as it was briefly written (binary/protobuf), still read
+    inner = Payload(metadata={MARKER_METADATA_KEY: b"usage"}, data=raw)
+    protobuf = Payload(
+        metadata={
+            "encoding": b"binary/protobuf",
+            "messageType": b"temporal.api.common.v1.Payload",
+            MARKER_METADATA_KEY: b"usage",
+        },
+        data=inner.SerializeToString(),
+    )
     # and the JSON marker object of 0.1.x
     legacy = json.loads(raw.replace(b"NaN", b"1e999").replace(b"-Infinity", b"-1e999"))
     converter = governed_data_converter()
     (old,) = converter.payload_converter.to_payloads([{LEGACY_MARKER_KEY: legacy}])
-    for marker in (tagged, old):
+    for marker in (tagged, protobuf, old):
         failure = Failure()
         converter.failure_converter.to_failure(
             ApplicationError("x", "user detail"), converter.payload_converter, failure

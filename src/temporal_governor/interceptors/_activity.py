@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import temporalio.activity
+from temporalio.api.common.v1 import Payload
 from temporalio.common import RawValue
 from temporalio.exceptions import CancelledError
 from temporalio.worker import (
@@ -26,7 +28,13 @@ from temporalio.worker import (
     ExecuteActivityInput,
 )
 
-from ..context import HEADER, decode_context, reset_activity_context, set_activity_context
+from ..context import (
+    HEADER,
+    BudgetContext,
+    read_context,
+    reset_activity_context,
+    set_activity_context,
+)
 from ..errors import InvalidUsage
 from ..policy import Policy
 from ..usage import Usage, UsageMeter, reset_meter, set_meter, usage_in_result
@@ -80,24 +88,28 @@ class GovernedActivityInbound(ActivityInboundInterceptor):
         carry_key = (info.workflow_run_id or "", info.activity_id)
         meter = UsageMeter(price=self._policy.cost_usd, activity=_describe(info))
         earlier: Usage | None
+        outbound = self._outbound
         if info.is_local:
             earlier = self._carry.pop(carry_key)
         else:
             earlier, _, problem = read_marker(info.heartbeat_details)
             if problem is not None:  # earlier attempts' usage is unknown: charge the estimate
                 _logger.warning("governor: %s", meter.refuse(problem))
-            # heartbeat the usage as soon as it is reported: if this attempt's completion
+            # heartbeat the usage once the attempt goes on after a report: if its completion
             # never reaches the server (worker killed, server down), the retry still has it
-            outbound, before = self._outbound, earlier
+            before = earlier
             # the agent's own heartbeats keep the earlier attempts' usage, and ours keep the
             # agent's last details
             outbound.adopt(info.heartbeat_details, before)
             meter.on_report = _on_the_loop(
                 asyncio.get_running_loop(),
-                lambda: outbound.heartbeat_usage(self._total(meter, before, info.activity_type)),
+                functools.partial(
+                    outbound.usage_reported,
+                    lambda: self._total(meter, before, info.activity_type),
+                ),
             )
         meter_token = set_meter(meter)
-        context_token = set_activity_context(decode_context(input.headers))
+        context_token = set_activity_context(_context_of(input.headers))
         try:
             result = await self.next.execute_activity(input)
         except BaseException as error:
@@ -107,7 +119,9 @@ class GovernedActivityInbound(ActivityInboundInterceptor):
             if isinstance(error, CancelledError | KeyboardInterrupt | SystemExit) or not (
                 _has_spend(total)
             ):
+                outbound.finished(send_pending=True)  # its failure may carry no usage
                 raise
+            outbound.finished()  # the heartbeat below carries it
             if info.is_local:
                 self._carry.put(carry_key, total)
             else:
@@ -118,6 +132,8 @@ class GovernedActivityInbound(ActivityInboundInterceptor):
         finally:
             reset_activity_context(context_token)
             reset_meter(meter_token)
+        # its usage goes with the result: a heartbeat of it still pending is not needed
+        outbound.finished()
         if not meter.reported:
             try:
                 found = usage_in_result(result, input.args)
@@ -151,12 +167,22 @@ class GovernedActivityInbound(ActivityInboundInterceptor):
 
 
 class GovernedActivityOutbound(ActivityOutboundInterceptor):
-    """Hides the governor's heartbeat marker from activity code and keeps it on heartbeats."""
+    """Hides the governor's heartbeat marker from activity code and keeps it on heartbeats.
+
+    Reported usage is heartbeated as soon as the attempt goes on after the report (the
+    next turn of the event loop), or with the agent's own next heartbeat if that comes
+    first; an attempt that ends in the same step as its last report sends none, since its
+    result or failure carries the usage (a failure heartbeats it for the retry anyway).
+    """
 
     def __init__(self, next: ActivityOutboundInterceptor) -> None:
         super().__init__(next)
         self._marker: RawValue | None = None
         self._user_details: tuple[Any, ...] = ()
+        self._pending: Callable[[], Usage] | None = None
+        """The usage so far, to heartbeat: set by a report, cleared once sent."""
+        self._flush: asyncio.Handle | None = None
+        self._finished = False
 
     def info(self) -> temporalio.activity.Info:
         info = self.next.info()
@@ -167,10 +193,49 @@ class GovernedActivityOutbound(ActivityOutboundInterceptor):
 
     def heartbeat(self, *details: Any) -> None:
         self._user_details = details
+        if self._pending is not None:  # a report not heartbeated yet: this one carries it
+            self._marker = marker_detail(self._take_pending())
         if self._marker is None:
             self.next.heartbeat(*details)
         else:
             self.next.heartbeat(*details, self._marker)
+
+    def usage_reported(self, usage_so_far: Callable[[], Usage]) -> None:
+        """Heartbeat the usage so far on the next turn of the event loop (unless ended).
+
+        Called on the event loop after every report; ``usage_so_far`` is read when the
+        heartbeat is sent, so reports in one step make one heartbeat.
+        """
+        if self._finished:
+            return
+        self._pending = usage_so_far
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_soon(self._send_pending)
+
+    def finished(self, send_pending: bool = False) -> None:
+        """The attempt has ended: no heartbeat of its usage is sent later.
+
+        Args:
+            send_pending: Send a report not heartbeated yet now (the outcome does not
+                carry the usage); else it is dropped (the outcome carries it).
+        """
+        if send_pending and self._pending is not None and not self._finished:
+            self.heartbeat_usage(self._take_pending())
+        self._finished = True
+        self._pending = None
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+
+    def _send_pending(self) -> None:
+        self._flush = None
+        if self._pending is not None and not self._finished:
+            self.heartbeat_usage(self._take_pending())
+
+    def _take_pending(self) -> Usage:
+        assert self._pending is not None
+        usage, self._pending = self._pending(), None
+        return usage
 
     def adopt(self, details: Sequence[Any], earlier: Usage | None) -> None:
         """Start from the last heartbeat of the earlier attempts (without sending one).
@@ -183,8 +248,39 @@ class GovernedActivityOutbound(ActivityOutboundInterceptor):
 
     def heartbeat_usage(self, usage: Usage) -> None:
         """Record the usage so far as the last heartbeat detail, for the next attempt."""
+        self._pending = None
         self._marker = marker_detail(usage)
         self.next.heartbeat(*self._user_details, self._marker)
+
+
+_CONTEXT_CACHE_LIMIT = 512
+"""Most checked activity headers kept (by their bytes)."""
+_CONTEXT_CACHE_BYTES = 16 * 1024
+"""Headers larger than this are checked on every attempt, not kept."""
+_contexts: OrderedDict[bytes, BudgetContext | None] = OrderedDict()
+
+
+def _context_of(headers: Mapping[str, Payload]) -> BudgetContext | None:
+    """The checked context of an activity's header (:func:`read_context`), kept by its bytes.
+
+    Every dispatch of a run carries the same header until its degradation changes, so
+    the parse and the checks run once per header, not once per attempt. The context is
+    a pure function of the bytes; the cache is bounded.
+    """
+    payload = headers.get(HEADER)
+    if payload is None:
+        return None
+    data = payload.data
+    if len(data) > _CONTEXT_CACHE_BYTES:
+        return read_context(data)[0]
+    try:
+        context = _contexts[data]
+    except KeyError:
+        context = read_context(data)[0]
+        _contexts[data] = context
+        if len(_contexts) > _CONTEXT_CACHE_LIMIT:
+            _contexts.popitem(last=False)
+    return context
 
 
 def _on_the_loop(loop: asyncio.AbstractEventLoop, call: Callable[[], None]) -> Callable[[], None]:

@@ -15,16 +15,20 @@ conversion still applies. It does two things around the inherited conversion:
   for the built exception, unchecked, until the workflow interceptor takes it
   (:func:`take_carried`).
 
-A marker is a payload whose metadata says so (:data:`MARKER_METADATA_KEY`), never a
-value agent code could write by accident: the usage JSON in a ``temporal.api.common.v1.
-Payload`` message (``binary/protobuf``, which every converter built from the SDK's
-default converters decodes) tagged in both payloads' metadata. Heartbeats carry the
-same marker as a :class:`~temporalio.common.RawValue`, which needs no converter at all;
-the next attempt finds it, decoded as a ``Payload`` message, among its heartbeat details.
+A marker is a ``json/plain`` payload (an encoding every payload converter has, the
+SDK's default, pydantic's, a JSON-only one) whose metadata says it is the governor's
+(:data:`MARKER_METADATA_KEY`): on a failure it is recognised by that tag alone, which no
+payload converter writes, so a detail agent code raises is never taken for one. Its JSON,
+``{"temporal-governor-marker": "usage", "usage": {...}}``, names it too: heartbeats carry
+the marker as a :class:`~temporalio.common.RawValue` (sent as it is), and the next
+attempt receives its heartbeat details decoded, the tag gone, as that object.
 
-Read-only compatibility: releases up to 0.1.x wrote the marker as a trailing JSON detail
-``{"__temporal_governor_usage__": {...}}``. Histories (and retries) that carry one still
-count it, and it is taken off the same way; nothing writes it any more.
+Read-only compatibility: the marker was briefly a ``binary/protobuf`` payload (a
+``temporal.api.common.v1.Payload`` message tagged in both payloads' metadata, which a
+converter without the SDK's protobuf converters cannot decode), and releases up to 0.1.x
+wrote a trailing JSON detail ``{"__temporal_governor_usage__": {...}}``. Histories (and
+retries) that carry either still count it, and it is taken off the same way; nothing
+writes them any more.
 
 Everything here runs in workflow code too (the failure converter converts every failure
 a run receives, on replay as well): it depends only on the failure it is given, and it
@@ -54,14 +58,19 @@ MARKER_METADATA_KEY = "temporal-governor-marker"
 """Payload metadata key that tags the governor's usage marker (value ``usage``)."""
 
 _MARKER_KIND = b"usage"
-_PROTO_MESSAGE = b"temporal.api.common.v1.Payload"
+_MARKER_FIELD = "temporal-governor-marker"
+"""The key naming the marker inside its JSON (the tag is gone once a heartbeat is decoded)."""
+_JSON = b"json/plain"
+
+MAX_MARKER_BYTES = 64 * 1024 + 1024
+"""The largest JSON marker that is parsed; a larger one reads as refused (too many bytes)."""
 
 LEGACY_MARKER_KEY = "__temporal_governor_usage__"
 """Key of the JSON marker object releases up to 0.1.x appended (read, never written)."""
 
 _LEGACY_PROBE = LEGACY_MARKER_KEY.encode()
 
-_STRONG_LIMIT = 4096
+_UNREFERENCED_LIMIT = 4096
 """At most this many exceptions that cannot be weakly referenced are remembered at once."""
 
 _K = TypeVar("_K")
@@ -83,19 +92,12 @@ class Carried:
 
 
 def marker_payload(usage: Usage) -> Payload:
-    """The payload that carries ``usage`` as a failure or heartbeat detail."""
-    inner = Payload(
-        metadata={MARKER_METADATA_KEY: _MARKER_KIND},
-        data=usage.model_dump_json(exclude_defaults=True).encode(),
+    """The payload that carries ``usage`` as a failure or heartbeat detail (``json/plain``)."""
+    data = b'{"%s":"usage","usage":%s}' % (
+        _MARKER_FIELD.encode(),
+        usage.model_dump_json(exclude_defaults=True).encode(),
     )
-    return Payload(
-        metadata={
-            "encoding": b"binary/protobuf",
-            "messageType": _PROTO_MESSAGE,
-            MARKER_METADATA_KEY: _MARKER_KIND,
-        },
-        data=inner.SerializeToString(),
-    )
+    return Payload(metadata={"encoding": _JSON, MARKER_METADATA_KEY: _MARKER_KIND}, data=data)
 
 
 def marker_detail(usage: Usage) -> RawValue:
@@ -106,22 +108,31 @@ def marker_detail(usage: Usage) -> RawValue:
 def carried_in_detail(value: object) -> Carried | None:
     """The usage of a decoded heartbeat detail that is a marker, else ``None``.
 
-    The governor's marker decodes to a ``Payload`` message tagged in its metadata; a
-    0.1.x marker to a dict with :data:`LEGACY_MARKER_KEY`.
+    The governor's marker decodes to the object that names it (see the module); the
+    ``binary/protobuf`` marker to a ``Payload`` message tagged in its metadata; a 0.1.x
+    marker to a dict with :data:`LEGACY_MARKER_KEY`.
     """
-    if isinstance(value, Payload):
-        if value.metadata.get(MARKER_METADATA_KEY) == _MARKER_KIND:
-            return Carried(value.data)
+    if isinstance(value, dict):
+        if value.get(_MARKER_FIELD) == "usage" and "usage" in value:
+            return Carried(value["usage"])
+        if LEGACY_MARKER_KEY in value:
+            return Carried(value[LEGACY_MARKER_KEY])
         return None
-    if isinstance(value, dict) and LEGACY_MARKER_KEY in value:
-        return Carried(value[LEGACY_MARKER_KEY])
+    if isinstance(value, Payload) and value.metadata.get(MARKER_METADATA_KEY) == _MARKER_KIND:
+        return Carried(value.data)  # the binary/protobuf marker
     return None
 
 
 def carried_in_payload(payload: Payload) -> Carried | None:
-    """The usage of an encoded detail that is a marker, else ``None``."""
+    """The usage of an encoded detail that is a marker, else ``None``.
+
+    A marker is recognised by its tag; what it carries is the usage as JSON bytes (empty
+    for a malformed marker, whose usage is unknown; it is taken off still).
+    """
     if payload.metadata.get(MARKER_METADATA_KEY) == _MARKER_KIND:
-        inner = Payload()
+        if payload.metadata.get("encoding") == _JSON:
+            return _carried_in_json(payload.data)
+        inner = Payload()  # the binary/protobuf marker
         try:
             inner.ParseFromString(payload.data)
         except DecodeError:  # a malformed marker: its usage is unknown; it is taken off still
@@ -137,6 +148,22 @@ def carried_in_payload(payload: Payload) -> Carried | None:
     return None
 
 
+def _carried_in_json(data: bytes) -> Carried:
+    """What the JSON of a tagged marker carries: its ``usage``, as JSON bytes."""
+    if len(data) > MAX_MARKER_BYTES:
+        return Carried(data)  # refused when read, for its size
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        return Carried(b"")
+    if not isinstance(value, dict) or value.get(_MARKER_FIELD) != "usage" or "usage" not in value:
+        return Carried(b"")
+    try:
+        return Carried(json.dumps(value["usage"]).encode())
+    except (ValueError, TypeError, RecursionError):
+        return Carried(b"")
+
+
 # --- exceptions and what they carry ------------------------------------------------------
 
 
@@ -145,12 +172,15 @@ class _ByIdentity(Generic[_K, _V]):
 
     Objects that can be weakly referenced (every SDK exception, every exception class
     written in Python) are forgotten when they die. Built-in exceptions cannot be; they
-    are held until taken, at most :data:`_STRONG_LIMIT` of them (the oldest go first).
+    are never held either (their traceback would keep every frame's locals alive, prompts
+    included): such an entry is keyed by ``id()`` with the object's type and a hash of
+    its message, which an object born later at the same address must also match. It
+    stays until taken, at most :data:`_UNREFERENCED_LIMIT` of them (the oldest go first).
     """
 
     def __init__(self) -> None:
         self._weak: dict[int, tuple[weakref.ref[Any], _V]] = {}
-        self._strong: OrderedDict[int, tuple[object, _V]] = OrderedDict()
+        self._unreferenced: OrderedDict[int, tuple[tuple[type, int], _V]] = OrderedDict()
         self._lock = threading.Lock()
 
     def put(self, key: _K, value: _V) -> None:
@@ -158,11 +188,12 @@ class _ByIdentity(Generic[_K, _V]):
         try:
             ref = weakref.ref(key, self._forgetter(ident))
         except TypeError:
+            fingerprint = _fingerprint(key)  # outside the lock: it may run user code
             with self._lock:
-                self._strong[ident] = (key, value)
-                self._strong.move_to_end(ident)
-                while len(self._strong) > _STRONG_LIMIT:
-                    self._strong.popitem(last=False)
+                self._unreferenced[ident] = (fingerprint, value)
+                self._unreferenced.move_to_end(ident)
+                while len(self._unreferenced) > _UNREFERENCED_LIMIT:
+                    self._unreferenced.popitem(last=False)
             return
         self._weak[ident] = (ref, value)
 
@@ -172,8 +203,8 @@ class _ByIdentity(Generic[_K, _V]):
         if weak is not None:
             return weak[0]() is key
         with self._lock:
-            strong = self._strong.get(ident)
-        return strong is not None and strong[0] is key
+            entry = self._unreferenced.get(ident)
+        return entry is not None and entry[0] == _fingerprint(key)
 
     def pop(self, key: _K) -> _V | None:
         ident = id(key)
@@ -182,11 +213,14 @@ class _ByIdentity(Generic[_K, _V]):
             self._weak.pop(ident, None)
             return weak[1]
         with self._lock:
-            strong = self._strong.get(ident)
-            if strong is not None and strong[0] is key:
-                del self._strong[ident]
-                return strong[1]
-        return None
+            entry = self._unreferenced.get(ident)
+        if entry is None or entry[0] != _fingerprint(key):
+            return None
+        with self._lock:
+            if self._unreferenced.get(ident) is not entry:
+                return None  # taken meanwhile
+            del self._unreferenced[ident]
+        return entry[1]
 
     def _forgetter(self, ident: int) -> Callable[[weakref.ref[Any]], None]:
         def forget(ref: weakref.ref[Any]) -> None:
@@ -195,6 +229,15 @@ class _ByIdentity(Generic[_K, _V]):
                 self._weak.pop(ident, None)
 
         return forget
+
+
+def _fingerprint(value: object) -> tuple[type, int]:
+    """What an object that cannot be weakly referenced is matched on besides its ``id()``."""
+    try:
+        text = str(value)
+    except Exception:  # a user object among the exception's arguments
+        text = ""
+    return type(value), hash(text)
 
 
 _outgoing: _ByIdentity[BaseException, Usage] = _ByIdentity()

@@ -11,9 +11,10 @@ with wherever it is replayed:
   a worker told so (``unmarked_runs="governed"``) governs them with that release's
   commands, and such a run takes each change made since (:data:`CHANGES`) only through
   the change's own patch id, recorded the first time it reaches the change live;
-- a change to the governor's commands after this release calls
-  ``workflow.patched("temporal-governor/<change>-v<n>")`` itself, for every governed run
-  (:meth:`Commands.since` is only for :data:`CHANGES`).
+- a change to the governor's commands made after runs began recording the marker is in
+  :data:`LATER_CHANGES`: every governed run takes it only through its own patch id
+  (``temporal-governor/<change>-v<n>``), runs recorded with the marker before the change
+  included, so their histories keep the commands they were made with.
 
 See docs/upgrading.md.
 """
@@ -57,6 +58,18 @@ CHANGES = (
     ONE_LEDGER_CALL_PATCH,
 )
 """The changes to the governor's commands since the previous release, in patch ids."""
+
+KEY_ON_ASK_PATCH = "temporal-governor/key-on-ask-v1"
+"""An activity dispatch takes its key (``activity:<n>:<type>``) when agent code asks for it,
+so the guards' records about it (loop, throttle, risk tier) carry it. Before, the key was
+taken when the dispatch was reserved, after its throttle, pause or backpressure wait; a
+run's keys are also its ledger keys and update ids, so a run recorded before keeps that
+numbering. Asked for (and recorded) at a run's first activity dispatch."""
+
+LATER_CHANGES = (KEY_ON_ASK_PATCH,)
+"""Changes made after runs began recording :data:`GOVERNED_PATCH`, in patch ids: histories
+with the marker exist without them, so every governed run takes them only through their
+own patch (new runs record it)."""
 
 UnmarkedRuns = Literal["plain", "governed"]
 """What a history without the :data:`GOVERNED_PATCH` marker is: a run that began without the
@@ -111,6 +124,8 @@ class Commands:
 
     def __init__(self, lineage: Lineage = "current") -> None:
         self.lineage: Lineage = lineage
+        self._taken: dict[str, bool] = {}
+        """The answer of each patch asked for (the SDK keeps the first answer too)."""
 
     @property
     def previous(self) -> bool:
@@ -120,10 +135,15 @@ class Commands:
     def since(self, change: str) -> bool:
         """Whether the run takes the path a change introduced.
 
-        A run of this release always does; a run of the previous release does when its
-        history has the change's marker, or when it reaches the change live (the marker
-        is recorded then). The first answer holds for the rest of the run. Only for the
-        changes since the previous release (:data:`CHANGES`): a later change is patched
-        for every run, this release's included.
+        For a change since the previous release (:data:`CHANGES`), a run of this release
+        always does. Otherwise (a run of the previous release, or a change in
+        :data:`LATER_CHANGES`) the run does when its history has the change's marker, or
+        when it reaches the change live (the marker is recorded then). The first answer
+        holds for the rest of the run.
         """
-        return self.lineage == "current" or temporalio.workflow.patched(change)
+        if self.lineage == "current" and change not in LATER_CHANGES:
+            return True
+        taken = self._taken.get(change)
+        if taken is None:
+            taken = self._taken[change] = temporalio.workflow.patched(change)
+        return taken

@@ -31,6 +31,7 @@ from temporalio.worker import (
 from temporalio.workflow import ParentClosePolicy
 
 from ..context import (
+    HEADER,
     BudgetContext,
     decode_context,
     explicit_estimate,
@@ -62,6 +63,7 @@ from ._versions import (
     CANCEL_PATCH,
     CLOSE_CHILDREN_PATCH,
     HALT_PATCH,
+    KEY_ON_ASK_PATCH,
     Commands,
     UnmarkedRuns,
     lineage,
@@ -478,6 +480,12 @@ class _Activity:
     throttle, a pause, backpressure or the shared ledger) is reserved and started by its
     handle's coroutine; so is one a pause cancelled, again once the pause ends, under a
     new key.
+
+    A run takes the dispatch's key when agent code asks for it, so the guards' records
+    carry it (a re-dispatch takes its new key before its wait). A run recorded before
+    :data:`KEY_ON_ASK_PATCH` takes it when the dispatch is reserved, after the guards and
+    its wait, as it did then: its keys are its ledger keys and update ids, and must stay
+    what its history made them.
     """
 
     def __init__(
@@ -487,14 +495,12 @@ class _Activity:
         self.plane = plane
         self.input = input
         self.start = start
-        tool = run.policy.tool_for(input.activity)
-        counts = 1.0 if tool is None or tool[1].counts_as_tool_call else 0.0
-        guess = explicit_estimate() or _amounts(run.policy.estimate_for_activity(input.activity))
-        self.wanted = guess + Amounts(tool_calls=counts)
+        counts, planned = run.activity_plan(input.activity)
+        explicit = explicit_estimate()
+        self.wanted = planned if explicit is None else explicit + Amounts(tool_calls=counts)
         """What the dispatch reserves in the run's ledger."""
-        self.shared_amounts = {**self.wanted.nonzero(), "concurrency": 1.0}
-        """What it reserves in shared scopes."""
-        self.charge = functools.partial(_activity_amounts, counts=counts)
+        self.counts = counts
+        """The tool calls the dispatch itself counts."""
         self.dispatch = Dispatch("activity", input.activity, "")
         """The dispatch of the current attempt (keyed once admitted)."""
         self.limits: list[SharedLimit] = []
@@ -503,6 +509,17 @@ class _Activity:
         self.handle: _GovernedActivityHandle | None = None
         self._key_taken = False
         """Whether an attempt has taken the admitted key (a re-dispatch takes a new one)."""
+        self._key_on_ask = True
+        """Whether the key is taken when agent code asks (else when reserved)."""
+
+    @property
+    def shared_amounts(self) -> dict[str, float]:
+        """What the dispatch reserves in shared scopes."""
+        return {**self.wanted.nonzero(), "concurrency": 1.0}
+
+    def charge(self, usage: Usage | None) -> Amounts:
+        """What a finished attempt costs the run, from the usage it carried back."""
+        return _activity_amounts(usage, self.counts)
 
     def admit(self) -> float:
         """Ask the run's guards, and shape the input as they decide.
@@ -516,22 +533,17 @@ class _Activity:
         """
         run, input = self.run, self.input
         run.raise_if_halted()
-        self.dispatch = run.activity(input.activity)
+        self._key_on_ask = run.shared.commands.since(KEY_ON_ASK_PATCH)
+        if self._key_on_ask:
+            self.dispatch = run.activity(input.activity)
+        # else it stays unkeyed until it is reserved (its guards' records have no key)
         wait = run.guard.admit(self.dispatch, input.args)
         decision = run.guard.decision
         if decision is not None and decision.rewrite_arguments:
             input.args = rewrite_arguments(input.args, decision)
         if isinstance(input, StartActivityInput):  # local activities have no priority
             input.priority = run.guard.priority(self.dispatch, input.priority)
-        context = run.context.model_copy(
-            update={
-                "chain": [*run.context.chain, run.link],
-                "allowance": {},
-                "carried": None,
-                "decision": decision,
-            }
-        )
-        input.headers = with_context(input.headers, context)
+        input.headers = {**input.headers, HEADER: run.activity_header(decision)}
         self.ret_type = input.ret_type
         input.ret_type = RawValue
         self.limits = run.shared.limits_for(input.activity)
@@ -572,11 +584,18 @@ class _Activity:
         return self.handle
 
     def _attempt(self) -> Dispatch:
-        """The dispatch of the next attempt: the admitted key first, then a new one each."""
-        if self._key_taken:
+        """The dispatch of the next attempt: the admitted key first, then a new one each.
+
+        A run that takes keys when reserved (see the class) takes a new one every attempt.
+        """
+        if self._key_taken or not self._key_on_ask:
             self.dispatch = self.run.activity(self.input.activity)
         self._key_taken = True
         return self.dispatch
+
+    def _unkeyed(self) -> Dispatch:
+        """The dispatch before it is keyed (a run that takes keys when reserved)."""
+        return Dispatch("activity", self.input.activity, "")
 
     def _reserve_and_start(self) -> _Attempt:
         """Reserve the dispatch in the run's ledger and start it (nothing holds it)."""
@@ -596,8 +615,12 @@ class _Activity:
         if hold > 0:
             await temporalio.workflow.sleep(hold)
         while True:
-            dispatch = self._attempt()
-            await _gate_and_pace(run, plane, dispatch, paced)
+            if self._key_on_ask:
+                dispatch = self._attempt()
+                await _gate_and_pace(run, plane, dispatch, paced)
+            else:  # keyed once the gate and the throttle let it go, as it was recorded
+                await _gate_and_pace(run, plane, self._unkeyed(), paced)
+                dispatch = self._attempt()
             paced = True
             try:
                 run.reserve(dispatch, self.wanted)
@@ -681,7 +704,7 @@ async def _settle(
     kind, name, key = dispatch.kind, dispatch.target, dispatch.key
     actual: Amounts | None = None
     settle_shared = True
-    dispatched_at = temporalio.workflow.now()  # the workflow task that started it
+    dispatched_at = temporalio.workflow.time_ns()  # the workflow task that started it
     try:
         raw = await inner
     except (ActivityError, ChildWorkflowError) as error:
@@ -692,7 +715,7 @@ async def _settle(
         if usage is None and refused:
             actual = run.ledger.reservations.get(key) or charge(None)
         elif usage is None and (paused or isinstance(error.cause, CancelledError)):
-            if kind == "activity" and temporalio.workflow.now() == dispatched_at:
+            if kind == "activity" and temporalio.workflow.time_ns() == dispatched_at:
                 # cancelled in the workflow task that started it: the schedule command was
                 # never sent, so nothing ran and nothing was spent
                 actual = charge(None)
@@ -902,9 +925,16 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 
 
 def _activity_amounts(usage: Usage | None, counts: float) -> Amounts:
+    """What an activity attempt costs: its usage and the tool call it counts as."""
     if usage is None:
         return Amounts(tool_calls=counts)
-    return usage.amounts() + Amounts(tool_calls=counts)
+    return Amounts(
+        tokens=float(usage.tokens),
+        cost_usd=usage.cost_usd,
+        tool_calls=float(usage.tool_calls) + counts,
+        subtasks=float(usage.subtasks),
+        child_workflows=float(usage.child_workflows),
+    )
 
 
 def _breach_usage(error: BaseException | None, run: GovernedRun, kind: str) -> Usage | None:
