@@ -110,7 +110,17 @@ async def test_an_attempt_that_ends_without_its_outcome_carrying_usage_sends_the
     assert len(recorder.sent) == 1
 
 
-def test_activity_headers_are_checked_once_per_distinct_header() -> None:
+def test_activity_headers_are_checked_once_per_distinct_header(monkeypatch: Any) -> None:
+    import temporal_governor.interceptors._activity as activity_side
+
+    parsed: list[bytes] = []
+    real = activity_side.read_context
+
+    def counting(data: bytes) -> Any:
+        parsed.append(data)
+        return real(data)
+
+    monkeypatch.setattr(activity_side, "read_context", counting)
     context = BudgetContext(
         attribution=Attribution(tenant=f"t-{uuid.uuid4().hex[:6]}"),
         chain=[ChainLink(workflow_id="w", run_id="r", agent="A")],
@@ -118,7 +128,7 @@ def test_activity_headers_are_checked_once_per_distinct_header() -> None:
     header = encode_context(context)
     first = _context_of({HEADER: header})
     again = _context_of({HEADER: Payload(metadata=header.metadata, data=header.data)})
-    assert first is again, "the same bytes: the checked context is kept"
+    assert first == again and parsed == [header.data], "the same bytes: checked once"
     assert first == read_context(header.data)[0] == context
     assert _context_of({}) is None
     bad = Payload(metadata=header.metadata, data=b'{"chain": 5, "attribution": {"tenant": "x"}}')
@@ -160,3 +170,57 @@ async def test_a_retry_counts_what_a_timed_out_attempt_reported(governed: Any) -
         assert await asyncio.wait_for(handle.result(), 60) == 2
         snap = BudgetSnapshot.model_validate(await handle.query(BUDGET_QUERY))
     assert snap.committed.get("tokens") == 42.0, "attempt 1 reported 40 and was lost"
+
+
+class NotConvertible:
+    """A result no payload converter can encode."""
+
+
+@activity.defn
+async def reports_then_returns_what_cannot_convert(tokens: int) -> Any:
+    if activity.info().attempt == 1:
+        report_usage(output_tokens=tokens)  # the model call was paid for...
+        return NotConvertible()  # ...but the result fails to convert: the attempt fails
+    report_usage(output_tokens=2)
+    return activity.info().attempt
+
+
+@workflow.defn(sandboxed=False)
+class ResultFailsToConvertOnce:
+    @workflow.run
+    async def run(self, tokens: int) -> int:
+        return await workflow.execute_activity(
+            reports_then_returns_what_cannot_convert,
+            tokens,
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=100)),
+        )
+
+
+async def test_a_result_that_fails_to_convert_keeps_its_attempts_usage(governed: Any) -> None:
+    """The usage was to travel with the result; when the result cannot, the failure does."""
+    data = yaml.safe_load(
+        "agents: { ResultFailsToConvertOnce: { quotas: { max_tokens_per_task: 100000 } } }"
+    )
+    data.setdefault("shared", {})["ledger_id"] = f"ledger-{uuid.uuid4().hex[:8]}"
+    async with governed(
+        Policy.from_dict(data),
+        [ResultFailsToConvertOnce],
+        [reports_then_returns_what_cannot_convert],
+    ) as g:
+        handle = await g.start(ResultFailsToConvertOnce.run, 40)
+        assert await asyncio.wait_for(handle.result(), 60) == 2
+        snapshot = BudgetSnapshot.model_validate(await handle.query(BUDGET_QUERY))
+    assert snapshot.committed.get("tokens") == 42.0, snapshot.committed
+
+
+def test_a_cached_context_is_not_shared_between_activities() -> None:
+    """Agent code changing its context's lists must not change the next activity's."""
+    link = ChainLink(workflow_id="w", run_id="r", agent="A")
+    header = {HEADER: encode_context(BudgetContext(chain=[link]))}
+    first = _context_of(header)
+    assert first is not None
+    first.chain.append(link.model_copy(update={"workflow_id": "changed by agent code"}))
+    second = _context_of(header)
+    assert second is not None
+    assert [link.workflow_id for link in second.chain] == ["w"]

@@ -204,7 +204,8 @@ class UsageMeter:
     """What was refused in this attempt (the attempt is then charged at least its estimate)."""
     on_report: Any = None
     """Called with no argument after every report (the activity side heartbeats the usage
-    so far, so that a retry after a crashed worker or a lost completion still counts it)."""
+    so far once the attempt goes on, so that a retry after a crashed worker still counts
+    it; an attempt that ends at once carries it on its result or failure)."""
 
     def add(
         self,

@@ -132,25 +132,43 @@ class GovernedActivityInbound(ActivityInboundInterceptor):
         finally:
             reset_activity_context(context_token)
             reset_meter(meter_token)
-        # its usage goes with the result: a heartbeat of it still pending is not needed
+        try:
+            if not meter.reported:
+                try:
+                    found = usage_in_result(result, input.args)
+                except InvalidUsage as refused:
+                    _logger.warning("governor: %s", meter.refuse(str(refused)))
+                    found = None
+                if found is not None:
+                    meter.add(found[0], found[1], None, found[2], 0)
+            total = self._total(meter, earlier, info.activity_type)
+            if not _has_spend(total) and total.attempts <= 1:
+                outbound.finished()
+                return result
+            payload = (
+                result.payload
+                if isinstance(result, RawValue)
+                else temporalio.activity.payload_converter().to_payload(result)
+            )
+            carried = RawValue(attach_usage(payload, total))
+        except BaseException as error:
+            # the result cannot carry the usage (it does not convert): the failure does,
+            # and a heartbeat keeps it for the retry, as on any other failure
+            total = self._total(meter, earlier, info.activity_type)
+            if not _has_spend(total):
+                outbound.finished(send_pending=True)
+                raise
+            outbound.finished()
+            if info.is_local:
+                self._carry.put(carry_key, total)
+            else:
+                self._outbound.heartbeat_usage(total)
+            carry_failure_usage(error, total)
+            raise
+        # the usage goes with the result now built: a heartbeat of it still pending is
+        # not needed
         outbound.finished()
-        if not meter.reported:
-            try:
-                found = usage_in_result(result, input.args)
-            except InvalidUsage as refused:
-                _logger.warning("governor: %s", meter.refuse(str(refused)))
-                found = None
-            if found is not None:
-                meter.add(found[0], found[1], None, found[2], 0)
-        total = self._total(meter, earlier, info.activity_type)
-        if not _has_spend(total) and total.attempts <= 1:
-            return result
-        payload = (
-            result.payload
-            if isinstance(result, RawValue)
-            else temporalio.activity.payload_converter().to_payload(result)
-        )
-        return RawValue(attach_usage(payload, total))
+        return carried
 
     def _total(self, meter: UsageMeter, earlier: Usage | None, activity_type: str) -> Usage:
         """The usage of every attempt so far.
@@ -265,7 +283,7 @@ def _context_of(headers: Mapping[str, Payload]) -> BudgetContext | None:
 
     Every dispatch of a run carries the same header until its degradation changes, so
     the parse and the checks run once per header, not once per attempt. The context is
-    a pure function of the bytes; the cache is bounded.
+    a pure function of the bytes; the cache is bounded (least recently used goes).
     """
     payload = headers.get(HEADER)
     if payload is None:
@@ -275,12 +293,14 @@ def _context_of(headers: Mapping[str, Payload]) -> BudgetContext | None:
         return read_context(data)[0]
     try:
         context = _contexts[data]
+        _contexts.move_to_end(data)
     except KeyError:
         context = read_context(data)[0]
         _contexts[data] = context
         if len(_contexts) > _CONTEXT_CACHE_LIMIT:
             _contexts.popitem(last=False)
-    return context
+    # each activity gets its own copy: its lists and dicts are agent code's to change
+    return None if context is None else context.model_copy(deep=True)
 
 
 def _on_the_loop(loop: asyncio.AbstractEventLoop, call: Callable[[], None]) -> Callable[[], None]:
