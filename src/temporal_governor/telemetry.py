@@ -147,6 +147,10 @@ class OpenTelemetrySink:
         """Whether spans reach anything (rechecked while the global provider is a no-op)."""
         self._metering = _meter_goes_somewhere(meter_provider)
         """Whether metrics reach anything (rechecked likewise)."""
+        self._idle_tracers: TracerProvider | None = None
+        """The global tracer provider last found to reach nothing."""
+        self._idle_meters: MeterProvider | None = None
+        """The global meter provider last found to reach nothing."""
         self._tracer = opentelemetry.trace.get_tracer(
             INSTRUMENTATION_NAME, tracer_provider=tracer_provider
         )
@@ -236,9 +240,15 @@ class OpenTelemetrySink:
         again on every decision.
         """
         if not self._tracing and self._tracer_provider is None:
-            self._tracing = _tracer_goes_somewhere(None)
+            tracers = opentelemetry.trace.get_tracer_provider()
+            if tracers is not self._idle_tracers:  # judged once per global provider
+                self._tracing = _tracer_goes_somewhere(tracers)
+                self._idle_tracers = tracers
         if not self._metering and self._meter_provider is None:
-            self._metering = _meter_goes_somewhere(None)
+            meters = opentelemetry.metrics.get_meter_provider()
+            if meters is not self._idle_meters:
+                self._metering = _meter_goes_somewhere(meters)
+                self._idle_meters = meters
         return self._tracing, self._metering
 
     # -- bookkeeping ---------------------------------------------------------------------
