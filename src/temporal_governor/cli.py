@@ -48,14 +48,30 @@ from temporalio.client import Client, WorkflowHistory, WorkflowQueryFailedError
 from temporalio.envconfig import ClientConfigProfile, ClientConnectConfig
 from temporalio.service import RPCError
 
-from .control._client import ControlClient, ControlError, ControlOutcome, ControlTarget
-from .control._messages import Keyring, KeyringError, overridable
+from .control import (
+    ControlClient,
+    ControlError,
+    ControlOutcome,
+    ControlTarget,
+    Keyring,
+    KeyringError,
+)
+from .control._messages import overridable
 from .errors import PolicyError, validation_problems
 from .names import STATE_ATTRIBUTE, TENANT_ATTRIBUTE
 from .policy import MAX_DURATION_S, MAX_NUMBER, MAX_TTL_SECONDS, PER_TASK_LIMITS, Policy, _seconds
-from .review._evidence import BundleCheck, EvidenceError, replay_bundle, verify_bundle, write_bundle
-from .review._replay import ReviewError, fetch_tree, load_histories, review
-from .review._report import IncidentReport
+from .review import (
+    BundleCheck,
+    EvidenceError,
+    IncidentReport,
+    ReviewError,
+    fetch_tree,
+    load_histories,
+    replay_bundle,
+    review,
+    verify_bundle,
+    write_bundle,
+)
 from .top import Frame, RateLimiter, TopOptions, gather_frame, quote, render_frame, run_live
 from .verify import (
     MAX_PROOF_K,
@@ -526,7 +542,7 @@ def replay(
         _fail(str(error), EXIT_BAD_INPUT)
     except RPCError as error:
         _server_failure(f"workflow {workflow_id}", error)
-    from .review._render import render_html, render_terminal
+    from .review import render_html, render_terminal
 
     if not quiet:
         render_terminal(report, Console())

@@ -53,7 +53,7 @@ from rich.text import Text
 from temporalio.client import Client, WorkflowExecution, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from .control._messages import CONTROL_QUERY
+from .control import CONTROL_QUERY
 from .names import MEMO_KEY, STATE_ATTRIBUTE, TENANT_ATTRIBUTE
 
 RUN_STATES = ("running", "paused", "completed", "failed", "breached", "killed", "ended_otherwise")

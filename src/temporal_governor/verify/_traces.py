@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from ..core.decisions import DecisionRecord
 from ..policy import PER_TASK_LIMITS, LimitSpec, Policy
-from ..review._report import IncidentReport
+from ..review import IncidentReport
 from ._suggest import (
     DEFAULT_MARGIN,
     Dimension,
