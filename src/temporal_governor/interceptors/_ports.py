@@ -26,77 +26,17 @@ class ControlPort(Protocol):
         ...
 
 
-class GuardHost(Protocol):
-    """What a run's guard (``_guard.RunGuard``) uses of the run it guards."""
+class RunPort(Protocol):
+    """What every part of a run (guard, shared budget) uses of the run it belongs to."""
 
     @property
     def policy(self) -> Policy:
-        """The policy the run is governed by (agents, tools, risk tiers)."""
+        """The policy the run is governed by."""
         ...
 
     @property
     def info(self) -> temporalio.workflow.Info:
-        """The run's workflow info (its start time starts the rate windows)."""
-        ...
-
-    @property
-    def agent(self) -> str:
-        """The run's workflow type."""
-        ...
-
-    @property
-    def scope(self) -> str:
-        """The run's own budget scope, e.g. ``run planner/wf-1``."""
-        ...
-
-    @property
-    def context(self) -> BudgetContext:
-        """The run's budget context (its chain, tenant and carried guard state)."""
-        ...
-
-    @property
-    def link(self) -> ChainLink:
-        """The run's own link of its attribution chain."""
-        ...
-
-    @property
-    def ledger(self) -> RunLedger:
-        """The run's budget ledger: the guard reads its spend and logs its decisions."""
-        ...
-
-    @property
-    def breach(self) -> BudgetExceeded | None:
-        """What halted the run, if it is halted."""
-        ...
-
-    def log_events(self) -> None:
-        """Hand the decisions logged since the last call to the sinks and the log."""
-        ...
-
-    def details(self, **fields: Any) -> BreachDetails:
-        """Breach details of this run: ``fields`` plus its chain, tenant and spend so far."""
-        ...
-
-    def refused(self, refusal: Refusal, dispatch: str) -> BreachDetails:
-        """Breach details of a refusal of ``dispatch`` (a risk tier's)."""
-        ...
-
-    def stop(self, error: BudgetExceeded, *, refused: str | None = None) -> BudgetExceeded:
-        """Halt the run with ``error``, the one way to halt it; the error to raise."""
-        ...
-
-
-class SharedHost(Protocol):
-    """What a run's shared budget (``_shared.py``) uses of the run it reserves for."""
-
-    @property
-    def policy(self) -> Policy:
-        """The policy the run is governed by (its ``shared`` and ``control`` sections)."""
-        ...
-
-    @property
-    def info(self) -> temporalio.workflow.Info:
-        """The run's workflow info (its ids name the run's reservations in the ledger)."""
+        """The run's workflow info (its ids and start time)."""
         ...
 
     @property
@@ -106,17 +46,12 @@ class SharedHost(Protocol):
 
     @property
     def context(self) -> BudgetContext:
-        """The run's budget context (its attribution names the tenant and owner scopes)."""
+        """The run's budget context (its chain, attribution and carried guard state)."""
         ...
 
     @property
     def breach(self) -> BudgetExceeded | None:
         """What halted the run, if it is halted."""
-        ...
-
-    @property
-    def control(self) -> ControlPort | None:
-        """The run's control plane, once installed: it applies fleet kills the ledger kept."""
         ...
 
     def details(self, **fields: Any) -> BreachDetails:
@@ -129,6 +64,38 @@ class SharedHost(Protocol):
 
     def stop(self, error: BudgetExceeded, *, refused: str | None = None) -> BudgetExceeded:
         """Halt the run with ``error``, the one way to halt it; the error to raise."""
+        ...
+
+
+class GuardHost(RunPort, Protocol):
+    """What a run's guard (``_guard.RunGuard``) uses of the run it guards."""
+
+    @property
+    def scope(self) -> str:
+        """The run's own budget scope, e.g. ``run planner/wf-1``."""
+        ...
+
+    @property
+    def link(self) -> ChainLink:
+        """The run's own link of its attribution chain."""
+        ...
+
+    @property
+    def ledger(self) -> RunLedger:
+        """The run's budget ledger: the guard reads its spend and logs its decisions."""
+        ...
+
+    def log_events(self) -> None:
+        """Hand the decisions logged since the last call to the sinks and the log."""
+        ...
+
+
+class SharedHost(RunPort, Protocol):
+    """What a run's shared budget (``_shared.py``) uses of the run it reserves for."""
+
+    @property
+    def control(self) -> ControlPort | None:
+        """The run's control plane, once installed: it applies fleet kills the ledger kept."""
         ...
 
     def raise_if_halted(self, dispatch: str | None = None) -> None:
