@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import shutil
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import uuid
@@ -35,6 +38,27 @@ from temporal_governor import GovernorPlugin, Policy, attribution
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # make `examples` importable
+
+
+def source_at(commit: str, folder: Path) -> Path:
+    """The package's ``src`` folder as it was at ``commit``, extracted from git into
+    ``folder`` (the test skips where git or that commit is not available)."""
+    git = shutil.which("git")
+    if git is None or not (ROOT / ".git").exists():
+        pytest.skip("git or the repository's history is not available")
+    archive = folder / "src.tar"
+    done = subprocess.run(
+        [git, "-C", str(ROOT), "archive", "-o", str(archive), commit, "src"],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"commit {commit} is not in this clone: {done.stderr!r}")
+    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.11.4
+    with tarfile.open(archive) as tar:
+        tar.extractall(folder, **safe)  # type: ignore[arg-type]
+    return folder / "src"
+
 
 # Garbage is collected here, on the main thread, between tests, never inside a workflow
 # thread. temporalio 1.35 does not evict the runs a worker still caches when it shuts down

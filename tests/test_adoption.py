@@ -13,10 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tarfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
@@ -33,7 +30,7 @@ from temporalio.worker import Replayer, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 import adoption_workflows as aw
-from conftest import RECORDED, ROOT, Recorded
+from conftest import RECORDED, Recorded, source_at
 from previous_release import wait_for_event, wait_for_running_activity
 from temporal_governor import GovernorPlugin, Policy
 from temporal_governor.interceptors import GOVERNED_PATCH, GovernanceInterceptor
@@ -336,22 +333,7 @@ async def test_runs_started_governed_are_finished_governed_with_the_switch_off(e
 @pytest.fixture(scope="module")
 def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The previous release's ``src`` folder, from git (skips where git cannot give it)."""
-    git = shutil.which("git")
-    if git is None or not (ROOT / ".git").exists():
-        pytest.skip("git or the repository's history is not available")
-    folder = tmp_path_factory.mktemp("previous-release")
-    archive = folder / "src.tar"
-    done = subprocess.run(
-        [git, "-C", str(ROOT), "archive", "-o", str(archive), PREVIOUS_RELEASE, "src"],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"commit {PREVIOUS_RELEASE} is not in this clone: {done.stderr!r}")
-    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.11.4
-    with tarfile.open(archive) as tar:
-        tar.extractall(folder, **safe)  # type: ignore[arg-type]
-    return folder / "src"
+    return source_at(PREVIOUS_RELEASE, tmp_path_factory.mktemp("previous-release"))
 
 
 async def test_the_previous_release_histories_replay_and_its_open_runs_finish(

@@ -14,10 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tarfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -28,7 +25,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
 from temporalio.worker import Replayer, Worker
 
-from conftest import RECORDED, ROOT, Recorded
+from conftest import RECORDED, Recorded, source_at
 from key_order_workflows import ACTIVITIES, POLICY, WORKFLOWS, KeyOrder
 from temporal_governor import GovernorPlugin, Policy
 from temporal_governor.interceptors import _versions
@@ -152,22 +149,7 @@ def test_the_patch_id_is_stable() -> None:
 @pytest.fixture(scope="module")
 def before_the_patch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The ``src`` folder of :data:`BEFORE_THE_PATCH`, from git (skips without it)."""
-    git = shutil.which("git")
-    if git is None or not (ROOT / ".git").exists():
-        pytest.skip("git or the repository's history is not available")
-    folder = tmp_path_factory.mktemp("before-key-on-ask")
-    archive = folder / "src.tar"
-    done = subprocess.run(
-        [git, "-C", str(ROOT), "archive", "-o", str(archive), BEFORE_THE_PATCH, "src"],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"commit {BEFORE_THE_PATCH} is not in this clone: {done.stderr!r}")
-    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.11.4
-    with tarfile.open(archive) as tar:
-        tar.extractall(folder, **safe)  # type: ignore[arg-type]
-    return folder / "src"
+    return source_at(BEFORE_THE_PATCH, tmp_path_factory.mktemp("before-key-on-ask"))
 
 
 async def test_a_run_recorded_afresh_before_the_patch_keeps_its_keys(
