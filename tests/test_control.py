@@ -35,6 +35,7 @@ from temporal_governor.control import (
     OverrideMessage,
     ResumeMessage,
 )
+from temporal_governor.core.shards import ShardMap, shard_of
 from temporal_governor.errors import GOVERNANCE_KILLED
 from temporal_governor.workflow import BUDGET_QUERY
 
@@ -261,9 +262,14 @@ TENANT_POLICY_DATA: dict[str, Any] = {
 }
 
 
-async def test_tenant_kill_stops_running_and_later_runs_of_that_tenant_only(governed) -> None:
+@pytest.mark.parametrize("shards", [1, 4])
+async def test_tenant_kill_stops_running_and_later_runs_of_that_tenant_only(
+    governed, shards: int
+) -> None:
     ledger = f"ledger-{uuid.uuid4().hex[:8]}"
-    policy = Policy.from_dict({**TENANT_POLICY_DATA, "shared": {"ledger_id": ledger}})
+    policy = Policy.from_dict(
+        {**TENANT_POLICY_DATA, "shared": {"ledger_id": ledger, "shards": shards}}
+    )
     async with governed(policy, CONTROL_WORKFLOWS, CONTROL_ACTIVITIES) as g:
         tenant = f"acme-{uuid.uuid4().hex[:6]}"
         with attribution(tenant=tenant):
@@ -279,6 +285,11 @@ async def test_tenant_kill_stops_running_and_later_runs_of_that_tenant_only(gove
         control = controller(g, policy, ledger_task_queue=g.task_queue)
         outcome = await control.kill(ControlTarget.tenant(tenant), mode="terminate", reason="fraud")
         assert outcome.stored and sorted(outcome.signalled) == sorted(h.id for h in doomed)
+        # the kill is kept by the ledger of the tenant's scopes (its shard when sharded)
+        keeper = ShardMap(ledger, shards).ledger_of_tenant(tenant)
+        assert keeper == (ledger if shards == 1 else f"{ledger}-shard-{shard_of(tenant, 4)}-of-4")
+        kept = await g.client.get_workflow_handle(keeper).query("controls", [f"tenant:{tenant}"])
+        assert "governor.kill" in kept[f"tenant:{tenant}"]
         for handle in doomed:
             with pytest.raises(WorkflowFailureError) as failure:
                 await handle.result()

@@ -57,7 +57,8 @@ from .control import (
     KeyringError,
 )
 from .control._messages import overridable
-from .errors import PolicyError, validation_problems
+from .core.shards import MAX_SHARDS, ShardMap
+from .errors import GovernorError, PolicyError, validation_problems
 from .names import STATE_ATTRIBUTE, TENANT_ATTRIBUTE
 from .policy import MAX_DURATION_S, MAX_NUMBER, MAX_TTL_SECONDS, PER_TASK_LIMITS, Policy, _seconds
 from .review import (
@@ -72,7 +73,16 @@ from .review import (
     verify_bundle,
     write_bundle,
 )
-from .top import Frame, RateLimiter, TopOptions, gather_frame, quote, render_frame, run_live
+from .top import (
+    Frame,
+    RateLimiter,
+    TopOptions,
+    gather_frame,
+    quote,
+    read_ledgers,
+    render_frame,
+    run_live,
+)
 from .verify import (
     MAX_PROOF_K,
     PROOF_TIMEOUT_S,
@@ -637,16 +647,30 @@ _ledger_options = _options(
         default=None,
         help="The ledger's workflow id (default: from --policy, else temporal-governor-ledger).",
     ),
-    _policy_option("Read the ledger id from this policy."),
+    click.option(
+        "--shards",
+        type=click.IntRange(1, MAX_SHARDS),
+        default=None,
+        help="The fleet's shared.shards (default: from --policy, else 1): a sharded fleet's "
+        "tenant shards are read with its root ledger.",
+    ),
+    _policy_option("Read the ledger id and shard count from this policy."),
 )
-"""``--ledger-id`` and ``--policy``: which shared ledger a command reads (``budget``, ``top``)."""
+"""``--ledger-id``, ``--shards`` and ``--policy``: which shared ledgers a command reads
+(``budget``, ``top``)."""
 
 
-def _ledger_id(ledger_id: str | None, policy_path: str | None) -> str:
-    """The ledger's workflow id: ``--ledger-id``, else the policy's, else the default one."""
-    if ledger_id is not None:
-        return ledger_id
-    return _load_policy(policy_path).shared.ledger_id if policy_path else "temporal-governor-ledger"
+def _ledgers(ledger_id: str | None, shards: int | None, policy_path: str | None) -> ShardMap:
+    """The fleet's ledgers: ``--ledger-id`` / ``--shards``, else the policy's, else defaults."""
+    shared = _load_policy(policy_path).shared if policy_path else None
+    return ShardMap(
+        ledger_id
+        if ledger_id is not None
+        else shared.ledger_id
+        if shared
+        else "temporal-governor-ledger",
+        shards if shards is not None else shared.shards if shared else 1,
+    )
 
 
 @main.command(name="list")
@@ -752,6 +776,7 @@ def budget(
     tenant: str | None,
     scope_prefix: str | None,
     ledger_id: str | None,
+    shards: int | None,
     policy_path: str | None,
     namespace: str | None,
     address: str | None,
@@ -764,17 +789,28 @@ def budget(
       temporal-governor budget --tenant acme
       temporal-governor budget --scope tool: --json
     """
-    ledger_id = _ledger_id(ledger_id, policy_path)
+    ledgers = _ledgers(ledger_id, shards, policy_path)
+    ledger_id = ledgers.root
     if tenant is not None and scope_prefix is not None:
         raise click.UsageError("give --tenant or --scope, not both")
 
     async def run() -> dict[str, Any]:
         client = await _connect(address, namespace)
-        state: dict[str, Any] = await client.get_workflow_handle(ledger_id).query("state", "")
-        return state
+        if not ledgers.sharded:
+            state: dict[str, Any] = await client.get_workflow_handle(ledger_id).query("state", "")
+            return state
+        merged, problems = await read_ledgers(client, ledgers, [tenant] if tenant else [], 10.0)
+        if merged is None:
+            raise GovernorError("; ".join(problems) or f"ledger {ledger_id}: nothing to read")
+        for problem in problems:
+            click.echo(f"warning: {problem}", err=True)
+        return merged
 
     try:
         state = asyncio.run(run())
+    except GovernorError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(EXIT_UNREACHABLE)
     except (RPCError, WorkflowQueryFailedError) as error:
         _server_failure(f"ledger {ledger_id}", error)
     counters = [
@@ -1309,6 +1345,7 @@ def _print_audit(control_audit: list[dict[str, Any]]) -> None:
 def top(
     tenants: tuple[str, ...],
     ledger_id: str | None,
+    shards: int | None,
     policy_path: str | None,
     interval: float,
     once: bool,
@@ -1345,9 +1382,10 @@ def top(
         raise click.UsageError("give --once or --frames, not both")
     if any(not tenant.strip() for tenant in tenants):
         raise click.UsageError("--tenant needs a non-empty value")
-    ledger_id = _ledger_id(ledger_id, policy_path)
+    ledgers = _ledgers(ledger_id, shards, policy_path)
     options = TopOptions(
-        ledger_id=ledger_id,
+        ledger_id=ledgers.root,
+        shards=ledgers.shards,
         tenants=tuple(dict.fromkeys(tenants)),
         recent=recent,
         max_tenants=max_tenants,

@@ -420,6 +420,13 @@ class SharedSettings(BaseModel):
 
     ledger_id: str = "temporal-governor-ledger"
     """Workflow id of the ledger entity workflow that keeps every shared scope."""
+    shards: int = Field(default=1, ge=1, le=256, strict=True)
+    """How many ledger workflows keep tenant scopes. With 1 the ledger ``ledger_id`` keeps
+    every shared scope; with more, each tenant's scopes (its quotas and its owners') live
+    on one shard ledger (``<ledger_id>-shard-<i>-of-<shards>``, chosen by a stable hash
+    of the tenant), and the fleet-wide scopes (``global``, agents, tools) on the root
+    ledger ``ledger_id``. Every worker and client of a fleet must use the same count; see
+    docs/shared.md for sizing and for changing it."""
     task_queue: str | None = None
     """Task queue the ledger workflow is started on when a call finds none running
     (default: the calling run's own queue). Set it when a fleet has several task queues,

@@ -54,6 +54,7 @@ from temporalio.client import Client, WorkflowExecution, WorkflowQueryFailedErro
 from temporalio.service import RPCError, RPCStatusCode
 
 from .control import CONTROL_QUERY
+from .core.shards import ShardMap
 from .names import MEMO_KEY, STATE_ATTRIBUTE, TENANT_ATTRIBUTE
 
 RUN_STATES = ("running", "paused", "completed", "failed", "breached", "killed", "ended_otherwise")
@@ -234,6 +235,8 @@ class TopOptions:
     """What a frame gathers (the ``top`` command's options)."""
 
     ledger_id: str = "temporal-governor-ledger"
+    shards: int = 1
+    """The fleet's ``shared.shards``: with more than 1, the tenant shards are read too."""
     tenants: tuple[str, ...] = ()
     """Only these tenants (their scopes, runs and halts); empty: all."""
     recent: int = 10
@@ -606,6 +609,44 @@ async def read_ledger(
     return merged, None
 
 
+async def read_ledgers(
+    client: Client, ledgers: ShardMap, tenants: Sequence[str], timeout_s: float
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """Every ledger of a fleet read as one: counters side by side, totals added up.
+
+    With tenants given, only their shards and the root are read. A shard that is not
+    running has simply not been used yet; any other problem becomes a warning.
+
+    Returns:
+        ``(state, warnings)``; ``state`` is ``None`` when no ledger could be read. Its
+        ``run_id`` is the root's.
+    """
+    if not ledgers.sharded:
+        state, problem = await read_ledger(client, ledgers.root, tenants, timeout_s)
+        return state, [problem] if problem else []
+    ids = ledgers.all_ledgers()
+    if tenants:
+        ids = list(dict.fromkeys([ledgers.ledger_of_tenant(t) for t in tenants] + [ledgers.root]))
+    read = await asyncio.gather(*(read_ledger(client, i, tenants, timeout_s) for i in ids))
+    merged: dict[str, Any] | None = None
+    warnings: list[str] = []
+    for ledger_id, (state, problem) in zip(ids, read, strict=True):
+        if state is None:
+            if problem and not (ledger_id != ledgers.root and "not running" in problem):
+                warnings.append(problem)
+            continue
+        if merged is None:
+            merged = {"counters": [], "open_reservations": 0, "committed": {}, "reserved": {}}
+        merged["counters"] += state.get("counters", [])
+        merged["open_reservations"] += int(state.get("open_reservations") or 0)
+        for total in ("committed", "reserved"):
+            for resource, value in (state.get(total) or {}).items():
+                merged[total][resource] = merged[total].get(resource, 0.0) + float(value)
+        if ledger_id == ledgers.root:
+            merged["run_id"] = state.get("run_id")
+    return merged, warnings
+
+
 def _ledger_problem(error: RPCError) -> str:
     if error.status == RPCStatusCode.NOT_FOUND:
         return "not running (no shared quota used yet, or another --ledger-id / --policy?)"
@@ -656,14 +697,27 @@ async def _halted_run(execution: WorkflowExecution) -> HaltedRun:
 
 
 async def fleet_controls(
-    client: Client, ledger_id: str, scopes: Sequence[str], timeout_s: float
+    client: Client, ledgers: ShardMap | str, scopes: Sequence[str], timeout_s: float
 ) -> list[FleetControl]:
-    """The fleet-wide kills and resumes the ledger keeps for these scopes, newest first."""
+    """The fleet-wide kills and resumes the ledgers keep for these scopes, newest first.
+
+    A tenant's live on its shard, an agent type's on the root (one query per ledger).
+    """
     if not scopes:
         return []
-    stored: dict[str, dict[str, Any]] = await client.get_workflow_handle(ledger_id).query(
-        "controls", list(scopes), rpc_timeout=timedelta(seconds=timeout_s)
-    )
+    if isinstance(ledgers, str):
+        ledgers = ShardMap(ledgers)
+    stored: dict[str, dict[str, Any]] = {}
+    for ledger_id, some in ledgers.split_scopes(scopes).items():
+        try:
+            stored.update(
+                await client.get_workflow_handle(ledger_id).query(
+                    "controls", some, rpc_timeout=timedelta(seconds=timeout_s)
+                )
+            )
+        except RPCError as error:
+            if ledger_id == ledgers.root or error.status != RPCStatusCode.NOT_FOUND:
+                raise
     found = []
     for scope, signals in stored.items():
         kill, resume = signals.get("governor.kill"), signals.get("governor.resume")
@@ -732,8 +786,9 @@ async def gather_frame(
     where = "GovernorState IS NOT NULL" + tenant_clause(tenants)
     warnings: list[str] = []
 
-    (state, problem), halted_list, paused_list = await asyncio.gather(
-        read_ledger(client, options.ledger_id, tenants, options.query_timeout_s),
+    ledgers = ShardMap(options.ledger_id, options.shards)
+    (state, problems), halted_list, paused_list = await asyncio.gather(
+        read_ledgers(client, ledgers, tenants, options.query_timeout_s),
         visibility.list(
             f"GovernorState IN ('breached', 'killed'){tenant_clause(tenants)}", options.recent
         ),
@@ -743,8 +798,7 @@ async def gather_frame(
         ),
     )
     now = clock()
-    if problem is not None:
-        warnings.append(problem)
+    warnings += problems
     rows = counter_rows(state["counters"] if state else [], now, tenants)
     burn.observe(rows, now)
     ledger = LedgerTotals(found=state is not None)
@@ -798,9 +852,7 @@ async def gather_frame(
         agents = sorted({r.agent for r in halted} | {r.agent for r in paused})
         scopes = [f"tenant:{t}" for t in (tenants or shown)] + [f"agent:{a}" for a in agents]
         try:
-            controls = await fleet_controls(
-                client, options.ledger_id, scopes, options.query_timeout_s
-            )
+            controls = await fleet_controls(client, ledgers, scopes, options.query_timeout_s)
         except (RPCError, WorkflowQueryFailedError) as error:
             warnings.append(f"ledger {options.ledger_id}: fleet controls: {error}")
     for row in paused:

@@ -29,6 +29,7 @@ from temporalio.common import RawValue, WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from ..core.book import ControlRecordRequest
+from ..core.shards import ShardMap
 from ..errors import GovernorError, validation_problems
 from ..ledger._workflow import LEDGER_WORKFLOW, LedgerState
 from ..names import BUDGET_QUERY, TENANT_ATTRIBUTE
@@ -267,7 +268,10 @@ class ControlClient:
                 f"the ledger would refuse to keep this {signal}: "
                 f"{validation_problems(error, 'request')}"
             ) from None
-        ledger_id = self.policy.shared.ledger_id
+        shared = self.policy.shared
+        ledger_id = ShardMap(shared.ledger_id, shared.shards).ledger_of_scope(
+            f"{target.kind}:{target.value}"
+        )  # a tenant's controls live on its shard, an agent type's on the root
         if self.ledger_task_queue is not None:
             start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
                 LEDGER_WORKFLOW,

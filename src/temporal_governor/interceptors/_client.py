@@ -25,6 +25,7 @@ from ..context import (
     with_context,
 )
 from ..control._messages import Keyring, KeyringError
+from ..core.shards import ShardMap
 from ..ledger._workflow import LEDGER_WORKFLOW
 from ..policy import Policy
 
@@ -96,12 +97,26 @@ class GovernedClientOutbound(OutboundInterceptor):
         return await self.next.start_workflow(input)
 
     async def _controls(self, tenant: str, workflow_type: str) -> dict[str, Any]:
-        """The ledger's stored kills and resumes of the tenant and the workflow type."""
-        scopes = [f"tenant:{tenant}", f"agent:{workflow_type}"]
+        """The stored kills and resumes of the tenant and the workflow type.
+
+        A sharded fleet keeps the tenant's on its shard and the workflow type's on the
+        root ledger: one query to each.
+        """
+        shared = self._policy.shared
+        found: dict[str, Any] = {}
+        by_ledger = ShardMap(shared.ledger_id, shared.shards).split_scopes(
+            [f"tenant:{tenant}", f"agent:{workflow_type}"]
+        )
+        for ledger_id, scopes in by_ledger.items():
+            found.update(await self._controls_of(ledger_id, scopes))
+        return found
+
+    async def _controls_of(self, ledger_id: str, scopes: list[str]) -> dict[str, Any]:
+        """One ledger's stored kills and resumes of ``scopes``."""
         try:
             result: dict[str, Any] = await self.next.query_workflow(
                 QueryWorkflowInput(
-                    id=self._policy.shared.ledger_id,
+                    id=ledger_id,
                     run_id=None,
                     query="controls",
                     args=[scopes],
@@ -117,7 +132,7 @@ class GovernedClientOutbound(OutboundInterceptor):
                 _logger.warning(
                     "governor: could not read fleet kills from ledger %s (%s); starting "
                     "without them",
-                    self._policy.shared.ledger_id,
+                    ledger_id,
                     error,
                 )
             return {}

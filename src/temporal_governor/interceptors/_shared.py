@@ -19,6 +19,7 @@ through the ledger's local activity, typed replies back.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -35,7 +36,6 @@ from ..core.leases import (
     Holdings,
     Lease,
     Signature,
-    Ticket,
     Unavailable,
     after_refusal,
     chunks,
@@ -44,7 +44,9 @@ from ..core.leases import (
     split,
     wanted_of,
 )
+from ..core.leases import Ticket as LedgerTicket
 from ..core.scopes import SharedLimit, StartKind, shared_limits
+from ..core.shards import ShardMap
 from ..errors import BudgetExceeded, GovernanceKilled
 from ..ledger._activity import LEDGER_ACTIVITY, LEDGER_UNAVAILABLE, LedgerCall
 from ..ledger._workflow import (
@@ -83,60 +85,47 @@ _Request = TypeVar("_Request", bound=BaseModel)
 _Reply = TypeVar("_Reply")
 
 
-class SharedBudget:
-    """Reservations of one run in the scopes shared across runs (tenant, agent, tool ...).
+class LedgerBudget:
+    """Reservations of one run in the shared scopes one ledger keeps.
 
-    What the run holds and every decision about it is :class:`~..core.leases.Holdings`;
-    this class issues the ledger calls it leads to.
+    What the run holds there and every decision about it is
+    :class:`~..core.leases.Holdings`; this class issues the ledger calls it leads to. A
+    fleet with one ledger (``shared.shards: 1``) has one of these per run; a sharded fleet
+    one per ledger the run reserves in (see :class:`SharedBudget`).
     """
 
-    def __init__(self, run: SharedHost) -> None:
+    def __init__(
+        self,
+        run: SharedHost,
+        ledger_id: str,
+        control_scopes: list[str],
+        one_call: asyncio.Lock,
+        commands: Commands,
+    ) -> None:
         self.run = run
+        self.ledger_id = ledger_id
         self.settings = run.policy.shared
         self.holdings = Holdings()
-        self._limits: dict[str, list[SharedLimit]] = {}
         self._lease_locks: dict[Signature, asyncio.Lock] = {}
-        self._one_call = asyncio.Lock()
-        """One ledger call of the run at a time: concurrent local activities resolve in
-        completion order live but in schedule order on replay (temporalio 1.35), which
-        would make the run's later commands differ."""
+        self._one_call = one_call
+        """One ledger call of the run at a time (shared by every ledger of the run):
+        concurrent local activities resolve in completion order live but in schedule
+        order on replay (temporalio 1.35), which would make the run's later commands
+        differ."""
         self._keeper: asyncio.Task[None] | None = None
         self._renewals = 0
-        self.commands = Commands()
-        """The run's command set (set by the workflow interceptor before the run starts)."""
+        self.commands = commands
+        """The run's command set."""
         self._owner = f"{run.info.workflow_id}/{run.info.run_id}"
         self._calls = 0
         self._controls_since_ms = 0
-        attribution = run.context.attribution
-        self._control_scopes = [f"tenant:{attribution.tenant}", f"agent:{run.agent}"]
+        self._control_scopes = control_scopes
+        """The run's control scopes this ledger keeps (piggybacked on its reservations)."""
 
     @property
     def open(self) -> set[str]:
         """Ledger keys of the run's reservations not settled yet."""
         return self.holdings.open
-
-    def limits_for(self, tool: str | None, kind: StartKind | None = None) -> list[SharedLimit]:
-        """The shared limits of the run's start (``kind="run"``) or of a dispatch."""
-        cache_key = f"{kind or ''}:{tool or ''}"
-        if cache_key not in self._limits:
-            attribution = self.run.context.attribution
-            self._limits[cache_key] = shared_limits(
-                self.run.policy,
-                tenant=attribution.tenant,
-                owner=attribution.owner,
-                agent=self.run.agent,
-                tool=tool,
-                kind=kind,
-            )
-        return self._limits[cache_key]
-
-    def applied(self) -> list[SharedLimit]:
-        """Every shared limit seen so far, once each."""
-        seen: dict[str, SharedLimit] = {}
-        for limits in self._limits.values():
-            for limit in limits:
-                seen.setdefault(f"{limit.counter}|{limit.name}", limit)
-        return list(seen.values())
 
     # -- ledger calls -------------------------------------------------------------------
 
@@ -160,7 +149,7 @@ class SharedBudget:
 
     def _unavailable(self, update: str, error: BaseException) -> None:
         """The ledger cannot answer: stop the run (closed) or go on uncounted (open)."""
-        ledger = self.settings.ledger_id
+        ledger = self.ledger_id
         message = f"ledger {ledger} unavailable for {update}: {error}"
         if self.settings.on_unavailable == "open":
             temporalio.workflow.logger.warning(
@@ -186,7 +175,7 @@ class SharedBudget:
     ) -> _Reply:
         """One ledger update, its reply typed (a malformed reply fails the workflow task)."""
         call = LedgerCall(
-            ledger_id=self.settings.ledger_id,
+            ledger_id=self.ledger_id,
             task_queue=self.settings.task_queue,
             update=update.name,
             request=request,
@@ -358,7 +347,7 @@ class SharedBudget:
 
     async def reserve(
         self, key: str, limits: list[SharedLimit], amounts: dict[str, float], dispatch: str
-    ) -> Ticket:
+    ) -> LedgerTicket:
         """Reserve a dispatch in every shared scope that applies, or halt/wait.
 
         Parallel dispatches of one run share its lease for the same scopes: the lease is
@@ -424,14 +413,14 @@ class SharedBudget:
         if drained is not None:
             await self._settle_key(drained.ledger_key, drained.used)
 
-    def record(self, ticket: Ticket, actual: dict[str, float]) -> None:
+    def record(self, ticket: LedgerTicket, actual: dict[str, float]) -> None:
         """Note what a finished dispatch used, without a ledger call (it cannot fail).
 
         The ledger learns it from :meth:`flush` or, at the latest, from :meth:`release_all`.
         """
         self.holdings.record(ticket, actual)
 
-    async def flush(self, ticket: Ticket) -> None:
+    async def flush(self, ticket: LedgerTicket) -> None:
         """Tell the ledger about a recorded dispatch now (frees its concurrency slot)."""
         assert ticket.actual is not None
         own = self.holdings.dispatch_settlement(ticket)
@@ -443,13 +432,13 @@ class SharedBudget:
             self.holdings.forget(lease)
         self.holdings.close(ticket)
 
-    async def settle(self, ticket: Ticket, actual: dict[str, float]) -> None:
+    async def settle(self, ticket: LedgerTicket, actual: dict[str, float]) -> None:
         """Commit a finished dispatch's usage in the shared scopes and release the rest."""
         self.record(ticket, actual)
         await self.flush(ticket)
 
     async def fleet_controls(self) -> None:
-        """Ask the ledger for kills and resumes of the run's tenant and agent it has not seen."""
+        """Ask the ledger for the kills and resumes of the run's scopes it has not seen."""
         self._calls += 1
         request = READ_CONTROLS.request_of(
             {"scopes": self._control_scopes, "since_ms": self._controls_since_ms}
@@ -535,9 +524,152 @@ class SharedBudget:
         temporalio.workflow.logger.error(
             "governor: ledger %s unavailable at run end (%s): open reservations "
             "expire charged in full",
-            self.settings.ledger_id,
+            self.ledger_id,
             error.cause or error,
         )
 
 
-__all__ = ["LEDGER_UNAVAILABLE_LIMIT", "SharedBudget", "Ticket"]
+@dataclass
+class Ticket:
+    """What one dispatch holds in the shared scopes: a part per ledger it reserved in."""
+
+    parts: list[tuple[LedgerBudget, LedgerTicket]] = field(default_factory=list)
+
+
+class SharedBudget:
+    """Reservations of one run in the scopes shared across runs (tenant, agent, tool ...).
+
+    With one ledger (``shared.shards: 1``) every reservation goes to it. With shards, a
+    dispatch's tenant scopes are reserved on the tenant's shard and its fleet-wide scopes
+    on the root ledger (:class:`~..core.shards.ShardMap`): two reservations, the shard's
+    first, and the first is given back when the second is refused. Each ledger's part is
+    a :class:`LedgerBudget`; the run makes one ledger call at a time across all of them.
+    """
+
+    def __init__(self, run: SharedHost) -> None:
+        self.run = run
+        self.settings = run.policy.shared
+        self.shards = ShardMap(self.settings.ledger_id, self.settings.shards)
+        self._limits: dict[str, list[SharedLimit]] = {}
+        self._one_call = asyncio.Lock()
+        self._commands = Commands()
+        self._parts: dict[str, LedgerBudget] = {}
+        attribution = run.context.attribution
+        self._control_scopes = self.shards.split_scopes(
+            [f"tenant:{attribution.tenant}", f"agent:{run.agent}"]
+        )
+
+    @property
+    def commands(self) -> Commands:
+        """The run's command set (set by the workflow interceptor before the run starts)."""
+        return self._commands
+
+    @commands.setter
+    def commands(self, commands: Commands) -> None:
+        self._commands = commands
+        for part in self._parts.values():
+            part.commands = commands
+
+    def _part(self, ledger_id: str) -> LedgerBudget:
+        part = self._parts.get(ledger_id)
+        if part is None:
+            part = self._parts[ledger_id] = LedgerBudget(
+                self.run,
+                ledger_id,
+                self._control_scopes.get(ledger_id, []),
+                self._one_call,
+                self._commands,
+            )
+        return part
+
+    def _in_order(self) -> list[LedgerBudget]:
+        """The run's ledger parts, tenant shards first, the root last."""
+        return [self._parts[i] for i in self.shards.all_ledgers() if i in self._parts]
+
+    @property
+    def open(self) -> set[str]:
+        """Ledger keys of the run's reservations not settled yet (every ledger)."""
+        keys: set[str] = set()
+        for part in self._parts.values():
+            keys |= part.open
+        return keys
+
+    def limits_for(self, tool: str | None, kind: StartKind | None = None) -> list[SharedLimit]:
+        """The shared limits of the run's start (``kind="run"``) or of a dispatch."""
+        cache_key = f"{kind or ''}:{tool or ''}"
+        if cache_key not in self._limits:
+            attribution = self.run.context.attribution
+            self._limits[cache_key] = shared_limits(
+                self.run.policy,
+                tenant=attribution.tenant,
+                owner=attribution.owner,
+                agent=self.run.agent,
+                tool=tool,
+                kind=kind,
+            )
+        return self._limits[cache_key]
+
+    def applied(self) -> list[SharedLimit]:
+        """Every shared limit seen so far, once each."""
+        seen: dict[str, SharedLimit] = {}
+        for limits in self._limits.values():
+            for limit in limits:
+                seen.setdefault(f"{limit.counter}|{limit.name}", limit)
+        return list(seen.values())
+
+    async def reserve(
+        self, key: str, limits: list[SharedLimit], amounts: dict[str, float], dispatch: str
+    ) -> Ticket:
+        """Reserve a dispatch in every shared scope that applies, or halt/wait.
+
+        Returns:
+            The ticket to settle when the dispatch ends.
+        """
+        tenant = self.run.context.attribution.tenant
+        groups = self.shards.split(limits, tenant) or {self.shards.root: []}
+        ticket = Ticket()
+        try:
+            for ledger_id, part_limits in groups.items():
+                part = self._part(ledger_id)
+                ticket.parts.append((part, await part.reserve(key, part_limits, amounts, dispatch)))
+        except BaseException:
+            for part, held in ticket.parts:  # nothing ran: give back what was taken
+                await part.settle(held, {})
+            raise
+        return ticket
+
+    def record(self, ticket: Ticket, actual: dict[str, float]) -> None:
+        """Note what a finished dispatch used, without a ledger call (it cannot fail)."""
+        for part, held in ticket.parts:
+            part.record(held, actual)
+
+    async def flush(self, ticket: Ticket) -> None:
+        """Tell the ledgers about a recorded dispatch now (frees its concurrency slots)."""
+        for part, held in ticket.parts:
+            await part.flush(held)
+
+    async def settle(self, ticket: Ticket, actual: dict[str, float]) -> None:
+        """Commit a finished dispatch's usage in the shared scopes and release the rest."""
+        self.record(ticket, actual)
+        await self.flush(ticket)
+
+    async def fleet_controls(self) -> None:
+        """Ask the ledgers for kills and resumes of the run's tenant and agent not seen yet."""
+        for ledger_id in self._control_scopes:
+            await self._part(ledger_id).fleet_controls()
+
+    async def baselines(self, keys: list[str]) -> dict[str, BaselineState]:
+        """Read spend baselines kept in the root ledger (anomaly detection)."""
+        return await self._part(self.shards.root).baselines(keys)
+
+    async def observe(self, values: dict[str, float], alpha: float, min_samples: int) -> None:
+        """Fold a finished run's spend into the root ledger's baselines."""
+        await self._part(self.shards.root).observe(values, alpha, min_samples)
+
+    async def release_all(self) -> None:
+        """Settle everything the run holds, ledger by ledger (the run ends)."""
+        for part in self._in_order():
+            await part.release_all()
+
+
+__all__ = ["LEDGER_UNAVAILABLE_LIMIT", "LedgerBudget", "SharedBudget", "Ticket"]
