@@ -446,15 +446,23 @@ async def test_a_tree_override_reaches_every_run_of_the_tree(governed) -> None:
         assert not record["accepted"] and "is not set for agent Brancher" in record["outcome"]
 
 
+@pytest.mark.parametrize(
+    ("limit", "shards"),
+    [("tenant", 1), ("tenant", 4), ("global", 4)],
+    ids=["one-ledger", "tenant-shard", "root-only"],
+)
 async def test_a_tenant_kill_reaches_running_runs_through_the_ledger_without_visibility(
-    governed,
+    governed, limit: str, shards: int
 ) -> None:
     tenant = f"initech-{uuid.uuid4().hex[:6]}"
+    limits: dict[str, Any] = (
+        {"tenants": {tenant: {"quotas": {"max_tokens": 1_000_000}}}}
+        if limit == "tenant"  # the run reserves on its tenant's ledger (shard) only
+        else {"global": {"max_tool_calls_per_minute": 1_000_000}}  # on the root only
+    )
+    ledger = f"ledger-{uuid.uuid4().hex[:8]}"
     policy = Policy.from_dict(
-        {
-            "tenants": {tenant: {"quotas": {"max_tokens": 1_000_000}}},
-            "shared": {"ledger_id": f"ledger-{uuid.uuid4().hex[:8]}", "leases": False},
-        }
+        {**limits, "shared": {"ledger_id": ledger, "leases": False, "shards": shards}}
     )
     async with governed(policy, CONTROL_WORKFLOWS, CONTROL_ACTIVITIES) as g:
         with attribution(tenant=tenant):
@@ -466,6 +474,12 @@ async def test_a_tenant_kill_reaches_running_runs_through_the_ledger_without_vis
         kind_and_details = await _killed(handle)
         assert kind_and_details.scope == f"tenant {tenant}"
         assert len(scheduled(await events(handle))) < 100
+        # where the run reserved: its tenant's shard, or only the root (the shard of a run
+        # with no tenant limit never started)
+        ledgers = ShardMap(ledger, shards)
+        reserved_on = ledgers.root if limit == "global" else ledgers.ledger_of_tenant(tenant)
+        state = await g.client.get_workflow_handle(reserved_on).query("state", "")
+        assert state["granted"], f"the run reserved nothing on {reserved_on}"
 
 
 async def _killed(handle: WorkflowHandle[Any, Any]) -> BreachDetails:
@@ -493,14 +507,15 @@ async def test_a_paused_run_shows_as_paused_in_visibility(governed) -> None:
         await eventually(lambda: listed_as("completed"))
 
 
+@pytest.mark.parametrize("shards", [1, 4])
 async def test_fleet_kill_then_resume_lets_new_runs_go_and_a_newer_agent_pause_holds(
-    governed,
+    governed, shards: int
 ) -> None:
     tenant = f"umbrella-{uuid.uuid4().hex[:6]}"
     policy = Policy.from_dict(
         {
             "tenants": {tenant: {"quotas": {"max_tokens": 1_000_000}}},
-            "shared": {"ledger_id": f"ledger-{uuid.uuid4().hex[:8]}"},
+            "shared": {"ledger_id": f"ledger-{uuid.uuid4().hex[:8]}", "shards": shards},
         }
     )
     async with governed(policy, CONTROL_WORKFLOWS, CONTROL_ACTIVITIES) as g:

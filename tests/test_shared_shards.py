@@ -12,10 +12,14 @@ from click.testing import CliRunner
 from temporalio.client import WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 
+from conftest import eventually
+from control_workflows import CONTROL_ACTIVITIES, CONTROL_WORKFLOWS, Loop, Looper
 from shared_workflows import SHARED_ACTIVITIES, SHARED_WORKFLOWS, FanOut
 from temporal_governor import BreachDetails, Policy, attribution
 from temporal_governor.cli import main as cli
+from temporal_governor.control import ControlClient, ControlTarget
 from temporal_governor.core.shards import ShardMap
+from temporal_governor.top import fleet_controls, read_ledgers
 from temporal_governor.workflow import BUDGET_QUERY, BudgetSnapshot
 from workflows import ALL_ACTIVITIES, ALL_WORKFLOWS, Spender, Steps
 
@@ -132,9 +136,13 @@ async def test_racing_runs_of_eight_tenants_on_four_shards_never_overspend_and_a
         assert budget.exit_code == 0, budget.output
         shown = json.loads(budget.output)
         assert {f"tenant:{t}" for t in tenants} <= {c["scope"] for c in shown["counters"]}
-        assert shown["committed"]["tokens"] == pytest.approx(
-            sum(s["committed"].get("tokens", 0.0) for s in states.values() if s)
+        # totals: the shards' (each dispatch once; it is on the root too, for the global
+        # limit), and each ledger's own beside them
+        assert shown["committed"]["tokens"] == pytest.approx(sum(spent.values()))
+        assert shown["ledgers"][ledgers.root]["committed"]["tokens"] == pytest.approx(
+            sum(spent.values())
         )
+        assert shown["open_reservations"] == 0 and shown["granted"] and shown["released"]
         one = tenants[0]
         top = await asyncio.to_thread(
             runner.invoke,
@@ -147,3 +155,59 @@ async def test_racing_runs_of_eight_tenants_on_four_shards_never_overspend_and_a
         rows = {(r["scope"], r["window_s"]) for r in frame["counters"]}
         assert (f"tenant:{one}", None) in rows and (f"owner:{one}/alice", None) in rows
         assert not [w for w in frame["warnings"] if "ledger" in w], frame["warnings"]
+
+
+async def test_a_fleet_with_tenant_limits_only_never_starts_the_root_and_reads_cleanly(
+    governed,
+) -> None:
+    ledgers = ShardMap(f"ledger-{uuid.uuid4().hex[:8]}", 4)
+    tenant = f"acme-{uuid.uuid4().hex[:6]}"
+    policy = Policy.from_dict(
+        {
+            "shared": {"ledger_id": ledgers.root, "shards": ledgers.shards},
+            "tenants": {"default": {"quotas": {"max_tokens": 100_000}}},
+        }
+    )
+    async with governed(policy, WORKFLOWS, ACTIVITIES) as g:
+        with attribution(tenant=tenant):
+            assert await g.run(Spender.run, Steps([10, 20])) == 2
+        assert await state_of(g, ledgers.root) is None, "no fleet-wide limit: no root"
+        control = ControlClient(g.client, policy, issuer="oncall@test")
+        await control.kill(ControlTarget.tenant(tenant), mode="terminate", reason="fraud")
+        state, warnings = await read_ledgers(g.client, ledgers, [], 5.0)
+        assert state is not None and not warnings, warnings
+        assert state["committed"] == {"tokens": 30.0}
+        assert list(state["ledgers"]) == [ledgers.ledger_of_tenant(tenant)]
+        found = await fleet_controls(g.client, ledgers, [f"tenant:{tenant}", "agent:Spender"], 5.0)
+        assert [(c.scope, c.action, c.reason) for c in found] == [
+            (f"tenant:{tenant}", "kill", "fraud")
+        ]
+
+
+@pytest.mark.parametrize("shards", [1, 4])
+async def test_the_budget_query_counts_open_reservations_on_every_ledger(
+    governed, shards: int
+) -> None:
+    ledgers = ShardMap(f"ledger-{uuid.uuid4().hex[:8]}", shards)
+    policy = Policy.from_dict(
+        {
+            "shared": {"ledger_id": ledgers.root, "shards": shards, "leases": False},
+            "global": {"max_tool_calls_per_minute": 10_000_000},
+            "tenants": {"default": {"quotas": {"max_tool_calls": 100_000}}},
+        }
+    )
+    async with governed(policy, CONTROL_WORKFLOWS, CONTROL_ACTIVITIES) as g:
+        with attribution(tenant=f"t-{uuid.uuid4().hex[:6]}"):
+            handle = await g.start(Looper.run, Loop(steps=1, seconds=3.0))
+
+        async def holding() -> bool:
+            return int((await handle.query(BUDGET_QUERY))["shared_open"]) > 0
+
+        await eventually(holding)
+        shown = int((await handle.query(BUDGET_QUERY))["shared_open"])
+        state, _ = await read_ledgers(g.client, ledgers, [], 5.0)
+        assert state is not None
+        held = [s["open_reservations"] for s in state.get("ledgers", {"": state}).values()]
+        # one reservation per ledger the step reserves in: its tenant's, and the root's
+        assert shown == sum(held) == (1 if shards == 1 else 2)
+        assert await handle.result() == 10

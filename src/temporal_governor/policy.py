@@ -409,6 +409,9 @@ class TenantPolicy(BaseModel):
     """Limits of each owner of the tenant (every owner gets these)."""
 
 
+MAX_SHARDS = 256
+"""Most shard ledgers a fleet may have (``shared.shards``)."""
+
 OnRefusal = Literal["terminate", "wait"]
 """What a refused shared reservation does: halt the run, or wait (``shared.on_refusal``)."""
 
@@ -420,7 +423,7 @@ class SharedSettings(BaseModel):
 
     ledger_id: str = "temporal-governor-ledger"
     """Workflow id of the ledger entity workflow that keeps every shared scope."""
-    shards: int = Field(default=1, ge=1, le=256, strict=True)
+    shards: int = Field(default=1, ge=1, le=MAX_SHARDS, strict=True)
     """How many ledger workflows keep tenant scopes. With 1 the ledger ``ledger_id`` keeps
     every shared scope; with more, each tenant's scopes (its quotas and its owners') live
     on one shard ledger (``<ledger_id>-shard-<i>-of-<shards>``, chosen by a stable hash
@@ -1736,6 +1739,7 @@ __all__ = [
     "MAX_DURATION_S",
     "MAX_NUMBER",
     "MAX_POLICY_BYTES",
+    "MAX_SHARDS",
     "MAX_POLICY_DEPTH",
     "MAX_POLICY_VALUES",
     "PER_TASK_LIMITS",

@@ -609,17 +609,27 @@ async def read_ledger(
     return merged, None
 
 
+_TOTALS = ("committed", "reserved", "granted", "released")
+_COUNTS = ("open_reservations", "expired_unsettled")
+
+
 async def read_ledgers(
     client: Client, ledgers: ShardMap, tenants: Sequence[str], timeout_s: float
 ) -> tuple[dict[str, Any] | None, list[str]]:
-    """Every ledger of a fleet read as one: counters side by side, totals added up.
+    """Every ledger of a fleet read as one: the counters of all, side by side.
 
-    With tenants given, only their shards and the root are read. A shard that is not
-    running has simply not been used yet; any other problem becomes a warning.
+    With tenants given, only their shards and the root are read. A ledger that is not
+    running has simply not been used yet: a warning only when none could be read.
+
+    The totals (``committed``, ``reserved``, ``granted``, ``released``,
+    ``open_reservations``, ``expired_unsettled``) are the tenant
+    shards' added up: a dispatch reserves once on its tenant's shard and, if a fleet-wide
+    limit applies, once more on the root, so adding the root would count it twice. A
+    fleet whose shards hold nothing (only fleet-wide limits) shows the root's. Each
+    ledger's own totals are under ``ledgers`` (by id); ``run_id`` is the root's.
 
     Returns:
-        ``(state, warnings)``; ``state`` is ``None`` when no ledger could be read. Its
-        ``run_id`` is the root's.
+        ``(state, warnings)``; ``state`` is ``None`` when no ledger could be read.
     """
     if not ledgers.sharded:
         state, problem = await read_ledger(client, ledgers.root, tenants, timeout_s)
@@ -628,22 +638,26 @@ async def read_ledgers(
     if tenants:
         ids = list(dict.fromkeys([ledgers.ledger_of_tenant(t) for t in tenants] + [ledgers.root]))
     read = await asyncio.gather(*(read_ledger(client, i, tenants, timeout_s) for i in ids))
-    merged: dict[str, Any] | None = None
-    warnings: list[str] = []
-    for ledger_id, (state, problem) in zip(ids, read, strict=True):
-        if state is None:
-            if problem and not (ledger_id != ledgers.root and "not running" in problem):
-                warnings.append(problem)
-            continue
-        if merged is None:
-            merged = {"counters": [], "open_reservations": 0, "committed": {}, "reserved": {}}
-        merged["counters"] += state.get("counters", [])
-        merged["open_reservations"] += int(state.get("open_reservations") or 0)
-        for total in ("committed", "reserved"):
+    found = {i: state for i, (state, _) in zip(ids, read, strict=True) if state is not None}
+    warnings = [p for (state, p) in read if state is None and p and "not running" not in p]
+    if not found:
+        return None, [p for (_, p) in read if p][:1] + warnings[1:]
+    shards = [state for i, state in found.items() if i != ledgers.root]
+    summed = shards or [found[ledgers.root]]
+    merged: dict[str, Any] = {
+        "counters": [c for state in found.values() for c in state.get("counters", [])],
+        **{count: sum(int(s.get(count) or 0) for s in summed) for count in _COUNTS},
+        "run_id": found[ledgers.root].get("run_id") if ledgers.root in found else None,
+        "ledgers": {
+            i: {k: v for k, v in state.items() if k != "counters"} for i, state in found.items()
+        },
+    }
+    for total in _TOTALS:
+        added: dict[str, float] = {}
+        for state in summed:
             for resource, value in (state.get(total) or {}).items():
-                merged[total][resource] = merged[total].get(resource, 0.0) + float(value)
-        if ledger_id == ledgers.root:
-            merged["run_id"] = state.get("run_id")
+                added[resource] = added.get(resource, 0.0) + float(value)
+        merged[total] = added
     return merged, warnings
 
 
@@ -716,7 +730,7 @@ async def fleet_controls(
                 )
             )
         except RPCError as error:
-            if ledger_id == ledgers.root or error.status != RPCStatusCode.NOT_FOUND:
+            if error.status != RPCStatusCode.NOT_FOUND:  # not running: nothing kept there
                 raise
     found = []
     for scope, signals in stored.items():

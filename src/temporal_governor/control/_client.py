@@ -17,6 +17,7 @@ writes (``json/plain``, whatever data converter the client has), and one above
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import time
 from collections.abc import Sequence
@@ -50,6 +51,10 @@ from ._messages import (
     new_nonce,
     oversized,
 )
+
+
+class _NotRunning(Exception):
+    """A ledger a control was to be copied to is not running (nothing reserves there)."""
 
 
 @dataclass(frozen=True)
@@ -269,15 +274,38 @@ class ControlClient:
                 f"{validation_problems(error, 'request')}"
             ) from None
         shared = self.policy.shared
-        ledger_id = ShardMap(shared.ledger_id, shared.shards).ledger_of_scope(
-            f"{target.kind}:{target.value}"
-        )  # a tenant's controls live on its shard, an agent type's on the root
-        if self.ledger_task_queue is not None:
+        ledgers = ShardMap(shared.ledger_id, shared.shards)
+        scope = f"{target.kind}:{target.value}"
+        ledger_id = ledgers.ledger_of_scope(scope)
+        await self._store_in(ledger_id, request)
+        # Sharded: runs that are running see a kill at their next reservation, on whichever
+        # ledger they reserve; so it is also kept on the root (a tenant's) and on every
+        # shard (an agent type's), where those ledgers run. Starting runs and paused runs
+        # read it from the ledger of its scope, which always has it.
+        if not ledgers.sharded:
+            return
+        if target.kind == "tenant":
+            others = [ledgers.root]
+        else:
+            others = [i for i in ledgers.all_ledgers() if i != ledger_id]
+        for other in others:
+            with contextlib.suppress(_NotRunning):
+                await self._store_in(other, request, required=False)
+
+    async def _store_in(self, ledger_id: str, request: Any, *, required: bool = True) -> None:
+        """Keep a control in one ledger, starting it (``ledger_task_queue``) if required.
+
+        Raises:
+            _NotRunning: The ledger is not running and is not required.
+            ControlError: The ledger is not running, is required and cannot be started.
+        """
+        shared = self.policy.shared
+        if self.ledger_task_queue is not None and required:
             start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
                 LEDGER_WORKFLOW,
-                LedgerState(
-                    continue_as_new_after=self.policy.shared.continue_as_new_after
-                ).model_dump(mode="json"),
+                LedgerState(continue_as_new_after=shared.continue_as_new_after).model_dump(
+                    mode="json"
+                ),
                 id=ledger_id,
                 task_queue=self.ledger_task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
@@ -289,6 +317,8 @@ class ControlClient:
         try:
             await self.client.get_workflow_handle(ledger_id).execute_update("control", request)
         except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND and not required:
+                raise _NotRunning(ledger_id) from None
             if error.status == RPCStatusCode.NOT_FOUND:
                 raise ControlError(
                     f"the ledger {ledger_id!r} is not running, so runs that start later "

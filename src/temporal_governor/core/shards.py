@@ -19,8 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-MAX_SHARDS = 256
-"""Most shard ledgers a fleet may have (``shared.shards``)."""
+from ..policy import MAX_SHARDS
 
 TENANT_PREFIXES = ("tenant:", "owner:")
 """Scopes that belong to one tenant and live on that tenant's shard."""

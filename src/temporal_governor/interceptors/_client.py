@@ -7,6 +7,7 @@ claims from those of clients that do not hold the key.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
 from typing import Any
@@ -107,8 +108,10 @@ class GovernedClientOutbound(OutboundInterceptor):
         by_ledger = ShardMap(shared.ledger_id, shared.shards).split_scopes(
             [f"tenant:{tenant}", f"agent:{workflow_type}"]
         )
-        for ledger_id, scopes in by_ledger.items():
-            found.update(await self._controls_of(ledger_id, scopes))
+        for some in await asyncio.gather(
+            *(self._controls_of(ledger_id, scopes) for ledger_id, scopes in by_ledger.items())
+        ):
+            found.update(some)
         return found
 
     async def _controls_of(self, ledger_id: str, scopes: list[str]) -> dict[str, Any]:

@@ -555,9 +555,11 @@ class SharedBudget:
         self._commands = Commands()
         self._parts: dict[str, LedgerBudget] = {}
         attribution = run.context.attribution
-        self._control_scopes = self.shards.split_scopes(
-            [f"tenant:{attribution.tenant}", f"agent:{run.agent}"]
-        )
+        self._control_scopes = [f"tenant:{attribution.tenant}", f"agent:{run.agent}"]
+        """Every ledger the run reserves in is asked for both: a sharded fleet keeps each
+        control on the ledger of its scope and on the root, and an agent's on every shard
+        (``ControlClient``), so a run sees a kill at its next reservation wherever it
+        reserves."""
 
     @property
     def commands(self) -> Commands:
@@ -576,7 +578,7 @@ class SharedBudget:
             part = self._parts[ledger_id] = LedgerBudget(
                 self.run,
                 ledger_id,
-                self._control_scopes.get(ledger_id, []),
+                self._control_scopes,
                 self._one_call,
                 self._commands,
             )
@@ -587,12 +589,9 @@ class SharedBudget:
         return [self._parts[i] for i in self.shards.all_ledgers() if i in self._parts]
 
     @property
-    def open(self) -> set[str]:
-        """Ledger keys of the run's reservations not settled yet (every ledger)."""
-        keys: set[str] = set()
-        for part in self._parts.values():
-            keys |= part.open
-        return keys
+    def open(self) -> set[tuple[str, str]]:
+        """The run's reservations not settled yet: ``(ledger id, key)`` on every ledger."""
+        return {(part.ledger_id, key) for part in self._parts.values() for key in part.open}
 
     def limits_for(self, tool: str | None, kind: StartKind | None = None) -> list[SharedLimit]:
         """The shared limits of the run's start (``kind="run"``) or of a dispatch."""
@@ -654,8 +653,12 @@ class SharedBudget:
         await self.flush(ticket)
 
     async def fleet_controls(self) -> None:
-        """Ask the ledgers for kills and resumes of the run's tenant and agent not seen yet."""
-        for ledger_id in self._control_scopes:
+        """Ask for the kills and resumes of the run's tenant and agent not seen yet.
+
+        Each is asked of the ledger that always keeps it: the tenant's of its shard, the
+        agent type's of the root (one ledger when not sharded).
+        """
+        for ledger_id in self.shards.split_scopes(self._control_scopes):
             await self._part(ledger_id).fleet_controls()
 
     async def baselines(self, keys: list[str]) -> dict[str, BaselineState]:
