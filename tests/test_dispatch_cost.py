@@ -24,9 +24,10 @@ from temporalio.api.common.v1 import Payload
 from temporalio.common import RetryPolicy
 
 from temporal_governor import Policy
-from temporal_governor.activity import report_usage
+from temporal_governor.activity import current_context, report_usage
 from temporal_governor.context import (
     HEADER,
+    AllowanceEntry,
     Attribution,
     BudgetContext,
     encode_context,
@@ -214,13 +215,55 @@ async def test_a_result_that_fails_to_convert_keeps_its_attempts_usage(governed:
     assert snapshot.committed.get("tokens") == 42.0, snapshot.committed
 
 
-def test_a_cached_context_is_not_shared_between_activities() -> None:
-    """Agent code changing its context's lists must not change the next activity's."""
-    link = ChainLink(workflow_id="w", run_id="r", agent="A")
-    header = {HEADER: encode_context(BudgetContext(chain=[link]))}
-    first = _context_of(header)
-    assert first is not None
-    first.chain.append(link.model_copy(update={"workflow_id": "changed by agent code"}))
-    second = _context_of(header)
-    assert second is not None
-    assert [link.workflow_id for link in second.chain] == ["w"]
+# -- the checked context is shared by a run's activities; agent code gets its own copy ------
+
+
+@activity.defn
+async def changes_its_context(tag: str) -> dict[str, Any]:
+    """Reads the context, changes its lists and dicts, and says what it saw before."""
+    context = current_context()
+    assert context is not None
+    seen = {
+        "chain": [link.workflow_id for link in context.chain],
+        "allowance": sorted(context.allowance),
+        "same_object": current_context() is context,
+    }
+    context.chain.append(context.chain[-1].model_copy(update={"workflow_id": tag}))
+    context.allowance["tokens"] = AllowanceEntry(amount=1.0, limit=tag, scope=tag)
+    changed = current_context()
+    assert changed is not None
+    seen["kept_own_change"] = [link.workflow_id for link in changed.chain][-1] == tag
+    return seen
+
+
+@workflow.defn(sandboxed=False)
+class ChangesContexts:
+    @workflow.run
+    async def run(self, rounds: int) -> list[dict[str, Any]]:
+        seen = []
+        for n in range(rounds):  # one after another: each sees what the one before left
+            seen.append(
+                await workflow.execute_activity(
+                    changes_its_context,
+                    f"changed-{n}",
+                    start_to_close_timeout=timedelta(seconds=10),
+                )
+            )
+        return seen
+
+
+async def test_agent_code_changing_its_context_does_not_change_another_activitys(
+    governed: Any,
+) -> None:
+    """Every activity of a run gets the same checked context from the header cache; the one
+    agent code reads is its own copy, which it may change and keeps changed."""
+    data = yaml.safe_load("agents: { ChangesContexts: { quotas: { max_tokens_per_task: 1000 } } }")
+    data.setdefault("shared", {})["ledger_id"] = f"ledger-{uuid.uuid4().hex[:8]}"
+    async with governed(Policy.from_dict(data), [ChangesContexts], [changes_its_context]) as g:
+        handle = await g.start(ChangesContexts.run, 3)
+        seen = await asyncio.wait_for(handle.result(), 60)
+    assert len(seen) == 3
+    for each in seen:
+        assert each["chain"] == [handle.id], "no earlier activity's change shows"
+        assert each["allowance"] == []
+        assert each["same_object"] and each["kept_own_change"]

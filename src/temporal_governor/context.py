@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 import math
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -665,7 +666,48 @@ _attribution: contextvars.ContextVar[Attribution | None] = contextvars.ContextVa
 _estimate: contextvars.ContextVar[Amounts | None] = contextvars.ContextVar(
     "temporal_governor_estimate", default=None
 )
-_activity_context: contextvars.ContextVar[BudgetContext | None] = contextvars.ContextVar(
+
+
+class _ActivityContext:
+    """The context of one running activity: a checked one, maybe shared, and agent code's copy.
+
+    The activity interceptor hands every activity of a run the same checked context (it
+    is a pure function of the header, so it is parsed once per header); agent code gets
+    a deep copy of its own the first time it asks, so it may change the copy's lists and
+    dicts without touching the context other activities share. Most activities never ask,
+    and pay for no copy.
+    """
+
+    __slots__ = ("_own", "_shared")
+
+    _copying = threading.Lock()
+    """Held while a copy is made: a synchronous activity's threads may ask at once."""
+
+    def __init__(self, shared: BudgetContext) -> None:
+        self._shared = shared
+        self._own: BudgetContext | None = None
+
+    def own(self) -> BudgetContext:
+        """Agent code's copy, made on the first call."""
+        own = self._own
+        if own is None:
+            with self._copying:
+                own = self._own
+                if own is None:
+                    own = self._own = self._shared.model_copy(deep=True)
+        return own
+
+    def current(self) -> BudgetContext:
+        """What the activity's context is now: agent code's copy if made, else the shared one.
+
+        The same values either way (a copy differs only once agent code changed it), so
+        the governor's own reads need no copy.
+        """
+        own = self._own
+        return self._shared if own is None else own
+
+
+_activity_context: contextvars.ContextVar[_ActivityContext | None] = contextvars.ContextVar(
     "temporal_governor_activity_context", default=None
 )
 
@@ -710,9 +752,10 @@ def inherited_context() -> BudgetContext | None:
     """
     if not temporalio.activity.in_activity():
         return None
-    caller = _activity_context.get()
-    if caller is None:
+    holder = _activity_context.get()
+    if holder is None:
         return None
+    caller = holder.current()
     return BudgetContext(attribution=caller.attribution, started_by=list(caller.chain))
 
 
@@ -746,12 +789,18 @@ def explicit_estimate() -> Amounts | None:
     return _estimate.get()
 
 
-def set_activity_context(context: BudgetContext | None) -> contextvars.Token[BudgetContext | None]:
-    """Make a context current for the running activity (used by the activity interceptor)."""
-    return _activity_context.set(context)
+def set_activity_context(
+    context: BudgetContext | None,
+) -> contextvars.Token[_ActivityContext | None]:
+    """Make a context current for the running activity (used by the activity interceptor).
+
+    ``context`` may be shared with other activities and is never changed: agent code gets
+    a deep copy of its own when it first asks (:func:`current_attribution`).
+    """
+    return _activity_context.set(None if context is None else _ActivityContext(context))
 
 
-def reset_activity_context(token: contextvars.Token[BudgetContext | None]) -> None:
+def reset_activity_context(token: contextvars.Token[_ActivityContext | None]) -> None:
     """Undo :func:`set_activity_context`."""
     _activity_context.reset(token)
 
@@ -781,7 +830,8 @@ def current_attribution() -> BudgetContext | None:
 
     """
     if temporalio.activity.in_activity():
-        return _activity_context.get()
+        holder = _activity_context.get()
+        return None if holder is None else holder.own()
     if temporalio.workflow.in_workflow():
         return _workflow_contexts.get(temporalio.workflow.info().run_id)
     return None
@@ -799,5 +849,5 @@ def current_decision() -> Degradation | None:
     """
     if not temporalio.activity.in_activity():
         return None
-    context = _activity_context.get()
-    return context.decision if context is not None else None
+    holder = _activity_context.get()
+    return holder.own().decision if holder is not None else None

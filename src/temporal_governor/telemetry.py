@@ -19,7 +19,8 @@ The sink is called from inside workflow code. It emits nothing for records of a 
 workflow task (so nothing is emitted twice), runs its OpenTelemetry calls outside the
 workflow sandbox's restrictions, and never raises into workflow code. It builds no span
 while its tracer provider is a no-op one (the global default until an application installs
-an OpenTelemetry SDK), and records no metric while its meter provider is. See
+an OpenTelemetry SDK), and records no metric while its meter provider is; a global
+provider installed later is found from the next workflow task on. See
 ``docs/telemetry.md`` for every name and attribute.
 """
 
@@ -151,6 +152,9 @@ class OpenTelemetrySink:
         """The global tracer provider last found to reach nothing."""
         self._idle_meters: MeterProvider | None = None
         """The global meter provider last found to reach nothing."""
+        self._quiet_at: tuple[str, int] | None = None
+        """The run id and ``event_id`` of the workflow task in which neither spans nor
+        metrics were last found to reach anything (see :meth:`_outlets`)."""
         self._tracer = opentelemetry.trace.get_tracer(
             INSTRUMENTATION_NAME, tracer_provider=tracer_provider
         )
@@ -191,6 +195,8 @@ class OpenTelemetrySink:
             replaying: True while the workflow task replays history.
 
         """
+        if self.passes_over(decision.run_id, decision.event_id):
+            return  # nothing reaches anything, as judged in this workflow task
         if replaying:
             self._guarded(self._relearn, decision)
         else:
@@ -208,8 +214,18 @@ class OpenTelemetrySink:
                 remembered).
 
         """
-        if not replaying:
+        if not replaying and not self.passes_over(decision.run_id, decision.event_id):
             self._guarded(self._set_remaining, decision, remaining)
+
+    def passes_over(self, run_id: str, event_id: int) -> bool:
+        """Whether the sink does nothing with the decisions of this workflow task.
+
+        True once the sink has found, in the task (a run id and the ``event_id`` of its
+        decisions), that neither spans nor metrics reach anything (see :meth:`_outlets`):
+        it then drops the task's further decisions unread, and the governor spares
+        building them for it.
+        """
+        return self._quiet_at == (run_id, event_id)
 
     # -- safety --------------------------------------------------------------------------
 
@@ -232,12 +248,19 @@ class OpenTelemetrySink:
         except Exception:
             logger.debug("telemetry of a governance decision failed", exc_info=True)
 
-    def _outlets(self) -> tuple[bool, bool]:
+    def _outlets(self, decision: DecisionRecord) -> tuple[bool, bool]:
         """Whether spans and metrics reach anything now.
 
         A given provider does or does not for good; the global one starts as a no-op and
         may be replaced once, by the application, at any time: until then it is asked
-        again on every decision.
+        again, but at most once per workflow task of a run. When neither reaches
+        anything, the sink remembers the task (the decision's run id and ``event_id``) and
+        passes over the rest of its decisions without asking: a fan-out of a hundred
+        activities makes hundreds of decisions in one workflow task, and asking the
+        global providers costs more than the rest of a quiet sink's work (each looks up
+        an environment variable, through the workflow sandbox's checks). A provider
+        installed meanwhile is found at the run's next workflow task, or at the next
+        decision of any other task.
         """
         if not self._tracing and self._tracer_provider is None:
             tracers = opentelemetry.trace.get_tracer_provider()
@@ -249,6 +272,8 @@ class OpenTelemetrySink:
             if meters is not self._idle_meters:
                 self._metering = _meter_goes_somewhere(meters)
                 self._idle_meters = meters
+        quiet = not (self._tracing or self._metering)
+        self._quiet_at = (decision.run_id, decision.event_id) if quiet else None
         return self._tracing, self._metering
 
     # -- bookkeeping ---------------------------------------------------------------------
@@ -256,7 +281,7 @@ class OpenTelemetrySink:
     def _relearn(self, decision: DecisionRecord) -> None:
         if decision.kind not in _SETTLING and decision.kind != "reserve":
             return
-        if not any(self._outlets()):
+        if not any(self._outlets(decision)):
             return
         where = (decision.run_id, decision.key)
         with self._lock:
@@ -273,7 +298,7 @@ class OpenTelemetrySink:
                     del self._pending[where]
 
     def _set_remaining(self, decision: DecisionRecord, remaining: dict[str, float]) -> None:
-        if not self._outlets()[1]:
+        if not self._outlets(decision)[1]:
             return
         with self._lock:
             for resource, value in remaining.items():
@@ -294,7 +319,7 @@ class OpenTelemetrySink:
     # -- live decisions ------------------------------------------------------------------
 
     def _handle(self, decision: DecisionRecord) -> None:
-        tracing, metering = self._outlets()
+        tracing, metering = self._outlets(decision)
         if not (tracing or metering):
             return  # nothing would reach anything: build nothing
         kind = decision.kind

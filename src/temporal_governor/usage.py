@@ -76,6 +76,8 @@ def _bounded(value: float, ceiling: float) -> float:
 
 
 def _count(value: float, ceiling: int) -> int:
+    if 0 <= value <= ceiling:  # the usual case, at once (NaN fails both comparisons)
+        return int(value)
     return int(_bounded(value, ceiling))
 
 
@@ -190,13 +192,17 @@ def _add_model(models: dict[str, int], name: str, tokens: int) -> None:
     models[name] = _count(models.get(name, 0) + tokens, MAX_TOKENS)
 
 
+_NOTHING_YET = Usage(attempts=0)
+"""A meter's usage before its first report (frozen, and never changed: reports build anew)."""
+
+
 @dataclass
 class UsageMeter:
     """Collects the usage of one activity attempt (mutable, lives in a context variable)."""
 
     price: Any = None
     """Callable ``(model, input_tokens, output_tokens) -> float | None`` from the policy."""
-    usage: Usage = field(default_factory=lambda: Usage(attempts=0))
+    usage: Usage = field(default_factory=lambda: _NOTHING_YET)
     reported: bool = False
     activity: str = ""
     """The activity, as error messages name it (``activity call_llm (id 3) of workflow w``)."""

@@ -8,7 +8,7 @@ parent) and the reservations of its in-flight dispatches.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -154,6 +154,9 @@ class Amounts(BaseModel):
 
 ZERO = Amounts()
 
+_NOTHING: dict[str, float] = {}
+"""The amounts of a decision that moves none (never changed: pydantic copies what it keeps)."""
+
 
 @dataclass
 class Limit:
@@ -251,12 +254,39 @@ class RunLedger:
     events: list[GovernanceEvent] = field(default_factory=list)
     max_events: int = 2000
     event_count: int = 0
-    _reserved: Amounts = ZERO
+    _held: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(RESOURCES, 0.0), init=False, repr=False
+    )
+    """The sum of open reservations per resource, kept as plain floats: it changes with
+    every reservation and settlement, and is read as :attr:`reserved` far less often."""
+    _reserved: Amounts | None = field(default=ZERO, init=False, repr=False, compare=False)
+    """:attr:`reserved` as last built (``None``: changed since)."""
 
     @property
     def reserved(self) -> Amounts:
         """The sum of open reservations."""
-        return self._reserved
+        reserved = self._reserved
+        if reserved is None:
+            reserved = self._reserved = Amounts(**self._held)
+        return reserved
+
+    def _hold(self, amounts: Amounts, sign: float) -> None:
+        """Add (``sign`` 1) or take (-1) a reservation to or from the sum of open ones.
+
+        The same float operations, per resource, as ``reserved + amounts`` and
+        ``reserved - amounts``; the sum is 0 again once no reservation is open.
+        """
+        held = self._held
+        if not self.reservations:
+            for resource in RESOURCES:
+                held[resource] = 0.0
+        elif sign > 0:
+            for resource in RESOURCES:
+                held[resource] = held[resource] + float(getattr(amounts, resource))
+        else:
+            for resource in RESOURCES:
+                held[resource] = held[resource] - float(getattr(amounts, resource))
+        self._reserved = None
 
     def remaining(self, resource: str) -> float | None:
         """What may still be reserved of a resource under every terminate limit.
@@ -268,7 +298,7 @@ class RunLedger:
             The smallest headroom, or ``None`` when no terminate limit covers it.
 
         """
-        committed, reserved = self.committed.get(resource), self.reserved.get(resource)
+        committed, reserved = self.committed.get(resource), self._held[resource]
         least: float | None = None
         for limit in self.limits:
             if limit.resource == resource and limit.on_breach == "terminate":
@@ -297,12 +327,11 @@ class RunLedger:
             The refusal, or ``None`` when the reservation fits.
 
         """
-        reserved = self.reserved
         for limit in self.limits:
             if limit.on_breach != "terminate":
                 continue
             committed = self.committed.get(limit.resource)
-            held, wanted = reserved.get(limit.resource), amounts.get(limit.resource)
+            held, wanted = self._held[limit.resource], amounts.get(limit.resource)
             if refuses(committed, held, wanted, limit.ceiling):
                 observed = committed + held + wanted
                 return Refusal(
@@ -337,7 +366,7 @@ class RunLedger:
             self._log(
                 "refuse",
                 key,
-                amounts,
+                amounts.nonzero(),
                 limit=refusal.limit,
                 scope=refusal.scope,
                 observed=refusal.observed,
@@ -345,9 +374,9 @@ class RunLedger:
             )
             return refusal
         self.reservations[key] = amounts
-        self._reserved = self._reserved + amounts
-        self._log("reserve", key, amounts)
-        self._alerts(key, self.reserved)
+        self._hold(amounts, 1.0)
+        self._log("reserve", key, amounts.nonzero())
+        self._alerts(key, self._held)
         return None
 
     def commit(self, key: str, actual: Amounts) -> None:
@@ -364,27 +393,27 @@ class RunLedger:
         reserved = self.reservations.pop(key, None)
         if reserved is None:
             return
-        self._reserved = self._reserved - reserved if self.reservations else ZERO
+        self._hold(reserved, -1.0)
         self.committed = self.committed + actual
-        self._log("commit", key, actual)
+        self._log("commit", key, actual.nonzero())
         released = {r: reserved.get(r) - actual.get(r) for r in RESOURCES}
         released = {r: v for r, v in released.items() if v > _EPSILON}
         if released:
-            self._log("release", key, Amounts(**released))
+            self._log("release", key, released)
         for limit in self.limits:
             committed = self.committed.get(limit.resource)
             if limit.on_breach == "terminate" and committed > limit.ceiling + _EPSILON:
                 self._log(
                     "overage",
                     key,
-                    actual,
+                    actual.nonzero(),
                     limit=limit.name,
                     scope=limit.scope,
                     observed=committed,
                     ceiling=limit.ceiling,
                 )
         self._warnings(key)
-        self._alerts(key, ZERO)
+        self._alerts(key, _NOTHING)
 
     def release(self, key: str) -> None:
         """Release a reservation without committing anything (the dispatch never ran).
@@ -395,8 +424,8 @@ class RunLedger:
         """
         reserved = self.reservations.pop(key, None)
         if reserved is not None:
-            self._reserved = self._reserved - reserved if self.reservations else ZERO
-            self._log("release", key, reserved)
+            self._hold(reserved, -1.0)
+            self._log("release", key, reserved.nonzero())
 
     def note_wait(
         self, key: str, *, limit: str, scope: str, observed: float, ceiling: float
@@ -410,7 +439,9 @@ class RunLedger:
             observed: What the scope would have held.
             ceiling: The limit's ceiling.
         """
-        self._log("wait", key, ZERO, limit=limit, scope=scope, observed=observed, ceiling=ceiling)
+        self._log(
+            "wait", key, _NOTHING, limit=limit, scope=scope, observed=observed, ceiling=ceiling
+        )
 
     def log_control(self, accepted: bool, signal: str, issuer: str, outcome: str) -> None:
         """Record a control message the run accepted or rejected.
@@ -423,7 +454,11 @@ class RunLedger:
 
         """
         self._log(
-            "control" if accepted else "control_rejected", signal, ZERO, limit=issuer, scope=outcome
+            "control" if accepted else "control_rejected",
+            signal,
+            _NOTHING,
+            limit=issuer,
+            scope=outcome,
         )
 
     def log_detector(
@@ -447,7 +482,7 @@ class RunLedger:
 
         """
         self._log(
-            kind, key, ZERO, limit=detector, scope=message, observed=observed, ceiling=ceiling
+            kind, key, _NOTHING, limit=detector, scope=message, observed=observed, ceiling=ceiling
         )
 
     def log_breach(self, key: str, refusal: Refusal) -> None:
@@ -461,7 +496,7 @@ class RunLedger:
         self._log(
             "breach",
             key,
-            ZERO,
+            _NOTHING,
             limit=refusal.limit,
             scope=refusal.scope,
             observed=refusal.observed,
@@ -497,24 +532,24 @@ class RunLedger:
                 self._log(
                     "warn",
                     key,
-                    ZERO,
+                    _NOTHING,
                     limit=limit.name,
                     scope=limit.scope,
                     observed=committed,
                     ceiling=limit.ceiling,
                 )
 
-    def _alerts(self, key: str, pending: Amounts) -> None:
+    def _alerts(self, key: str, pending: Mapping[str, float]) -> None:
         for limit in self.limits:
             if limit.on_breach != "alert" or limit.alerted:
                 continue
-            observed = self.committed.get(limit.resource) + pending.get(limit.resource)
+            observed = self.committed.get(limit.resource) + pending.get(limit.resource, 0.0)
             if observed > limit.ceiling + _EPSILON:
                 limit.alerted = True
                 self._log(
                     "alert",
                     key,
-                    ZERO,
+                    _NOTHING,
                     limit=limit.name,
                     scope=limit.scope,
                     observed=observed,
@@ -525,7 +560,7 @@ class RunLedger:
         self,
         kind: EventKind,
         key: str,
-        amounts: Amounts,
+        amounts: dict[str, float],
         *,
         limit: str = "",
         scope: str = "",
@@ -538,7 +573,7 @@ class RunLedger:
                 seq=self.event_count,
                 kind=kind,
                 key=key,
-                amounts=amounts.nonzero(),
+                amounts=amounts,
                 limit=limit,
                 scope=scope,
                 observed=observed,

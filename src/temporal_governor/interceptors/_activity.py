@@ -283,7 +283,9 @@ def _context_of(headers: Mapping[str, Payload]) -> BudgetContext | None:
 
     Every dispatch of a run carries the same header until its degradation changes, so
     the parse and the checks run once per header, not once per attempt. The context is
-    a pure function of the bytes; the cache is bounded (least recently used goes).
+    a pure function of the bytes; the cache is bounded (least recently used goes). The
+    context returned is shared: :func:`set_activity_context` gives agent code a copy of
+    its own when it asks, so nothing may change this one.
     """
     payload = headers.get(HEADER)
     if payload is None:
@@ -299,8 +301,7 @@ def _context_of(headers: Mapping[str, Payload]) -> BudgetContext | None:
         _contexts[data] = context
         if len(_contexts) > _CONTEXT_CACHE_LIMIT:
             _contexts.popitem(last=False)
-    # each activity gets its own copy: its lists and dicts are agent code's to change
-    return None if context is None else context.model_copy(deep=True)
+    return context
 
 
 def _on_the_loop(loop: asyncio.AbstractEventLoop, call: Callable[[], None]) -> Callable[[], None]:

@@ -43,6 +43,7 @@ from ..core.degradation import Degradation
 from ..core.scopes import SharedLimit
 from ..errors import BreachDetails, BudgetExceeded, ChainLink, GovernanceKilled, RunawayLoop
 from ..policy import PER_TASK_LIMITS, Policy
+from ..telemetry import OpenTelemetrySink
 from ._guard import RunGuard
 from ._ports import ControlPort
 from ._shared import SharedBudget
@@ -87,6 +88,11 @@ class BudgetSnapshot(BaseModel):
     run's dispatches so far; their spend is in the ledger (``temporal-governor budget``)."""
     shared_open: int = 0
     """This run's open reservations in the ledger."""
+
+
+def _passes_over(sink: DecisionSink, run_id: str, event_id: int) -> bool:
+    """Whether ``sink`` drops the decisions of this workflow task unread."""
+    return isinstance(sink, OpenTelemetrySink) and sink.passes_over(run_id, event_id)
 
 
 def _judged(
@@ -429,7 +435,7 @@ class GovernedRun:
 
     def _check_deadline(self, dispatch: Dispatch) -> None:
         """Halt the run if its deadline has passed; report an ``alert`` wall time once."""
-        now = temporalio.workflow.now()
+        now = self.now()
         refusal = deadline_refusal(self.deadline, now)
         if refusal is not None:
             raise self.stop(
@@ -555,8 +561,8 @@ class GovernedRun:
     # -- reporting ------------------------------------------------------------------------
 
     _logged = 0
-    _stamp: tuple[int, int, datetime] | None = None
-    """Workflow time (ns), history length and ``now()`` of the activation last logged in."""
+    _clock: tuple[int, datetime] | None = None
+    """Workflow time (ns) and ``now()`` last read (:meth:`now`)."""
     _takers: tuple[list[DecisionSink], list[DecisionSink]] | None = None
     """The sinks that take the remaining budget live, and those that take it in replay."""
 
@@ -571,14 +577,10 @@ class GovernedRun:
             takers = self._remaining_takers(replaying)
         for event in events:
             self._logged = event.seq
+            # a commit's tokens per model go with its record, and are dropped with it
+            models = self._models.pop(event.key, {}) if event.kind == "commit" else {}
             if sinks:
-                decision = self._record(event, time, event_id)
-                for sink in sinks:
-                    sink.record(decision, replaying=replaying)
-                if takers and event.kind in _REMAINING_AFTER:
-                    remaining = self._remaining()
-                    for sink in takers:
-                        sink.remaining(decision, remaining, replaying=replaying)
+                self._hand_over(event, models, time, event_id, replaying, takers)
             if event.kind in _WARNED_KINDS:
                 temporalio.workflow.logger.warning(
                     "governance %s: %s of %s: observed %s, ceiling %s (%s)",
@@ -590,14 +592,49 @@ class GovernedRun:
                     event.key,
                 )
 
-    def _activation_stamp(self) -> tuple[datetime, int]:
-        """Workflow time and history length of the current activation, read once for it."""
+    def now(self) -> datetime:
+        """``workflow.now()``, converted once per workflow time (once per activation).
+
+        ``now()`` is a function of ``time_ns()`` alone, so the datetime of the last read
+        serves every read at the same workflow time.
+        """
         moment = temporalio.workflow.time_ns()
-        length = self.info.get_current_history_length()
-        stamp = self._stamp
-        if stamp is None or stamp[0] != moment or stamp[1] != length:
-            stamp = self._stamp = (moment, length, temporalio.workflow.now())
-        return stamp[2], length
+        clock = self._clock
+        if clock is None or clock[0] != moment:
+            clock = self._clock = (moment, temporalio.workflow.now())
+        return clock[1]
+
+    def _hand_over(
+        self,
+        event: BudgetEvent,
+        models: dict[str, int],
+        time: datetime,
+        event_id: int,
+        replaying: bool,
+        takers: list[DecisionSink],
+    ) -> None:
+        """Give the sinks the record of a ledger event, and the takers the remaining budget.
+
+        Built only for sinks that take it: an OpenTelemetry sink with nowhere to send
+        anything passes over the rest of a workflow task once it found so in it.
+        """
+        run_id = self.info.run_id
+        listening = [sink for sink in self.sinks if not _passes_over(sink, run_id, event_id)]
+        if not listening:
+            return
+        decision = self._record(event, models, time, event_id)
+        for sink in listening:
+            sink.record(decision, replaying=replaying)
+        if takers and event.kind in _REMAINING_AFTER:
+            takers = [sink for sink in takers if not _passes_over(sink, run_id, event_id)]
+            if takers:
+                remaining = self._remaining()
+                for sink in takers:
+                    sink.remaining(decision, remaining, replaying=replaying)
+
+    def _activation_stamp(self) -> tuple[datetime, int]:
+        """Workflow time and history length of the current activation."""
+        return self.now(), self.info.get_current_history_length()
 
     def _remaining_takers(self, replaying: bool) -> list[DecisionSink]:
         """The sinks to hand the remaining budget to (by their ``takes_remaining``)."""
@@ -618,7 +655,9 @@ class GovernedRun:
             r: left for r in RESOURCES if r in covered and (left := ledger.remaining(r)) is not None
         }
 
-    def _record(self, event: BudgetEvent, time: datetime, event_id: int) -> DecisionRecord:
+    def _record(
+        self, event: BudgetEvent, models: dict[str, int], time: datetime, event_id: int
+    ) -> DecisionRecord:
         """The record of a ledger event.
 
         Built through pydantic's (compiled) validation: for this model it is faster than
@@ -642,7 +681,7 @@ class GovernedRun:
             target=dispatch.target if dispatch else "",
             key=event.key,
             amounts=event.amounts,
-            models=self._models.pop(event.key, {}) if event.kind == "commit" else {},
+            models=models,
             limit=event.limit,
             scope=event.scope,
             observed=event.observed,
