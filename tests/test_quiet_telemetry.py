@@ -52,13 +52,23 @@ def _record(kind: str, seq: int, event_id: int, run_id: str = "run-1") -> Decisi
 
 def test_a_sink_that_reaches_nothing_passes_over_the_rest_of_the_task_only() -> None:
     quiet = OpenTelemetrySink(NoOpTracerProvider(), NoOpMeterProvider())
-    assert not quiet.passes_over("run-1", 3), "nothing judged yet"
+    assert not quiet.passes_over("run-1", 3, datetime(2025, 1, 1, tzinfo=UTC)), "nothing judged yet"
     quiet.record(_record("reserve", 1, event_id=3), replaying=False)
-    assert quiet.passes_over("run-1", 3)
-    assert not quiet.passes_over("run-1", 6), "the run's next task is judged again"
-    assert not quiet.passes_over("run-2", 3), "another run's task too"
+    assert quiet.passes_over("run-1", 3, datetime(2025, 1, 1, tzinfo=UTC))
+    assert not quiet.passes_over("run-1", 6, datetime(2025, 1, 1, tzinfo=UTC)), (
+        "the run's next task is judged again"
+    )
+    assert not quiet.passes_over("run-2", 3, datetime(2025, 1, 1, tzinfo=UTC)), (
+        "another run's task too"
+    )
     quiet.record(_record("commit", 2, event_id=6), replaying=False)
-    assert quiet.passes_over("run-1", 6) and not quiet.passes_over("run-1", 3)
+    assert quiet.passes_over(
+        "run-1", 6, datetime(2025, 1, 1, tzinfo=UTC)
+    ) and not quiet.passes_over("run-1", 3, datetime(2025, 1, 1, tzinfo=UTC))
+    # local activities resolve in later activations of one workflow task (the same
+    # event id): each activation's workflow time is judged again
+    later = datetime(2025, 1, 1, 0, 0, 1, tzinfo=UTC)
+    assert not quiet.passes_over("run-1", 6, later)
 
 
 def test_a_sink_that_reaches_something_never_passes_over() -> None:
@@ -68,7 +78,7 @@ def test_a_sink_that_reaches_something_never_passes_over() -> None:
     sink = OpenTelemetrySink(tracer_provider, NoOpMeterProvider())
     sink.record(_record("reserve", 1, event_id=3), replaying=False)
     sink.record(_record("commit", 1, event_id=3), replaying=False)
-    assert not sink.passes_over("run-1", 3)
+    assert not sink.passes_over("run-1", 3, datetime(2025, 1, 1, tzinfo=UTC))
     assert [span.name for span in exporter.get_finished_spans()] == [f"{DISPATCH_SPAN_PREFIX} t"]
 
 
@@ -135,7 +145,7 @@ async def test_other_sinks_get_every_decision_of_a_task_a_quiet_sink_passes_over
     assert len(reserves) == WIDTH
     assert len({(r.run_id, r.event_id) for r in reserves}) == 1, "one workflow task"
     last = collector.records[-1]
-    assert quiet.passes_over(last.run_id, last.event_id), (
+    assert quiet.passes_over(last.run_id, last.event_id, last.time), (
         "it found nothing reached, in the last task"
     )
     assert [r.kind for r in collector.records].count("commit") == WIDTH
@@ -147,3 +157,77 @@ async def test_other_sinks_get_every_decision_of_a_task_a_quiet_sink_passes_over
     keys = {r.key for r in reserves}
     assert set(committed) == keys
     assert all(attrs["governor.decision"] == "committed" for attrs in committed.values())
+
+
+WIDTH = 6
+
+
+class AuditingOtelSink(OpenTelemetrySink):
+    """OTel plus an audit log of every decision (e.g. to a SIEM), by overriding record()."""
+
+    def __init__(self) -> None:
+        super().__init__(NoOpTracerProvider(), NoOpMeterProvider())
+        self.audited: list[DecisionRecord] = []
+
+    def record(self, decision: DecisionRecord, *, replaying: bool) -> None:
+        if not replaying:
+            self.audited.append(decision)
+        super().record(decision, replaying=replaying)
+
+
+class _Collecting:
+    def __init__(self) -> None:
+        self.records: list[DecisionRecord] = []
+
+    def record(self, decision: DecisionRecord, *, replaying: bool) -> None:
+        if not replaying:
+            self.records.append(decision)
+
+    def remaining(
+        self, decision: DecisionRecord, remaining: dict[str, float], *, replaying: bool
+    ) -> None:
+        pass
+
+
+@activity.defn
+async def fanned_sub(i: int) -> int:
+    report_usage(input_tokens=1 + i, model="m")
+    return i
+
+
+@workflow.defn(sandboxed=False)
+class FansOutSub:
+    @workflow.run
+    async def run(self, width: int) -> int:
+        done = await asyncio.gather(
+            *(
+                workflow.execute_activity(
+                    fanned_sub, i, start_to_close_timeout=timedelta(seconds=30)
+                )
+                for i in range(width)
+            )
+        )
+        return len(done)
+
+
+async def test_a_subclass_of_the_otel_sink_gets_every_decision(env: WorkflowEnvironment) -> None:
+    policy = Policy.from_yaml(
+        "agents: { FansOutSub: { quotas: { max_tokens_per_task: 100000 } } }\n"
+        f"shared: {{ ledger_id: ledger-{uuid.uuid4().hex[:8]} }}\n"
+    )
+    auditing, collector = AuditingOtelSink(), _Collecting()
+    client = Client(
+        env.client.service_client,
+        namespace=env.client.namespace,
+        interceptors=[GovernanceInterceptor(policy, sinks=[auditing, collector])],
+    )
+    task_queue = f"tq-sub-{uuid.uuid4()}"
+    async with Worker(
+        client, task_queue=task_queue, workflows=[FansOutSub], activities=[fanned_sub]
+    ):
+        handle = await client.start_workflow(
+            FansOutSub.run, WIDTH, id=f"sub-{uuid.uuid4()}", task_queue=task_queue
+        )
+        assert await handle.result() == WIDTH
+    assert [r.kind for r in collector.records].count("reserve") == WIDTH
+    assert [r.seq for r in auditing.audited] == [r.seq for r in collector.records]

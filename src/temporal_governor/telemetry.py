@@ -152,7 +152,7 @@ class OpenTelemetrySink:
         """The global tracer provider last found to reach nothing."""
         self._idle_meters: MeterProvider | None = None
         """The global meter provider last found to reach nothing."""
-        self._quiet_at: tuple[str, int] | None = None
+        self._quiet_at: tuple[str, int, datetime] | None = None
         """The run id and ``event_id`` of the workflow task in which neither spans nor
         metrics were last found to reach anything (see :meth:`_outlets`)."""
         self._tracer = opentelemetry.trace.get_tracer(
@@ -195,7 +195,7 @@ class OpenTelemetrySink:
             replaying: True while the workflow task replays history.
 
         """
-        if self.passes_over(decision.run_id, decision.event_id):
+        if self.passes_over(decision.run_id, decision.event_id, decision.time):
             return  # nothing reaches anything, as judged in this workflow task
         if replaying:
             self._guarded(self._relearn, decision)
@@ -214,10 +214,12 @@ class OpenTelemetrySink:
                 remembered).
 
         """
-        if not replaying and not self.passes_over(decision.run_id, decision.event_id):
+        if not replaying and not self.passes_over(
+            decision.run_id, decision.event_id, decision.time
+        ):
             self._guarded(self._set_remaining, decision, remaining)
 
-    def passes_over(self, run_id: str, event_id: int) -> bool:
+    def passes_over(self, run_id: str, event_id: int, time: datetime) -> bool:
         """Whether the sink does nothing with the decisions of this workflow task.
 
         True once the sink has found, in the task (a run id and the ``event_id`` of its
@@ -225,7 +227,7 @@ class OpenTelemetrySink:
         it then drops the task's further decisions unread, and the governor spares
         building them for it.
         """
-        return self._quiet_at == (run_id, event_id)
+        return self._quiet_at == (run_id, event_id, time)
 
     # -- safety --------------------------------------------------------------------------
 
@@ -273,7 +275,7 @@ class OpenTelemetrySink:
                 self._metering = _meter_goes_somewhere(meters)
                 self._idle_meters = meters
         quiet = not (self._tracing or self._metering)
-        self._quiet_at = (decision.run_id, decision.event_id) if quiet else None
+        self._quiet_at = (decision.run_id, decision.event_id, decision.time) if quiet else None
         return self._tracing, self._metering
 
     # -- bookkeeping ---------------------------------------------------------------------

@@ -90,9 +90,9 @@ class BudgetSnapshot(BaseModel):
     """This run's open reservations in the ledger."""
 
 
-def _passes_over(sink: DecisionSink, run_id: str, event_id: int) -> bool:
-    """Whether ``sink`` drops the decisions of this workflow task unread."""
-    return isinstance(sink, OpenTelemetrySink) and sink.passes_over(run_id, event_id)
+def _passes_over(sink: DecisionSink, run_id: str, event_id: int, time: datetime) -> bool:
+    """Whether ``sink`` drops the decisions of this activation unread."""
+    return type(sink) is OpenTelemetrySink and sink.passes_over(run_id, event_id, time)
 
 
 def _judged(
@@ -619,14 +619,14 @@ class GovernedRun:
         anything passes over the rest of a workflow task once it found so in it.
         """
         run_id = self.info.run_id
-        listening = [sink for sink in self.sinks if not _passes_over(sink, run_id, event_id)]
+        listening = [sink for sink in self.sinks if not _passes_over(sink, run_id, event_id, time)]
         if not listening:
             return
         decision = self._record(event, models, time, event_id)
         for sink in listening:
             sink.record(decision, replaying=replaying)
         if takers and event.kind in _REMAINING_AFTER:
-            takers = [sink for sink in takers if not _passes_over(sink, run_id, event_id)]
+            takers = [sink for sink in takers if not _passes_over(sink, run_id, event_id, time)]
             if takers:
                 remaining = self._remaining()
                 for sink in takers:
