@@ -438,6 +438,13 @@ class SharedSettings(BaseModel):
     on_refusal: OnRefusal = "terminate"
     """A refused shared reservation halts the run (``terminate``) or waits for budget or
     the window to roll over (``wait``), up to ``max_wait``."""
+    priority_aging_s: TtlSeconds = 5.0
+    """Under ``on_refusal: wait``, the ledger queues refused reservations by priority
+    class (critical, high, normal, low, background) with a fair share between tenants;
+    every this many seconds of waiting raise a waiter by one class, past critical if it
+    keeps waiting, so no class starves: a background waiter overtakes fresh critical work
+    after 5 times this. Keep 5 times this within ``max_wait`` if background work must
+    get through."""
     max_wait: WaitSeconds = 30.0
     """Longest a ``wait`` refusal waits before it halts the run (seconds or a duration)."""
     reservation_ttl: TtlSeconds = 600.0
@@ -456,6 +463,12 @@ class SharedSettings(BaseModel):
     """Most ledger updates one worker process has in flight at once. Temporal refuses more
     than 10 in-flight updates per workflow by default (``history.maxInFlightUpdates``):
     keep this times the number of worker processes at or below that, or raise it."""
+    batch_updates: bool = Field(default=False, strict=True)
+    """A worker process sends its concurrent calls to one ledger as one ``batch`` update
+    (each call still all-or-nothing and idempotent on its own), which multiplies what one
+    ledger serves. Off by default for one release: a ledger history with a ``batch``
+    update cannot be replayed by a worker of an earlier release, so turn it on once every
+    worker of the fleet runs this one (docs/upgrading.md)."""
     continue_as_new_after: PositiveInt = 2000
     """The ledger continues as new after this many updates, carrying its state."""
     call_timeout: TtlSeconds = 60.0

@@ -11,6 +11,11 @@ The book is **bounded by design**: every key, scope and message has a size cap (
 over it is refused by validation), every collection has a count cap, closed windows and
 idle counters are pruned, and the idempotency memory keeps short digests pruned by age.
 Whatever the load, the packed state stays far below Temporal's payload limit.
+
+A caller that names its priority class (``ReserveRequest.priority``) takes part in the
+**queues of waiters** (:mod:`.waiters`): capacity that frees is held for the best waiter
+(priority with aging, fair share between tenants), so no class and no tenant starves.
+Callers that do not name one (earlier releases) are decided exactly as before.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from pydantic import (
 from .accounting import FLOAT_OPS, Ops
 from .detectors import BaselineState, SpendBaseline
 from .scopes import SharedLimit, SharedResource
+from .waiters import AGING_S, MAX_RANK, MAX_WAITERS, Waiter, Waiters, retry_for
 
 MAX_TTL_S = 30 * 86400.0
 """The longest a reservation may stay unsettled (30 days)."""
@@ -58,6 +64,8 @@ MAX_CONTROL_SCOPES = 1_000
 """Scopes with a stored fleet kill or resume; beyond it a new scope's record is refused."""
 MAX_BASELINES = 2_000
 """Spend baselines kept; the least recently updated is dropped beyond it."""
+MAX_WAITERS_KEPT = MAX_WAITERS
+"""Waiters kept at once (:data:`.waiters.MAX_WAITERS`); a full queue evicts its worst."""
 MAX_EXPIRED = 2_000
 """Expired reservations remembered (for a late settle to correct its conservative charge)."""
 EXPIRED_KEEP_S = 6 * 3600.0
@@ -110,7 +118,8 @@ class LedgerRefusal(BaseModel):
     scope: str
     resource: str
     observed: float
-    """What the scope would hold with this reservation (committed + reserved + request)."""
+    """What the scope would hold with this reservation (committed + reserved + request,
+    plus what it holds for waiters ranked ahead of a caller with a priority class)."""
     ceiling: float
     committed: float = 0.0
     """What the scope had committed (in the current window, for a windowed limit)."""
@@ -137,6 +146,25 @@ class ReserveRequest(_Request):
     """Scopes (``tenant:<name>``, ``agent:<type>``) whose stored kills and resumes the
     caller wants back with the result, if newer than ``controls_since_ms``."""
     controls_since_ms: int = Field(default=0, ge=-1, le=2**53)
+    priority: int | None = Field(default=None, ge=0, le=MAX_RANK)
+    """The caller's priority class as a rank (:data:`.waiters.RANKS`: 0 critical ... 4
+    background). Set, the request takes part in the queues of waiters: it is granted only
+    what leaves enough for the eligible waiters ranked ahead of it. Unset (callers of
+    earlier releases), it is decided as before: no queue holds anything against it."""
+    waits: bool = False
+    """The caller asks again when refused (``on_refusal: wait``): a refusal queues it as a
+    waiter. A caller that does not wait is ranked like a newcomer of its class, held back
+    only by waiters ranked ahead of it, and never queued (its refusal is final)."""
+    tenant: Name | None = None
+    """The tenant the caller reserves for (fair share between tenants of one class)."""
+    waiter: Key | None = None
+    """The caller's identity in the queue, the same on every ask of one reservation (the
+    ledger key changes per ask); default: ``key``."""
+    waited_s: float = Field(default=0.0, ge=0, le=MAX_TTL_S, allow_inf_nan=False)
+    """Seconds the caller has already waited for this reservation, so its age survives
+    being dropped from the queue."""
+    aging_s: float = Field(default=AGING_S, gt=0, le=MAX_TTL_S, allow_inf_nan=False)
+    """Seconds of waiting that raise a waiter by one class (``shared.priority_aging_s``)."""
 
     @field_serializer("limits")
     def _whole_limits(self, limits: list[SharedLimit]) -> list[dict[str, Any]]:
@@ -161,6 +189,8 @@ class ReserveRequest(_Request):
                     f"limit {limit.name} is on {limit.resource!r}, "
                     "which the request does not reserve"
                 )
+        if self.priority is None and (self.waits or self.waiter is not None):
+            raise ValueError("waits and waiter need a priority (the caller's class rank)")
         return self
 
 
@@ -307,6 +337,8 @@ class Reservation(BaseModel):
     expires_at: float
     """Epoch seconds."""
     lease: bool = False
+    tenant: str | None = None
+    """The tenant it was reserved for, when the caller said (fair share between waiters)."""
 
 
 class Expired(BaseModel):
@@ -342,6 +374,9 @@ class LedgerState(BaseModel):
     """Scope -> signal -> the latest fleet-wide kill and resume of that scope."""
     baselines: dict[str, BaselineState] = Field(default_factory=dict)
     """Spend baselines across runs, by key (``agent:planner:tokens_per_run`` ...)."""
+    waiters: dict[str, Waiter] = Field(default_factory=dict)
+    """Waiter id -> a refused caller waiting for capacity (bounded, dropped when it stops
+    asking; soft state: losing it loses only what was held, never budget)."""
 
 
 class CapacityError(ValueError):
@@ -412,6 +447,10 @@ def lease_grant(
     return ops.min(wanted, fair)
 
 
+def _waiter_id(req: ReserveRequest) -> str:
+    return req.waiter or req.key
+
+
 def _digest(key: str) -> str:
     return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
 
@@ -440,6 +479,14 @@ class LedgerBook:
         """The packed size at the last measurement."""
         self._grown = MEASURE_EVERY_BYTES  # measure before the first growth
         self._measured_at = 0.0
+        self._waiters = Waiters(self.state.waiters)
+
+    @property
+    def waiters(self) -> Waiters:
+        """The queues of waiters (over ``state.waiters``)."""
+        if self._waiters.waiters is not self.state.waiters:
+            self._waiters = Waiters(self.state.waiters)
+        return self._waiters
 
     # -- size -----------------------------------------------------------------------------
 
@@ -530,6 +577,7 @@ class LedgerBook:
         self._grow(
             len(req.key)
             + len(req.run)
+            + len(req.tenant or "")
             + 64 * len(req.limits)
             + sum(2 * len(lim.counter) + len(lim.name) + 120 for lim in new),
             now,
@@ -546,17 +594,26 @@ class LedgerBook:
             counter.ceiling, counter.limit = limit.ceiling, limit.name
             _roll(counter, now)
             counters.append((limit, counter))
+        asker = self._asker(req, counters, now)
+        ahead = self._ahead(req, asker, counters, now) if asker is not None else {}
         if req.minimum is not None:
-            grant = self._lease_grant(req, counters)
+            grant = self._lease_grant(req, counters, ahead)
         for limit, counter in counters:
             if limit.on_breach != "terminate":
                 continue
             want = grant.get(limit.resource, 0.0)
-            if shared_refuses(counter.committed, counter.reserved, want, limit.ceiling):
-                observed = counter.committed + counter.reserved + want
+            held_ahead = ahead.get(limit.counter, 0.0)
+            if shared_refuses(
+                counter.committed, counter.reserved + held_ahead, want, limit.ceiling
+            ):
+                observed = counter.committed + counter.reserved + held_ahead + want
                 retry = None
                 if counter.window_s is not None and counter.window_start is not None:
                     retry = max(0.0, counter.window_start + counter.window_s - now)
+                if asker is not None and req.waits:
+                    if retry is None:
+                        retry = retry_for(held_ahead, limit.ceiling)
+                    self._queue(req, asker, retry, now)
                 return ReserveResult(
                     key=req.key,
                     granted=False,
@@ -581,12 +638,126 @@ class LedgerBook:
             counters=held,
             expires_at=now + req.ttl_s,
             lease=req.minimum is not None,
+            tenant=req.tenant,
         )
+        if asker is not None:
+            self.waiters.remove(_waiter_id(req))
         _add(self.state.granted, grant)
         return ReserveResult(key=req.key, granted=True, amounts=grant)
 
+    # -- waiters --------------------------------------------------------------------------
+
+    def _asker(
+        self, req: ReserveRequest, counters: list[tuple[SharedLimit, Counter]], now: float
+    ) -> Waiter | None:
+        """The caller as a waiter (queued or not); ``None`` for a caller without a class."""
+        if req.priority is None:
+            return None
+        self.waiters.drop_stale(now)
+        needs: dict[str, float] = {}
+        each = req.minimum if req.minimum is not None else req.amounts
+        for limit, _ in counters:
+            need = float(each.get(limit.resource, 0.0))
+            if limit.on_breach == "terminate" and need > _EPSILON:
+                needs[limit.counter] = needs.get(limit.counter, 0.0) + need
+        first = now - req.waited_s
+        queued = self.waiters.get(_waiter_id(req))
+        if queued is not None:
+            first = min(first, queued.first)
+        return Waiter(
+            run=req.run,
+            tenant=req.tenant or "",
+            rank=req.priority,
+            first=first,
+            last=now,
+            needs=needs,
+        )
+
+    def _ahead(
+        self,
+        req: ReserveRequest,
+        asker: Waiter,
+        counters: list[tuple[SharedLimit, Counter]],
+        now: float,
+    ) -> dict[str, float]:
+        """Counter id -> what it holds for eligible waiters ranked ahead of the caller."""
+        if not len(self.waiters):
+            return {}
+        ahead: dict[str, float] = {}
+        for limit, _ in counters:
+            if limit.on_breach != "terminate" or limit.counter in ahead:
+                continue
+            ahead[limit.counter] = self.waiters.ahead(
+                _waiter_id(req),
+                asker,
+                limit.counter,
+                now,
+                req.aging_s,
+                lambda waiter, counter: self._eligible(waiter, counter, now),
+                self._tenant_holdings,
+            )
+        return ahead
+
+    def _room(self, counter_id: str, now: float, ever: bool = False) -> float:
+        """What a counter has left now (``ever``: at best, once its holders are gone)."""
+        counter = self.state.counters.get(counter_id)
+        if counter is None or counter.ceiling is None:
+            return math.inf
+        committed = counter.committed
+        if counter.window_s is not None:
+            rolled = math.floor(now / counter.window_s) * counter.window_s
+            if ever or counter.window_start != rolled:
+                committed = 0.0
+        reserved = 0.0 if ever else counter.reserved
+        return counter.ceiling - committed - reserved
+
+    def _eligible(self, waiter: Waiter, counter_id: str, now: float) -> bool:
+        """Capacity of ``counter_id`` is held for the waiter: nothing else blocks it."""
+        for other, need in waiter.needs.items():
+            if other == counter_id:
+                if need > self._room(other, now, ever=True) + _EPSILON:
+                    return False
+            elif need > self._room(other, now) + _EPSILON:
+                return False
+        return True
+
+    def _tenant_holdings(self, counter_id: str) -> dict[str, float]:
+        held: dict[str, float] = {}
+        for reservation in self.state.reservations.values():
+            amount = reservation.counters.get(counter_id)
+            if amount is not None and reservation.tenant is not None:
+                held[reservation.tenant] = held.get(reservation.tenant, 0.0) + amount
+        return held
+
+    def _queue(self, req: ReserveRequest, asker: Waiter, retry: float, now: float) -> None:
+        """Queue (or refresh) a refused caller that waits; skipped when the book is full."""
+        if not asker.needs or any(
+            need > self._room(counter, now, ever=True) + _EPSILON
+            for counter, need in asker.needs.items()
+        ):
+            self.waiters.remove(_waiter_id(req))
+            return  # it never fits: holding anything for it would only block others
+        id_ = _waiter_id(req)
+        if self.waiters.get(id_) is None:
+            try:
+                self._grow(
+                    len(id_)
+                    + len(req.run)
+                    + len(asker.tenant)
+                    + sum(len(c) + 24 for c in asker.needs)
+                    + 100,
+                    now,
+                )
+            except CapacityError:
+                return  # the caller keeps its age (``waited_s``) and asks again
+        asker.retry = retry
+        self.waiters.put(id_, asker, now, req.aging_s)
+
     def _lease_grant(
-        self, req: ReserveRequest, counters: list[tuple[SharedLimit, Counter]]
+        self,
+        req: ReserveRequest,
+        counters: list[tuple[SharedLimit, Counter]],
+        ahead: dict[str, float],
     ) -> dict[str, float]:
         """Never lease more than a fair share of what is left, and at least the minimum."""
         assert req.minimum is not None
@@ -604,7 +775,7 @@ class LedgerBook:
                 grant.get(limit.resource, 0.0),
                 limit.ceiling,
                 counter.committed,
-                counter.reserved,
+                counter.reserved + ahead.get(limit.counter, 0.0),
                 holders,
                 req.max_share,
                 minimum.get(limit.resource, 0.0),
@@ -670,6 +841,7 @@ class LedgerBook:
             for key in [k for k, r in self.state.reservations.items() if r.run == req.run]:
                 self._release(key, now)
                 done += 1
+            self.waiters.remove_run(req.run)
         return done
 
     def extend(self, req: ExtendRequest, now: float) -> int:
@@ -745,7 +917,9 @@ class LedgerBook:
         have: expired reservations (a late settle then changes nothing), closed-key digests
         and the older half of the spend baselines.
         """
+        self.waiters.drop_stale(now)
         if squeeze:
+            self.waiters.clear()  # soft state: callers keep their age and ask again
             self.state.expired.clear()
             self.state.closed.clear()
             baselines = self.state.baselines
@@ -875,6 +1049,7 @@ class LedgerBook:
             "committed": self.state.committed,
             "released": self.state.released,
             "expired_unsettled": len(self.state.expired),
+            "waiters": len(self.state.waiters),
         }
 
 
@@ -893,6 +1068,7 @@ __all__ = [
     "MAX_CONTROL_BYTES",
     "MAX_SETTLEMENTS",
     "MAX_TTL_S",
+    "MAX_WAITERS_KEPT",
     "BaselineRequest",
     "CapacityError",
     "ControlRecordRequest",

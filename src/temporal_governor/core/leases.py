@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from .book import CAPACITY_LIMIT, MAX_SETTLEMENTS, LedgerRefusal, ReserveRequest
 from .scopes import SharedLimit
+from .waiters import rank_of
 
 EPSILON = 1e-9
 """Tolerance of every comparison of amounts (the ledger's)."""
@@ -175,17 +176,49 @@ def reservation(
     max_share: float = 0.1,
     controls_for: list[str] | None = None,
     controls_since_ms: int = 0,
+    priority: str | None = None,
+    waits: bool = False,
+    tenant: str | None = None,
+    waited_s: float = 0.0,
+    aging_s: float | None = None,
+    waiter: str | None = None,
 ) -> ReserveRequest:
     """The ledger request of a reservation: per dispatch, or a lease of ``lease_of`` dispatches.
 
     A lease asks for ``lease_of`` times what one dispatch wants, and accepts a fair share
     of what is left (at most ``max_share`` of it) as long as one dispatch fits.
 
+    With ``priority`` (or ``waits``) the request takes part in the ledger's queues of
+    waiters (:mod:`.waiters`): ranked by its class and age, with a fair share for its
+    tenant, and queued when refused if it ``waits``. Without them it is the request of
+    earlier releases.
+
     Only the fields given are set (the request's JSON carries exactly those).
+
+    Args:
+        key: The ledger key of this ask (``owner/dispatch#n``).
+        run: ``workflow_id/run_id`` of the caller.
+        limits: The limits to reserve in.
+        wanted: What one dispatch wants of each resource.
+        ttl_s: Seconds before an unsettled reservation is charged in full.
+        lease_of: Dispatches' worth a lease asks for (0: per dispatch).
+        max_share: The largest fraction of what is left one lease may take.
+        controls_for: Scopes whose stored kills and resumes to send back.
+        controls_since_ms: Only those recorded after this.
+        priority: The dispatch's priority class (``critical`` ... ``background``;
+            ``normal`` when only ``waits`` is given).
+        waits: The caller asks again when refused (``shared.on_refusal: wait``).
+        tenant: The tenant it reserves for (fair share between tenants).
+        waited_s: Seconds it has already waited for this reservation.
+        aging_s: Seconds of waiting that raise it by one class (the ledger's default
+            otherwise).
+        waiter: Its identity in the queue, the same on every ask; default: ``key``
+            without its ``#n`` ask number.
 
     Raises:
         pydantic.ValidationError: A request the ledger would refuse (NaN, negative or huge
             amounts, oversized names).
+        ValueError: ``priority`` is not a priority class.
     """
     fields: dict[str, object] = {
         "key": key,
@@ -200,6 +233,16 @@ def reservation(
     if controls_for is not None:
         fields["controls_for"] = controls_for
         fields["controls_since_ms"] = controls_since_ms
+    if priority is not None or waits:
+        fields["priority"] = rank_of(priority)
+        fields["waits"] = waits
+        fields["waiter"] = waiter or key.rpartition("#")[0] or key
+        if tenant is not None:
+            fields["tenant"] = tenant
+        if waited_s:
+            fields["waited_s"] = waited_s
+        if aging_s is not None:
+            fields["aging_s"] = aging_s
     return ReserveRequest.model_validate(fields)
 
 

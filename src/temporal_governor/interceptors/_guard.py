@@ -348,10 +348,14 @@ class RunGuard:
 
     # -- what a dispatch carries ---------------------------------------------------------------
 
-    def priority(self, dispatch: Dispatch, current: Any) -> Any:
-        """The Temporal priority a dispatch gets from the policy (code's own wins)."""
+    def priority_class(self, dispatch: Dispatch | None) -> PriorityClass | None:
+        """The policy's priority class of a dispatch (``None``: the run's own start).
+
+        An activity's tool's ``priority_class``, else the agent's ``default_class``;
+        ``None`` when the policy gives neither.
+        """
         klass: PriorityClass | None = None
-        if dispatch.kind == "activity":
+        if dispatch is not None and dispatch.kind == "activity":
             target = dispatch.target
             if target in self._classes:
                 klass = self._classes[target]
@@ -361,6 +365,12 @@ class RunGuard:
         settings = self.agent.priority if self.agent else None
         if klass is None and settings is not None:
             klass = settings.default_class
+        return klass
+
+    def priority(self, dispatch: Dispatch, current: Any) -> Any:
+        """The Temporal priority a dispatch gets from the policy (code's own wins)."""
+        klass = self.priority_class(dispatch)
+        settings = self.agent.priority if self.agent else None
         if klass is None:
             return current
         fairness = None

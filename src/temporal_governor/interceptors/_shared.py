@@ -60,6 +60,7 @@ from ..ledger._workflow import (
     SETTLE,
     LedgerUpdate,
 )
+from ..policy import PriorityClass
 from ._ports import SharedHost
 from ._versions import (
     LEASE_LOCK_PATCH,
@@ -229,8 +230,14 @@ class LedgerBudget:
         wanted: dict[str, float],
         dispatch: str,
         lease_of: int = 0,
+        priority: PriorityClass | None = None,
     ) -> tuple[str | None, dict[str, float]]:
         """One reservation in the ledger, waiting or halting on refusal as the policy says.
+
+        With ``on_refusal: wait`` the request carries the dispatch's priority class, its
+        tenant and how long it has waited, so that the ledger queues it fairly
+        (:mod:`~..core.waiters`); a run that halts on refusal sends what earlier
+        releases sent.
 
         Returns:
             The ledger key and what was granted; no key when the ledger could not answer
@@ -238,6 +245,8 @@ class LedgerBudget:
         """
         waited = 0.0
         controls = self.run.policy.control.check_kills_at_start
+        waits = self.settings.on_refusal == "wait"
+        tenant = self.run.context.attribution.tenant
         while True:
             self._calls += 1
             ledger_key = f"{self._owner}/{key}#{self._calls}"
@@ -252,6 +261,11 @@ class LedgerBudget:
                     max_share=self.settings.lease_max_share,
                     controls_for=self._control_scopes if controls else None,
                     controls_since_ms=self._controls_since_ms,
+                    priority=priority if waits else None,
+                    waits=waits,
+                    tenant=tenant if waits else None,
+                    waited_s=waited,
+                    aging_s=self.settings.priority_aging_s if waits else None,
                 )
             except ValidationError as error:
                 raise RESERVE.refused(error) from None
@@ -346,7 +360,12 @@ class LedgerBudget:
     # -- the run's interface --------------------------------------------------------------
 
     async def reserve(
-        self, key: str, limits: list[SharedLimit], amounts: dict[str, float], dispatch: str
+        self,
+        key: str,
+        limits: list[SharedLimit],
+        amounts: dict[str, float],
+        dispatch: str,
+        priority: PriorityClass | None = None,
     ) -> LedgerTicket:
         """Reserve a dispatch in every shared scope that applies, or halt/wait.
 
@@ -362,27 +381,34 @@ class LedgerBudget:
         try:
             if leasable:
                 wanted = wanted_of(leasable, amounts)
-                ticket.lease = await self._lease_for(key, leasable, wanted, dispatch)
+                ticket.lease = await self._lease_for(key, leasable, wanted, dispatch, priority)
                 ticket.leased = wanted if ticket.lease is not None else {}
             if per_dispatch:
                 wanted = wanted_of(per_dispatch, amounts)
                 ticket.per_dispatch = tuple(wanted)
-                ticket.ledger_key, _ = await self._reserve(key, per_dispatch, wanted, dispatch)
+                ticket.ledger_key, _ = await self._reserve(
+                    key, per_dispatch, wanted, dispatch, priority=priority
+                )
         except BaseException:
             await self.settle(ticket, {})  # nothing ran: give back what was taken
             raise
         return ticket
 
     async def _lease_for(
-        self, key: str, leasable: list[SharedLimit], wanted: dict[str, float], dispatch: str
+        self,
+        key: str,
+        leasable: list[SharedLimit],
+        wanted: dict[str, float],
+        dispatch: str,
+        priority: PriorityClass | None,
     ) -> Lease | None:
         """Hold ``wanted`` against the run's lease of these scopes, renewing it if needed."""
         signature = signature_of(leasable)
         if not self.commands.since(LEASE_LOCK_PATCH):  # a run of the previous release: no lock
-            return await self._hold(signature, key, leasable, wanted, dispatch)
+            return await self._hold(signature, key, leasable, wanted, dispatch, priority)
         lock = self._lease_locks.setdefault(signature, asyncio.Lock())
         async with lock:  # one renewal at a time: parallel dispatches never orphan a lease
-            return await self._hold(signature, key, leasable, wanted, dispatch)
+            return await self._hold(signature, key, leasable, wanted, dispatch, priority)
 
     async def _hold(
         self,
@@ -391,6 +417,7 @@ class LedgerBudget:
         leasable: list[SharedLimit],
         wanted: dict[str, float],
         dispatch: str,
+        priority: PriorityClass | None,
     ) -> Lease | None:
         """Hold ``wanted`` against the lease of ``signature``, taking a new one if needed."""
         now = temporalio.workflow.now().timestamp()
@@ -399,7 +426,12 @@ class LedgerBudget:
         if lease is None:
             await self._retire(signature)
             ledger_key, granted = await self._reserve(
-                key, leasable, wanted, dispatch, lease_of=self.settings.lease_dispatches
+                key,
+                leasable,
+                wanted,
+                dispatch,
+                lease_of=self.settings.lease_dispatches,
+                priority=priority,
             )
             if ledger_key is None:
                 return None  # uncounted: the ledger is unavailable and policy says open
@@ -617,9 +649,18 @@ class SharedBudget:
         return list(seen.values())
 
     async def reserve(
-        self, key: str, limits: list[SharedLimit], amounts: dict[str, float], dispatch: str
+        self,
+        key: str,
+        limits: list[SharedLimit],
+        amounts: dict[str, float],
+        dispatch: str,
+        *,
+        priority: PriorityClass | None = None,
     ) -> Ticket:
         """Reserve a dispatch in every shared scope that applies, or halt/wait.
+
+        ``priority`` is the dispatch's priority class: with ``on_refusal: wait`` the
+        ledger queues it by class, with aging (:mod:`~..core.waiters`).
 
         Returns:
             The ticket to settle when the dispatch ends.
@@ -630,7 +671,8 @@ class SharedBudget:
         try:
             for ledger_id, part_limits in groups.items():
                 part = self._part(ledger_id)
-                ticket.parts.append((part, await part.reserve(key, part_limits, amounts, dispatch)))
+                held = await part.reserve(key, part_limits, amounts, dispatch, priority)
+                ticket.parts.append((part, held))
         except BaseException:
             for part, held in ticket.parts:  # nothing ran: give back what was taken
                 await part.settle(held, {})

@@ -416,7 +416,11 @@ class GovernedWorkflowOutbound(WorkflowOutboundInterceptor):
         try:
             if limits:
                 ticket = await run.shared.reserve(
-                    key, limits, {"subtasks": 1.0, "concurrency": 1.0}, dispatch.label
+                    key,
+                    limits,
+                    {"subtasks": 1.0, "concurrency": 1.0},
+                    dispatch.label,
+                    priority=run.guard.priority_class(dispatch),
                 )
             inner = await self.next.start_child_workflow(input)
         except BaseException:
@@ -631,7 +635,11 @@ class _Activity:
             try:
                 if self.limits:
                     ticket = await run.shared.reserve(
-                        dispatch.key, self.limits, self.shared_amounts, dispatch.label
+                        dispatch.key,
+                        self.limits,
+                        self.shared_amounts,
+                        dispatch.label,
+                        priority=run.guard.priority_class(dispatch),
                     )
                 if run.breach is not None and run.shared.commands.since(HALT_PATCH):
                     run.raise_if_halted()  # halted while it waited for the ledger
@@ -814,7 +822,13 @@ async def _start(run: GovernedRun, plane: ControlPlane, context: BudgetContext) 
         run_limits = run.shared.limits_for(None, kind="run")
         if run_limits and run.breach is None:
             # a concurrency slot for the run itself (max_concurrent_tasks), before its code
-            await run.shared.reserve("run", run_limits, {"concurrency": 1.0}, "run start")
+            await run.shared.reserve(
+                "run",
+                run_limits,
+                {"concurrency": 1.0},
+                "run start",
+                priority=run.guard.priority_class(None),
+            )
     except BudgetExceeded:
         return  # run.breach is set: the run fails with it
     if run.guard.anomaly is not None and run.breach is None:
