@@ -19,9 +19,16 @@ A Temporal server lets at most 10 updates be in flight on one workflow by defaul
 back-off. ``--client-in-flight N`` queues updates in the script instead (at most N in
 flight), ``--max-in-flight-updates N`` raises the dev server's limit.
 
+``--batching`` measures instead what a worker process's coalescing gives: the callers make
+per-call reservations (reserve + settle) through ``call_ledger``, the path the ledger
+activity takes, once with every call its own update (``LedgerCall.batch`` false: the
+governor before batching, and the default of ``shared.batch_updates``) and once with
+``batch=True``, coalesced into ``batch`` updates, side by side, with at most
+``--client-in-flight`` (default 5, ``shared.max_in_flight_updates``) updates in flight.
+
     .venv/bin/python bench/ledger_throughput.py [--seconds 5] [--callers 1 10 50]
         [--race-rounds 5] [--ceiling 10000] [--amount 100] [--skip-race]
-        [--client-in-flight N] [--max-in-flight-updates N]
+        [--client-in-flight N] [--max-in-flight-updates N] [--batching]
 """
 
 from __future__ import annotations
@@ -47,14 +54,25 @@ from typing import Any
 
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.exceptions import ApplicationError
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from temporal_governor.core.book import ReserveRequest, SettleRequest
 from temporal_governor.core.scopes import SharedLimit
-from temporal_governor.ledger import LEDGER_WORKFLOW, GovernorLedger, LedgerState
+from temporal_governor.ledger import (
+    LEDGER_WORKFLOW,
+    GovernorLedger,
+    LedgerCall,
+    LedgerState,
+    call_ledger,
+    coalescing_stats,
+)
+from temporal_governor.ledger._activity import LEDGER_SLOW
+from temporal_governor.ledger._coalescer import BATCH_MAX_ENTRIES, BATCH_MAX_LIMITS
 
 TASK_QUEUE = "ledger-bench"
 RACE_TIMEOUT_S = 60.0
@@ -68,6 +86,10 @@ LEASE_UNITS = 100
 """Reservations a lease covers when granted in full."""
 LARGE_CEILING = 1e15
 """Tenant ceiling of the throughput runs: nothing is refused."""
+
+
+DEFAULT_IN_FLIGHT = 5
+"""``shared.max_in_flight_updates``'s default: the coalescer's gate when none is given."""
 
 
 def tenant_limit(ceiling: float) -> dict[str, Any]:
@@ -270,6 +292,188 @@ async def run_callers(callers: list[Coroutine[Any, Any, None]], timeout: float) 
     if pending:
         return f"{len(pending)} callers still waiting after {timeout:g} s"
     return None
+
+
+# -- coalesced calls (--batching) ----------------------------------------------------------
+
+
+@dataclass
+class Coalesced:
+    """One cell of ``--batching``: reservations done through ``call_ledger``."""
+
+    cell: Cell
+    calls: int = 0
+    updates: int = 0
+
+
+Route = Callable[[int], str]
+"""Which ledger a caller's reservations go to (a shard routing function, by caller)."""
+
+
+async def coalesced_call(client: Client, call: LedgerCall, max_entries: int, cell: Cell) -> Any:
+    """One call through the coalescer, re-sent with its update id while the ledger is slow,
+    as the ledger activity's retries would."""
+    started = time.perf_counter()
+    while True:
+        try:
+            result = await call_ledger(client, call, task_queue=TASK_QUEUE, max_entries=max_entries)
+            cell.latencies.append(time.perf_counter() - started)
+            return result
+        except ApplicationError as error:
+            if error.non_retryable and error.type != LEDGER_SLOW:
+                raise
+        except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            pass
+        cell.resent += 1
+        await asyncio.sleep(random.uniform(0.05, 0.15))
+
+
+async def coalesced_caller(
+    client: Client,
+    route: Route,
+    caller: int,
+    cell: Cell,
+    max_entries: int,
+    in_flight: int,
+) -> None:
+    """Per-call reservations (reserve + settle) of one caller, through the coalescer."""
+    ledger_id = route(caller)
+    limits = [SharedLimit.model_validate(tenant_limit(LARGE_CEILING))]
+    n = 0
+    while cell.open():
+        n += 1
+        key = f"c{caller}/{n}"
+        reserve = LedgerCall(
+            ledger_id=ledger_id,
+            update="reserve",
+            request=ReserveRequest(
+                key=key, run=f"bench/c{caller}", amounts={"tokens": UNIT}, limits=limits
+            ),
+            update_id=f"reserve:{key}",
+            task_queue=TASK_QUEUE,
+            max_in_flight=in_flight,
+            batch=max_entries > 1,
+        )
+        result = await coalesced_call(client, reserve, max_entries, cell)
+        if not result["granted"]:
+            cell.errors.append(f"refused: {result['refusal']}")
+            return
+        settle = LedgerCall(
+            ledger_id=ledger_id,
+            update="settle",
+            request=SettleRequest(key=key, actual={"tokens": UNIT}),
+            update_id=f"settle:{key}",
+            task_queue=TASK_QUEUE,
+            max_in_flight=in_flight,
+            batch=max_entries > 1,
+        )
+        await coalesced_call(client, settle, max_entries, cell)
+        cell.done += 1
+
+
+async def measure_coalesced(
+    client: Client,
+    callers: int,
+    seconds: float,
+    cap: int,
+    in_flight: int,
+    max_entries: int,
+    shards: int = 1,
+) -> Coalesced:
+    """One ``--batching`` cell on fresh ledgers: ``shards`` of them, callers spread over
+    them by a routing function (one ledger until sharded ledgers exist)."""
+    tag = f"coalesce-{callers}-{max_entries}-{uuid.uuid4().hex[:8]}"
+    ledgers = [Ledger(client, f"{tag}-{i}", LARGE_CEILING, None) for i in range(shards)]
+    for ledger in ledgers:
+        await ledger.start()
+
+    def route(caller: int) -> str:
+        return ledgers[caller % len(ledgers)].id
+
+    before = [coalescing_stats(ledger.id) for ledger in ledgers]
+    started = time.perf_counter()
+    cell = Cell(deadline=started + seconds, cap=cap)
+    failure = await run_callers(
+        [coalesced_caller(client, route, i, cell, max_entries, in_flight) for i in range(callers)],
+        seconds + GRACE_S,
+    )
+    cell.seconds = time.perf_counter() - started
+    result = Coalesced(cell)
+    for ledger, earlier in zip(ledgers, before, strict=True):
+        stats = coalescing_stats(ledger.id)
+        result.calls += stats.calls - earlier.calls
+        result.updates += stats.updates - earlier.updates
+    name = f"{'batched' if max_entries > 1 else 'unbatched'} x {callers}"
+    if cell.errors:
+        raise RuntimeError(f"{name}: {cell.errors[:3]}")
+    if failure is not None:
+        cell.failure = failure + await ledgers[0].task_failure()
+    else:
+        committed = 0.0
+        for ledger in ledgers:
+            counter = await ledger.tokens()
+            if counter["reserved"] != 0:
+                raise RuntimeError(f"{name}: reservations left open: {counter}")
+            committed += counter["committed"]
+        if abs(committed - cell.done * UNIT) > 1e-6:
+            raise RuntimeError(f"{name}: ledger committed {committed}, not {cell.done * UNIT}")
+    for ledger in ledgers:
+        await ledger.stop()
+    return result
+
+
+async def batching(client: Client, args: argparse.Namespace) -> None:
+    """Per-call reservations/s through the coalescer, every call its own update vs batched."""
+    in_flight = args.client_in_flight or DEFAULT_IN_FLIGHT
+    await measure_coalesced(client, 10, 1.0, 200, in_flight, BATCH_MAX_ENTRIES)  # warm up
+    print(
+        f"per-call reservations (reserve + settle) through call_ledger, one ledger,"
+        f" {args.seconds:g} s per cell, at most {in_flight} updates in flight;"
+        f" batched: up to {BATCH_MAX_ENTRIES} calls and {BATCH_MAX_LIMITS} limits per update"
+    )
+    print(f"load average before: {load_average()}")
+    print(
+        f"{'callers':>7} {'unbatched res/s':>16} {'call ms p50':>12} {'p99':>7}"
+        f" {'batched res/s':>14} {'call ms p50':>12} {'p99':>7} {'calls/update':>13}"
+        f" {'re-sent':>8} {'speed-up':>9}"
+    )
+    failures = []
+    for callers in args.callers:
+        single = await measure_coalesced(
+            client, callers, args.seconds, args.cap, in_flight, max_entries=1
+        )
+        batched = await measure_coalesced(
+            client, callers, args.seconds, args.cap, in_flight, BATCH_MAX_ENTRIES
+        )
+        rates = []
+        for name, result in (("unbatched", single), ("batched", batched)):
+            rates.append(result.cell.done / result.cell.seconds)
+            if result.cell.failure:
+                failures.append(f"! {name} x {callers} FAILED: {result.cell.failure}")
+        lat = [
+            (percentile(r.cell.latencies, 0.5) * 1000, percentile(r.cell.latencies, 0.99) * 1000)
+            for r in (single, batched)
+        ]
+        print(
+            f"{callers:>7} {rates[0]:>16,.1f} {lat[0][0]:>12,.0f} {lat[0][1]:>7,.0f}"
+            f" {rates[1]:>14,.1f} {lat[1][0]:>12,.0f} {lat[1][1]:>7,.0f}"
+            f" {batched.calls / max(batched.updates, 1):>13.1f}"
+            f" {single.cell.resent + batched.cell.resent:>8}"
+            f" {rates[1] / max(rates[0], 1e-9):>8.1f}x",
+            flush=True,
+        )
+    for line in failures:
+        print(line)
+    print(f"load average after: {load_average()}")
+    print(
+        "checked in every cell that finished: ledger committed == reservations x"
+        f" {UNIT:g} tokens, nothing left reserved"
+    )
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min, {os.cpu_count()} CPUs)"
 
 
 # -- the racing load ------------------------------------------------------------------------
@@ -491,6 +695,11 @@ async def main() -> None:
     parser.add_argument("--amount", type=int, default=100)
     parser.add_argument("--skip-race", action="store_true")
     parser.add_argument(
+        "--batching",
+        action="store_true",
+        help="per-call reservations through the coalescer, unbatched vs batched (only)",
+    )
+    parser.add_argument(
         "--max-in-flight-updates",
         type=int,
         default=None,
@@ -525,6 +734,9 @@ async def main() -> None:
         async with Worker(
             client, task_queue=TASK_QUEUE, workflows=[GovernorLedger], workflow_runner=runner
         ):
+            if args.batching:
+                await batching(client, args)
+                return
             await measure(client, "per-call", 1, 1.0, 50, gate)  # warm up
             server_limit = args.max_in_flight_updates or "10 (server default)"
             print(

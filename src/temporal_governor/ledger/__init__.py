@@ -2,13 +2,17 @@
 
 Register nothing by hand: :class:`~temporal_governor.GovernorPlugin` adds the ledger
 workflow and its activity to every worker. The names here are for operators and tests that
-query or drive the ledger directly.
+query or drive the ledger directly (:func:`call_ledger`: a call through the same per-process
+queue the activity uses, which coalesces calls that ask for it into ``batch`` updates).
 """
 
-from ._activity import LEDGER_ACTIVITY, LedgerCall, ledger_call
+from ._activity import LEDGER_ACTIVITY, LedgerCall, call_ledger, ledger_call
+from ._coalescer import CoalescingStats, coalescing_stats
 from ._workflow import (
     LEDGER_WORKFLOW,
     UPDATES,
+    BatchReply,
+    BatchRequest,
     GovernorLedger,
     LedgerRefusal,
     LedgerState,
@@ -25,6 +29,9 @@ __all__ = [
     "LEDGER_ACTIVITY",
     "LEDGER_WORKFLOW",
     "UPDATES",
+    "BatchReply",
+    "BatchRequest",
+    "CoalescingStats",
     "GovernorLedger",
     "LedgerCall",
     "LedgerRefusal",
@@ -36,5 +43,7 @@ __all__ = [
     "ReserveResult",
     "SettleRequest",
     "SettleResult",
+    "call_ledger",
+    "coalescing_stats",
     "ledger_call",
 ]

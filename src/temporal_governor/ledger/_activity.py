@@ -3,25 +3,25 @@
 Workflows cannot send Updates to other workflows, so a governed run reaches the ledger
 through this (local) activity: an update-with-start, which starts the ledger if it is not
 running yet and applies the update in one call. The update id is the idempotency key.
+
+Calls go through the worker process's queue to their ledger (``_coalescer``): at most
+``max_in_flight`` updates in flight per ledger, and, for a call that asks for it
+(:attr:`LedgerCall.batch`), one ``batch`` update for several queued calls. Here each
+call's failure is sorted: refused for good, slow (retried) or a wedged ledger.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_serializer, model_validator
 from temporalio import activity
-from temporalio.api.common.v1 import WorkflowExecution
-from temporalio.api.enums.v1 import EventType
-from temporalio.api.workflowservice.v1 import GetWorkflowExecutionHistoryReverseRequest
 from temporalio.client import (
-    WithStartWorkflowOperation,
+    Client,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -35,14 +35,18 @@ from ..core.book import (
     ReserveRequest,
     SettleRequest,
 )
-from ._workflow import (
-    LEDGER_FULL,
-    LEDGER_WORKFLOW,
-    MALFORMED_UPDATE,
-    UPDATES,
-    LedgerState,
-    UpdateName,
+from ._coalescer import (
+    ATTEMPT_TIMEOUT,
+    BATCH_MAX_ENTRIES,
+    RPC_TIMEOUT,
+    Coalescer,
+    Entry,
+    check_max_entries,
+    coalescer,
+    gates,
 )
+from ._wedge import wedged
+from ._workflow import BATCH, LEDGER_FULL, MALFORMED_UPDATE, UPDATES, UpdateName
 
 LEDGER_ACTIVITY = "temporal_governor.ledger"
 """Activity type of :func:`ledger_call`; the governor never governs its own activities."""
@@ -51,17 +55,12 @@ LEDGER_UNAVAILABLE = "LedgerUnavailable"
 """``ApplicationError.type`` of a ledger call the ledger cannot answer (its workflow task
 keeps failing): non-retryable, so the run decides at once (policy ``shared.on_unavailable``)."""
 
-_RPC_TIMEOUT = timedelta(seconds=4)
-"""How long one update may wait before the activity looks at why (a wedged ledger?)."""
-
-_ATTEMPT_TIMEOUT = 10.0
-"""Seconds one attempt may wait for the gate and the update together (the wedge check
-after it has its own RPC timeouts). Kept here rather than as the local activity's
-start-to-close timeout: core's start-to-close timer across local retries is fragile in
-temporalio 1.35 (a stale timer can fire against a later attempt)."""
-
 LEDGER_SLOW = "LedgerSlow"
 """``ApplicationError.type`` of an attempt that ran out of time: retried."""
+
+_gates = gates
+"""The running event loop's in-flight gate per ledger id; tests hold a ledger's slots
+by putting in one of their own (``_gates[ledger_id] = asyncio.Semaphore(0)``)."""
 
 
 LedgerRequest = (
@@ -99,11 +98,18 @@ class LedgerCall(BaseModel):
     max_in_flight: int = 5
     """Most updates this worker process sends to one ledger at once (Temporal refuses more
     than 10 in-flight updates per workflow by default)."""
+    batch: bool = False
+    """Whether the call may share a ``batch`` update with this process's concurrent calls
+    to its ledger (policy ``shared.batch_updates``). When false it always goes as its own
+    update, with its own update id, as before batching: a ledger worker of an earlier
+    release, which has no ``batch`` handler, can replay every update it gets."""
 
     @model_validator(mode="before")
     @classmethod
     def _request_of_its_update(cls, data: Any) -> Any:
         """Validate the request with its update's model (a union cannot tell them apart)."""
+        if isinstance(data, dict) and data.get("update") == BATCH.name:
+            raise ValueError("a call is one update; batches are made by the activity")
         if isinstance(data, dict) and data.get("update") in UPDATES and "request" in data:
             update = UPDATES[data["update"]]
             request = data["request"]
@@ -120,20 +126,94 @@ class LedgerCall(BaseModel):
         return request.wire()
 
 
-_gates: dict[str, asyncio.Semaphore] = {}
+async def call_ledger(
+    client: Client,
+    call: LedgerCall,
+    *,
+    task_queue: str,
+    max_entries: int = BATCH_MAX_ENTRIES,
+) -> Any:
+    """Apply one call to its ledger through this process's queue of calls to it.
+
+    What :func:`ledger_call` does; for code that is not an activity (benchmarks, tools).
+    A call with ``batch=True`` may share a ``batch`` update with concurrent calls.
+
+    Args:
+        client: The client to send with.
+        call: The call.
+        task_queue: Where the ledger runs if it must be started.
+        max_entries: Most calls one ``batch`` update may carry, from 1 (every call its own
+            update) to the ledger's ``MAX_BATCH_ENTRIES``.
+
+    Returns:
+        The update's reply as JSON data.
+
+    Raises:
+        ValueError: ``max_entries`` is out of range.
+        ApplicationError: ``MalformedLedgerUpdate`` or ``LedgerFull`` (non-retryable) when
+            the ledger refuses the request, ``LedgerUnavailable`` (non-retryable) when its
+            workflow task keeps failing, ``LedgerSlow`` when the attempt ran out of time.
+    """
+    check_max_entries(max_entries)
+    entry = Entry.of(
+        client,
+        update=call.update,
+        update_id=call.update_id,
+        request=call.request.wire(),
+        task_queue=task_queue,
+        continue_as_new_after=call.continue_as_new_after,
+        max_in_flight=call.max_in_flight,
+        max_entries=max_entries,
+        batch=call.batch,
+    )
+    queue = coalescer(call.ledger_id)
+    try:
+        async with asyncio.timeout(ATTEMPT_TIMEOUT):
+            return await queue.call(entry)
+    except TimeoutError:
+        await _raise_if_wedged(queue, client)  # bounded by its own RPC timeouts
+        raise ApplicationError(
+            f"ledger {call.ledger_id} did not answer {call.update} within {ATTEMPT_TIMEOUT:g} s",
+            type=LEDGER_SLOW,
+        ) from None
+    except (WorkflowUpdateRPCTimeoutOrCancelledError, RPCError) as error:
+        if isinstance(error, RPCError) and error.status not in (
+            RPCStatusCode.DEADLINE_EXCEEDED,
+            RPCStatusCode.CANCELLED,
+            RPCStatusCode.FAILED_PRECONDITION,  # "Workflow Task in failed state"
+        ):
+            raise
+        await _raise_if_wedged(queue, client)
+        raise
+    except WorkflowUpdateFailedError as error:
+        cause = error.cause
+        if isinstance(cause, ApplicationError) and cause.type in (MALFORMED_UPDATE, LEDGER_FULL):
+            # refused by a validator or a size cap: the same request would be refused again
+            raise ApplicationError(str(cause), type=cause.type, non_retryable=True) from None
+        raise
 
 
-def _gate(ledger_id: str, size: int) -> asyncio.Semaphore:
-    """The per-process limit of in-flight updates to one ledger."""
-    gate = _gates.get(ledger_id)
-    if gate is None:
-        gate = _gates[ledger_id] = asyncio.Semaphore(size)
-    return gate
+async def _raise_if_wedged(queue: Coalescer, client: Client) -> None:
+    """Fail non-retryably (``LedgerUnavailable``) when the ledger is wedged.
+
+    One check for every caller of the queue that fails at the same time.
+    """
+    if queue.wedge_check is None or queue.wedge_check.done():
+        queue.wedge_check = asyncio.get_running_loop().create_task(
+            wedged(client, queue.ledger_id, rpc_timeout=RPC_TIMEOUT)
+        )
+    message = await asyncio.shield(queue.wedge_check)
+    if message is not None:
+        raise ApplicationError(message, type=LEDGER_UNAVAILABLE, non_retryable=True)
 
 
 @activity.defn(name=LEDGER_ACTIVITY)
 async def ledger_call(call: dict[str, Any]) -> Any:
     """Apply one update to the ledger, starting the ledger if needed.
+
+    A call that asks for it (``batch``) may share a ``batch`` update with concurrent calls
+    to its ledger in this worker process; each gets exactly the reply or failure its own
+    update would have given.
 
     Args:
         call: A :class:`LedgerCall` as JSON data. A request its update's model refuses
@@ -144,94 +224,5 @@ async def ledger_call(call: dict[str, Any]) -> Any:
         The update's result as JSON data (the caller types it: ``LedgerUpdate.reply_of``).
     """
     parsed = LedgerCall.model_validate(call)
-    client = activity.client()
-    start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
-        LEDGER_WORKFLOW,
-        LedgerState(continue_as_new_after=parsed.continue_as_new_after).model_dump(mode="json"),
-        id=parsed.ledger_id,
-        task_queue=parsed.task_queue or activity.info().task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-    )
-    try:
-        async with (
-            asyncio.timeout(_ATTEMPT_TIMEOUT),
-            _gate(parsed.ledger_id, parsed.max_in_flight),
-        ):
-            return await client.execute_update_with_start_workflow(
-                parsed.update,
-                parsed.request.wire(),
-                id=parsed.update_id,
-                start_workflow_operation=start,
-                rpc_timeout=_RPC_TIMEOUT,
-            )
-    except TimeoutError:
-        await _raise_if_wedged(parsed.ledger_id)  # bounded by its own RPC timeouts
-        raise ApplicationError(
-            f"ledger {parsed.ledger_id} did not answer {parsed.update} within "
-            f"{_ATTEMPT_TIMEOUT:g} s",
-            type=LEDGER_SLOW,
-        ) from None
-    except (WorkflowUpdateRPCTimeoutOrCancelledError, RPCError) as error:
-        if isinstance(error, RPCError) and error.status not in (
-            RPCStatusCode.DEADLINE_EXCEEDED,
-            RPCStatusCode.CANCELLED,
-            RPCStatusCode.FAILED_PRECONDITION,  # "Workflow Task in failed state"
-        ):
-            raise
-        await _raise_if_wedged(parsed.ledger_id)
-        raise
-    except WorkflowUpdateFailedError as error:
-        cause = error.cause
-        if isinstance(cause, ApplicationError) and cause.type in (MALFORMED_UPDATE, LEDGER_FULL):
-            # refused by a validator or a size cap: the same request would be refused again
-            raise ApplicationError(str(cause), type=cause.type, non_retryable=True) from None
-        raise
-
-
-async def _raise_if_wedged(ledger_id: str) -> None:
-    """Fail at once, non-retryably, when the ledger's workflow task keeps failing.
-
-    A ledger whose workflow task fails (a bug, a payload the server refuses) answers no
-    update ever again; waiting and retrying would only hang every governed run.
-    """
-    handle = activity.client().get_workflow_handle(ledger_id)
-    try:
-        described = await handle.describe(rpc_timeout=_RPC_TIMEOUT)
-    except RPCError:
-        return  # the server itself is unreachable: retry, it may come back
-    pending = described.raw_description.pending_workflow_task
-    if not described.raw_description.HasField("pending_workflow_task") or pending.attempt <= 2:
-        return
-    if not await _last_task_failed(handle.id, described.run_id):
-        return  # timed out (its worker died, a deploy): it recovers once a worker polls
-    raise ApplicationError(
-        f"ledger {ledger_id} cannot make progress: its workflow task has failed "
-        f"{pending.attempt - 1} times in a row (see its history in the Temporal UI)",
-        type=LEDGER_UNAVAILABLE,
-        non_retryable=True,
-    )
-
-
-async def _last_task_failed(workflow_id: str, run_id: str | None) -> bool:
-    """Whether the ledger's latest workflow task ended in a failure (not a timeout)."""
-    client = activity.client()
-    request = GetWorkflowExecutionHistoryReverseRequest(
-        namespace=client.namespace,
-        execution=WorkflowExecution(workflow_id=workflow_id, run_id=run_id or ""),
-        maximum_page_size=20,
-    )
-    try:
-        response = await client.workflow_service.get_workflow_execution_history_reverse(
-            request, timeout=_RPC_TIMEOUT
-        )
-    except RPCError:
-        return False
-    for event in response.history.events:
-        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
-            return True
-        if event.event_type in (
-            EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT,
-            EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
-        ):
-            return False
-    return False
+    task_queue = parsed.task_queue or activity.info().task_queue
+    return await call_ledger(activity.client(), parsed, task_queue=task_queue)

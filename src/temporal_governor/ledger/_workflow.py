@@ -7,6 +7,25 @@ taken against every scope it touches in one step: no time-of-check/time-of-use r
 within a run; the book remembers open and recently closed reservation keys across
 continue-as-new), so a retried call or a duplicate delivery never counts twice.
 
+A worker may coalesce concurrent calls into one ``batch`` update (when its policy asks:
+``shared.batch_updates``), whose entries carry their own update ids. Temporal deduplicates
+the batch, not its entries, so the ledger remembers the reply of every change (reserve,
+settle, release_run, extend; an entry or a single update) it applied in this run and
+answers a re-sent one with that reply instead of applying it again; reads are simply
+answered again. Three choices about batches:
+
+- Rollout: a ledger worker of an earlier release has no ``batch`` handler and cannot
+  replay a history holding one, so workers send batches only when asked, once every
+  worker of the fleet runs a release with this handler.
+- Continue-as-new: every entry counts toward ``continue_as_new_after`` as its own update
+  would, so a run applies as many changes whether they came alone or batched, and a
+  replay of one run costs what it did before batching (its history is shorter).
+- Deferral: a batch stops applying entries once its replies pass
+  :data:`BATCH_REPLY_BYTES`, so which entries one batch applied depends on the size of
+  its replies. A later release that changes what a reply holds could apply a different
+  set of entries near that threshold when it replays an old history: keep reply shapes
+  stable, or patch such a change.
+
 All the arithmetic lives in :class:`~temporal_governor.core.book.LedgerBook` (pure,
 bounded); this module is the Temporal glue: validation, the clock, expiry timers,
 continue-as-new. Each update is described once, as a :class:`LedgerUpdate` (name, request
@@ -16,15 +35,19 @@ model, reply type), which callers use too: one validation point for both sides.
 from __future__ import annotations
 
 import contextlib
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, timedelta
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 from ..core.book import (
+    MAX_KEY_CHARS,
+    MAX_NAME_CHARS,
     MAX_SETTLEMENTS,
     MAX_TTL_S,
     BaselineRequest,
@@ -59,6 +82,21 @@ LEDGER_FULL = "LedgerFull"
 _PRUNE_EVERY = 500
 """Updates between two prunes of closed windows and idle counters."""
 
+MAX_BATCH_ENTRIES = 500
+"""Most entries one ``batch`` update may carry (workers send far fewer by default)."""
+
+BATCH_REPLY_BYTES = 512 * 1024
+"""Reply bytes (as compact JSON) after which a batch applies no further entry: the rest
+are answered ``deferred`` and sent again, so a reply stays far below Temporal's 2 MB
+payload limit whatever its entries answer (the first entry is always applied)."""
+
+MAX_REMEMBERED_REPLIES = 10_000
+"""Replies of applied changes remembered in one run (oldest dropped)."""
+
+REMEMBERED: frozenset[str] = frozenset({"reserve", "settle", "release_run", "extend"})
+"""Updates whose replies the ledger remembers by update id: the changes a batch carries
+(a read is answered again; ``control`` and ``observe`` never go in a batch)."""
+
 
 _RequestT = TypeVar("_RequestT", bound=BaseModel)
 _ReplyT = TypeVar("_ReplyT")
@@ -72,8 +110,16 @@ UpdateName = Literal[
     "read_controls",
     "baseline",
     "observe",
+    "batch",
 ]
 """The ledger's updates."""
+
+BATCHABLE: frozenset[str] = frozenset(
+    {"reserve", "settle", "release_run", "extend", "baseline", "read_controls"}
+)
+"""Updates a ``batch`` may carry: those that may be applied again without harm (the
+reads) or whose every key the book remembers (reservations, settlements, renewals).
+``control`` and ``observe`` are always sent alone, deduplicated by their update id."""
 
 
 class MalformedLedgerReply(GovernorError):
@@ -165,7 +211,60 @@ UPDATES: dict[str, LedgerUpdate[Any, Any]] = {
     update.name: update
     for update in (RESERVE, SETTLE, RELEASE_RUN, EXTEND, CONTROL, READ_CONTROLS, BASELINE, OBSERVE)
 }
-"""Every update of the ledger, by name."""
+"""Every update of the ledger a call may send, by name (``batch`` carries calls)."""
+
+
+class BatchEntry(BaseModel):
+    """One call in a ``batch``: its update, its own update id and its request (JSON)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=MAX_KEY_CHARS)
+    """The call's update id (its idempotency key)."""
+    update: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
+    """An update of :data:`BATCHABLE`; any other fails this entry alone."""
+    request: dict[str, Any]
+    """The update's JSON argument; validated by the entry's update, one entry at a time."""
+
+
+class BatchRequest(BaseModel):
+    """Calls applied one after the other, in order, each all-or-nothing on its own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    entries: list[BatchEntry] = Field(min_length=1, max_length=MAX_BATCH_ENTRIES)
+
+    def wire(self) -> dict[str, Any]:
+        """The request as the update's JSON argument."""
+        return self.model_dump(mode="json")
+
+
+class EntryFailure(BaseModel):
+    """Why one entry of a batch failed: what its update alone would have failed with."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    """The ``ApplicationError.type`` (``MalformedLedgerUpdate``, ...)."""
+    message: str
+    non_retryable: bool = False
+
+
+class BatchReply(BaseModel):
+    """The outcome of one entry: its reply, its failure, or ``deferred`` (not applied)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    reply: JsonValue = None
+    """The reply its update alone would have given (JSON data)."""
+    failure: EntryFailure | None = None
+    deferred: bool = False
+    """The batch's reply was full: not applied, send it again."""
+
+
+BATCH = LedgerUpdate("batch", BatchRequest, TypeAdapter(list[BatchReply]))
+"""Apply calls in order, each with its own update id; one reply per entry."""
 
 
 @workflow.defn(name=LEDGER_WORKFLOW)
@@ -175,6 +274,9 @@ class GovernorLedger:
     @workflow.init
     def __init__(self, state: dict[str, Any] | None = None) -> None:
         self.book = LedgerBook(state)
+        self._replies: dict[str, Any] = {}
+        """Update id -> reply of the changes this run applied (Temporal's own
+        deduplication does not see the entries of a batch)."""
         self._updates = 0
         self._wake = False
         self._deadline: float | None = None
@@ -220,9 +322,24 @@ class GovernorLedger:
 
     # -- updates ------------------------------------------------------------------------
 
-    @workflow.update(name="reserve")
-    def reserve(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Reserve in every scope of the request, or in none."""
+    def _once(self, update_id: str, update: str, request: dict[str, Any]) -> Any:
+        """Apply a change once (a re-sent one gets its first reply); a read every time."""
+        if update not in REMEMBERED:
+            return self._apply[update](self, request)
+        if update_id in self._replies:
+            return self._replies[update_id]
+        reply = self._apply[update](self, request)
+        self._replies[update_id] = reply
+        if len(self._replies) > MAX_REMEMBERED_REPLIES:
+            del self._replies[next(iter(self._replies))]
+        return reply
+
+    def _single(self, update: str, request: dict[str, Any]) -> Any:
+        info = workflow.current_update_info()
+        assert info is not None  # only called by update handlers
+        return self._once(info.id, update, request)
+
+    def _reserve(self, request: dict[str, Any]) -> dict[str, Any]:
         now = self._counted()
         req = RESERVE.request_of(request)
         result = self.book.reserve(req, now)
@@ -235,6 +352,43 @@ class GovernorLedger:
             result = result.model_copy(update={"controls": controls})
         return result.model_dump(mode="json")
 
+    def _settle(self, request: dict[str, Any]) -> dict[str, Any]:
+        now = self._counted()
+        return self.book.settle(SETTLE.request_of(request), now).model_dump(mode="json")
+
+    def _release_run(self, request: dict[str, Any]) -> int:
+        now = self._counted()
+        return self.book.release_run(RELEASE_RUN.request_of(request), now)
+
+    def _extend(self, request: dict[str, Any]) -> int:
+        now = self._counted()
+        return self.book.extend(EXTEND.request_of(request), now)
+
+    def _baseline(self, request: dict[str, Any]) -> dict[str, Any]:
+        self._counted()
+        return self.book.baselines(BASELINE.request_of(request))
+
+    def _read_controls(self, request: dict[str, Any]) -> dict[str, Any]:
+        self._counted()
+        req = READ_CONTROLS.request_of(request)
+        return self.book.controls_since(req.scopes, req.since_ms)
+
+    _apply: dict[str, Callable[[GovernorLedger, dict[str, Any]], Any]] = {
+        "reserve": _reserve,
+        "settle": _settle,
+        "release_run": _release_run,
+        "extend": _extend,
+        "baseline": _baseline,
+        "read_controls": _read_controls,
+    }
+    """What each update of :data:`BATCHABLE` does (the handlers and ``batch`` share it)."""
+
+    @workflow.update(name="reserve")
+    def reserve(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Reserve in every scope of the request, or in none."""
+        reply: dict[str, Any] = self._single("reserve", request)
+        return reply
+
     @reserve.validator
     def _check_reserve(self, request: dict[str, Any]) -> None:
         RESERVE.request_of(request)
@@ -242,8 +396,8 @@ class GovernorLedger:
     @workflow.update(name="settle")
     def settle(self, request: dict[str, Any]) -> dict[str, Any]:
         """Commit the actual usage of a reservation and release the rest."""
-        now = self._counted()
-        return self.book.settle(SETTLE.request_of(request), now).model_dump(mode="json")
+        reply: dict[str, Any] = self._single("settle", request)
+        return reply
 
     @settle.validator
     def _check_settle(self, request: dict[str, Any]) -> None:
@@ -252,8 +406,8 @@ class GovernorLedger:
     @workflow.update(name="release_run")
     def release_run(self, request: dict[str, Any]) -> int:
         """Settle what an ending run lists, release its other reservations; returns how many."""
-        now = self._counted()
-        return self.book.release_run(RELEASE_RUN.request_of(request), now)
+        reply: int = self._single("release_run", request)
+        return reply
 
     @release_run.validator
     def _check_release_run(self, request: dict[str, Any]) -> None:
@@ -262,12 +416,54 @@ class GovernorLedger:
     @workflow.update(name="extend")
     def extend(self, request: dict[str, Any]) -> int:
         """Keep a live run's open reservations from expiring; returns how many."""
-        now = self._counted()
-        return self.book.extend(EXTEND.request_of(request), now)
+        reply: int = self._single("extend", request)
+        return reply
 
     @extend.validator
     def _check_extend(self, request: dict[str, Any]) -> None:
         EXTEND.request_of(request)
+
+    @workflow.update(name="batch")
+    def batch(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        """Apply calls in order, each all-or-nothing and idempotent by its own update id.
+
+        Returns:
+            One :class:`BatchReply` per entry, in order: an entry the ledger refuses (a
+            malformed request, an update that cannot be batched) fails alone, and once the
+            replies pass :data:`BATCH_REPLY_BYTES` the remaining entries are ``deferred``.
+        """
+        replies: list[dict[str, Any]] = []
+        size = 0
+        for entry in BATCH.request_of(request).entries:
+            if replies and size > BATCH_REPLY_BYTES:
+                replies.append(BatchReply(id=entry.id, deferred=True).model_dump(mode="json"))
+                continue
+            reply = self._entry(entry).model_dump(mode="json", exclude_defaults=True)
+            size += len(json.dumps(reply, separators=(",", ":")))
+            replies.append(reply)
+        return replies
+
+    @batch.validator
+    def _check_batch(self, request: dict[str, Any]) -> None:
+        BATCH.request_of(request)
+
+    def _entry(self, entry: BatchEntry) -> BatchReply:
+        if entry.update not in BATCHABLE:
+            failure = EntryFailure(
+                type=MALFORMED_UPDATE,
+                message=f"a batch carries {', '.join(sorted(BATCHABLE))}, not {entry.update!r}",
+                non_retryable=True,
+            )
+            return BatchReply(id=entry.id, failure=failure)
+        try:
+            return BatchReply(id=entry.id, reply=self._once(entry.id, entry.update, entry.request))
+        except ApplicationError as error:
+            failure = EntryFailure(
+                type=error.type or "ApplicationError",
+                message=error.message,
+                non_retryable=error.non_retryable,
+            )
+            return BatchReply(id=entry.id, failure=failure)
 
     @workflow.update(name="control")
     def control(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -287,8 +483,7 @@ class GovernorLedger:
     @workflow.update(name="baseline")
     def baseline(self, request: dict[str, Any]) -> dict[str, Any]:
         """The baselines of some keys (those never observed are left out)."""
-        self._counted()
-        return self.book.baselines(BASELINE.request_of(request))
+        return self._baseline(request)
 
     @baseline.validator
     def _check_baseline(self, request: dict[str, Any]) -> None:
@@ -310,9 +505,7 @@ class GovernorLedger:
 
         For workflows, which cannot query: a run resting in a fleet pause polls this.
         """
-        self._counted()
-        req = READ_CONTROLS.request_of(request)
-        return self.book.controls_since(req.scopes, req.since_ms)
+        return self._read_controls(request)
 
     @read_controls.validator
     def _check_read_controls(self, request: dict[str, Any]) -> None:
@@ -335,21 +528,30 @@ def _now() -> float:
 
 __all__ = [
     "BASELINE",
+    "BATCH",
+    "BATCHABLE",
+    "BATCH_REPLY_BYTES",
     "CONTROL",
     "EXTEND",
     "LEDGER_FULL",
     "LEDGER_WORKFLOW",
     "MALFORMED_UPDATE",
+    "MAX_BATCH_ENTRIES",
     "MAX_SETTLEMENTS",
     "MAX_TTL_S",
     "OBSERVE",
     "READ_CONTROLS",
     "RELEASE_RUN",
+    "REMEMBERED",
     "RESERVE",
     "SETTLE",
     "UPDATES",
     "BaselineRequest",
+    "BatchEntry",
+    "BatchReply",
+    "BatchRequest",
     "ControlRecordRequest",
+    "EntryFailure",
     "ExtendRequest",
     "GovernorLedger",
     "LedgerRefusal",
