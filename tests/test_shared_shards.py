@@ -157,7 +157,7 @@ async def test_racing_runs_of_eight_tenants_on_four_shards_never_overspend_and_a
         assert not [w for w in frame["warnings"] if "ledger" in w], frame["warnings"]
 
 
-async def test_a_fleet_with_tenant_limits_only_never_starts_the_root_and_reads_cleanly(
+async def test_a_fleet_with_tenant_limits_only_registers_with_the_root_and_reads_cleanly(
     governed,
 ) -> None:
     ledgers = ShardMap(f"ledger-{uuid.uuid4().hex[:8]}", 4)
@@ -171,13 +171,15 @@ async def test_a_fleet_with_tenant_limits_only_never_starts_the_root_and_reads_c
     async with governed(policy, WORKFLOWS, ACTIVITIES) as g:
         with attribution(tenant=tenant):
             assert await g.run(Spender.run, Steps([10, 20])) == 2
-        assert await state_of(g, ledgers.root) is None, "no fleet-wide limit: no root"
+        root = await state_of(g, ledgers.root)
+        assert root is not None and root["shards"] == ledgers.shards
+        assert root["counters"] == [] and root["granted"] == {}, "no fleet-wide limit: none kept"
         control = ControlClient(g.client, policy, issuer="oncall@test")
         await control.kill(ControlTarget.tenant(tenant), mode="terminate", reason="fraud")
         state, warnings = await read_ledgers(g.client, ledgers, [], 5.0)
         assert state is not None and not warnings, warnings
         assert state["committed"] == {"tokens": 30.0}
-        assert list(state["ledgers"]) == [ledgers.ledger_of_tenant(tenant)]
+        assert set(state["ledgers"]) == {ledgers.ledger_of_tenant(tenant), ledgers.root}
         found = await fleet_controls(g.client, ledgers, [f"tenant:{tenant}", "agent:Spender"], 5.0)
         assert [(c.scope, c.action, c.reason) for c in found] == [
             (f"tenant:{tenant}", "kill", "fraud")

@@ -16,6 +16,11 @@ A caller that names its priority class (``ReserveRequest.priority``) takes part 
 **queues of waiters** (:mod:`.waiters`): capacity that frees is held for the best waiter
 (priority with aging, fair share between tenants), so no class and no tenant starves.
 Callers that do not name one (earlier releases) are decided exactly as before.
+
+A **sharded fleet's** requests carry its shard count (``shards``), and a ledger records
+the count it serves: a request of another count is refused (:data:`SHARDS_LIMIT`), so a
+fleet whose ``shared.shards`` changes while its budgets are kept never starts its tenant
+budgets afresh on new shards nor strands them on old ones (:meth:`LedgerBook.shards_refusal`).
 """
 
 from __future__ import annotations
@@ -36,9 +41,11 @@ from pydantic import (
     model_validator,
 )
 
+from ..policy import MAX_SHARDS
 from .accounting import FLOAT_OPS, Ops
 from .detectors import BaselineState, SpendBaseline
 from .scopes import SharedLimit, SharedResource
+from .shards import TENANT_PREFIXES
 from .waiters import AGING_S, MAX_RANK, MAX_WAITERS, Waiter, Waiters, retry_for
 
 MAX_TTL_S = 30 * 86400.0
@@ -86,12 +93,18 @@ MEASURE_EVERY_BYTES = 128 * 1024
 """The packed size is measured again once the state may have grown by this much."""
 CAPACITY_LIMIT = "ledger.capacity"
 """The ``limit`` of a refusal caused by the book's own size caps."""
+SHARDS_LIMIT = "shared.shards"
+"""The ``limit`` of a refusal because the request's shard count is not the one the ledger
+serves: its ``ceiling`` is the ledger's count, its ``observed`` the request's (1 for a
+request without ``shards``). Final: asking again never changes the answer."""
 
 _EPSILON = 1e-9
 
 Key = Annotated[str, Field(min_length=1, max_length=MAX_KEY_CHARS)]
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
 Amount = Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)]
+Shards = Annotated[int, Field(ge=2, le=MAX_SHARDS, strict=True)]
+"""A sharded fleet's shard count (an unsharded fleet's requests carry none)."""
 
 
 class _Request(BaseModel):
@@ -165,6 +178,12 @@ class ReserveRequest(_Request):
     being dropped from the queue."""
     aging_s: float = Field(default=AGING_S, gt=0, le=MAX_TTL_S, allow_inf_nan=False)
     """Seconds of waiting that raise a waiter by one class (``shared.priority_aging_s``)."""
+    shards: Shards | None = None
+    """The caller's fleet's shard count (``shared.shards``), set only when above 1: the
+    ledger records it and refuses a request of another count (:data:`SHARDS_LIMIT`).
+    Unset (an unsharded fleet, or a caller of an earlier release), the request is the
+    one earlier releases sent. A request that reserves nothing (no ``limits``, no
+    ``amounts``) only registers the count (and reads the controls it asks for)."""
 
     @field_serializer("limits")
     def _whole_limits(self, limits: list[SharedLimit]) -> list[dict[str, Any]]:
@@ -377,6 +396,9 @@ class LedgerState(BaseModel):
     waiters: dict[str, Waiter] = Field(default_factory=dict)
     """Waiter id -> a refused caller waiting for capacity (bounded, dropped when it stops
     asking; soft state: losing it loses only what was held, never budget)."""
+    shards: Shards | None = None
+    """The shard count of the fleet the ledger serves, recorded at its first request of a
+    sharded fleet; ``None`` for a ledger no sharded fleet has used (an older state too)."""
 
 
 class CapacityError(ValueError):
@@ -550,6 +572,11 @@ class LedgerBook:
         if _digest(req.key) in self.state.closed:
             # a late duplicate of a reservation already closed: hold nothing new
             return ReserveResult(key=req.key, granted=True, amounts={}, duplicate=True)
+        refusal = self.shards_refusal(req.shards, req.limits, now)
+        if refusal is not None:
+            return ReserveResult(key=req.key, granted=False, refusal=refusal)
+        if not req.limits and not req.amounts:
+            return ReserveResult(key=req.key, granted=True)  # a registration: nothing held
         try:
             return self._reserve(req, now)
         except CapacityError as error:
@@ -644,6 +671,64 @@ class LedgerBook:
             self.waiters.remove(_waiter_id(req))
         _add(self.state.granted, grant)
         return ReserveResult(key=req.key, granted=True, amounts=grant)
+
+    # -- the fleet's shard count ------------------------------------------------------------
+
+    def shards_refusal(
+        self, shards: int | None, limits: list[SharedLimit], now: float
+    ) -> LedgerRefusal | None:
+        """Refuse a request whose fleet's shard count is not the one this ledger serves.
+
+        Shard ledger ids carry their count, so a fleet whose ``shared.shards`` changes
+        reads fresh shards: its tenant budgets would start afresh (or stay stranded on
+        the old shards). The ledger therefore records the count of the first sharded
+        request (the root at a run's registration, a shard at its first reservation) and
+        refuses, for good:
+
+        - a request of another count than the recorded one;
+        - a sharded request that touches no tenant scope (one for the root) while the
+          ledger, with no recorded count, keeps tenant budgets: it was used unsharded,
+          and the fleet went from 1 to N shards;
+        - an unsharded request that touches tenant scopes while the ledger records
+          N > 1: the fleet went from N shards to 1.
+
+        Args:
+            shards: The request's count (``None``: an unsharded fleet's request).
+            limits: The limits the request touches.
+            now: Epoch seconds (to judge whether a windowed budget is still current).
+
+        Returns:
+            The refusal (:data:`SHARDS_LIMIT`), or ``None`` (a first count is recorded).
+        """
+        recorded = self.state.shards
+        tenants = any(limit.scope.startswith(TENANT_PREFIXES) for limit in limits)
+        if shards is None:
+            if recorded is not None and tenants:
+                return _shards_refused(recorded, 1)
+            return None
+        if recorded is None:
+            if not tenants and self.keeps_tenant_budgets(now):
+                return _shards_refused(1, shards)
+            self.state.shards = shards
+            return None
+        return _shards_refused(recorded, shards) if shards != recorded else None
+
+    def keeps_tenant_budgets(self, now: float) -> bool:
+        """Whether a tenant or owner scope holds a budget (reserved, or spent in a total).
+
+        Spend in a window that has ended counts for nothing: that budget is new anyway.
+        """
+        for counter in self.state.counters.values():
+            if not counter.scope.startswith(TENANT_PREFIXES):
+                continue
+            if counter.reserved > _EPSILON:
+                return True
+            current = counter.window_s is None or (
+                counter.window_start is not None and counter.window_start + counter.window_s > now
+            )
+            if current and counter.committed > _EPSILON:
+                return True
+        return False
 
     # -- waiters --------------------------------------------------------------------------
 
@@ -763,20 +848,23 @@ class LedgerBook:
         assert req.minimum is not None
         minimum: dict[str, float] = {str(r): float(v) for r, v in req.minimum.items()}
         grant: dict[str, float] = {str(r): float(v) for r, v in req.amounts.items()}
+        # lease holders per counter, in one pass over the open reservations (a pass per
+        # limit made every lease grant cost O(open reservations x limits))
+        holders = {limit.counter: 1 for limit, _ in counters if limit.on_breach == "terminate"}
+        for reservation in self.state.reservations.values():
+            if reservation.lease:
+                for counter_id in reservation.counters:
+                    if counter_id in holders:
+                        holders[counter_id] += 1
         for limit, counter in counters:
             if limit.on_breach != "terminate":
                 continue
-            holders = 1 + sum(
-                1
-                for r in self.state.reservations.values()
-                if r.lease and limit.counter in r.counters
-            )
             grant[limit.resource] = lease_grant(
                 grant.get(limit.resource, 0.0),
                 limit.ceiling,
                 counter.committed,
                 counter.reserved + ahead.get(limit.counter, 0.0),
-                holders,
+                holders[limit.counter],
                 req.max_share,
                 minimum.get(limit.resource, 0.0),
             )
@@ -1050,7 +1138,18 @@ class LedgerBook:
             "released": self.state.released,
             "expired_unsettled": len(self.state.expired),
             "waiters": len(self.state.waiters),
+            "shards": self.state.shards,
         }
+
+
+def _shards_refused(recorded: int, asked: int) -> LedgerRefusal:
+    return LedgerRefusal(
+        limit=SHARDS_LIMIT,
+        scope="ledger",
+        resource="shards",
+        observed=float(asked),
+        ceiling=float(recorded),
+    )
 
 
 def _drop_old(items: dict[str, Any], at: Any, before: float, most: int) -> None:
@@ -1069,6 +1168,7 @@ __all__ = [
     "MAX_SETTLEMENTS",
     "MAX_TTL_S",
     "MAX_WAITERS_KEPT",
+    "SHARDS_LIMIT",
     "BaselineRequest",
     "CapacityError",
     "ControlRecordRequest",

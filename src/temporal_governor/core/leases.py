@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .book import CAPACITY_LIMIT, MAX_SETTLEMENTS, LedgerRefusal, ReserveRequest
+from .book import CAPACITY_LIMIT, MAX_SETTLEMENTS, SHARDS_LIMIT, LedgerRefusal, ReserveRequest
 from .scopes import SharedLimit
 from .waiters import rank_of
 
@@ -182,6 +182,7 @@ def reservation(
     waited_s: float = 0.0,
     aging_s: float | None = None,
     waiter: str | None = None,
+    shards: int | None = None,
 ) -> ReserveRequest:
     """The ledger request of a reservation: per dispatch, or a lease of ``lease_of`` dispatches.
 
@@ -214,6 +215,8 @@ def reservation(
             otherwise).
         waiter: Its identity in the queue, the same on every ask; default: ``key``
             without its ``#n`` ask number.
+        shards: The fleet's shard count when above 1 (``shared.shards``): the ledger
+            refuses a request of another count than the one it serves.
 
     Raises:
         pydantic.ValidationError: A request the ledger would refuse (NaN, negative or huge
@@ -243,6 +246,8 @@ def reservation(
             fields["waited_s"] = waited_s
         if aging_s is not None:
             fields["aging_s"] = aging_s
+    if shards is not None:
+        fields["shards"] = shards
     return ReserveRequest.model_validate(fields)
 
 
@@ -263,7 +268,17 @@ class Unavailable:
     """The ledger stayed full for longer than the run may wait: treat it as down."""
 
 
-RefusalStep = Wait | Halt | Unavailable
+@dataclass(frozen=True)
+class Misconfigured:
+    """The ledger refused the fleet's configuration (its shard count, :data:`.book.SHARDS_LIMIT`).
+
+    Final: asking again never changes the answer, and a configuration error never fails
+    open. The run stops (``GovernanceKilled``) whatever ``shared.on_refusal`` and
+    ``shared.on_unavailable`` say.
+    """
+
+
+RefusalStep = Wait | Halt | Unavailable | Misconfigured
 
 
 def after_refusal(
@@ -276,7 +291,8 @@ def after_refusal(
 
     A full ledger (its own size caps: it is busy, not the budget spent) is always waited
     for, up to ``max_wait``, then counts as unavailable. A budget refusal waits only under
-    ``on_refusal: wait`` (for a window to roll over), up to ``max_wait``, then halts.
+    ``on_refusal: wait`` (for a window to roll over), up to ``max_wait``, then halts. A
+    refused shard count is :class:`Misconfigured` at once.
 
     Args:
         refusal: The ledger's refusal.
@@ -284,6 +300,8 @@ def after_refusal(
         max_wait: ``shared.max_wait``.
         on_refusal: ``shared.on_refusal``.
     """
+    if refusal.limit == SHARDS_LIMIT:
+        return Misconfigured()
     left = max_wait - waited
     full = refusal.limit == CAPACITY_LIMIT
     if full and left <= 0:
@@ -445,6 +463,7 @@ __all__ = [
     "Halt",
     "Holdings",
     "Lease",
+    "Misconfigured",
     "RefusalStep",
     "Settlement",
     "Signature",

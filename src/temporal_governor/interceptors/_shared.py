@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import temporalio.workflow
 from pydantic import BaseModel, ValidationError
@@ -29,12 +29,13 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 from ..core.accounting import Refusal
-from ..core.book import StoredControls
+from ..core.book import SHARDS_LIMIT, LedgerRefusal, StoredControls
 from ..core.detectors import BaselineState
 from ..core.leases import (
     Halt,
     Holdings,
     Lease,
+    Misconfigured,
     Signature,
     Unavailable,
     after_refusal,
@@ -102,6 +103,7 @@ class LedgerBudget:
         control_scopes: list[str],
         one_call: asyncio.Lock,
         commands: Commands,
+        shards: int | None = None,
     ) -> None:
         self.run = run
         self.ledger_id = ledger_id
@@ -122,6 +124,9 @@ class LedgerBudget:
         self._controls_since_ms = 0
         self._control_scopes = control_scopes
         """The run's control scopes this ledger keeps (piggybacked on its reservations)."""
+        self.shards = shards
+        """The fleet's shard count, sent with every reservation when above 1 (``None``
+        otherwise: the requests of an unsharded fleet are those of earlier releases)."""
 
     @property
     def open(self) -> set[str]:
@@ -183,6 +188,7 @@ class LedgerBudget:
             update_id=update_id,
             continue_as_new_after=self.settings.continue_as_new_after,
             max_in_flight=self.settings.max_in_flight_updates,
+            batch=self.settings.batch_updates,
         )
         if self.commands.since(ONE_LEDGER_CALL_PATCH):
             async with self._one_call:
@@ -266,6 +272,7 @@ class LedgerBudget:
                     tenant=tenant if waits else None,
                     waited_s=waited,
                     aging_s=self.settings.priority_aging_s if waits else None,
+                    shards=self.shards,
                 )
             except ValidationError as error:
                 raise RESERVE.refused(error) from None
@@ -284,6 +291,8 @@ class LedgerBudget:
             refusal = result.refusal
             assert refusal is not None
             step = after_refusal(refusal, waited, self.settings.max_wait, self.settings.on_refusal)
+            if isinstance(step, Misconfigured):
+                self._misconfigured(refusal, dispatch, key)
             if isinstance(step, Unavailable):
                 self._unavailable("reserve", RuntimeError(f"ledger full: {refusal.resource}"))
                 return None, {}
@@ -304,6 +313,68 @@ class LedgerBudget:
             self.run.note_wait(key, refusal.limit, refusal.scope, refusal.observed, refusal.ceiling)
             await temporalio.workflow.sleep(step.pause)
             waited += step.pause
+
+    async def register(self, key: str | None, dispatch: str) -> None:
+        """Tell this ledger (the root) the fleet's shard count, and read the run's controls.
+
+        A reservation of nothing that carries ``shards``: the ledger records the count or
+        refuses it (:data:`~..core.book.SHARDS_LIMIT`), and holds nothing. Refused, the
+        run stops (:meth:`_misconfigured`); unanswered, the policy's ``on_unavailable``
+        decides as for any ledger call.
+
+        Args:
+            key: The dispatch being reserved when the run registers, if any: its own
+                reservation in the run is released when the count is refused.
+            dispatch: What the run was doing (for the halt's details).
+        """
+        self._calls += 1
+        ledger_key = f"{self._owner}/shards#{self._calls}"
+        controls = self.run.policy.control.check_kills_at_start
+        request = reservation(
+            ledger_key,
+            self._owner,
+            [],
+            {},
+            self.settings.reservation_ttl,
+            controls_for=self._control_scopes if controls else None,
+            controls_since_ms=self._controls_since_ms,
+            shards=self.shards,
+        )
+        result = await self._call(RESERVE, request, f"reserve:{ledger_key}")
+        if result is None:
+            return
+        if result.controls:
+            self._apply_controls(result.controls)
+        if result.refusal is not None and result.refusal.limit == SHARDS_LIMIT:
+            self._misconfigured(result.refusal, dispatch, key)
+
+    def _misconfigured(self, refusal: LedgerRefusal, dispatch: str, key: str | None) -> NoReturn:
+        """The ledger refused the fleet's shard count: stop the run, fail-closed always.
+
+        A configuration error must never let a run go on uncounted, whatever
+        ``shared.on_unavailable`` says; asking again would never change the answer.
+        """
+        recorded, asked = int(refusal.ceiling), int(refusal.observed)
+        message = (
+            f"ledger {self.ledger_id} serves a fleet with shared.shards: {recorded}, but this "
+            f"run's policy says shared.shards: {asked}. A running fleet cannot change its "
+            "shard count: its tenant budgets would start afresh on other shard ledgers (or be "
+            f"left on the old ones). Set shared.shards back to {recorded}, or drain the fleet "
+            "(no governed run left) and give the new count a new shared.ledger_id"
+        )
+        temporalio.workflow.logger.error("governor: %s; the run stops", message)
+        details = self.run.details(
+            limit=SHARDS_LIMIT,
+            resource="shards",
+            scope=f"ledger:{self.ledger_id}",
+            observed=float(asked),
+            ceiling=float(recorded),
+            dispatch=dispatch,
+            evidence={"message": message, "recorded_shards": recorded, "policy_shards": asked},
+        )
+        if key is not None:
+            self.run.release(key)  # the run's own reservation of the dispatch
+        raise self.run.stop(GovernanceKilled(details), refused=key)
 
     def _keep_alive(self) -> None:
         """Renew the run's open reservations every half TTL while it lives.
@@ -576,6 +647,15 @@ class SharedBudget:
     on the root ledger (:class:`~..core.shards.ShardMap`): two reservations, the shard's
     first, and the first is given back when the second is refused. Each ledger's part is
     a :class:`LedgerBudget`; the run makes one ledger call at a time across all of them.
+
+    A run of a sharded fleet first **registers** with the root ledger, once, before its
+    first ledger call: a reservation of nothing that carries the fleet's shard count (and
+    reads the run's stored controls), so that the root, which records the count, refuses
+    a fleet whose ``shared.shards`` changed while its budgets are kept, even when the run
+    has only tenant limits and would never reach the root otherwise. This adds one root
+    update per run start in sharded fleets only (unsharded runs send what they did). A
+    refused count stops the run with ``GovernanceKilled`` (limit ``shared.shards``),
+    whatever ``shared.on_unavailable`` says.
     """
 
     def __init__(self, run: SharedHost) -> None:
@@ -586,6 +666,8 @@ class SharedBudget:
         self._one_call = asyncio.Lock()
         self._commands = Commands()
         self._parts: dict[str, LedgerBudget] = {}
+        self._registered = not self.shards.sharded
+        """Whether the run has told the root the fleet's shard count (or need not)."""
         attribution = run.context.attribution
         self._control_scopes = [f"tenant:{attribution.tenant}", f"agent:{run.agent}"]
         """Every ledger the run reserves in is asked for both: a sharded fleet keeps each
@@ -613,8 +695,16 @@ class SharedBudget:
                 self._control_scopes,
                 self._one_call,
                 self._commands,
+                self.shards.shards if self.shards.sharded else None,
             )
         return part
+
+    async def _register(self, key: str | None = None, dispatch: str = "run start") -> None:
+        """Register the run with the root ledger before its first ledger call, once."""
+        if self._registered:
+            return
+        self._registered = True  # once, answered or not: the shards check counts too
+        await self._part(self.shards.root).register(key, dispatch)
 
     def _in_order(self) -> list[LedgerBudget]:
         """The run's ledger parts, tenant shards first, the root last."""
@@ -665,6 +755,8 @@ class SharedBudget:
         Returns:
             The ticket to settle when the dispatch ends.
         """
+        if limits:
+            await self._register(key, dispatch)
         tenant = self.run.context.attribution.tenant
         groups = self.shards.split(limits, tenant) or {self.shards.root: []}
         ticket = Ticket()
@@ -700,15 +792,21 @@ class SharedBudget:
         Each is asked of the ledger that always keeps it: the tenant's of its shard, the
         agent type's of the root (one ledger when not sharded).
         """
+        await self._register()
         for ledger_id in self.shards.split_scopes(self._control_scopes):
             await self._part(ledger_id).fleet_controls()
 
     async def baselines(self, keys: list[str]) -> dict[str, BaselineState]:
         """Read spend baselines kept in the root ledger (anomaly detection)."""
+        await self._register()
         return await self._part(self.shards.root).baselines(keys)
 
     async def observe(self, values: dict[str, float], alpha: float, min_samples: int) -> None:
-        """Fold a finished run's spend into the root ledger's baselines."""
+        """Fold a finished run's spend into the root ledger's baselines.
+
+        No registration here: a run that never called a ledger before its end touched no
+        tenant budget, and a completed run is not stopped for its fleet's shard count.
+        """
         await self._part(self.shards.root).observe(values, alpha, min_samples)
 
     async def release_all(self) -> None:
