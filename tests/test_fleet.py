@@ -61,7 +61,7 @@ GLOBAL_TOKENS_PER_MINUTE = 10_000_000
 """Far above the race's demand: every token is reserved on the root, none is refused."""
 CONTINUE_AS_NEW_AFTER = 40
 """Updates after which a ledger continues as new: several times during the race."""
-OUTCOME_TIMEOUT = 120.0
+OUTCOME_TIMEOUT = 240.0
 """The race takes 25-60 s here (a killed worker's runs wait out its tasks' timeouts)."""
 SAMPLE_EVERY = 0.3
 QUERIES_AT_ONCE = 16
@@ -281,18 +281,14 @@ def breach_of(outcome: Any, tenant: str, owner: str, run_id: str) -> str | None:
 
 
 FLEET_TEST = "TEMPORAL_GOVERNOR_FLEET_TEST"
-"""Set to 1 to run the fleet test: it is not part of the suite until the ledger wedge it
-found is fixed."""
+"""Set to 1 to run the fleet test (minutes of a 2-core machine, so not in the suite)."""
 
 
 @pytest.mark.skipif(
     not os.environ.get(FLEET_TEST),
     reason=(
-        "known failure (issue 13, item 6): under this race a ledger run's first workflow "
-        "task (a new root or a run just continued as new) is started by a worker and times "
-        "out, attempt after attempt, with every worker's Python idle; the server refuses "
-        "updates ('Workflow Task in failed state') and the race never ends. Set "
-        f"{FLEET_TEST}=1 to reproduce."
+        "slow (1.5 to 3 min per variant on a 2-core machine, too long for the 15-minute "
+        f"suite): set {FLEET_TEST}=1 to run it"
     ),
 )
 @pytest.mark.parametrize("kill", [False, True], ids=["steady", "worker-killed"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from datetime import timedelta
@@ -88,6 +89,9 @@ async def main(argv: list[str] | None = None) -> None:
         graceful_shutdown_timeout=timedelta(seconds=1),
     ):
         print("ready", flush=True)
+        # temporalio's core writes its warnings to fd 1, and nobody reads the pipe after
+        # "ready": a full pipe (64 KiB) would block core's threads and freeze the worker
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
         await stop.wait()
 
 
