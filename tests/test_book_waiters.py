@@ -155,10 +155,10 @@ def test_waiters_and_tenants_survive_pack_and_unpack() -> None:
 def test_at_a_window_roll_over_the_best_waiter_gets_the_new_window_first() -> None:
     book = LedgerBook()
     assert book.reserve(legacy("spender", MINUTE, 900), T0).granted
-    refused = book.reserve(waiting("big", MINUTE, 800, priority=RANKS["high"]), T0)
+    book.settle(SettleRequest(key="spender/d#0", actual={"tokens": 900}), T0)
+    refused = book.reserve(waiting("big", MINUTE, 800, priority=RANKS["high"]), T0 + 1)
     assert refused.refusal is not None
-    assert refused.refusal.retry_after_s == pytest.approx(40.0)  # the window's roll-over
-    book.settle(SettleRequest(key="spender/d#0", actual={"tokens": 900}), T0 + 1)
+    assert refused.refusal.retry_after_s == pytest.approx(39.0)  # the window's roll-over
     rolled = T0 + 40.0
     # low callers ask first in the new window: granted only what leaves 800 for "big"
     small = waiting("small", MINUTE, 300, priority=RANKS["low"], waits=False, waiter=None)
@@ -211,3 +211,46 @@ def test_many_large_waiters_stay_within_the_caps(noise: bool) -> None:
     assert LedgerBook(book.pack()).state == book.state
     book.prune(now + 1.0 + GRACE_S + 1)
     assert book.state.waiters == {}
+
+
+# -- review of the queues (windows) ----------------------------------------------------------
+
+HOURLY = SharedLimit(
+    name="tenants.acme.quotas.max_tokens_per_hour",
+    scope="tenant:acme",
+    resource="tokens",
+    ceiling=10.0,
+    window_s=3600.0,
+)
+HOUR_START = (T0 // 3600.0) * 3600.0
+
+
+def test_a_waiter_that_cannot_fit_before_the_roll_over_holds_nothing_in_this_window() -> None:
+    """8 of 10 spent this hour: W (5) fits only next hour, so C (2) gets the 2 left now."""
+    book = LedgerBook()
+    now = HOUR_START + 100.0
+    assert book.reserve(legacy("a", HOURLY, 8.0), now).granted
+    assert book.settle(SettleRequest(key="a/d#0", actual={"tokens": 8.0}), now).settled
+    refused = book.reserve(waiting("w", HOURLY, 5.0, priority=RANKS["high"]), now + 1)
+    assert refused.refusal is not None
+    assert refused.refusal.retry_after_s == pytest.approx(3600.0 - 101.0)  # the roll-over
+    assert "w/d" in book.state.waiters  # it keeps its place for the next window
+    assert book.reserve(waiting("c", HOURLY, 2.0), now + 2).granted
+    # in the next window W is held for: a fresh low caller cannot take its 5
+    rolled = HOUR_START + 3600.0
+    assert not book.reserve(waiting("late", HOURLY, 6.0, priority=RANKS["low"]), rolled).granted
+    assert book.reserve(waiting("w", HOURLY, 5.0, n=1, waited_s=3500.0), rolled + 0.1).granted
+
+
+def test_a_windowed_refusal_by_reservations_in_flight_is_retried_soon() -> None:
+    """Refused because of a reservation in flight (not the window's spend), W is told to ask
+    again soon, not at the roll-over: a W that then stops asking is dropped in seconds."""
+    book = LedgerBook()
+    now = HOUR_START + 100.0
+    assert book.reserve(legacy("a", HOURLY, 10.0), now).granted  # an estimate of 10
+    refused = book.reserve(waiting("w", HOURLY, 9.0, priority=RANKS["high"]), now + 1)
+    assert refused.refusal is not None and refused.refusal.retry_after_s == HEAD_RETRY_S
+    assert book.settle(SettleRequest(key="a/d#0", actual={"tokens": 1.0}), now + 2).settled
+    assert not book.reserve(waiting("c", HOURLY, 5.0), now + 3).granted  # W (live) is held for
+    later = now + 1 + HEAD_RETRY_S + GRACE_S + 0.1  # W never asked again
+    assert book.reserve(waiting("c", HOURLY, 5.0, n=1, waited_s=later - now - 3), later).granted

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from temporal_governor.core import waiters as waiters_module
 from temporal_governor.core.book import LedgerBook, ReleaseRunRequest, ReserveRequest, SettleRequest
-from temporal_governor.core.leases import Wait, after_refusal
+from temporal_governor.core.leases import Holdings, Wait, after_refusal
 from temporal_governor.core.scopes import SharedLimit
 from temporal_governor.core.waiters import (
     FAR_RETRY_S,
@@ -100,8 +100,71 @@ def test_ranks_follow_the_policy_classes_and_bad_names_are_refused() -> None:
 
 
 def test_a_waiter_rises_one_class_per_aging_period_and_past_critical() -> None:
-    waiter = Waiter(run="r", rank=4, first=T0, last=T0)
-    assert [waiter.level(T0 + s, 10.0) for s in (0, 9.9, 10, 25, 40, 55)] == [4, 4, 3, 2, 0, -1]
+    waiter = Waiter(run="r", rank=4, first=T0, last=T0, aging_s=10.0)
+    waited = (0, 9.9, 10, 25, 40, 55)
+    # the best class a fresh caller asking after that wait must have to rank with the waiter
+    peers = [
+        min(
+            (r for r in range(-10, MAX_RANK + 1)
+             if T0 + s + r * 10.0 >= waiter.level() * 10.0),
+            default=None,
+        )
+        for s in waited
+    ]  # fmt: skip
+    assert [
+        Waiter(run="f", rank=4, first=T0 + s, last=T0 + s, aging_s=10.0).level() - waiter.level()
+        for s in waited
+    ] == [0, 0, 1, 2, 4, 5]
+    assert peers == [4, 4, 3, 2, 0, -1]
+    fresh_critical = Waiter(run="c", rank=0, first=T0 + 55, last=T0 + 55, aging_s=10.0)
+    assert order({"old": waiter, "new": fresh_critical}, "c", lambda _: {}) == ["old", "new"]
+
+
+def test_the_order_of_two_waiters_never_depends_on_when_anyone_asks() -> None:
+    """Review D6: with a level that moved with ``now``, L (background, first T0) and C
+    (critical, first T0 + 3.6) with aging 1 s each saw the other ahead at their own asking
+    phase, and both were refused the free slot forever."""
+    book = LedgerBook()
+    one = slots(1)
+    holders = fill(book, one, T0)
+    assert not ask(book, "l", T0, one, rank=4, aging_s=1.0)[0]
+    assert not ask(book, "c", T0 + 3.6, one, rank=0, aging_s=1.0)[0]
+    free(book, holders[0], T0 + 4.0)
+    granted = []
+    for k in range(5, 65):
+        c_at, l_at = T0 + k + 0.1, T0 + k + 0.7
+        if ask(book, "c", c_at, one, rank=0, n=k, waited_s=c_at - T0 - 3.6, aging_s=1.0)[0]:
+            granted.append("c")
+            break
+        if ask(book, "l", l_at, one, rank=4, n=k, waited_s=l_at - T0, aging_s=1.0)[0]:
+            granted.append("l")
+            break
+    assert granted == ["c"]  # L's 3.6 s head start is less than 4 classes of 1 s
+
+
+def test_each_waiter_ages_by_its_own_policys_aging() -> None:
+    """Review D1: the asker's aging applied to every waiter let X (critical, aging 1 s) rank
+    Y (background, waited 10 s, aging 1000 s) ahead and Y rank X ahead: a free slot was
+    refused to both forever."""
+    book = LedgerBook()
+    one = slots(1)
+    holders = fill(book, one, T0)
+    now = T0 + 1.0
+    assert not ask(book, "y", now, one, rank=4, waited_s=10.0, aging_s=1000.0)[0]
+    assert not ask(book, "x", now, one, rank=0, aging_s=1.0)[0]
+    assert book.state.waiters["y/d"].aging_s == 1000.0
+    assert book.state.waiters["x/d"].aging_s == 1.0
+    free(book, holders[0], now + 0.1)
+    granted = []
+    for step in range(1, 40):
+        t = now + 0.1 + 0.25 * step
+        for who, rank, waited, aging in (("x", 0, 0.0, 1.0), ("y", 4, 10.0, 1000.0)):
+            r = dict(rank=rank, n=step, waited_s=waited + t - now, aging_s=aging)
+            if ask(book, who, t, one, **r)[0]:  # type: ignore[arg-type]
+                granted.append(who)
+        if granted:
+            break
+    assert granted == ["x"]  # Y's 10 s are far from one class of 1000 s
 
 
 def test_the_best_waiter_gets_the_freed_slot_whoever_asks_first() -> None:
@@ -211,15 +274,13 @@ def test_a_dropped_waiter_keeps_its_age_through_waited_s() -> None:
 
 
 def reference_key(
-    waiters: dict[str, Waiter], id_: str, now: float, aging_s: float
+    waiters: dict[str, Waiter], id_: str, aging_s: float
 ) -> tuple[int, int, float, str]:
     """The documented order, for waiters of tenants holding nothing, each needing one."""
     me = waiters[id_]
-    level = me.rank - math.floor((now - me.first) / aging_s)
+    level = me.rank + math.floor(me.first / aging_s)
     peers = [
-        (w.first, i)
-        for i, w in waiters.items()
-        if w.rank - math.floor((now - w.first) / aging_s) == level
+        (w.first, i) for i, w in waiters.items() if w.rank + math.floor(w.first / aging_s) == level
     ]
     tenants = {waiters[i].tenant for _, i in peers}
     before = sum(
@@ -246,11 +307,19 @@ def test_order_is_priority_with_aging_then_fair_share_then_fifo(
 ) -> None:
     now = T0 + 100
     waiters = {
-        f"w{i}": Waiter(run=f"r{i}", tenant=t, rank=r, first=now - age, last=now, needs={"c": 1})
+        f"w{i}": Waiter(
+            run=f"r{i}",
+            tenant=t,
+            rank=r,
+            first=now - age,
+            last=now,
+            needs={"c": 1},
+            aging_s=aging_s,
+        )
         for i, (r, t, age) in enumerate(specs)
     }
-    got = order(waiters, "c", now, aging_s, lambda _: {})
-    assert got == sorted(waiters, key=lambda i: reference_key(waiters, i, now, aging_s))
+    got = order(waiters, "c", lambda _: {})
+    assert got == sorted(waiters, key=lambda i: reference_key(waiters, i, aging_s))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -265,7 +334,7 @@ def test_the_best_waiter_gets_the_next_free_slot(
     for i, (rank, tenant, age) in enumerate(specs):
         assert not ask(book, f"w{i}", T0, SLOTS, rank=rank, tenant=tenant, waited_s=age)[0]
     queued = {id_.removesuffix("/d"): w for id_, w in book.state.waiters.items()}
-    best = min(queued, key=lambda i: reference_key(queued, i, T0 + 0.1, aging_s))
+    best = min(queued, key=lambda i: reference_key(queued, i, aging_s))
     free(book, holders[0], T0 + 0.05)
     callers = list(enumerate(specs))
     shuffle.shuffle(callers)
@@ -473,11 +542,11 @@ def test_a_full_queue_evicts_its_worst_waiter_for_a_better_one_only() -> None:
         patch.setattr(waiters_module, "MAX_WAITERS", 3)
         queue = Waiters({})
         for i, rank in enumerate([2, 3, 1]):
-            assert queue.put(f"w{i}", Waiter(run="r", rank=rank, first=T0, last=T0), T0, 5.0)
+            assert queue.put(f"w{i}", Waiter(run="r", rank=rank, first=T0, last=T0), T0)
         worse = Waiter(run="r", rank=4, first=T0, last=T0)
-        assert not queue.put("worse", worse, T0, 5.0)
+        assert not queue.put("worse", worse, T0)
         better = Waiter(run="r", rank=0, first=T0, last=T0)
-        assert queue.put("better", better, T0, 5.0)
+        assert queue.put("better", better, T0)
         assert sorted(queue.waiters) == ["better", "w0", "w2"]  # w1 (rank 3) evicted
 
 
@@ -521,3 +590,15 @@ def test_waiters_stay_bounded_and_never_outlive_their_callers(
         assert not book.state.waiters
         again = LedgerBook(book.pack())
         assert again.state == book.state
+
+
+def test_a_run_that_only_waited_is_released_at_its_end() -> None:
+    """Review D3: a run refused under ``on_refusal: wait`` holds nothing, yet the ledger
+    queues it: its end must still reach the ledger (release_run) to take its waiters."""
+    holdings = Holdings()
+    assert not holdings.holds_anything()
+    holdings.unanswered += 1
+    holdings.unanswered -= 1
+    assert not holdings.holds_anything()  # refused, not queued: nothing to release
+    holdings.queued = True
+    assert holdings.holds_anything()

@@ -635,7 +635,10 @@ class LedgerBook:
             ):
                 observed = counter.committed + counter.reserved + held_ahead + want
                 retry = None
-                if counter.window_s is not None and counter.window_start is not None:
+                spent = counter.committed + want > limit.ceiling + _EPSILON
+                if spent and counter.window_s is not None and counter.window_start is not None:
+                    # only the window's roll-over frees spend; reservations and capacity
+                    # held for waiters free sooner
                     retry = max(0.0, counter.window_start + counter.window_s - now)
                 if asker is not None and req.waits:
                     if retry is None:
@@ -756,6 +759,7 @@ class LedgerBook:
             first=first,
             last=now,
             needs=needs,
+            aging_s=req.aging_s,
         )
 
     def _ahead(
@@ -777,30 +781,41 @@ class LedgerBook:
                 asker,
                 limit.counter,
                 now,
-                req.aging_s,
                 lambda waiter, counter: self._eligible(waiter, counter, now),
                 self._tenant_holdings,
             )
         return ahead
 
-    def _room(self, counter_id: str, now: float, ever: bool = False) -> float:
-        """What a counter has left now (``ever``: at best, once its holders are gone)."""
+    def _room(self, counter_id: str, now: float, *, held: bool = True, spent: bool = True) -> float:
+        """What a counter has left now.
+
+        Args:
+            counter_id: The counter id.
+            now: Epoch seconds (a window that has rolled by then is spent nothing).
+            held: Count what open reservations hold (``False``: once they are gone).
+            spent: Count what the current window (or total) has spent (``False``: at
+                best, ever).
+        """
         counter = self.state.counters.get(counter_id)
         if counter is None or counter.ceiling is None:
             return math.inf
-        committed = counter.committed
+        committed = counter.committed if spent else 0.0
         if counter.window_s is not None:
             rolled = math.floor(now / counter.window_s) * counter.window_s
-            if ever or counter.window_start != rolled:
+            if counter.window_start != rolled:
                 committed = 0.0
-        reserved = 0.0 if ever else counter.reserved
+        reserved = counter.reserved if held else 0.0
         return counter.ceiling - committed - reserved
 
     def _eligible(self, waiter: Waiter, counter_id: str, now: float) -> bool:
-        """Capacity of ``counter_id`` is held for the waiter: nothing else blocks it."""
+        """Capacity of ``counter_id`` is held for the waiter: nothing else blocks it.
+
+        On ``counter_id`` itself its need must fit once the open reservations are gone,
+        within the current window's spend (what only a roll-over frees is not held).
+        """
         for other, need in waiter.needs.items():
             if other == counter_id:
-                if need > self._room(other, now, ever=True) + _EPSILON:
+                if need > self._room(other, now, held=False) + _EPSILON:
                     return False
             elif need > self._room(other, now) + _EPSILON:
                 return False
@@ -817,7 +832,7 @@ class LedgerBook:
     def _queue(self, req: ReserveRequest, asker: Waiter, retry: float, now: float) -> None:
         """Queue (or refresh) a refused caller that waits; skipped when the book is full."""
         if not asker.needs or any(
-            need > self._room(counter, now, ever=True) + _EPSILON
+            need > self._room(counter, now, held=False, spent=False) + _EPSILON
             for counter, need in asker.needs.items()
         ):
             self.waiters.remove(_waiter_id(req))
@@ -836,7 +851,7 @@ class LedgerBook:
             except CapacityError:
                 return  # the caller keeps its age (``waited_s``) and asks again
         asker.retry = retry
-        self.waiters.put(id_, asker, now, req.aging_s)
+        self.waiters.put(id_, asker, now)
 
     def _lease_grant(
         self,

@@ -331,6 +331,9 @@ class Holdings:
         self.unanswered = 0
         """Reservations asked for and not answered (cancelled meanwhile): the ledger may
         hold them, so the run's end releases whatever it still holds."""
+        self.queued = False
+        """A reservation that waits (``on_refusal: wait``) was refused: the ledger may keep
+        the run as a waiter, which only the run's end (``release_run``) removes at once."""
 
     # -- tickets --------------------------------------------------------------------------
 
@@ -446,8 +449,11 @@ class Holdings:
         return settlements
 
     def holds_anything(self) -> bool:
-        """Whether the ledger may hold something of the run (granted or unanswered)."""
-        return bool(self.open) or self.unanswered > 0
+        """Whether the ledger may hold something of the run.
+
+        Granted or unanswered reservations, or a waiter of a refused reservation.
+        """
+        return bool(self.open) or self.unanswered > 0 or self.queued
 
 
 def chunks(settlements: Mapping[str, Amounts]) -> list[dict[str, Amounts]]:

@@ -8,14 +8,20 @@ for the best of them. This module is that queue: pure, deterministic (no clock, 
 randomness, ties broken by id) and bounded, carried in the ledger's state.
 
 **Order.** A waiter of class rank ``r`` (:data:`RANKS`: critical 0 ... background 4) that
-first asked at ``first`` has, at time ``now``, the level::
+first asked at ``first``, with its own aging ``A`` (``aging_s``: the policy's
+``shared.priority_aging_s``), has the fixed level::
 
-    level = r - floor((now - first) / A)          # A: aging_s, one class per A seconds
+    level = r + floor(first / A)                  # A: aging_s, one class per A seconds
 
-(lower goes first; it keeps falling below 0, so an old waiter overtakes fresh critical
-work). Within one level the tenant with the smaller **share** goes first, share being
-what the tenant holds of the counter (open reservations) plus what its own waiters of
-that level ahead of this one need (a weighted round robin between tenants); then the
+(lower goes first). A caller asking at ``now`` has ``first = now``, so a waiter that has
+waited ``k * A`` seconds ranks with fresh callers ``k`` classes above its own: it rises one
+class per ``A`` of waiting and overtakes fresh critical work in the end. The level never
+changes with the time of asking, so every caller sees the same order of two waiters (a
+level that moved with ``now`` let two live waiters each see the other ahead and both be
+refused a free slot). Waiters of different agings compare by their level in seconds
+(``level * A``). Within one level the tenant with the smaller **share** goes first, share
+being what the tenant holds of the counter (open reservations) plus what its own waiters
+of that level ahead of this one need (a weighted round robin between tenants); then the
 earlier first refusal; then the waiter id. A caller that is not queued yet (or does not
 wait) is ranked the same way, as a waiter whose ``first`` is now less the ``waited_s`` it
 reports, so a waiter that was dropped keeps its age.
@@ -27,8 +33,9 @@ held for a waiter that another counter blocks) and its need there could ever fit
 
 **Dropping.** A waiter is told when to ask again (``retry``: :data:`HEAD_RETRY_S` for the
 best waiter of the counter, :data:`NEAR_RETRY_S` within one ceiling of needs from the
-head, :data:`FAR_RETRY_S` further back, a window's roll-over for a windowed limit). One
-that has not asked again by ``last + retry + GRACE_S`` is ignored and dropped, so a dead
+head, :data:`FAR_RETRY_S` further back, a window's roll-over only when the window's spend
+leaves no room for it: until then it holds nothing, see **Holding**). One that has not
+asked again by ``last + retry + GRACE_S`` is ignored and dropped, so a dead
 run never blocks the queue; a run's end removes its waiters at once; the queue keeps at
 most :data:`MAX_WAITERS` (a full queue evicts its worst waiter for a better one).
 
@@ -43,8 +50,8 @@ other counters::
 
     wait(W) <= ceil((Q0 + lam * (r + 1) * A + 1) / N) * (H + R)
 
-Why: a request that starts waiting at ``t >= t0 + (r + 1) * A`` has, ever after, a level
-at least ``rank + 1`` above ``W``'s, so at most ``Q0 + lam * (r + 1) * A`` requests are
+Why: a request that starts waiting at ``t >= t0 + (r + 1) * A`` (of the same aging) has a
+level above ``W``'s, so at most ``Q0 + lam * (r + 1) * A`` requests are
 ever ranked ahead of ``W``; none ranked behind it is granted capacity ``W`` needs; and
 every ``H + R`` each of the ``N`` slots is freed and handed to (or held past the drop of)
 a waiter ahead. For a windowed limit of ceiling ``C`` and window ``T`` with needs of
@@ -117,14 +124,24 @@ class Waiter(BaseModel):
     """Seconds it was told to wait, at ``last``, before asking again."""
     needs: dict[str, float] = Field(default_factory=dict)
     """Counter id -> the amount it needs there (a lease: one dispatch's worth)."""
+    aging_s: float = Field(default=AGING_S, gt=0, allow_inf_nan=False)
+    """Its own seconds of waiting that raise it by one class (its policy's
+    ``shared.priority_aging_s``; states packed before it was kept load the default)."""
 
     def stale_at(self) -> float:
         """When it is ignored and dropped if it has not asked again."""
         return self.last + self.retry + GRACE_S
 
-    def level(self, now: float, aging_s: float) -> int:
-        """Its effective class at ``now``: its rank less one per ``aging_s`` waited."""
-        return self.rank - math.floor(max(0.0, now - self.first) / aging_s)
+    def level(self) -> int:
+        """Its fixed class level: its rank plus its first refusal in ``aging_s`` periods.
+
+        Lower goes first; it never depends on when anyone asks.
+        """
+        return self.rank + math.floor(self.first / self.aging_s)
+
+    def standing(self) -> float:
+        """Its level in seconds (``level * aging_s``), comparable across agings."""
+        return self.level() * self.aging_s
 
 
 Holdings = Callable[[str], Mapping[str, float]]
@@ -137,28 +154,27 @@ Eligible = Callable[[Waiter, str], bool]
 def order(
     candidates: Mapping[str, Waiter],
     counter: str,
-    now: float,
-    aging_s: float,
     holdings: Holdings,
 ) -> list[str]:
     """The ids of ``candidates`` in the order they are served on ``counter``.
 
+    The order depends on the waiters alone (each with its own ``aging_s``), never on the
+    time of asking nor on who asks.
+
     Args:
         candidates: Waiter id -> waiter (each with a need on ``counter``).
         counter: The counter id.
-        now: Epoch seconds.
-        aging_s: Seconds of waiting that raise a waiter by one class.
         holdings: What each tenant holds of a counter (asked only when two tenants
             share a level).
 
     Returns:
         Ids, first served first.
     """
-    by_level: dict[int, list[str]] = {}
+    by_level: dict[float, list[str]] = {}
     for id_, waiter in candidates.items():
-        by_level.setdefault(waiter.level(now, aging_s), []).append(id_)
+        by_level.setdefault(waiter.standing(), []).append(id_)
     held: Mapping[str, float] | None = None
-    keys: dict[str, tuple[int, float, float, str]] = {}
+    keys: dict[str, tuple[float, float, float, str]] = {}
     for level, ids in by_level.items():
         tenants = {candidates[i].tenant for i in ids}
         if len(tenants) > 1 and held is None:
@@ -247,7 +263,7 @@ class Waiters:
         self._next_stale = min((w.stale_at() for w in self.waiters.values()), default=math.inf)
         return len(stale)
 
-    def put(self, id_: str, waiter: Waiter, now: float, aging_s: float) -> bool:
+    def put(self, id_: str, waiter: Waiter, now: float) -> bool:
         """Queue (or update) a waiter; a full queue evicts its worst waiter for a better one.
 
         Returns:
@@ -258,11 +274,11 @@ class Waiters:
             if len(self.waiters) >= MAX_WAITERS:
                 worst = max(
                     self.waiters,
-                    key=lambda i: (self.waiters[i].level(now, aging_s), self.waiters[i].first, i),
+                    key=lambda i: (self.waiters[i].standing(), self.waiters[i].first, i),
                 )
-                mine = (waiter.level(now, aging_s), waiter.first, id_)
+                mine = (waiter.standing(), waiter.first, id_)
                 theirs = self.waiters[worst]
-                if mine >= (theirs.level(now, aging_s), theirs.first, worst):
+                if mine >= (theirs.standing(), theirs.first, worst):
                     return False
                 self.remove(worst)
         self.remove(id_)
@@ -276,7 +292,6 @@ class Waiters:
         asker: Waiter,
         counter: str,
         now: float,
-        aging_s: float,
         eligible: Eligible,
         holdings: Holdings,
     ) -> float:
@@ -286,8 +301,7 @@ class Waiters:
             asker_id: The asking caller's waiter id (its own entry is not counted).
             asker: The asker as a waiter (queued or not).
             counter: The counter id.
-            now: Epoch seconds.
-            aging_s: Seconds of waiting that raise a waiter by one class.
+            now: Epoch seconds (waiters stale then are left out).
             eligible: Whether a waiter is held for on a counter.
             holdings: What each tenant holds of a counter.
 
@@ -301,7 +315,7 @@ class Waiters:
             return 0.0
         candidates[asker_id] = asker
         held = 0.0
-        for id_ in order(candidates, counter, now, aging_s, holdings):
+        for id_ in order(candidates, counter, holdings):
             if id_ == asker_id:
                 break
             held += candidates[id_].needs.get(counter, 0.0)

@@ -67,6 +67,7 @@ from ._versions import (
     LEASE_LOCK_PATCH,
     ONE_LEDGER_CALL_PATCH,
     RELEASE_RUN_PATCH,
+    RELEASE_WAITERS_PATCH,
     RENEW_PATCH,
     Commands,
 )
@@ -290,6 +291,8 @@ class LedgerBudget:
                 return ledger_key, result.amounts
             refusal = result.refusal
             assert refusal is not None
+            if waits:
+                self.holdings.queued = True  # the ledger may keep the run as a waiter
             step = after_refusal(refusal, waited, self.settings.max_wait, self.settings.on_refusal)
             if isinstance(step, Misconfigured):
                 self._misconfigured(refusal, dispatch, key)
@@ -577,6 +580,12 @@ class LedgerBudget:
             self._keeper.cancel()
         if not self.holdings.holds_anything():
             return
+        if (
+            not self.holdings.open
+            and not self.holdings.unanswered
+            and not self.commands.since(RELEASE_WAITERS_PATCH)
+        ):
+            return  # only waited, in a run recorded before its waiters were released
         cut = chunks(settlements)
         for number, chunk in enumerate(cut):
             request = RELEASE_RUN.request_of(

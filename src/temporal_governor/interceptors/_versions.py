@@ -66,7 +66,13 @@ taken when the dispatch was reserved, after its throttle, pause or backpressure 
 run's keys are also its ledger keys and update ids, so a run recorded before keeps that
 numbering. Asked for (and recorded) at a run's first activity dispatch."""
 
-LATER_CHANGES = (KEY_ON_ASK_PATCH,)
+RELEASE_WAITERS_PATCH = "temporal-governor/release-waiters-v1"
+"""A run that holds nothing in the ledger but was refused a reservation that waits
+(``on_refusal: wait``) sends ``release_run`` at its end, so the ledger drops its waiters at
+once. Before, such a run sent nothing at its end (its waiters went stale in seconds). Asked
+for (and recorded) at the end of such a run only."""
+
+LATER_CHANGES = (KEY_ON_ASK_PATCH, RELEASE_WAITERS_PATCH)
 """Changes made after runs began recording :data:`GOVERNED_PATCH`, in patch ids: histories
 with the marker exist without them, so every governed run takes them only through their
 own patch (new runs record it)."""
