@@ -29,8 +29,6 @@ from temporal_governor.activity import report_usage
 from temporal_governor.interceptors import GovernanceInterceptor
 from temporal_governor.telemetry import DISPATCH_SPAN_PREFIX, DecisionRecord, OpenTelemetrySink
 
-WIDTH = 6
-
 
 def _record(kind: str, seq: int, event_id: int, run_id: str = "run-1") -> DecisionRecord:
     return DecisionRecord(
@@ -175,58 +173,21 @@ class AuditingOtelSink(OpenTelemetrySink):
         super().record(decision, replaying=replaying)
 
 
-class _Collecting:
-    def __init__(self) -> None:
-        self.records: list[DecisionRecord] = []
-
-    def record(self, decision: DecisionRecord, *, replaying: bool) -> None:
-        if not replaying:
-            self.records.append(decision)
-
-    def remaining(
-        self, decision: DecisionRecord, remaining: dict[str, float], *, replaying: bool
-    ) -> None:
-        pass
-
-
-@activity.defn
-async def fanned_sub(i: int) -> int:
-    report_usage(input_tokens=1 + i, model="m")
-    return i
-
-
-@workflow.defn(sandboxed=False)
-class FansOutSub:
-    @workflow.run
-    async def run(self, width: int) -> int:
-        done = await asyncio.gather(
-            *(
-                workflow.execute_activity(
-                    fanned_sub, i, start_to_close_timeout=timedelta(seconds=30)
-                )
-                for i in range(width)
-            )
-        )
-        return len(done)
-
-
 async def test_a_subclass_of_the_otel_sink_gets_every_decision(env: WorkflowEnvironment) -> None:
     policy = Policy.from_yaml(
-        "agents: { FansOutSub: { quotas: { max_tokens_per_task: 100000 } } }\n"
+        "agents: { FansOut: { quotas: { max_tokens_per_task: 100000 } } }\n"
         f"shared: {{ ledger_id: ledger-{uuid.uuid4().hex[:8]} }}\n"
     )
-    auditing, collector = AuditingOtelSink(), _Collecting()
+    auditing, collector = AuditingOtelSink(), Collector()
     client = Client(
         env.client.service_client,
         namespace=env.client.namespace,
         interceptors=[GovernanceInterceptor(policy, sinks=[auditing, collector])],
     )
     task_queue = f"tq-sub-{uuid.uuid4()}"
-    async with Worker(
-        client, task_queue=task_queue, workflows=[FansOutSub], activities=[fanned_sub]
-    ):
+    async with Worker(client, task_queue=task_queue, workflows=[FansOut], activities=[fanned]):
         handle = await client.start_workflow(
-            FansOutSub.run, WIDTH, id=f"sub-{uuid.uuid4()}", task_queue=task_queue
+            FansOut.run, WIDTH, id=f"sub-{uuid.uuid4()}", task_queue=task_queue
         )
         assert await handle.result() == WIDTH
     assert [r.kind for r in collector.records].count("reserve") == WIDTH

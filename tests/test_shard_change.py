@@ -15,29 +15,14 @@ from typing import Any
 import pytest
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
 
-from shared_workflows import SHARED_ACTIVITIES, SHARED_WORKFLOWS
 from temporal_governor import BreachDetails, Policy, attribution
 from temporal_governor.core.book import SHARDS_LIMIT
 from temporal_governor.core.shards import ShardMap
 from temporal_governor.errors import GOVERNANCE_KILLED
 from temporal_governor.workflow import BUDGET_QUERY, BudgetSnapshot
-from workflows import ALL_ACTIVITIES, ALL_WORKFLOWS, Spender, Steps
-
-WORKFLOWS = [*ALL_WORKFLOWS, *SHARED_WORKFLOWS]
-ACTIVITIES = [*ALL_ACTIVITIES, *SHARED_ACTIVITIES]
-
-
-async def state_of(g: Any, ledger_id: str) -> dict[str, Any] | None:
-    """A ledger's state, or ``None`` if it never started."""
-    try:
-        state: dict[str, Any] = await g.client.get_workflow_handle(ledger_id).query("state", "")
-    except RPCError as error:
-        if error.status == RPCStatusCode.NOT_FOUND:
-            return None
-        raise
-    return state
+from test_shared_shards import ACTIVITIES, WORKFLOWS, state_of
+from workflows import Spender, Steps
 
 
 def fleet(root: str, shards: int, fleet_wide: bool, **shared: Any) -> Policy:
