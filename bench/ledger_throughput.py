@@ -28,7 +28,11 @@ governor before batching, and the default of ``shared.batch_updates``) and once 
 
     .venv/bin/python bench/ledger_throughput.py [--seconds 5] [--callers 1 10 50]
         [--race-rounds 5] [--ceiling 10000] [--amount 100] [--skip-race]
-        [--client-in-flight N] [--max-in-flight-updates N] [--batching]
+        [--client-in-flight N] [--max-in-flight-updates N] [--batching] [--shards 1 2 4 8]
+
+``--shards N ...`` spreads the callers over N fresh ledgers, caller ``i`` on ledger
+``i % N`` (tenants hash onto shards the same way), and prints per call (one update each,
+and batched) and with leases side by side for every count.
 """
 
 from __future__ import annotations
@@ -335,8 +339,11 @@ async def coalesced_caller(
     cell: Cell,
     max_entries: int,
     in_flight: int,
+    lease: bool = False,
 ) -> None:
-    """Per-call reservations (reserve + settle) of one caller, through the coalescer."""
+    """Reservations of one caller through the coalescer: per call (reserve + settle each),
+    or with ``lease`` a lease of ``LEASE_UNITS`` reservations reserved against in memory and
+    settled with what it used, as in :func:`lease_caller`."""
     ledger_id = route(caller)
     limits = [SharedLimit.model_validate(tenant_limit(LARGE_CEILING))]
     n = 0
@@ -347,7 +354,11 @@ async def coalesced_caller(
             ledger_id=ledger_id,
             update="reserve",
             request=ReserveRequest(
-                key=key, run=f"bench/c{caller}", amounts={"tokens": UNIT}, limits=limits
+                key=key,
+                run=f"bench/c{caller}",
+                amounts={"tokens": UNIT * LEASE_UNITS if lease else UNIT},
+                minimum={"tokens": UNIT} if lease else None,
+                limits=limits,
             ),
             update_id=f"reserve:{key}",
             task_queue=TASK_QUEUE,
@@ -358,17 +369,29 @@ async def coalesced_caller(
         if not result["granted"]:
             cell.errors.append(f"refused: {result['refusal']}")
             return
+        used, local = UNIT, 0
+        if lease:
+            granted, used = result["amounts"]["tokens"], 0.0
+            # local reservations, in memory (counted once the lease is settled)
+            while granted - used >= UNIT and cell.done + local < cell.cap and cell.open():
+                used += UNIT
+                local += 1
+                await asyncio.sleep(0)
         settle = LedgerCall(
             ledger_id=ledger_id,
             update="settle",
-            request=SettleRequest(key=key, actual={"tokens": UNIT}),
+            request=SettleRequest(key=key, actual={"tokens": used}),
             update_id=f"settle:{key}",
             task_queue=TASK_QUEUE,
             max_in_flight=in_flight,
             batch=max_entries > 1,
         )
         await coalesced_call(client, settle, max_entries, cell)
-        cell.done += 1
+        if lease:
+            cell.leases += 1
+            cell.done += local
+        else:
+            cell.done += 1
 
 
 async def measure_coalesced(
@@ -379,9 +402,10 @@ async def measure_coalesced(
     in_flight: int,
     max_entries: int,
     shards: int = 1,
+    lease: bool = False,
 ) -> Coalesced:
     """One ``--batching`` cell on fresh ledgers: ``shards`` of them, callers spread over
-    them by a routing function (one ledger until sharded ledgers exist)."""
+    them by caller (caller ``i`` on ledger ``i % shards``)."""
     tag = f"coalesce-{callers}-{max_entries}-{uuid.uuid4().hex[:8]}"
     ledgers = [Ledger(client, f"{tag}-{i}", LARGE_CEILING, None) for i in range(shards)]
     for ledger in ledgers:
@@ -394,7 +418,10 @@ async def measure_coalesced(
     started = time.perf_counter()
     cell = Cell(deadline=started + seconds, cap=cap)
     failure = await run_callers(
-        [coalesced_caller(client, route, i, cell, max_entries, in_flight) for i in range(callers)],
+        [
+            coalesced_caller(client, route, i, cell, max_entries, in_flight, lease)
+            for i in range(callers)
+        ],
         seconds + GRACE_S,
     )
     cell.seconds = time.perf_counter() - started
@@ -403,7 +430,10 @@ async def measure_coalesced(
         stats = coalescing_stats(ledger.id)
         result.calls += stats.calls - earlier.calls
         result.updates += stats.updates - earlier.updates
-    name = f"{'batched' if max_entries > 1 else 'unbatched'} x {callers}"
+    name = (
+        f"{'batched' if max_entries > 1 else 'unbatched'} {'leases' if lease else 'per-call'}"
+        f" x {callers} on {shards} ledger(s)"
+    )
     if cell.errors:
         raise RuntimeError(f"{name}: {cell.errors[:3]}")
     if failure is not None:
@@ -468,6 +498,79 @@ async def batching(client: Client, args: argparse.Namespace) -> None:
     print(
         "checked in every cell that finished: ledger committed == reservations x"
         f" {UNIT:g} tokens, nothing left reserved"
+    )
+
+
+async def sharded(client: Client, args: argparse.Namespace) -> None:
+    """Reservations/s over 1, 2, 4, 8 ... ledgers (``--shards``), through ``call_ledger``
+    (the ledger activity's path): per call and with leases, each unbatched and batched, side
+    by side for each count."""
+    in_flight = args.client_in_flight or DEFAULT_IN_FLIGHT
+    await measure_coalesced(client, 10, 1.0, 200, in_flight, BATCH_MAX_ENTRIES, shards=2)
+    print(
+        f"callers spread over N fresh ledgers (caller i on ledger i % N, as tenants hash onto"
+        f" shards), {args.seconds:g} s per cell, at most {in_flight} updates in flight per"
+        f" ledger from this process, through call_ledger (the ledger activity's path),"
+        f" every call its own update or batched (up to {BATCH_MAX_ENTRIES} calls per"
+        f" update); per call = reserve + settle, leases = {LEASE_UNITS} reservations per"
+        " lease (reserve + settle)"
+    )
+    print(f"load average before: {load_average()}")
+    print(
+        f"{'':>14} {'per call (reserve + settle each)':-^37}"
+        f" {'leases of ' + str(LEASE_UNITS) + ' reservations':-^39}"
+    )
+    print(
+        f"{'shards':>6} {'callers':>7} {'unbatched':>9} {'batched':>9} {'calls/upd':>9}"
+        f" {'p50 ms':>7} {'unbatched':>9} {'batched':>9} {'calls/upd':>9} {'leases/s':>9}"
+        f" {'re-sent':>8}"
+    )
+    print(
+        f"{'':>6} {'':>7} {'res/s':>9} {'res/s':>9} {'batched':>9} {'batched':>7}"
+        f" {'res/s':>9} {'res/s':>9} {'batched':>9} {'batched':>9} {'all 4':>8}"
+    )
+    failures = []
+    for shards in args.shards:
+        for callers in args.callers:
+            results = [
+                await measure_coalesced(
+                    client,
+                    callers,
+                    args.seconds,
+                    args.cap,
+                    in_flight,
+                    entries,
+                    shards=shards,
+                    lease=lease,
+                )
+                for lease in (False, True)
+                for entries in (1, BATCH_MAX_ENTRIES)
+            ]
+            names = ("per-call", "per-call batched", "leased", "leased batched")
+            marks = []
+            for name, result in zip(names, results, strict=True):
+                marks.append("!" if result.cell.failure else " ")
+                if result.cell.failure:
+                    failures.append(
+                        f"! {name}, {shards} shards x {callers} FAILED: {result.cell.failure}"
+                    )
+            rates = [r.cell.done / r.cell.seconds for r in results]
+            per_update = [r.calls / max(r.updates, 1) for r in results]
+            batched, leased = results[1].cell, results[3].cell
+            print(
+                f"{shards:>6} {callers:>7} {rates[0]:>8,.1f}{marks[0]} {rates[1]:>8,.0f}{marks[1]}"
+                f" {per_update[1]:>9.1f} {percentile(batched.latencies, 0.5) * 1000:>7,.0f}"
+                f" {rates[2]:>8,.0f}{marks[2]} {rates[3]:>8,.0f}{marks[3]}"
+                f" {per_update[3]:>9.1f} {leased.leases / leased.seconds:>9,.1f}"
+                f" {sum(r.cell.resent for r in results):>8}",
+                flush=True,
+            )
+    for line in failures:
+        print(line)
+    print(f"load average after: {load_average()}")
+    print(
+        "checked in every cell that finished: the ledgers' committed tokens together =="
+        f" reservations x {UNIT:g}, nothing left reserved"
     )
 
 
@@ -700,6 +803,14 @@ async def main() -> None:
         help="per-call reservations through the coalescer, unbatched vs batched (only)",
     )
     parser.add_argument(
+        "--shards",
+        type=int,
+        nargs="+",
+        default=None,
+        help="spread the callers over this many ledgers (e.g. 1 2 4 8): per call, batched and"
+        " leased side by side for each count (only)",
+    )
+    parser.add_argument(
         "--max-in-flight-updates",
         type=int,
         default=None,
@@ -736,6 +847,9 @@ async def main() -> None:
         ):
             if args.batching:
                 await batching(client, args)
+                return
+            if args.shards:
+                await sharded(client, args)
                 return
             await measure(client, "per-call", 1, 1.0, 50, gate)  # warm up
             server_limit = args.max_in_flight_updates or "10 (server default)"

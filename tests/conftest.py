@@ -117,7 +117,7 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
     try:
         async with _default_ledger(environment):
             yield environment
-            gc.collect()  # what the session's workers left, before the replay threads run
+            gc.collect()  # what the last test left, before the replay threads run
             await replay_every_history(environment)
     finally:
         await environment.shutdown()
