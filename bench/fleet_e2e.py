@@ -28,7 +28,7 @@ reported, no ledger has an open reservation, and every ledger's ``committed + re
 
     .venv/bin/python bench/fleet_e2e.py [--runs 40] [--tenants 8] [--dispatches 20]
         [--width 8] [--workers 2] [--reps 3] [--shards 1 [4 ...]] [--global-per-minute N]
-        [--no-leases] [--quick]
+        [--no-leases] [--batch-updates] [--quick]
 
 A worker process (spawned by the script itself):
 
@@ -380,7 +380,12 @@ async def check_ledgers(mode: Mode) -> None:
 def policy_of(shards: ShardMap, args: argparse.Namespace) -> dict[str, Any]:
     """The governed policy: tenant and per-owner token totals that never refuse."""
     policy: dict[str, Any] = {
-        "shared": {"ledger_id": shards.root, "shards": shards.shards, "leases": not args.no_leases},
+        "shared": {
+            "ledger_id": shards.root,
+            "shards": shards.shards,
+            "leases": not args.no_leases,
+            "batch_updates": args.batch_updates,
+        },
         "tenants": {
             "default": {"quotas": {"max_tokens": NEVER}, "per_owner": {"max_tokens": NEVER}}
         },
@@ -481,7 +486,10 @@ async def bench(args: argparse.Namespace) -> None:
         limits = "tenant max_tokens + per-owner max_tokens (never refuse)"
         if args.global_per_minute:
             limits += f" + global max_tokens_per_minute {args.global_per_minute:,}"
-        print(f"governed policy: {limits}; leases {'off' if args.no_leases else 'on'}")
+        print(
+            f"governed policy: {limits}; leases {'off' if args.no_leases else 'on'};"
+            f" batch_updates {'on' if args.batch_updates else 'off'}"
+        )
         for mode in modes[1:]:
             assert mode.shards is not None
             spread: dict[str, int] = defaultdict(int)
@@ -539,6 +547,7 @@ def arguments() -> argparse.Namespace:
         help="also a global max_tokens_per_minute (fleet-wide: every dispatch on the root)",
     )
     parser.add_argument("--no-leases", action="store_true", help="shared.leases: false")
+    parser.add_argument("--batch-updates", action="store_true", help="shared.batch_updates: true")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run")
     worker = parser.add_argument_group("worker process (spawned by the script)")
     worker.add_argument("--worker", action="store_true")

@@ -31,6 +31,8 @@ from ..ledger._workflow import LEDGER_WORKFLOW
 from ..policy import Policy
 
 _LOOKUP_TIMEOUT = timedelta(seconds=2)
+_LookupKey = tuple[asyncio.AbstractEventLoop, str, tuple[str, ...]]
+"""The event loop, ledger id and scopes of one kill lookup."""
 _logger = logging.getLogger(__name__)
 
 
@@ -42,7 +44,8 @@ class GovernedClientOutbound(OutboundInterceptor):
     ledger keeps for the run's tenant and workflow type: the run checks and applies them
     before its code starts, so a tenant or agent kill also stops runs started after it.
     Carrying them in the header (not looking them up from workflow code) keeps the run's
-    history independent of the worker's setup, and costs one query per start.
+    history independent of the worker's setup, and costs one query per start (starts
+    that ask the same while a lookup is in flight share it).
 
     When a control key is available (``keyring``, else the keys the policy's ``control``
     section names), the attribution is signed for the started workflow's id: a worker
@@ -69,6 +72,8 @@ class GovernedClientOutbound(OutboundInterceptor):
                 _logger.warning("governor: attributions are not signed (%s)", error)
                 keyring = Keyring({})
         self._keyring = keyring
+        self._lookups: dict[_LookupKey, asyncio.Future[dict[str, Any]]] = {}
+        """Kill lookups in flight, shared by the starts that ask the same while they run."""
 
     async def start_workflow(self, input: StartWorkflowInput) -> Any:
         if input.workflow == LEDGER_WORKFLOW:
@@ -115,7 +120,30 @@ class GovernedClientOutbound(OutboundInterceptor):
         return found
 
     async def _controls_of(self, ledger_id: str, scopes: list[str]) -> dict[str, Any]:
-        """One ledger's stored kills and resumes of ``scopes``."""
+        """One ledger's stored kills and resumes of ``scopes``.
+
+        Starts that ask the same ledger for the same scopes while a lookup is in flight
+        share it instead of sending their own query (a burst of starts of one tenant is
+        then one query, not one per start): each gets what the ledger kept when that
+        lookup was made, as if it had started then. A kill stored meanwhile still reaches
+        the run at its first reservation, or by its signal.
+        """
+        loop = asyncio.get_running_loop()
+        key = (loop, ledger_id, tuple(scopes))
+        lookup = self._lookups.get(key)
+        if lookup is None:
+            lookup = loop.create_task(self._lookup(ledger_id, scopes))
+            self._lookups[key] = lookup
+            lookup.add_done_callback(lambda done: self._forget(key, done))
+        # one start given up (cancelled) does not cancel the lookup the others wait for
+        return dict(await asyncio.shield(lookup))
+
+    def _forget(self, key: _LookupKey, done: asyncio.Future[dict[str, Any]]) -> None:
+        if self._lookups.get(key) is done:
+            del self._lookups[key]
+
+    async def _lookup(self, ledger_id: str, scopes: list[str]) -> dict[str, Any]:
+        """One query for one ledger's stored kills and resumes of ``scopes``."""
         try:
             result: dict[str, Any] = await self.next.query_workflow(
                 QueryWorkflowInput(
