@@ -150,3 +150,42 @@ async def test_a_start_given_up_does_not_cancel_the_lookup_another_start_waits_f
         await eventually(lambda: is_paused(later))
         await control.resume(ControlTarget.tenant(tenant), reason="go")
         assert await handle.result() == 10 and await later.result() == 10
+
+
+async def test_a_start_after_a_kill_never_joins_a_lookup_sent_before_the_kill(
+    governed: Any,
+) -> None:
+    """A start's lookup is held in flight; a tenant kill is stored; a second start then
+    sends a query of its own (it does not join the one sent before the kill) and starts
+    paused by the kill."""
+    tenant = f"late-{uuid.uuid4().hex[:6]}"
+    policy = fleet_policy(tenant, 1)
+    async with governed(policy, CONTROL_WORKFLOWS, CONTROL_ACTIVITIES) as g:
+        control = controller(g, policy, ledger_task_queue=g.task_queue)
+        client, counting = counting_client(g, policy)
+        counting.go.clear()
+        with attribution(tenant=tenant):
+            early = asyncio.ensure_future(
+                client.start_workflow(
+                    Looper.run,
+                    Loop(steps=1),
+                    id=f"early-{uuid.uuid4().hex[:6]}",
+                    task_queue=g.task_queue,
+                )
+            )
+            await eventually(lambda: asyncio.sleep(0, result=bool(counting.controls)))
+            await control.kill(ControlTarget.tenant(tenant), reason="after the first lookup")
+            late = asyncio.ensure_future(
+                client.start_workflow(
+                    Looper.run,
+                    Loop(steps=1),
+                    id=f"late-{uuid.uuid4().hex[:6]}",
+                    task_queue=g.task_queue,
+                )
+            )
+            await eventually(lambda: asyncio.sleep(0, result=sum(counting.controls.values()) == 2))
+            counting.go.set()
+            handles = [await early, await late]
+        await eventually(lambda: is_paused(handles[1]))
+        await control.resume(ControlTarget.tenant(tenant), reason="go")
+        assert [await h.result() for h in handles] == [10, 10]

@@ -45,7 +45,7 @@ class GovernedClientOutbound(OutboundInterceptor):
     before its code starts, so a tenant or agent kill also stops runs started after it.
     Carrying them in the header (not looking them up from workflow code) keeps the run's
     history independent of the worker's setup, and costs one query per start (starts
-    that ask the same while a lookup is in flight share it).
+    made before a lookup's query goes out share it).
 
     When a control key is available (``keyring``, else the keys the policy's ``control``
     section names), the attribution is signed for the started workflow's id: a worker
@@ -73,7 +73,8 @@ class GovernedClientOutbound(OutboundInterceptor):
                 keyring = Keyring({})
         self._keyring = keyring
         self._lookups: dict[_LookupKey, asyncio.Future[dict[str, Any]]] = {}
-        """Kill lookups in flight, shared by the starts that ask the same while they run."""
+        """Kill lookups whose query has not gone out yet, shared by the starts asking the
+        same meanwhile."""
 
     async def start_workflow(self, input: StartWorkflowInput) -> Any:
         if input.workflow == LEDGER_WORKFLOW:
@@ -122,28 +123,32 @@ class GovernedClientOutbound(OutboundInterceptor):
     async def _controls_of(self, ledger_id: str, scopes: list[str]) -> dict[str, Any]:
         """One ledger's stored kills and resumes of ``scopes``.
 
-        Starts that ask the same ledger for the same scopes while a lookup is in flight
-        share it instead of sending their own query (a burst of starts of one tenant is
-        then one query, not one per start): each gets what the ledger kept when that
-        lookup was made, as if it had started then. A kill stored meanwhile still reaches
-        the run at its first reservation, or by its signal.
+        Starts that ask the same ledger for the same scopes before the lookup's query has
+        gone out share that query instead of sending their own (a burst of starts made in
+        one step of the event loop is one query per ledger, not one per start). A start
+        never joins a query that went out before it began: the answer each start gets was
+        read after it began, as with a query of its own.
         """
         loop = asyncio.get_running_loop()
         key = (loop, ledger_id, tuple(scopes))
         lookup = self._lookups.get(key)
         if lookup is None:
-            lookup = loop.create_task(self._lookup(ledger_id, scopes))
+            lookup = loop.create_task(self._lookup(key, ledger_id, scopes))
             self._lookups[key] = lookup
-            lookup.add_done_callback(lambda done: self._forget(key, done))
-        # one start given up (cancelled) does not cancel the lookup the others wait for
-        return dict(await asyncio.shield(lookup))
+        try:
+            # one start given up (cancelled) does not cancel the lookup others wait for
+            return dict(await asyncio.shield(lookup))
+        except asyncio.CancelledError:
+            this = asyncio.current_task()
+            if this is None or this.cancelling():
+                raise  # this start was cancelled
+            _logger.warning("governor: fleet kill lookup was cancelled; starting without it")
+            return {}
 
-    def _forget(self, key: _LookupKey, done: asyncio.Future[dict[str, Any]]) -> None:
-        if self._lookups.get(key) is done:
-            del self._lookups[key]
-
-    async def _lookup(self, ledger_id: str, scopes: list[str]) -> dict[str, Any]:
+    async def _lookup(self, key: _LookupKey, ledger_id: str, scopes: list[str]) -> dict[str, Any]:
         """One query for one ledger's stored kills and resumes of ``scopes``."""
+        if self._lookups.get(key) is asyncio.current_task():
+            del self._lookups[key]  # the query goes out now: later starts send their own
         try:
             result: dict[str, Any] = await self.next.query_workflow(
                 QueryWorkflowInput(
