@@ -53,6 +53,10 @@ class CountingQueries(Interceptor):
 
         return Outbound(next)
 
+    async def sent(self, queries: int) -> bool:
+        """Whether at least ``queries`` ``controls`` queries reached this interceptor."""
+        return sum(self.controls.values()) >= queries
+
 
 def counting_client(g: Any, policy: Policy) -> tuple[Client, CountingQueries]:
     """A governed client (the governor's interceptor by hand) whose queries are counted."""
@@ -64,6 +68,13 @@ def counting_client(g: Any, policy: Policy) -> tuple[Client, CountingQueries]:
         data_converter=governed_data_converter(),
     )
     return client, counting
+
+
+def start_looper(client: Client, g: Any, name: str, steps: int = 1) -> Any:
+    """Start a ``Looper`` run of ``steps`` through ``client`` on the test's queue."""
+    return client.start_workflow(
+        Looper.run, Loop(steps=steps), id=f"{name}-{uuid.uuid4().hex[:6]}", task_queue=g.task_queue
+    )
 
 
 def fleet_policy(tenant: str, shards: int) -> Policy:
@@ -91,15 +102,7 @@ async def test_a_burst_of_starts_shares_one_lookup_per_ledger_and_every_run_gets
         client, counting = counting_client(g, policy)
         with attribution(tenant=tenant):
             handles: list[WorkflowHandle[Any, Any]] = await asyncio.gather(
-                *(
-                    client.start_workflow(
-                        Looper.run,
-                        Loop(steps=2),
-                        id=f"burst-{i}-{uuid.uuid4().hex[:6]}",
-                        task_queue=g.task_queue,
-                    )
-                    for i in range(STARTS)
-                )
+                *(start_looper(client, g, f"burst-{i}", steps=2) for i in range(STARTS))
             )
         ledgers = 1 if shards == 1 else 2  # the tenant's shard, and the root
         assert len(counting.controls) == ledgers, counting.controls
@@ -121,20 +124,11 @@ async def test_a_start_given_up_does_not_cancel_the_lookup_another_start_waits_f
         control = controller(g, policy, ledger_task_queue=g.task_queue)
         await control.kill(ControlTarget.tenant(tenant), reason="hold")
         client, counting = counting_client(g, policy)
-
-        def start(name: str) -> Any:
-            return client.start_workflow(
-                Looper.run,
-                Loop(steps=1),
-                id=f"{name}-{uuid.uuid4().hex[:6]}",
-                task_queue=g.task_queue,
-            )
-
         counting.go.clear()  # the lookup is held in flight until both starts wait for it
         with attribution(tenant=tenant):
-            given_up = asyncio.ensure_future(start("given-up"))
-            kept = asyncio.ensure_future(start("kept"))
-            await eventually(lambda: asyncio.sleep(0, result=bool(counting.controls)))
+            given_up = asyncio.ensure_future(start_looper(client, g, "given-up"))
+            kept = asyncio.ensure_future(start_looper(client, g, "kept"))
+            await eventually(lambda: counting.sent(1))
             await asyncio.sleep(0.2)  # both starts reach the lookup in a few loop steps
             assert not given_up.done() and not kept.done()
             given_up.cancel()
@@ -145,7 +139,7 @@ async def test_a_start_given_up_does_not_cancel_the_lookup_another_start_waits_f
         assert sum(counting.controls.values()) == 1, counting.controls
         await eventually(lambda: is_paused(handle))
         with attribution(tenant=tenant):
-            later = await start("later")  # the lookup is over: a fresh one
+            later = await start_looper(client, g, "later")  # the lookup is over: a fresh one
         assert sum(counting.controls.values()) == 2, counting.controls
         await eventually(lambda: is_paused(later))
         await control.resume(ControlTarget.tenant(tenant), reason="go")
@@ -165,25 +159,12 @@ async def test_a_start_after_a_kill_never_joins_a_lookup_sent_before_the_kill(
         client, counting = counting_client(g, policy)
         counting.go.clear()
         with attribution(tenant=tenant):
-            early = asyncio.ensure_future(
-                client.start_workflow(
-                    Looper.run,
-                    Loop(steps=1),
-                    id=f"early-{uuid.uuid4().hex[:6]}",
-                    task_queue=g.task_queue,
-                )
-            )
-            await eventually(lambda: asyncio.sleep(0, result=bool(counting.controls)))
+            early = asyncio.ensure_future(start_looper(client, g, "early"))
+            await eventually(lambda: counting.sent(1))
             await control.kill(ControlTarget.tenant(tenant), reason="after the first lookup")
-            late = asyncio.ensure_future(
-                client.start_workflow(
-                    Looper.run,
-                    Loop(steps=1),
-                    id=f"late-{uuid.uuid4().hex[:6]}",
-                    task_queue=g.task_queue,
-                )
-            )
-            await eventually(lambda: asyncio.sleep(0, result=sum(counting.controls.values()) == 2))
+            late = asyncio.ensure_future(start_looper(client, g, "late"))
+            await eventually(lambda: counting.sent(2))
+            assert sum(counting.controls.values()) == 2, counting.controls
             counting.go.set()
             handles = [await early, await late]
         await eventually(lambda: is_paused(handles[1]))

@@ -172,6 +172,37 @@ async def wait_until_waiting_on_root(
     await eventually(waiting)
 
 
+async def root_holds_a_slot(g: Any, ledgers: ShardMap) -> bool:
+    """Whether a dispatch holds the tool's one slot on the root."""
+    root = await state_of(g, ledgers.root)
+    return root is not None and root["reserved"].get("concurrency", 0.0) >= 1
+
+
+async def start_holder_then_waiter(
+    g: Any, ledgers: ShardMap, holder_tenant: str, waiter_tenant: str
+) -> tuple[WorkflowHandle[Any, Any], WorkflowHandle[Any, Any]]:
+    """The holder's first dispatch takes the tool's slot for ``HOLD_S``; the waiter's
+    dispatch then holds its tenant part on its shard and waits on the root."""
+    with attribution(tenant=holder_tenant):
+        holder = await g.start(Looper.run, Loop(steps=2, tokens=REPORTED, seconds=HOLD_S))
+    await eventually(lambda: root_holds_a_slot(g, ledgers))
+    with attribution(tenant=waiter_tenant):
+        waiter = await g.start(Looper.run, Loop(steps=1, tokens=REPORTED))
+    await wait_until_waiting_on_root(g, waiter, ledgers.ledger_of_tenant(waiter_tenant), ledgers)
+    return holder, waiter
+
+
+def assert_holder_exact(
+    held: BudgetSnapshot, holder_shard: dict[str, Any], root: dict[str, Any], tenant: str
+) -> None:
+    """The holder's run, its shard and the root committed what its two activities
+    reported, and it holds nothing."""
+    assert held.committed["tokens"] == 2 * REPORTED
+    assert committed_of(holder_shard, f"tenant:{tenant}") == 2 * REPORTED
+    assert root["committed"]["tokens"] == 2 * REPORTED
+    assert held.shared_open == 0
+
+
 @pytest.mark.parametrize("leases", [False, True])
 async def test_cancelling_a_run_while_its_dispatch_waits_on_the_root_gives_back_its_shard_part(
     governed: GovernedFactory, leases: bool
@@ -190,17 +221,7 @@ async def test_cancelling_a_run_while_its_dispatch_waits_on_the_root_gives_back_
     holder_tenant, waiter_tenant = tenants_on_two_shards(ledgers, tag)
     waiter_shard = ledgers.ledger_of_tenant(waiter_tenant)
     async with governed(sharded_policy(ledgers, leases=leases), WORKFLOWS, CONTROL_ACTIVITIES) as g:
-        with attribution(tenant=holder_tenant):
-            holder = await g.start(Looper.run, Loop(steps=2, tokens=REPORTED, seconds=HOLD_S))
-
-        async def holding() -> bool:
-            root = await state_of(g, ledgers.root)
-            return root is not None and root["reserved"].get("concurrency", 0.0) >= 1
-
-        await eventually(holding)
-        with attribution(tenant=waiter_tenant):
-            waiter = await g.start(Looper.run, Loop(steps=1, tokens=REPORTED))
-        await wait_until_waiting_on_root(g, waiter, waiter_shard, ledgers)
+        holder, waiter = await start_holder_then_waiter(g, ledgers, holder_tenant, waiter_tenant)
         assert (await ledger(g, waiter_shard))["reserved"].get("tokens", 0.0) >= ESTIMATE
         assert (await holder.describe()).status == WorkflowExecutionStatus.RUNNING
 
@@ -226,10 +247,7 @@ async def test_cancelling_a_run_while_its_dispatch_waits_on_the_root_gives_back_
     assert root["waiters"] == 0
     assert not waits_on(held, "tool:step"), "the holder waited behind a cancelled run"
     # exactness: the holder's ledgers committed what its activities reported
-    assert held.committed["tokens"] == 2 * REPORTED
-    assert committed_of(holder_shard, f"tenant:{holder_tenant}") == 2 * REPORTED
-    assert root["committed"]["tokens"] == 2 * REPORTED
-    assert held.shared_open == 0
+    assert_holder_exact(held, holder_shard, root, holder_tenant)
 
 
 async def test_a_run_terminated_while_its_dispatch_waits_on_the_root_is_charged_at_its_ttl(
@@ -251,17 +269,7 @@ async def test_a_run_terminated_while_its_dispatch_waits_on_the_root_is_charged_
     async with governed(
         sharded_policy(ledgers, leases=False, ttl_s=ttl_s), WORKFLOWS, CONTROL_ACTIVITIES
     ) as g:
-        with attribution(tenant=holder_tenant):
-            holder = await g.start(Looper.run, Loop(steps=2, tokens=REPORTED, seconds=HOLD_S))
-
-        async def holding() -> bool:
-            root = await state_of(g, ledgers.root)
-            return root is not None and root["reserved"].get("concurrency", 0.0) >= 1
-
-        await eventually(holding)
-        with attribution(tenant=waiter_tenant):
-            waiter = await g.start(Looper.run, Loop(steps=1, tokens=REPORTED))
-        await wait_until_waiting_on_root(g, waiter, waiter_shard, ledgers)
+        holder, waiter = await start_holder_then_waiter(g, ledgers, holder_tenant, waiter_tenant)
         before = await ledger(g, waiter_shard)
         assert before["open_reservations"] == 1
         assert before["reserved"].get("tokens", 0.0) == ESTIMATE
@@ -288,10 +296,7 @@ async def test_a_run_terminated_while_its_dispatch_waits_on_the_root_is_charged_
     assert committed_of(shard, f"tenant:{waiter_tenant}") == ESTIMATE
     # exactness: the holder's ledgers committed what its activities reported, and the
     # root holds nothing of the terminated run (it was never granted there)
-    assert held.committed["tokens"] == 2 * REPORTED
-    assert committed_of(holder_shard, f"tenant:{holder_tenant}") == 2 * REPORTED
-    assert root["committed"]["tokens"] == 2 * REPORTED
-    assert held.shared_open == 0
+    assert_holder_exact(held, holder_shard, root, holder_tenant)
 
 
 async def test_agent_code_cancelling_one_of_parallel_dispatches_mid_reserve_keeps_ledgers_exact(
@@ -312,11 +317,7 @@ async def test_agent_code_cancelling_one_of_parallel_dispatches_mid_reserve_keep
         with attribution(tenant=tenant):
             handle = await g.start(CancelsOneOfThree.run)
 
-        async def first_holds() -> bool:
-            root = await state_of(g, ledgers.root)
-            return root is not None and root["reserved"].get("concurrency", 0.0) >= 1
-
-        await eventually(first_holds)
+        await eventually(lambda: root_holds_a_slot(g, ledgers))
         await handle.signal(CancelsOneOfThree.start_more)
 
         async def both_wait() -> bool:
