@@ -226,6 +226,17 @@ async def per_call_caller(ledger: Ledger, caller: int, cell: Cell) -> None:
         cell.done += 1
 
 
+async def spend_lease(granted: float, cell: Cell) -> tuple[float, int]:
+    """Reservations of ``UNIT`` against a lease of ``granted``, in memory, while the cell is
+    open: what they used and how many there were."""
+    used, local = 0.0, 0
+    while granted - used >= UNIT and cell.done + local < cell.cap and cell.open():
+        used += UNIT
+        local += 1
+        await asyncio.sleep(0)  # let the other callers run, as dispatches would
+    return used, local
+
+
 async def lease_caller(ledger: Ledger, caller: int, cell: Cell) -> None:
     n = 0
     while cell.open():
@@ -236,11 +247,8 @@ async def lease_caller(ledger: Ledger, caller: int, cell: Cell) -> None:
             cell.errors.append(f"refused: {result['refusal']}")
             return
         cell.leases += 1
-        granted, used = result["amounts"]["tokens"], 0.0
-        while granted - used >= UNIT and cell.open():  # local reservations, in memory
-            used += UNIT
-            cell.done += 1
-            await asyncio.sleep(0)  # let the other callers run, as dispatches would
+        used, local = await spend_lease(result["amounts"]["tokens"], cell)
+        cell.done += local
         await ledger.settle(key, used)
 
 
@@ -370,13 +378,8 @@ async def coalesced_caller(
             cell.errors.append(f"refused: {result['refusal']}")
             return
         used, local = UNIT, 0
-        if lease:
-            granted, used = result["amounts"]["tokens"], 0.0
-            # local reservations, in memory (counted once the lease is settled)
-            while granted - used >= UNIT and cell.done + local < cell.cap and cell.open():
-                used += UNIT
-                local += 1
-                await asyncio.sleep(0)
+        if lease:  # local reservations, counted once the lease is settled
+            used, local = await spend_lease(result["amounts"]["tokens"], cell)
         settle = LedgerCall(
             ledger_id=ledger_id,
             update="settle",
