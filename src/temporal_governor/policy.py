@@ -469,6 +469,13 @@ class SharedSettings(BaseModel):
     ledger serves. Off by default for one release: a ledger history with a ``batch``
     update cannot be replayed by a worker of an earlier release, so turn it on once every
     worker of the fleet runs this one (docs/upgrading.md)."""
+    hierarchical_leases: bool = Field(default=False, strict=True)
+    """With ``shards`` above 1: a dispatch's fleet-wide part (``global``, agent and tool
+    limits on tokens, cost and tool calls; never concurrency) is reserved on its
+    tenant's shard together with the tenant part, out of a pool the shard leases from
+    the root ledger, so the root sees each shard's pools instead of every run's leases
+    (docs/shared.md). Off by default for one release: a shard ledger of an earlier
+    release refuses the request, so turn it on once every worker runs this one."""
     continue_as_new_after: PositiveInt = 2000
     """The ledger continues as new after this many updates, carrying its state."""
     call_timeout: TtlSeconds = 60.0
@@ -480,6 +487,16 @@ class SharedSettings(BaseModel):
     """A ledger that cannot answer stops the run (``closed``, no shared budget is ever
     passed) or lets the dispatch go uncounted in the shared scopes (``open``, agents keep
     running through a ledger outage; in-tree limits still hold)."""
+
+    @model_validator(mode="after")
+    def _pools_need_shards(self) -> Self:
+        if self.hierarchical_leases and self.shards < 2:
+            raise PydanticCustomError(
+                f"{_ERROR}_hierarchical",
+                "shards of 2 or more (a pool is a shard's lease of the root's budget)",
+                {"at": ("hierarchical_leases",), "value": True},
+            )
+        return self
 
 
 BackpressurePropagation = Literal["up", "down", "both", "none"]

@@ -44,6 +44,7 @@ from pydantic import (
 from ..policy import MAX_SHARDS
 from .accounting import FLOAT_OPS, Ops
 from .detectors import BaselineState, SpendBaseline
+from .pools import POOL_LIMIT, Pools, PoolState, signature_of
 from .scopes import SharedLimit, SharedResource
 from .shards import TENANT_PREFIXES
 from .waiters import AGING_S, MAX_RANK, MAX_WAITERS, Waiter, Waiters, retry_for
@@ -184,6 +185,13 @@ class ReserveRequest(_Request):
     Unset (an unsharded fleet, or a caller of an earlier release), the request is the
     one earlier releases sent. A request that reserves nothing (no ``limits``, no
     ``amounts``) only registers the count (and reads the controls it asks for)."""
+    upstream: Key | None = None
+    """Hierarchical leases (``shared.hierarchical_leases``), sent to a tenant shard: the
+    root ledger's id. The request's fleet-wide limits (every limit not of a tenant or
+    owner scope) are then granted out of the shard's pool of that root
+    (:mod:`.pools`), all-or-nothing with its tenant limits; a pool that cannot cover
+    them refuses with ``shared.pool`` and holds nothing. Unset: the request of earlier
+    releases."""
 
     @field_serializer("limits")
     def _whole_limits(self, limits: list[SharedLimit]) -> list[dict[str, Any]]:
@@ -210,6 +218,16 @@ class ReserveRequest(_Request):
                 )
         if self.priority is None and (self.waits or self.waiter is not None):
             raise ValueError("waits and waiter need a priority (the caller's class rank)")
+        if self.upstream is not None:
+            for limit in self.limits:
+                fleet_wide = not limit.scope.startswith(TENANT_PREFIXES)
+                if fleet_wide and (
+                    limit.on_breach != "terminate" or limit.resource == "concurrency"
+                ):
+                    raise ValueError(
+                        f"limit {limit.name} cannot be drawn from a pool: only terminate "
+                        "limits on tokens, cost and tool calls are"
+                    )
         return self
 
 
@@ -358,6 +376,10 @@ class Reservation(BaseModel):
     lease: bool = False
     tenant: str | None = None
     """The tenant it was reserved for, when the caller said (fair share between waiters)."""
+    pool: str | None = None
+    """The key of the shard's pool its fleet-wide part was drawn from (hierarchical leases)."""
+    pooled: dict[str, float] = Field(default_factory=dict)
+    """What it holds of that pool."""
 
 
 class Expired(BaseModel):
@@ -369,6 +391,9 @@ class Expired(BaseModel):
     counters: dict[str, list[float]]
     """Counter id -> [amount charged, window start it was charged in (or -1)]."""
     at: float
+    pool: str | None = None
+    pooled: dict[str, float] = Field(default_factory=dict)
+    """What it was charged of its pool (hierarchical leases)."""
 
 
 class LedgerState(BaseModel):
@@ -399,6 +424,9 @@ class LedgerState(BaseModel):
     shards: Shards | None = None
     """The shard count of the fleet the ledger serves, recorded at its first request of a
     sharded fleet; ``None`` for a ledger no sharded fleet has used (an older state too)."""
+    pools: PoolState = Field(default_factory=PoolState)
+    """A tenant shard's pools of fleet-wide budget leased from the root (hierarchical
+    leases, :mod:`.pools`)."""
 
 
 class CapacityError(ValueError):
@@ -502,6 +530,8 @@ class LedgerBook:
         self._grown = MEASURE_EVERY_BYTES  # measure before the first growth
         self._measured_at = 0.0
         self._waiters = Waiters(self.state.waiters)
+        self.pools = Pools(self.state.pools)
+        """The shard's pools of fleet-wide budget (hierarchical leases)."""
 
     @property
     def waiters(self) -> Waiters:
@@ -610,8 +640,15 @@ class LedgerBook:
             now,
         )
         grant: dict[str, float] = {str(r): float(v) for r, v in req.amounts.items()}
+        upstream = [
+            limit
+            for limit in req.limits
+            if req.upstream is not None and not limit.scope.startswith(TENANT_PREFIXES)
+        ]
         counters: list[tuple[SharedLimit, Counter]] = []
         for limit in req.limits:
+            if upstream and limit in upstream:
+                continue  # drawn from the shard's pool, not counted here
             counter = self.state.counters.get(limit.counter)
             if counter is None:
                 counter = Counter(
@@ -657,6 +694,13 @@ class LedgerBook:
                         retry_after_s=retry,
                     ),
                 )
+        pool_key: str | None = None
+        pooled: dict[str, float] = {}
+        if upstream:
+            drawn = self._draw(req, upstream, grant, now)
+            if isinstance(drawn, LedgerRefusal):
+                return ReserveResult(key=req.key, granted=False, refusal=drawn)
+            pool_key, pooled = drawn
         held: dict[str, float] = {}
         for limit, counter in counters:
             amount = grant.get(limit.resource, 0.0)
@@ -669,11 +713,70 @@ class LedgerBook:
             expires_at=now + req.ttl_s,
             lease=req.minimum is not None,
             tenant=req.tenant,
+            pool=pool_key,
+            pooled=pooled,
         )
         if asker is not None:
             self.waiters.remove(_waiter_id(req))
         _add(self.state.granted, grant)
         return ReserveResult(key=req.key, granted=True, amounts=grant)
+
+    def _draw(
+        self,
+        req: ReserveRequest,
+        upstream: list[SharedLimit],
+        grant: dict[str, float],
+        now: float,
+    ) -> tuple[str, dict[str, float]] | LedgerRefusal:
+        """Draw the fleet-wide part of ``grant`` from the shard's pool, or refuse it dry.
+
+        A lease gets no more of the pool than a fair share of what is left in it (the
+        root's rule, one level down); ``grant`` is lowered to that.
+        """
+        assert req.upstream is not None
+        signature = signature_of(upstream)
+        resources = sorted({str(limit.resource) for limit in upstream})
+        asked: dict[str, float] = {str(r): float(v) for r, v in req.amounts.items()}
+        least: dict[str, float] = {
+            str(r): float(v) for r, v in (req.minimum or req.amounts).items()
+        }
+        pool = self.pools.active(signature, now)
+        if pool is not None and pool.root == req.upstream and req.minimum is not None:
+            for resource in resources:
+                grant[resource] = min(
+                    grant.get(resource, 0.0),
+                    lease_grant(
+                        grant.get(resource, 0.0),
+                        pool.granted.get(resource, 0.0),
+                        pool.used.get(resource, 0.0),
+                        pool.held.get(resource, 0.0),
+                        pool.holders + 1,
+                        req.max_share,
+                        least.get(resource, 0.0),
+                    ),
+                )
+        wanted = {resource: grant.get(resource, 0.0) for resource in resources}
+        if pool is None or pool.root != req.upstream or not pool.fits(wanted):
+            self.pools.note_demand(
+                signature,
+                req.upstream,
+                upstream,
+                {r: asked.get(r, 0.0) for r in resources},
+                {r: least.get(r, 0.0) for r in resources},
+                req.ttl_s,
+                req.max_share,
+                req.shards,
+                now,
+            )
+            return LedgerRefusal(
+                limit=POOL_LIMIT,
+                scope=f"ledger:{req.upstream}",
+                resource=",".join(resources),
+                observed=0.0,
+                ceiling=0.0,
+            )
+        self.pools.draw(pool, wanted, now)
+        return pool.key, wanted
 
     # -- the fleet's shard count ------------------------------------------------------------
 
@@ -897,6 +1000,8 @@ class LedgerBook:
         reservation = self.state.reservations.pop(req.key, None)
         if reservation is None:
             return self._settle_expired(req.key, actual)
+        if reservation.pool is not None:
+            self.pools.give_back(reservation.pool, reservation.pooled, actual)
         for counter_id, held in reservation.counters.items():
             counter = self.state.counters[counter_id]
             _roll(counter, now)
@@ -921,6 +1026,8 @@ class LedgerBook:
             counter.committed = _clean(
                 counter.committed - charged + actual.get(counter.resource, 0.0)
             )
+        if expired.pool is not None:
+            self.pools.correct(expired.pool, expired.pooled, actual)
         correction = {r: actual.get(r, 0.0) - v for r, v in expired.amounts.items()}
         _add(self.state.committed, correction)
         _add(self.state.released, {r: -v for r, v in correction.items()})
@@ -962,6 +1069,8 @@ class LedgerBook:
 
     def _release(self, key: str, now: float) -> None:
         reservation = self.state.reservations.pop(key)
+        if reservation.pool is not None:
+            self.pools.give_back(reservation.pool, reservation.pooled, {})
         for counter_id, held in reservation.counters.items():
             counter = self.state.counters[counter_id]
             counter.reserved = _clean(counter.reserved - held)
@@ -995,7 +1104,15 @@ class LedgerBook:
                 self.state.released,
                 {r: v - amounts.get(r, 0.0) for r, v in reservation.amounts.items()},
             )
-            self.state.expired[_digest(key)] = Expired(amounts=amounts, counters=charged, at=now)
+            if reservation.pool is not None:  # charged in full: what it held counts as used
+                self.pools.give_back(reservation.pool, reservation.pooled, reservation.pooled)
+            self.state.expired[_digest(key)] = Expired(
+                amounts=amounts,
+                counters=charged,
+                at=now,
+                pool=reservation.pool,
+                pooled=reservation.pooled,
+            )
             self._close(key, now)
         return len(keys)
 
@@ -1154,6 +1271,7 @@ class LedgerBook:
             "expired_unsettled": len(self.state.expired),
             "waiters": len(self.state.waiters),
             "shards": self.state.shards,
+            "pools": self.pools.view(),
         }
 
 

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .book import CAPACITY_LIMIT, MAX_SETTLEMENTS, SHARDS_LIMIT, LedgerRefusal, ReserveRequest
+from .pools import fits_in, left_of
 from .scopes import SharedLimit
 from .waiters import rank_of
 
@@ -78,15 +79,11 @@ class Lease:
 
     def left(self, resource: str) -> float:
         """What is left of the lease for ``resource``."""
-        return (
-            self.granted.get(resource, 0.0)
-            - self.used.get(resource, 0.0)
-            - self.held.get(resource, 0.0)
-        )
+        return left_of(self.granted, self.used, self.held, resource)
 
     def fits(self, wanted: Mapping[str, float]) -> bool:
         """Whether every amount of ``wanted`` fits in what is left of the lease."""
-        return all(self.left(resource) >= value - EPSILON for resource, value in wanted.items())
+        return fits_in(self.granted, self.used, self.held, wanted)
 
     def drained(self) -> bool:
         """No dispatch reserved against it is still running."""
@@ -183,6 +180,7 @@ def reservation(
     aging_s: float | None = None,
     waiter: str | None = None,
     shards: int | None = None,
+    upstream: str | None = None,
 ) -> ReserveRequest:
     """The ledger request of a reservation: per dispatch, or a lease of ``lease_of`` dispatches.
 
@@ -217,6 +215,8 @@ def reservation(
             without its ``#n`` ask number.
         shards: The fleet's shard count when above 1 (``shared.shards``): the ledger
             refuses a request of another count than the one it serves.
+        upstream: The root ledger's id, for a request to a tenant shard whose fleet-wide
+            limits the shard grants out of its pool (hierarchical leases, :mod:`.pools`).
 
     Raises:
         pydantic.ValidationError: A request the ledger would refuse (NaN, negative or huge
@@ -248,6 +248,8 @@ def reservation(
             fields["aging_s"] = aging_s
     if shards is not None:
         fields["shards"] = shards
+    if upstream is not None:
+        fields["upstream"] = upstream
     return ReserveRequest.model_validate(fields)
 
 
@@ -266,6 +268,11 @@ class Halt:
 @dataclass(frozen=True)
 class Unavailable:
     """The ledger stayed full for longer than the run may wait: treat it as down."""
+
+
+def poolable(limit: SharedLimit) -> bool:
+    """Whether a shard may grant ``limit`` out of its pool: a terminate limit, never a slot."""
+    return limit.on_breach == "terminate" and limit.resource != CONCURRENCY
 
 
 @dataclass(frozen=True)

@@ -40,19 +40,22 @@ from ..core.leases import (
     Unavailable,
     after_refusal,
     chunks,
+    poolable,
     reservation,
     signature_of,
     split,
     wanted_of,
 )
 from ..core.leases import Ticket as LedgerTicket
+from ..core.pools import POOL_LIMIT
 from ..core.scopes import SharedLimit, StartKind, shared_limits
 from ..core.shards import ShardMap
 from ..errors import BudgetExceeded, GovernanceKilled
-from ..ledger._activity import LEDGER_ACTIVITY, LEDGER_UNAVAILABLE, LedgerCall
+from ..ledger._activity import LEDGER_UNAVAILABLE, LedgerCall
 from ..ledger._workflow import (
     BASELINE,
     EXTEND,
+    LEDGER_ACTIVITY,
     MALFORMED_UPDATE,
     OBSERVE,
     READ_CONTROLS,
@@ -83,6 +86,15 @@ _CALL_RETRY = RetryPolicy(
 
 LEDGER_UNAVAILABLE_LIMIT = "shared.ledger_unavailable"
 """The ``limit`` of the ``GovernanceKilled`` failure of a run whose ledger cannot answer."""
+
+POOL_DRY_S = 2.0
+"""After a tenant shard's pool was found dry, the run reserves its fleet-wide parts on
+the root directly for this long (the shard is asking the root for a pool meanwhile)."""
+
+
+class PoolDry(Exception):
+    """The tenant shard's pool could not cover the fleet-wide part: nothing is held."""
+
 
 _Request = TypeVar("_Request", bound=BaseModel)
 _Reply = TypeVar("_Reply")
@@ -238,8 +250,12 @@ class LedgerBudget:
         dispatch: str,
         lease_of: int = 0,
         priority: PriorityClass | None = None,
+        upstream: str | None = None,
     ) -> tuple[str | None, dict[str, float]]:
         """One reservation in the ledger, waiting or halting on refusal as the policy says.
+
+        With ``upstream`` (the root's id) the shard grants the fleet-wide limits out of
+        its pool; a dry pool raises :class:`PoolDry` (nothing held, no wait, no halt).
 
         With ``on_refusal: wait`` the request carries the dispatch's priority class, its
         tenant and how long it has waited, so that the ledger queues it fairly
@@ -274,6 +290,7 @@ class LedgerBudget:
                     waited_s=waited,
                     aging_s=self.settings.priority_aging_s if waits else None,
                     shards=self.shards,
+                    upstream=upstream,
                 )
             except ValidationError as error:
                 raise RESERVE.refused(error) from None
@@ -291,6 +308,8 @@ class LedgerBudget:
                 return ledger_key, result.amounts
             refusal = result.refusal
             assert refusal is not None
+            if upstream is not None and refusal.limit == POOL_LIMIT:
+                raise PoolDry(refusal.scope)
             if waits:
                 self.holdings.queued = True  # the ledger may keep the run as a waiter
             step = after_refusal(refusal, waited, self.settings.max_wait, self.settings.on_refusal)
@@ -440,8 +459,12 @@ class LedgerBudget:
         amounts: dict[str, float],
         dispatch: str,
         priority: PriorityClass | None = None,
+        upstream: str | None = None,
     ) -> LedgerTicket:
         """Reserve a dispatch in every shared scope that applies, or halt/wait.
+
+        With ``upstream`` the fleet-wide limits among ``limits`` are drawn from the
+        shard's pool of that root; :class:`PoolDry` when it cannot cover them.
 
         Parallel dispatches of one run share its lease for the same scopes: the lease is
         taken (or renewed) by one of them at a time, and a lease that is replaced is
@@ -455,13 +478,15 @@ class LedgerBudget:
         try:
             if leasable:
                 wanted = wanted_of(leasable, amounts)
-                ticket.lease = await self._lease_for(key, leasable, wanted, dispatch, priority)
+                ticket.lease = await self._lease_for(
+                    key, leasable, wanted, dispatch, priority, upstream
+                )
                 ticket.leased = wanted if ticket.lease is not None else {}
             if per_dispatch:
                 wanted = wanted_of(per_dispatch, amounts)
                 ticket.per_dispatch = tuple(wanted)
                 ticket.ledger_key, _ = await self._reserve(
-                    key, per_dispatch, wanted, dispatch, priority=priority
+                    key, per_dispatch, wanted, dispatch, priority=priority, upstream=upstream
                 )
         except BaseException:
             await self.settle(ticket, {})  # nothing ran: give back what was taken
@@ -475,6 +500,7 @@ class LedgerBudget:
         wanted: dict[str, float],
         dispatch: str,
         priority: PriorityClass | None,
+        upstream: str | None = None,
     ) -> Lease | None:
         """Hold ``wanted`` against the run's lease of these scopes, renewing it if needed."""
         signature = signature_of(leasable)
@@ -482,7 +508,7 @@ class LedgerBudget:
             return await self._hold(signature, key, leasable, wanted, dispatch, priority)
         lock = self._lease_locks.setdefault(signature, asyncio.Lock())
         async with lock:  # one renewal at a time: parallel dispatches never orphan a lease
-            return await self._hold(signature, key, leasable, wanted, dispatch, priority)
+            return await self._hold(signature, key, leasable, wanted, dispatch, priority, upstream)
 
     async def _hold(
         self,
@@ -492,6 +518,7 @@ class LedgerBudget:
         wanted: dict[str, float],
         dispatch: str,
         priority: PriorityClass | None,
+        upstream: str | None = None,
     ) -> Lease | None:
         """Hold ``wanted`` against the lease of ``signature``, taking a new one if needed."""
         now = temporalio.workflow.now().timestamp()
@@ -506,6 +533,7 @@ class LedgerBudget:
                 dispatch,
                 lease_of=self.settings.lease_dispatches,
                 priority=priority,
+                upstream=upstream,
             )
             if ledger_key is None:
                 return None  # uncounted: the ledger is unavailable and policy says open
@@ -677,6 +705,8 @@ class SharedBudget:
         self._parts: dict[str, LedgerBudget] = {}
         self._registered = not self.shards.sharded
         """Whether the run has told the root the fleet's shard count (or need not)."""
+        self._dry_until: dict[str, float] = {}
+        """Tenant shard -> until when its pool is taken as dry (workflow time)."""
         attribution = run.context.attribution
         self._control_scopes = [f"tenant:{attribution.tenant}", f"agent:{run.agent}"]
         """Every ledger the run reserves in is asked for both: a sharded fleet keeps each
@@ -768,17 +798,48 @@ class SharedBudget:
             await self._register(key, dispatch)
         tenant = self.run.context.attribution.tenant
         groups = self.shards.split(limits, tenant) or {self.shards.root: []}
+        pooled = self._pooled(groups, tenant)
+        if pooled is not None:
+            groups = pooled
         ticket = Ticket()
         try:
             for ledger_id, part_limits in groups.items():
                 part = self._part(ledger_id)
-                held = await part.reserve(key, part_limits, amounts, dispatch, priority)
+                upstream = self.shards.root if pooled and ledger_id != self.shards.root else None
+                held = await part.reserve(key, part_limits, amounts, dispatch, priority, upstream)
                 ticket.parts.append((part, held))
+        except PoolDry:
+            for part, held in ticket.parts:  # nothing ran: give back what was taken
+                await part.settle(held, {})
+            shard = next(iter(groups))
+            self._dry_until[shard] = temporalio.workflow.now().timestamp() + POOL_DRY_S
+            return await self.reserve(key, limits, amounts, dispatch, priority=priority)
         except BaseException:
             for part, held in ticket.parts:  # nothing ran: give back what was taken
                 await part.settle(held, {})
             raise
         return ticket
+
+    def _pooled(
+        self, groups: dict[str, list[SharedLimit]], tenant: str | None
+    ) -> dict[str, list[SharedLimit]] | None:
+        """The groups with the fleet-wide limits a pool may grant moved to the tenant's shard.
+
+        ``None`` when hierarchical leases are off, the dispatch has no such limit or no
+        tenant, or the shard's pool was found dry a moment ago.
+        """
+        if not self.settings.hierarchical_leases or not self.shards.sharded or tenant is None:
+            return None
+        root = self.shards.root
+        drawn = [limit for limit in groups.get(root, []) if poolable(limit)]
+        shard = self.shards.ledger_of_tenant(tenant)
+        if not drawn or self._dry_until.get(shard, 0.0) > temporalio.workflow.now().timestamp():
+            return None
+        rest = [limit for limit in groups[root] if not poolable(limit)]
+        pooled = {shard: groups.get(shard, []) + drawn}
+        if rest:
+            pooled[root] = rest
+        return pooled
 
     def record(self, ticket: Ticket, actual: dict[str, float]) -> None:
         """Note what a finished dispatch used, without a ledger call (it cannot fail)."""

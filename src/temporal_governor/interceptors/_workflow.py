@@ -51,8 +51,7 @@ from ..errors import (
     BreachDetails,
     BudgetExceeded,
 )
-from ..ledger._activity import LEDGER_ACTIVITY
-from ..ledger._workflow import LEDGER_WORKFLOW
+from ..ledger._workflow import LEDGER_ACTIVITY, LEDGER_WORKFLOW
 from ..names import BUDGET_QUERY, MEMO_KEY, STATE_ATTRIBUTE, TENANT_ATTRIBUTE
 from ..policy import Estimate, Policy
 from ..usage import Usage

@@ -6,9 +6,10 @@ query or drive the ledger directly (:func:`call_ledger`: a call through the same
 queue the activity uses, which coalesces calls that ask for it into ``batch`` updates).
 """
 
-from ._activity import LEDGER_ACTIVITY, LedgerCall, call_ledger, ledger_call
+from ._activity import LedgerCall, call_ledger, ledger_call
 from ._coalescer import CoalescingStats, coalescing_stats
 from ._workflow import (
+    LEDGER_ACTIVITY,
     LEDGER_WORKFLOW,
     UPDATES,
     BatchReply,

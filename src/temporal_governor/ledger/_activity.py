@@ -46,10 +46,7 @@ from ._coalescer import (
     gates,
 )
 from ._wedge import wedged
-from ._workflow import BATCH, LEDGER_FULL, MALFORMED_UPDATE, UPDATES, UpdateName
-
-LEDGER_ACTIVITY = "temporal_governor.ledger"
-"""Activity type of :func:`ledger_call`; the governor never governs its own activities."""
+from ._workflow import BATCH, LEDGER_ACTIVITY, LEDGER_FULL, MALFORMED_UPDATE, UPDATES, UpdateName
 
 LEDGER_UNAVAILABLE = "LedgerUnavailable"
 """``ApplicationError.type`` of a ledger call the ledger cannot answer (its workflow task

@@ -43,7 +43,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError, FailureError
 
 from ..core.book import (
     MAX_KEY_CHARS,
@@ -68,16 +69,31 @@ from ..core.book import (
     StoredControls,
 )
 from ..core.detectors import BaselineState
+from ..core.pools import PoolCall
 from ..errors import GovernorError, validation_problems
 
 LEDGER_WORKFLOW = "temporal-governor-ledger"
 """Workflow type of the ledger."""
+
+LEDGER_ACTIVITY = "temporal_governor.ledger"
+"""Activity type of :func:`~._activity.ledger_call`; the governor never governs its own
+activities. A tenant shard calls the root through it for its pools."""
+
+POOL_CALL_TIMEOUT = timedelta(seconds=20)
+"""How long a shard's call to the root for its pools may take, retries included; a call
+that did not go through is made again later (an ask with the same key)."""
 
 MALFORMED_UPDATE = "MalformedLedgerUpdate"
 """``ApplicationError.type`` of a ledger update its validator rejected."""
 
 LEDGER_FULL = "LedgerFull"
 """``ApplicationError.type`` of a ledger update refused by one of the ledger's size caps."""
+
+_POOL_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    maximum_interval=timedelta(seconds=2),
+    non_retryable_error_types=["LedgerUnavailable", MALFORMED_UPDATE, LEDGER_FULL],
+)
 
 _PRUNE_EVERY = 500
 """Updates between two prunes of closed windows and idle counters."""
@@ -292,19 +308,75 @@ class GovernorLedger:
         while True:
             soonest = self.book.next_expiry()
             self._deadline = soonest
-            timeout = None if soonest is None else timedelta(seconds=max(0.001, soonest - _now()))
+            due = [t for t in (soonest, self.book.pools.wake_at(_now())) if t is not None]
+            timeout = None if not due else timedelta(seconds=max(0.001, min(due) - _now()))
             self._wake = False
             with contextlib.suppress(TimeoutError):  # the soonest reservation expired
                 await workflow.wait_condition(
-                    lambda: self._wake or self._continue_now(), timeout=timeout
+                    lambda: self._wake or self.book.pools.dirty or self._continue_now(),
+                    timeout=timeout,
                 )
             self.book.expire(_now())
+            await self._tend_pools()
             if self._continue_now():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 self.book.expire(_now())
                 self.book.prune(_now())
                 self.book.fit(_now())  # never carry more than the payload budget
                 workflow.continue_as_new(self.book.pack())
+
+    async def _tend_pools(self) -> None:
+        """Make the calls a tenant shard's pools need of the root (hierarchical leases).
+
+        Never inside an update handler (they never wait): here, between two rounds of the
+        expiry loop, one call at a time, so that continue-as-new never leaves one halfway.
+        A ledger without pools (the root, an unsharded ledger, a fleet without
+        hierarchical leases) makes no call and its history is what it was.
+        """
+        owner = workflow.info().workflow_id
+        for call in self.book.pools.work(owner, _now()):
+            since = _now()
+            try:
+                reply = await workflow.execute_local_activity(
+                    LEDGER_ACTIVITY,
+                    self._pool_call(call, since),
+                    schedule_to_close_timeout=POOL_CALL_TIMEOUT,
+                    retry_policy=_POOL_RETRY,
+                )
+            except FailureError as error:
+                workflow.logger.warning(
+                    "ledger %s: pool call %s to %s failed: %s", owner, call.update, call.root, error
+                )
+                self.book.pools.unanswered(call, _now())
+                continue
+            if call.update == "reserve":
+                result = ReserveResult.model_validate(reply)
+                refusal = result.refusal
+                self.book.pools.asked(
+                    call,
+                    result.amounts if result.granted else None,
+                    refusal.retry_after_s if refusal is not None else None,
+                    _now(),
+                )
+            elif call.update == "settle":
+                self.book.pools.settled(str(call.request["key"]))
+            else:
+                self.book.pools.extended(call.root, float(call.request["ttl_s"]), since)
+
+    def _pool_call(self, call: PoolCall, since: float) -> dict[str, Any]:
+        """The ledger activity's argument (a ``LedgerCall`` as JSON) for one pool call."""
+        if call.update == "extend":
+            update_id = f"extend:{call.request['run']}@{int(since * 1000)}"
+        else:
+            update_id = f"{call.update}:{call.request['key']}"
+        return {
+            "ledger_id": call.root,
+            "update": call.update,
+            "request": call.request,
+            "update_id": update_id,
+            "task_queue": workflow.info().task_queue,
+            "continue_as_new_after": self.state.continue_as_new_after,
+        }
 
     def _continue_now(self) -> bool:
         return (
@@ -533,6 +605,7 @@ __all__ = [
     "BATCH_REPLY_BYTES",
     "CONTROL",
     "EXTEND",
+    "LEDGER_ACTIVITY",
     "LEDGER_FULL",
     "LEDGER_WORKFLOW",
     "MALFORMED_UPDATE",

@@ -1,0 +1,417 @@
+"""A tenant shard's pools: chunks of fleet-wide budget it leases from the root ledger.
+
+With hierarchical leases (``shared.hierarchical_leases``) a run sends the fleet-wide part
+of a dispatch (a ``global``, agent or tool limit) to its tenant's shard together with the
+tenant part, in one reservation. The shard grants the fleet-wide part out of a **pool**:
+a lease it holds on the root ledger, taken with the root's own lease protocol (a fair
+share of what is left, at most ``max_share`` of it). So the global ceiling holds exactly
+(the root never grants more than it has, and a shard never grants more than its pool),
+while the root sees a pool's ask, renewal and settlement instead of every run's.
+
+A pool that cannot cover a request refuses it with :data:`POOL_LIMIT` and holds nothing;
+the run then reserves the fleet-wide part on the root itself, as without pools, so a dry
+pool never halts or delays a dispatch beyond one more round trip. The refusal is noted as
+**demand**: the shard's workflow (outside its update handlers, which never wait) asks the
+root for a pool and the next requests draw from it.
+
+A pool is retired (no new grant from it) when it is half its TTL old, when it no longer
+covers what is asked of it, or when nobody drew from it for :data:`POOL_IDLE_S`; once the
+reservations drawn from it are settled it is settled on the root with what they really
+used. What a run's expired reservation is charged (in full) counts as used.
+
+This module is the bookkeeping and its decisions, with no ``temporalio`` import; the
+ledger's book (:mod:`.book`) draws from it and the ledger workflow sends the calls
+:meth:`Pools.work` lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .scopes import SharedLimit
+
+POOL_LIMIT = "shared.pool"
+"""The limit of a refusal that only says "this shard's pool cannot cover it": nothing is
+held, and the run reserves the fleet-wide part on the root instead."""
+
+POOL_REQUESTS = 10
+"""A pool asks the root for this many times the request that found the shard dry (the
+root's fair-share rule may grant less, never less than that one request)."""
+
+POOL_IDLE_S = 10.0
+"""An active pool nobody drew from for this long is retired and settled: budget idle in a
+shard's pool is budget other shards cannot use."""
+
+DEMAND_KEEP_S = 30.0
+"""A dry refusal is remembered as demand this long (no ask after it: nobody needs it)."""
+
+ASK_BACKOFF_S = 1.0
+"""Pause before asking the root again after it refused or could not answer."""
+
+MAX_POOLS = 64
+"""Most pools (active and retired) one shard holds; beyond, requests find it dry."""
+
+MAX_DEMAND = 64
+"""Most signatures one shard keeps demand for."""
+
+MIN_PAUSE_S = 0.5
+"""The shortest pause between two rounds of :meth:`Pools.work` that a timer asks for."""
+
+_EPSILON = 1e-9
+
+
+def left_of(
+    granted: Mapping[str, float],
+    used: Mapping[str, float],
+    held: Mapping[str, float],
+    resource: str,
+) -> float:
+    """What is left of a chunk of budget (a run's lease, a shard's pool) for ``resource``."""
+    return granted.get(resource, 0.0) - used.get(resource, 0.0) - held.get(resource, 0.0)
+
+
+def fits_in(
+    granted: Mapping[str, float],
+    used: Mapping[str, float],
+    held: Mapping[str, float],
+    wanted: Mapping[str, float],
+) -> bool:
+    """Whether every amount of ``wanted`` fits in what is left of a chunk of budget."""
+    return all(left_of(granted, used, held, r) >= v - _EPSILON for r, v in wanted.items())
+
+
+def signature_of(limits: list[SharedLimit]) -> str:
+    """What identifies the fleet-wide limits a pool covers: counters and ceilings, sorted."""
+    return "|".join(sorted(f"{limit.counter}@{limit.ceiling!r}" for limit in limits))
+
+
+def pool_run(owner: str) -> str:
+    """The ``run`` of a shard's pool reservations on the root (released together)."""
+    return f"{owner}/pools"
+
+
+class Pool(BaseModel):
+    """One lease a shard holds on the root, drawn from by the shard's reservations."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    """Its reservation key on the root."""
+    root: str
+    """The root ledger's workflow id."""
+    signature: str
+    granted: dict[str, float]
+    used: dict[str, float] = Field(default_factory=dict)
+    """What settled (or expired) reservations drawn from it really used."""
+    held: dict[str, float] = Field(default_factory=dict)
+    """What open reservations drawn from it hold."""
+    holders: int = 0
+    """Open reservations drawn from it."""
+    taken_at: float
+    expires_at: float
+    """When the root charges it in full unless renewed (epoch seconds)."""
+    ttl_s: float
+    used_at: float
+    """When a reservation last drew from it."""
+    retired: bool = False
+
+    def left(self, resource: str) -> float:
+        """What is left of the pool for ``resource``."""
+        return left_of(self.granted, self.used, self.held, resource)
+
+    def fits(self, wanted: Mapping[str, float]) -> bool:
+        """Whether every amount of ``wanted`` fits in what is left."""
+        return fits_in(self.granted, self.used, self.held, wanted)
+
+    def drained(self) -> bool:
+        """No open reservation draws from it."""
+        return self.holders <= 0
+
+    def usable(self, now: float) -> bool:
+        """Active, younger than half its TTL and not about to expire on the root."""
+        return (
+            not self.retired
+            and now - self.taken_at <= self.ttl_s / 2
+            and self.expires_at - now > self.ttl_s / 4
+        )
+
+    def settlement(self) -> dict[str, float]:
+        """What settling it on the root commits: what its reservations really used.
+
+        That can pass what was granted (a dispatch that spent more than its estimate):
+        the root commits the actual, as it does for a run's own lease.
+        """
+        return {r: self.used.get(r, 0.0) for r in sorted(set(self.granted) | set(self.used))}
+
+
+class PoolDemand(BaseModel):
+    """Requests a shard found dry, by signature: what its next pool ask is made of."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: str
+    limits: list[SharedLimit]
+    amounts: dict[str, float]
+    """The largest dry request's amounts of the pooled resources."""
+    minimum: dict[str, float]
+    """The least a pool must hold to cover that request."""
+    ttl_s: float
+    max_share: float
+    shards: int | None = None
+    at: float
+    """When it was last refused dry."""
+    backoff_until: float = 0.0
+    asking: str | None = None
+    """The key of an ask whose answer is not in yet: asked again with the same key, so
+    that a lost answer never leaves a second pool on the root."""
+
+
+class PoolState(BaseModel):
+    """Everything a shard keeps of its pools; part of the ledger's state."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pools: dict[str, Pool] = Field(default_factory=dict)
+    """Pool key -> pool."""
+    demand: dict[str, PoolDemand] = Field(default_factory=dict)
+    """Signature -> what was asked of a dry pool."""
+    asks: int = 0
+    """Pool asks so far (numbers their keys)."""
+
+
+@dataclass(frozen=True)
+class PoolCall:
+    """One call the shard's workflow makes to the root for its pools.
+
+    ``update`` is ``reserve`` (an ask: ``request`` is the reservation's fields),
+    ``settle`` or ``extend``.
+    """
+
+    update: str
+    root: str
+    request: dict[str, Any]
+    signature: str = ""
+    """For an ask: the demand it answers."""
+
+
+def _settle_of(pool: Pool) -> dict[str, Any]:
+    return {"key": pool.key, "actual": pool.settlement()}
+
+
+class Pools:
+    """The pool bookkeeping of one shard's book (its state is :class:`PoolState`)."""
+
+    def __init__(self, state: PoolState) -> None:
+        self.state = state
+        self.dirty = False
+        """Something for :meth:`work` to do arrived since it last ran (wakes the workflow)."""
+
+    # -- drawing, inside update handlers --------------------------------------------------
+
+    def active(self, signature: str, now: float) -> Pool | None:
+        """The usable pool of ``signature``; a pool no longer usable is retired here."""
+        for pool in self.state.pools.values():
+            if pool.signature != signature or pool.retired:
+                continue
+            if pool.usable(now):
+                return pool
+            self._retire(pool)
+        return None
+
+    def note_demand(
+        self,
+        signature: str,
+        root: str,
+        limits: list[SharedLimit],
+        amounts: Mapping[str, float],
+        minimum: Mapping[str, float],
+        ttl_s: float,
+        max_share: float,
+        shards: int | None,
+        now: float,
+    ) -> None:
+        """A request found the pool of ``signature`` dry: ask the root for one."""
+        demand = self.state.demand.get(signature)
+        if demand is None:
+            if len(self.state.demand) >= MAX_DEMAND:
+                return
+            demand = PoolDemand(
+                root=root,
+                limits=limits,
+                amounts={},
+                minimum={},
+                ttl_s=ttl_s,
+                max_share=max_share,
+                shards=shards,
+                at=now,
+            )
+            self.state.demand[signature] = demand
+        for resource, value in amounts.items():
+            demand.amounts[resource] = max(demand.amounts.get(resource, 0.0), value)
+        for resource, value in minimum.items():
+            demand.minimum[resource] = max(demand.minimum.get(resource, 0.0), value)
+        demand.at = now
+        self.dirty = True
+
+    def draw(self, pool: Pool, amounts: Mapping[str, float], now: float) -> None:
+        """A reservation takes ``amounts`` out of ``pool``."""
+        for resource, value in amounts.items():
+            pool.held[resource] = pool.held.get(resource, 0.0) + value
+        pool.holders += 1
+        pool.used_at = now
+
+    def give_back(
+        self, key: str | None, pooled: Mapping[str, float], actual: Mapping[str, float]
+    ) -> None:
+        """A reservation drawn from pool ``key`` holding ``pooled`` ended having used ``actual``."""
+        pool = self.state.pools.get(key) if key is not None else None
+        if pool is None:
+            return  # settled on the root already: nothing to correct here
+        for resource, value in pooled.items():
+            pool.held[resource] = max(0.0, pool.held.get(resource, 0.0) - value)
+            pool.used[resource] = pool.used.get(resource, 0.0) + actual.get(resource, 0.0)
+        pool.holders -= 1
+        if pool.retired and pool.drained():
+            self.dirty = True
+
+    def correct(
+        self, key: str | None, charged: Mapping[str, float], actual: Mapping[str, float]
+    ) -> None:
+        """A late settle of an expired reservation: it used ``actual``, not ``charged``."""
+        pool = self.state.pools.get(key) if key is not None else None
+        if pool is None:
+            return  # the pool was settled with the full charge: the root keeps it (safe side)
+        for resource, value in charged.items():
+            corrected = pool.used.get(resource, 0.0) - value + actual.get(resource, 0.0)
+            pool.used[resource] = max(0.0, corrected)
+
+    def _retire(self, pool: Pool) -> None:
+        pool.retired = True
+        if pool.drained():
+            self.dirty = True
+
+    # -- the workflow's side: calls to the root ------------------------------------------------
+
+    def work(self, owner: str, now: float) -> list[PoolCall]:
+        """The calls to make to the root now: settlements, one renewal, asks.
+
+        Args:
+            owner: The shard's workflow id (pool keys and their ``run`` on the root).
+            now: The workflow's clock.
+        """
+        self.dirty = False
+        calls: list[PoolCall] = []
+        for pool in self.state.pools.values():
+            idle = pool.holders == 0 and now - pool.used_at > POOL_IDLE_S
+            if not pool.retired and (idle or not pool.usable(now)):
+                pool.retired = True
+            if pool.retired and pool.drained():
+                calls.append(PoolCall("settle", pool.root, _settle_of(pool)))
+        renew = [p for p in self.state.pools.values() if p.expires_at - now < p.ttl_s / 2]
+        for root in sorted({p.root for p in renew}):
+            ttl = max(p.ttl_s for p in renew if p.root == root)
+            calls.append(PoolCall("extend", root, {"run": pool_run(owner), "ttl_s": ttl}))
+        for signature, demand in list(self.state.demand.items()):
+            if now - demand.at > DEMAND_KEEP_S and demand.asking is None:
+                del self.state.demand[signature]
+                continue
+            if demand.backoff_until > now:
+                continue
+            active = self.active(signature, now)
+            if active is not None and active.fits(demand.minimum):
+                del self.state.demand[signature]
+                continue
+            if active is not None:
+                self._retire(active)  # too little left for what is asked: a fresh one
+                if active.drained():
+                    calls.append(PoolCall("settle", active.root, _settle_of(active)))
+            if len(self.state.pools) >= MAX_POOLS:
+                continue
+            if demand.asking is None:
+                self.state.asks += 1
+                demand.asking = f"{owner}/pool#{self.state.asks}"
+            request: dict[str, Any] = {
+                "key": demand.asking,
+                "run": pool_run(owner),
+                "amounts": {r: v * POOL_REQUESTS for r, v in demand.amounts.items()},
+                "minimum": dict(demand.minimum),
+                "limits": [limit.model_dump(mode="json") for limit in demand.limits],
+                "ttl_s": demand.ttl_s,
+                "max_share": demand.max_share,
+            }
+            if demand.shards is not None:
+                request["shards"] = demand.shards
+            calls.append(PoolCall("reserve", demand.root, request, signature))
+        return calls
+
+    def asked(
+        self, call: PoolCall, granted: Mapping[str, float] | None, retry_s: float | None, now: float
+    ) -> None:
+        """The root answered an ask: a pool of ``granted``, or a refusal (``None``)."""
+        demand = self.state.demand.get(call.signature)
+        key = str(call.request["key"])
+        if granted is not None and any(v > _EPSILON for v in granted.values()):
+            if key not in self.state.pools:
+                ttl = float(call.request["ttl_s"])
+                self.state.pools[key] = Pool(
+                    key=key,
+                    root=call.root,
+                    signature=call.signature,
+                    granted=dict(granted),
+                    taken_at=now,
+                    expires_at=now + ttl,
+                    ttl_s=ttl,
+                    used_at=now,
+                )
+            if demand is not None and demand.asking == key:
+                del self.state.demand[call.signature]
+            return
+        if demand is not None:
+            demand.asking = None  # refused, or an answer of nothing: it holds nothing
+            demand.backoff_until = now + max(retry_s or 0.0, ASK_BACKOFF_S)
+
+    def unanswered(self, call: PoolCall, now: float) -> None:
+        """The root could not answer a call: try again after a pause (an ask keeps its key)."""
+        demand = self.state.demand.get(call.signature)
+        if call.update == "reserve" and demand is not None:
+            demand.backoff_until = now + ASK_BACKOFF_S
+
+    def settled(self, key: str) -> None:
+        """The root took a pool's settlement (or no longer knew it): forget the pool."""
+        self.state.pools.pop(key, None)
+
+    def extended(self, root: str, ttl_s: float, since: float) -> None:
+        """The root renewed the shard's pools there as of ``since``."""
+        for pool in self.state.pools.values():
+            if pool.root == root:
+                pool.expires_at = max(pool.expires_at, since + ttl_s)
+
+    def wake_at(self, now: float) -> float | None:
+        """When :meth:`work` has something to do next, at the latest (epoch seconds)."""
+        times: list[float] = []
+        for pool in self.state.pools.values():
+            times.append(pool.expires_at - pool.ttl_s / 2)
+            if not pool.retired:
+                times.append(pool.taken_at + pool.ttl_s / 2)
+                # look again for idleness a while after its last use (or from now while
+                # held: a handler that drains it does not wake the workflow)
+                idle_from = pool.used_at if pool.holders == 0 else now
+                times.append(idle_from + POOL_IDLE_S)
+        for demand in self.state.demand.values():
+            times.append(
+                demand.backoff_until if demand.backoff_until > now else demand.at + DEMAND_KEEP_S
+            )
+        # never sooner than a short pause: a renewal the root could not take is retried
+        # after one, not in a busy loop
+        return max(min(times), now + MIN_PAUSE_S) if times else None
+
+    def view(self) -> list[dict[str, Any]]:
+        """The pools as JSON, for the ledger's ``state`` query."""
+        return [
+            pool.model_dump(mode="json", exclude={"signature"})
+            for pool in self.state.pools.values()
+        ]

@@ -1,0 +1,279 @@
+"""A tenant shard's pools of fleet-wide budget (hierarchical leases), on the pure books.
+
+A root book and shard books exchange the calls :meth:`Pools.work` lists, in-process, as
+the ledger workflows do through the ledger activity.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from temporal_governor.core.book import (
+    ExtendRequest,
+    LedgerBook,
+    ReleaseRunRequest,
+    ReserveRequest,
+    SettleRequest,
+)
+from temporal_governor.core.leases import reservation
+from temporal_governor.core.pools import POOL_IDLE_S, POOL_LIMIT, POOL_REQUESTS
+from temporal_governor.core.scopes import SharedLimit
+
+ROOT = "ledger"
+GLOBAL = SharedLimit(
+    name="global.max_tokens_per_minute",
+    scope="global",
+    resource="tokens",
+    ceiling=10_000.0,
+    window_s=60.0,
+)
+
+
+def tenant_limit(tenant: str, ceiling: float = 1e9) -> SharedLimit:
+    return SharedLimit(
+        name="tenants.default.quotas.max_tokens",
+        scope=f"tenant:{tenant}",
+        resource="tokens",
+        ceiling=ceiling,
+    )
+
+
+def ask(
+    key: str,
+    tenant: str,
+    tokens: float,
+    *,
+    lease_of: int = 0,
+    tenant_ceiling: float = 1e9,
+    run: str = "run",
+) -> ReserveRequest:
+    return reservation(
+        key,
+        run,
+        [tenant_limit(tenant, tenant_ceiling), GLOBAL],
+        {"tokens": tokens},
+        600.0,
+        lease_of=lease_of,
+        shards=2,
+        upstream=ROOT,
+    )
+
+
+def tend(shard: LedgerBook, owner: str, root: LedgerBook, now: float) -> int:
+    """Make the shard's pool calls on the root, as the ledger workflow does. Returns how many."""
+    calls = shard.pools.work(owner, now)
+    for call in calls:
+        if call.update == "reserve":
+            result = root.reserve(ReserveRequest.model_validate(call.request), now)
+            refusal = result.refusal
+            shard.pools.asked(
+                call,
+                result.amounts if result.granted else None,
+                refusal.retry_after_s if refusal is not None else None,
+                now,
+            )
+        elif call.update == "settle":
+            root.settle(SettleRequest.model_validate(call.request), now)
+            shard.pools.settled(str(call.request["key"]))
+        else:
+            root.extend(ExtendRequest.model_validate(call.request), now)
+            shard.pools.extended(call.root, float(call.request["ttl_s"]), now)
+    return len(calls)
+
+
+def global_counter(root: LedgerBook) -> Any:
+    return root.state.counters.get(GLOBAL.counter)
+
+
+def test_a_dry_pool_refuses_holding_nothing_then_the_shard_asks_the_root_for_one() -> None:
+    shard = LedgerBook()
+    result = shard.reserve(ask("r/a#1", "acme", 100), now=0.0)
+    assert not result.granted
+    assert result.refusal is not None and result.refusal.limit == POOL_LIMIT
+    assert result.refusal.scope == f"ledger:{ROOT}"
+    assert shard.state.reservations == {}
+    assert all(c.reserved == 0 for c in shard.state.counters.values())
+    assert shard.pools.dirty  # wakes the shard's workflow
+
+    calls = shard.pools.work("shard-0", 0.0)
+    assert [c.update for c in calls] == ["reserve"]
+    request = ReserveRequest.model_validate(calls[0].request)
+    assert request.amounts == {"tokens": 100 * POOL_REQUESTS}
+    assert request.minimum == {"tokens": 100}
+    assert request.run == "shard-0/pools"
+    assert request.limits == [GLOBAL] and request.shards == 2
+    # an unanswered ask keeps its key: a lost answer never leaves a second pool on the root
+    shard.pools.unanswered(calls[0], 0.0)
+    again = shard.pools.work("shard-0", 2.0)
+    assert [c.request["key"] for c in again] == [calls[0].request["key"]]
+
+
+def test_a_filled_pool_grants_the_tenant_and_fleet_parts_in_one_step_and_settles_exactly() -> None:
+    shard, root = LedgerBook(), LedgerBook()
+    shard.reserve(ask("r/a#1", "acme", 100), now=0.0)
+    assert tend(shard, "shard-0", root, 0.0) == 1
+    (pool,) = shard.state.pools.pools.values()
+    # the root's fair share: at most 10 % of what is left, for the 1,000 tokens asked
+    assert pool.granted == {"tokens": 1000.0}
+    assert global_counter(root).reserved == 1000.0
+
+    result = shard.reserve(ask("r/a#2", "acme", 100), now=1.0)
+    assert result.granted and result.amounts == {"tokens": 100.0}
+    assert pool.held == {"tokens": 100.0} and pool.holders == 1
+    assert shard.state.counters[tenant_limit("acme").counter].reserved == 100.0
+    assert GLOBAL.counter not in shard.state.counters  # the root keeps the fleet's counter
+
+    shard.settle(SettleRequest(key="r/a#2", actual={"tokens": 70}), now=2.0)
+    assert pool.used == {"tokens": 70.0} and pool.held == {"tokens": 0.0}
+    # idle for POOL_IDLE_S: retired and settled on the root with what was really used
+    assert tend(shard, "shard-0", root, 2.0 + POOL_IDLE_S + 1) == 1
+    assert shard.state.pools.pools == {}
+    counter = global_counter(root)
+    assert counter.reserved == 0.0 and counter.committed == 70.0
+    assert root.state.reservations == {}
+
+
+def test_a_pool_never_grants_more_than_it_holds_and_a_lease_gets_a_fair_share_of_it() -> None:
+    shard, root = LedgerBook(), LedgerBook()
+    shard.reserve(ask("r/a#1", "acme", 100), now=0.0)
+    tend(shard, "shard-0", root, 0.0)
+    (pool,) = shard.state.pools.pools.values()
+    # a lease of 20 dispatches (2,000 tokens) gets a fair share of the pool's 1,000
+    lease = shard.reserve(ask("r/a#2", "acme", 100, lease_of=20), now=1.0)
+    assert lease.granted and 100 <= lease.amounts["tokens"] <= 100.0 + 1e-9
+    granted = [lease.amounts["tokens"]]
+    for i in range(3, 40):
+        result = shard.reserve(ask(f"r/a#{i}", "acme", 100), now=1.0)
+        if not result.granted:
+            assert result.refusal is not None and result.refusal.limit == POOL_LIMIT
+            break
+        granted.append(result.amounts["tokens"])
+    assert sum(granted) <= pool.granted["tokens"] + 1e-9
+    assert pool.left("tokens") < 100
+
+
+def test_tenant_refusals_come_first_and_a_refused_or_released_reservation_gives_back() -> None:
+    shard, root = LedgerBook(), LedgerBook()
+    shard.reserve(ask("r/a#1", "acme", 100), now=0.0)
+    tend(shard, "shard-0", root, 0.0)
+    (pool,) = shard.state.pools.pools.values()
+    refused = shard.reserve(ask("r/a#2", "acme", 100, tenant_ceiling=50), now=1.0)
+    assert refused.refusal is not None and refused.refusal.scope == "tenant:acme"
+    assert pool.held.get("tokens", 0.0) == 0.0 and pool.holders == 0
+
+    assert shard.reserve(ask("r/a#3", "acme", 100, run="run-1"), now=1.0).granted
+    shard.release_run(ReleaseRunRequest(run="run-1"), now=2.0)
+    assert pool.holders == 0 and pool.held["tokens"] == 0.0 and pool.used.get("tokens", 0) == 0
+
+
+def test_an_expired_reservation_counts_in_full_and_a_late_settle_corrects_the_pool() -> None:
+    shard, root = LedgerBook(), LedgerBook()
+    shard.reserve(ask("r/a#1", "acme", 100), now=0.0)
+    tend(shard, "shard-0", root, 0.0)
+    (pool,) = shard.state.pools.pools.values()
+    short = ask("r/a#2", "acme", 100).model_copy(update={"ttl_s": 5.0})
+    assert shard.reserve(short, now=1.0).granted
+    assert shard.expire(now=7.0) == 1
+    assert pool.used == {"tokens": 100.0} and pool.holders == 0
+    shard.settle(SettleRequest(key="r/a#2", actual={"tokens": 30}), now=8.0)
+    assert pool.used == {"tokens": 30.0}
+
+
+def test_a_pool_half_its_ttl_old_is_retired_and_renewed_on_the_root_while_held() -> None:
+    shard, root = LedgerBook(), LedgerBook()
+    shard.reserve(ask("r/a#1", "acme", 100), now=0.0)
+    tend(shard, "shard-0", root, 0.0)
+    (first,) = shard.state.pools.pools.values()
+    assert shard.reserve(ask("r/a#2", "acme", 100), now=1.0).granted
+    # past half its TTL, held by r/a#2: renewed on the root, retired for new grants
+    calls = shard.pools.work("shard-0", 301.0)
+    assert [c.update for c in calls] == ["extend"]
+    tend(shard, "shard-0", root, 301.0)
+    assert first.retired and first.expires_at == pytest.approx(901.0)
+    assert root.state.reservations[first.key].expires_at == pytest.approx(901.0)
+    dry = shard.reserve(ask("r/a#3", "acme", 100), now=302.0)
+    assert dry.refusal is not None and dry.refusal.limit == POOL_LIMIT
+    shard.settle(SettleRequest(key="r/a#2", actual={"tokens": 100}), now=303.0)
+    tend(shard, "shard-0", root, 303.0)  # the drained pool settles, a new one is asked for
+    assert first.key not in shard.state.pools.pools
+    assert len(shard.state.pools.pools) == 1
+    assert global_counter(root).committed == 100.0
+
+
+def test_only_terminate_limits_on_leasable_resources_are_drawn_from_a_pool() -> None:
+    slots = SharedLimit(
+        name="global.max_concurrent_tasks", scope="global", resource="concurrency", ceiling=5
+    )
+    with pytest.raises(ValidationError, match="cannot be drawn from a pool"):
+        reservation("k#1", "run", [slots], {"concurrency": 1}, 600.0, shards=2, upstream=ROOT)
+    alert = GLOBAL.model_copy(update={"on_breach": "alert"})
+    with pytest.raises(ValidationError, match="cannot be drawn from a pool"):
+        reservation("k#1", "run", [alert], {"tokens": 1}, 600.0, shards=2, upstream=ROOT)
+
+
+def test_an_older_state_loads_and_a_book_without_pools_packs_as_before() -> None:
+    book = LedgerBook()
+    book.reserve(
+        reservation("k#1", "run", [tenant_limit("acme")], {"tokens": 5}, 600.0), now=0.0
+    )
+    packed = book.pack()
+    assert "pool" not in LedgerBook.unpack(packed).model_dump_json(exclude_defaults=True)
+    assert LedgerBook(packed).state.reservations["k#1"].pool is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_shards_drawing_from_pools_never_pass_the_global_ceiling_and_the_root_is_exact(
+    seed: int,
+) -> None:
+    rng = random.Random(seed)
+    root = LedgerBook()
+    shards = {f"shard-{i}": LedgerBook() for i in range(3)}
+    tenants = [f"t{i}" for i in range(6)]
+    open_: dict[str, tuple[str, float]] = {}  # key -> (shard, tokens held)
+    spent = 0.0
+    now = 0.0
+    for step in range(300):
+        now += rng.choice([0.0, 0.1, 1.0, 5.0])
+        name = rng.choice(list(shards))
+        shard = shards[name]
+        action = rng.random()
+        if action < 0.5:
+            tokens = float(rng.randint(1, 400))
+            key = f"{name}/k#{step}"
+            request = ask(key, rng.choice(tenants), tokens, lease_of=rng.choice([0, 0, 5]))
+            result = shard.reserve(request, now)
+            if result.granted:
+                open_[key] = (name, result.amounts["tokens"])
+        elif action < 0.85 and open_:
+            key = rng.choice(sorted(open_))
+            owner, held = open_.pop(key)
+            actual = round(held * rng.random(), 3)
+            spent += actual
+            shards[owner].settle(SettleRequest(key=key, actual={"tokens": actual}), now)
+        else:
+            tend(shard, name, root, now)
+        counter = global_counter(root)
+        if counter is not None:
+            # the root's window never holds more than its ceiling ...
+            assert counter.committed + counter.reserved <= GLOBAL.ceiling + 1e-6
+        for book in shards.values():
+            for pool in book.state.pools.pools.values():
+                # ... and no shard grants more out of a pool than the root granted it
+                drawn = pool.used.get("tokens", 0.0) + pool.held.get("tokens", 0.0)
+                assert drawn <= pool.granted["tokens"] + 1e-6
+    for key, (owner, held) in sorted(open_.items()):
+        spent += held
+        shards[owner].settle(SettleRequest(key=key, actual={"tokens": held}), now)
+    now += 1_000.0  # every pool idle (and past its TTL's half): all settle
+    for name, shard in shards.items():
+        tend(shard, name, root, now)
+        assert shard.state.pools.pools == {}
+    assert root.state.reservations == {}
+    assert root.state.committed.get("tokens", 0.0) == pytest.approx(spent)
