@@ -10,16 +10,21 @@ from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowFailureError
+from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
 
 from conftest import eventually
 from shared_workflows import SHARED_ACTIVITIES, SHARED_WORKFLOWS, FanOut
 from temporal_governor import BreachDetails, Policy, attribution
+from temporal_governor.core.leases import reservation
+from temporal_governor.core.scopes import SharedLimit
 from temporal_governor.core.shards import ShardMap
 from temporal_governor.workflow import BUDGET_QUERY, BudgetSnapshot
 from test_shared_shards import committed_of, state_of
 from workflows import ALL_ACTIVITIES, ALL_WORKFLOWS, Spender, Steps
 
+GLOBAL_LIMIT = SharedLimit(
+    name="global.max_tokens_per_minute", scope="global", resource="tokens", ceiling=1e9, window_s=60
+)
 WORKFLOWS = [*ALL_WORKFLOWS, *SHARED_WORKFLOWS]
 ACTIVITIES = [*ALL_ACTIVITIES, *SHARED_ACTIVITIES]
 
@@ -89,9 +94,7 @@ async def test_runs_draw_the_global_budget_from_their_shards_pools_and_the_root_
             await asyncio.gather(*(h.result() for _, h in started))
             handles += started
             if wave == 0:
-                await eventually(
-                    lambda: _has_pools(g, ledgers), timeout=20
-                )
+                await eventually(lambda: _has_pools(g, ledgers), timeout=20)
         spent = await spend_of([h for _, h in handles])
         assert sum(spent) == pytest.approx(len(tenants) * 2 * (600 + 80))
 
@@ -119,6 +122,18 @@ async def test_runs_draw_the_global_budget_from_their_shards_pools_and_the_root_
             shard = await state_of(g, ledgers.ledger_of_tenant(tenant))
             assert shard is not None
             assert committed_of(shard, f"tenant:{tenant}") == pytest.approx(total)
+
+        # a shard draws only from pools of its own root: another root is a malformed request
+        shard_id = ledgers.ledger_of_tenant(tenants[0])
+        bogus = reservation(
+            f"bogus-{tag}#1", "bogus", [GLOBAL_LIMIT], {"tokens": 1.0}, 600.0, shards=4,
+            upstream="somebody-else",
+        )  # fmt: skip
+        with pytest.raises(WorkflowUpdateFailedError) as failed:
+            await g.client.get_workflow_handle(shard_id).execute_update("reserve", bogus.wire())
+        assert "is not the root of" in str(failed.value.cause)
+        shard = await state_of(g, shard_id)
+        assert shard is not None and shard["pools"] == [] and shard["open_reservations"] == 0
 
 
 async def settled_root(g: Any, root_id: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from temporal_governor.core.book import (
+    MAX_AMOUNT,
     ExtendRequest,
     LedgerBook,
     ReleaseRunRequest,
@@ -22,7 +23,14 @@ from temporal_governor.core.book import (
     SettleRequest,
 )
 from temporal_governor.core.leases import reservation
-from temporal_governor.core.pools import POOL_IDLE_S, POOL_LIMIT, POOL_REQUESTS
+from temporal_governor.core.pools import (
+    ASK_GIVE_UP_S,
+    MAX_BACKOFF_S,
+    MAX_POOL_AMOUNT,
+    POOL_IDLE_S,
+    POOL_LIMIT,
+    POOL_REQUESTS,
+)
 from temporal_governor.core.scopes import SharedLimit
 
 ROOT = "ledger"
@@ -77,13 +85,14 @@ def tend(shard: LedgerBook, owner: str, root: LedgerBook, now: float) -> int:
                 result.amounts if result.granted else None,
                 refusal.retry_after_s if refusal is not None else None,
                 now,
+                now,
             )
         elif call.update == "settle":
             root.settle(SettleRequest.model_validate(call.request), now)
             shard.pools.settled(str(call.request["key"]))
         else:
-            root.extend(ExtendRequest.model_validate(call.request), now)
-            shard.pools.extended(call.root, float(call.request["ttl_s"]), now)
+            renewed = root.extend(ExtendRequest.model_validate(call.request), now)
+            shard.pools.extended(call.root, float(call.request["ttl_s"]), now, renewed)
     return len(calls)
 
 
@@ -206,6 +215,80 @@ def test_a_pool_half_its_ttl_old_is_retired_and_renewed_on_the_root_while_held()
     assert global_counter(root).committed == 100.0
 
 
+def test_a_pool_is_timed_from_its_first_ask_so_it_never_outlives_the_roots_reservation() -> None:
+    shard, root = LedgerBook(), LedgerBook()
+    shard.reserve(ask("r/a#1", "acme", 100), now=0.0)
+    (call,) = shard.pools.work("shard-0", 0.0)
+    root.reserve(ReserveRequest.model_validate(call.request), 0.0)  # taken by the root ...
+    shard.pools.unanswered(call, 0.0)  # ... but its answer was lost
+    tend(shard, "shard-0", root, 100.0)  # asked again with the same key: the duplicate
+    (pool,) = shard.state.pools.pools.values()
+    assert pool.key == call.request["key"] and pool.expires_at == pytest.approx(600.0)
+    # unusable well before the root charges it in full at 600
+    dry = shard.reserve(ask("r/a#2", "acme", 100), now=460.0)
+    assert dry.refusal is not None and dry.refusal.limit == POOL_LIMIT
+
+
+def test_a_root_that_renewed_fewer_pools_than_the_shard_holds_retires_them() -> None:
+    shard = LedgerBook()
+    shard.reserve(ask("r/a#1", "acme", 100), now=0.0)
+    (call,) = shard.pools.work("shard-0", 0.0)
+    shard.pools.asked(call, {"tokens": 1000.0}, None, 0.0, 0.0)
+    (pool,) = shard.state.pools.pools.values()
+    shard.pools.extended(ROOT, 600.0, 1.0, renewed=0)  # the root no longer holds it
+    assert pool.retired
+
+
+def test_an_ask_waits_behind_the_roots_waiters_ranked_ahead_of_its_requests() -> None:
+    shard, root = LedgerBook(), LedgerBook()
+    total = GLOBAL.model_copy(update={"window_s": None, "name": "global.max_tokens"})
+    holder = reservation("h#1", "holder", [total], {"tokens": 9_900}, 600.0, shards=2)
+    assert root.reserve(holder, 0.0).granted
+    critical = reservation(
+        "c#1", "crit", [total], {"tokens": 1_000}, 600.0, shards=2, priority="critical",
+        waits=True, tenant="vip",
+    )  # fmt: skip
+    assert not root.reserve(critical, 1.0).granted  # queued as a critical waiter
+    root.settle(SettleRequest(key="h#1", actual={"tokens": 8_900}), 2.0)  # 1,100 left
+    background = reservation(
+        "p/a#1", "run", [tenant_limit("acme"), total], {"tokens": 150}, 600.0, shards=2,
+        upstream=ROOT, priority="background", waits=True, tenant="acme",
+    )  # fmt: skip
+    assert not shard.reserve(background, 3.0).granted  # dry
+    (call,) = shard.pools.work("shard-0", 3.0)
+    assert call.request["priority"] == 4  # background's rank
+    result = root.reserve(ReserveRequest.model_validate(call.request), 3.0)
+    assert not result.granted  # the capacity is held for the critical waiter
+
+
+def test_unanswered_asks_back_off_then_are_given_up_without_a_busy_loop() -> None:
+    shard = LedgerBook()
+    shard.reserve(ask("r/a#1", "acme", 100), now=0.0)
+    now, gaps = 0.0, []
+    while shard.state.pools.demand:
+        calls = shard.pools.work("shard-0", now)
+        for call in calls:
+            shard.pools.unanswered(call, now)
+        wake = shard.pools.wake_at(now)
+        if wake is None:
+            break
+        gaps.append(wake - now)
+        now = wake
+        assert now < 10 * ASK_GIVE_UP_S
+    assert shard.state.pools.demand == {}  # given up: nobody asked again
+    assert max(gaps) <= MAX_BACKOFF_S + 1e-9
+    assert len(gaps) < 20, gaps  # the pause doubled: no loop every half second
+
+
+def test_a_pool_ask_never_asks_past_the_ledgers_largest_amount() -> None:
+    assert MAX_POOL_AMOUNT == MAX_AMOUNT
+    shard = LedgerBook()
+    shard.reserve(ask("r/a#1", "acme", MAX_AMOUNT / 2, tenant_ceiling=MAX_AMOUNT), now=0.0)
+    (call,) = shard.pools.work("shard-0", 0.0)
+    ReserveRequest.model_validate(call.request)  # the root would accept it
+    assert call.request["amounts"]["tokens"] == MAX_AMOUNT
+
+
 def test_only_terminate_limits_on_leasable_resources_are_drawn_from_a_pool() -> None:
     slots = SharedLimit(
         name="global.max_concurrent_tasks", scope="global", resource="concurrency", ceiling=5
@@ -219,9 +302,7 @@ def test_only_terminate_limits_on_leasable_resources_are_drawn_from_a_pool() -> 
 
 def test_an_older_state_loads_and_a_book_without_pools_packs_as_before() -> None:
     book = LedgerBook()
-    book.reserve(
-        reservation("k#1", "run", [tenant_limit("acme")], {"tokens": 5}, 600.0), now=0.0
-    )
+    book.reserve(reservation("k#1", "run", [tenant_limit("acme")], {"tokens": 5}, 600.0), now=0.0)
     packed = book.pack()
     assert "pool" not in LedgerBook.unpack(packed).model_dump_json(exclude_defaults=True)
     assert LedgerBook(packed).state.reservations["k#1"].pool is None

@@ -767,6 +767,7 @@ class LedgerBook:
                 req.max_share,
                 req.shards,
                 now,
+                priority=req.priority,
             )
             return LedgerRefusal(
                 limit=POOL_LIMIT,

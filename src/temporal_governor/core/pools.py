@@ -50,7 +50,18 @@ DEMAND_KEEP_S = 30.0
 """A dry refusal is remembered as demand this long (no ask after it: nobody needs it)."""
 
 ASK_BACKOFF_S = 1.0
-"""Pause before asking the root again after it refused or could not answer."""
+"""Pause before asking the root again after it refused; after calls it could not answer,
+the pause doubles up to :data:`MAX_BACKOFF_S`."""
+
+MAX_BACKOFF_S = 30.0
+"""Longest pause between two calls to a root that does not answer."""
+
+ASK_GIVE_UP_S = 120.0
+"""An ask unanswered for this long is given up: the pool it may have left on the root is
+charged there in full when its TTL passes (the safe side), and the demand is dropped."""
+
+MAX_POOL_AMOUNT = 1e15
+"""The most of one resource a pool asks for (the ledger's ``MAX_AMOUNT``)."""
 
 MAX_POOLS = 64
 """Most pools (active and retired) one shard holds; beyond, requests find it dry."""
@@ -164,10 +175,18 @@ class PoolDemand(BaseModel):
     shards: int | None = None
     at: float
     """When it was last refused dry."""
+    priority: int | None = None
+    """The best (lowest) priority rank among the dry requests that carried one: the ask
+    takes its place in the root's queues of waiters with it, never ahead of them."""
     backoff_until: float = 0.0
+    failures: int = 0
+    """Calls of the current ask the root could not answer, in a row."""
     asking: str | None = None
     """The key of an ask whose answer is not in yet: asked again with the same key, so
     that a lost answer never leaves a second pool on the root."""
+    asked_at: float | None = None
+    """When the ask of ``asking`` was first sent: the root took it no sooner, so a pool
+    it answers is timed from then (its expiry on the root is no earlier)."""
 
 
 class PoolState(BaseModel):
@@ -198,6 +217,10 @@ class PoolCall:
     """For an ask: the demand it answers."""
 
 
+def _backoff(failures: int) -> float:
+    return float(min(MAX_BACKOFF_S, ASK_BACKOFF_S * 2 ** min(failures - 1, 10)))
+
+
 def _settle_of(pool: Pool) -> dict[str, Any]:
     return {"key": pool.key, "actual": pool.settlement()}
 
@@ -209,6 +232,10 @@ class Pools:
         self.state = state
         self.dirty = False
         """Something for :meth:`work` to do arrived since it last ran (wakes the workflow)."""
+        self._renew_failures: dict[str, int] = {}
+        self._renew_after: dict[str, float] = {}
+        """Root -> when to try renewing there again after it did not answer (soft state:
+        a continue-as-new forgets it and renews at once)."""
 
     # -- drawing, inside update handlers --------------------------------------------------
 
@@ -233,6 +260,7 @@ class Pools:
         max_share: float,
         shards: int | None,
         now: float,
+        priority: int | None = None,
     ) -> None:
         """A request found the pool of ``signature`` dry: ask the root for one."""
         demand = self.state.demand.get(signature)
@@ -254,6 +282,10 @@ class Pools:
             demand.amounts[resource] = max(demand.amounts.get(resource, 0.0), value)
         for resource, value in minimum.items():
             demand.minimum[resource] = max(demand.minimum.get(resource, 0.0), value)
+        if priority is not None:
+            demand.priority = (
+                priority if demand.priority is None else min(demand.priority, priority)
+            )
         demand.at = now
         self.dirty = True
 
@@ -311,12 +343,16 @@ class Pools:
                 pool.retired = True
             if pool.retired and pool.drained():
                 calls.append(PoolCall("settle", pool.root, _settle_of(pool)))
-        renew = [p for p in self.state.pools.values() if p.expires_at - now < p.ttl_s / 2]
+        renew = [
+            p
+            for p in self.state.pools.values()
+            if p.expires_at - now < p.ttl_s / 2 and self._renew_after.get(p.root, 0.0) <= now
+        ]
         for root in sorted({p.root for p in renew}):
             ttl = max(p.ttl_s for p in renew if p.root == root)
             calls.append(PoolCall("extend", root, {"run": pool_run(owner), "ttl_s": ttl}))
         for signature, demand in list(self.state.demand.items()):
-            if now - demand.at > DEMAND_KEEP_S and demand.asking is None:
+            if self._stale(demand, now):
                 del self.state.demand[signature]
                 continue
             if demand.backoff_until > now:
@@ -334,10 +370,14 @@ class Pools:
             if demand.asking is None:
                 self.state.asks += 1
                 demand.asking = f"{owner}/pool#{self.state.asks}"
+                demand.asked_at = now
             request: dict[str, Any] = {
                 "key": demand.asking,
                 "run": pool_run(owner),
-                "amounts": {r: v * POOL_REQUESTS for r, v in demand.amounts.items()},
+                "amounts": {
+                    r: min(v * POOL_REQUESTS, max(v, MAX_POOL_AMOUNT))
+                    for r, v in demand.amounts.items()
+                },
                 "minimum": dict(demand.minimum),
                 "limits": [limit.model_dump(mode="json") for limit in demand.limits],
                 "ttl_s": demand.ttl_s,
@@ -345,25 +385,45 @@ class Pools:
             }
             if demand.shards is not None:
                 request["shards"] = demand.shards
+            if demand.priority is not None:
+                request["priority"] = demand.priority
             calls.append(PoolCall("reserve", demand.root, request, signature))
         return calls
 
+    def _stale(self, demand: PoolDemand, now: float) -> bool:
+        """Nobody asked for it for a while, or its ask went unanswered for too long."""
+        if demand.asking is None:
+            return now - demand.at > DEMAND_KEEP_S
+        return demand.asked_at is not None and now - demand.asked_at > ASK_GIVE_UP_S
+
     def asked(
-        self, call: PoolCall, granted: Mapping[str, float] | None, retry_s: float | None, now: float
+        self,
+        call: PoolCall,
+        granted: Mapping[str, float] | None,
+        retry_s: float | None,
+        since: float,
+        now: float,
     ) -> None:
-        """The root answered an ask: a pool of ``granted``, or a refusal (``None``)."""
+        """The root answered an ask sent at ``since``: a pool of ``granted``, or a refusal.
+
+        The pool is timed from when its ask was first sent (the root took it no sooner),
+        so the shard never takes a pool for alive after the root charged it in full.
+        """
         demand = self.state.demand.get(call.signature)
         key = str(call.request["key"])
         if granted is not None and any(v > _EPSILON for v in granted.values()):
             if key not in self.state.pools:
+                taken = since
+                if demand is not None and demand.asking == key and demand.asked_at is not None:
+                    taken = min(taken, demand.asked_at)
                 ttl = float(call.request["ttl_s"])
                 self.state.pools[key] = Pool(
                     key=key,
                     root=call.root,
                     signature=call.signature,
                     granted=dict(granted),
-                    taken_at=now,
-                    expires_at=now + ttl,
+                    taken_at=taken,
+                    expires_at=taken + ttl,
                     ttl_s=ttl,
                     used_at=now,
                 )
@@ -371,30 +431,49 @@ class Pools:
                 del self.state.demand[call.signature]
             return
         if demand is not None:
-            demand.asking = None  # refused, or an answer of nothing: it holds nothing
+            demand.asking = demand.asked_at = None  # refused, or nothing: it holds nothing
+            demand.failures = 0
             demand.backoff_until = now + max(retry_s or 0.0, ASK_BACKOFF_S)
 
     def unanswered(self, call: PoolCall, now: float) -> None:
-        """The root could not answer a call: try again after a pause (an ask keeps its key)."""
-        demand = self.state.demand.get(call.signature)
-        if call.update == "reserve" and demand is not None:
-            demand.backoff_until = now + ASK_BACKOFF_S
+        """The root could not answer a call: try again after a pause (an ask keeps its key).
+
+        The pause doubles with every unanswered call in a row, up to :data:`MAX_BACKOFF_S`.
+        """
+        if call.update == "reserve":
+            demand = self.state.demand.get(call.signature)
+            if demand is not None:
+                demand.failures += 1
+                demand.backoff_until = now + _backoff(demand.failures)
+        elif call.update == "extend":
+            self._renew_failures[call.root] = self._renew_failures.get(call.root, 0) + 1
+            self._renew_after[call.root] = now + _backoff(self._renew_failures[call.root])
 
     def settled(self, key: str) -> None:
         """The root took a pool's settlement (or no longer knew it): forget the pool."""
         self.state.pools.pop(key, None)
 
-    def extended(self, root: str, ttl_s: float, since: float) -> None:
-        """The root renewed the shard's pools there as of ``since``."""
-        for pool in self.state.pools.values():
-            if pool.root == root:
-                pool.expires_at = max(pool.expires_at, since + ttl_s)
+    def extended(self, root: str, ttl_s: float, since: float, renewed: int) -> None:
+        """The root renewed ``renewed`` of the shard's pools there as of ``since``.
+
+        Fewer than the shard holds there means one lapsed on the root (charged in full
+        there): every pool of that root is retired, so none grants past its life.
+        """
+        self._renew_failures.pop(root, None)
+        self._renew_after.pop(root, None)
+        mine = [pool for pool in self.state.pools.values() if pool.root == root]
+        for pool in mine:
+            pool.expires_at = max(pool.expires_at, since + ttl_s)
+            if renewed < len(mine):
+                self._retire(pool)
 
     def wake_at(self, now: float) -> float | None:
         """When :meth:`work` has something to do next, at the latest (epoch seconds)."""
         times: list[float] = []
         for pool in self.state.pools.values():
-            times.append(pool.expires_at - pool.ttl_s / 2)
+            times.append(
+                max(pool.expires_at - pool.ttl_s / 2, self._renew_after.get(pool.root, 0.0))
+            )
             if not pool.retired:
                 times.append(pool.taken_at + pool.ttl_s / 2)
                 # look again for idleness a while after its last use (or from now while
@@ -402,9 +481,12 @@ class Pools:
                 idle_from = pool.used_at if pool.holders == 0 else now
                 times.append(idle_from + POOL_IDLE_S)
         for demand in self.state.demand.values():
-            times.append(
-                demand.backoff_until if demand.backoff_until > now else demand.at + DEMAND_KEEP_S
-            )
+            if demand.backoff_until > now:
+                times.append(demand.backoff_until)
+            elif len(self.state.pools) < MAX_POOLS:
+                times.append(now)  # to ask now (or to drop it)
+            else:
+                times.append(demand.at + DEMAND_KEEP_S)  # no room for a pool: to drop it
         # never sooner than a short pause: a renewal the root could not take is retried
         # after one, not in a busy loop
         return max(min(times), now + MIN_PAUSE_S) if times else None

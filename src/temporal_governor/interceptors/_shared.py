@@ -541,6 +541,12 @@ class LedgerBudget:
         lease.hold(wanted)
         return lease
 
+    async def retire(self, signature: Signature) -> None:
+        """Retire the run's lease of ``signature``, if any, under its lock (see :meth:`_retire`)."""
+        lock = self._lease_locks.setdefault(signature, asyncio.Lock())
+        async with lock:
+            await self._retire(signature)
+
     async def _retire(self, signature: Signature) -> None:
         """Stop reserving against a lease; settle it once its dispatches have ended."""
         drained = self.holdings.retire(signature)
@@ -707,6 +713,9 @@ class SharedBudget:
         """Whether the run has told the root the fleet's shard count (or need not)."""
         self._dry_until: dict[str, float] = {}
         """Tenant shard -> until when its pool is taken as dry (workflow time)."""
+        self._fallback: dict[tuple[str, Signature], None] = {}
+        """Leases the run took on the root and its shard while a pool was dry: retired
+        once the pool grants again, so that they hold nothing for the rest of the run."""
         attribution = run.context.attribution
         self._control_scopes = [f"tenant:{attribution.tenant}", f"agent:{run.agent}"]
         """Every ledger the run reserves in is asked for both: a sharded fleet keeps each
@@ -818,22 +827,37 @@ class SharedBudget:
             for part, held in ticket.parts:  # nothing ran: give back what was taken
                 await part.settle(held, {})
             raise
+        if pooled is not None:
+            await self._retire_fallback()
+        elif self._pooled(groups, tenant, dry_too=True) is not None:  # a pool was dry
+            for ledger_id, part_limits in groups.items():
+                _, leasable = split(part_limits, self.settings.leases)
+                if leasable:
+                    self._fallback[ledger_id, signature_of(leasable)] = None
         return ticket
 
+    async def _retire_fallback(self) -> None:
+        """The pool grants again: retire the leases taken while it was dry."""
+        while self._fallback:  # in the order taken (a dict): the same calls on replay
+            ledger_id, signature = next(iter(self._fallback))
+            del self._fallback[ledger_id, signature]
+            await self._part(ledger_id).retire(signature)
+
     def _pooled(
-        self, groups: dict[str, list[SharedLimit]], tenant: str | None
+        self, groups: dict[str, list[SharedLimit]], tenant: str | None, dry_too: bool = False
     ) -> dict[str, list[SharedLimit]] | None:
         """The groups with the fleet-wide limits a pool may grant moved to the tenant's shard.
 
         ``None`` when hierarchical leases are off, the dispatch has no such limit or no
-        tenant, or the shard's pool was found dry a moment ago.
+        tenant, or (unless ``dry_too``) the shard's pool was found dry a moment ago.
         """
         if not self.settings.hierarchical_leases or not self.shards.sharded or tenant is None:
             return None
         root = self.shards.root
         drawn = [limit for limit in groups.get(root, []) if poolable(limit)]
         shard = self.shards.ledger_of_tenant(tenant)
-        if not drawn or self._dry_until.get(shard, 0.0) > temporalio.workflow.now().timestamp():
+        now = temporalio.workflow.now().timestamp()
+        if not drawn or (not dry_too and self._dry_until.get(shard, 0.0) > now):
             return None
         rest = [limit for limit in groups[root] if not poolable(limit)]
         pooled = {shard: groups.get(shard, []) + drawn}

@@ -335,6 +335,9 @@ class GovernorLedger:
         """
         owner = workflow.info().workflow_id
         for call in self.book.pools.work(owner, _now()):
+            if self._continue_now():
+                self.book.pools.dirty = True  # the rest after continuing as new
+                return
             since = _now()
             try:
                 reply = await workflow.execute_local_activity(
@@ -349,19 +352,28 @@ class GovernorLedger:
                 )
                 self.book.pools.unanswered(call, _now())
                 continue
+            finally:
+                self.book.expire(_now())  # a slow root never holds up the shard's expiries
             if call.update == "reserve":
-                result = ReserveResult.model_validate(reply)
+                try:
+                    result = ReserveResult.model_validate(reply)
+                except ValidationError as error:  # a root of another release: not a crash
+                    workflow.logger.warning("ledger %s: pool ask answered %s", owner, error)
+                    self.book.pools.unanswered(call, _now())
+                    continue
                 refusal = result.refusal
                 self.book.pools.asked(
                     call,
                     result.amounts if result.granted else None,
                     refusal.retry_after_s if refusal is not None else None,
+                    since,
                     _now(),
                 )
             elif call.update == "settle":
                 self.book.pools.settled(str(call.request["key"]))
             else:
-                self.book.pools.extended(call.root, float(call.request["ttl_s"]), since)
+                renewed = reply if isinstance(reply, int) else 0
+                self.book.pools.extended(call.root, float(call.request["ttl_s"]), since, renewed)
 
     def _pool_call(self, call: PoolCall, since: float) -> dict[str, Any]:
         """The ledger activity's argument (a ``LedgerCall`` as JSON) for one pool call."""
@@ -414,6 +426,7 @@ class GovernorLedger:
     def _reserve(self, request: dict[str, Any]) -> dict[str, Any]:
         now = self._counted()
         req = RESERVE.request_of(request)
+        _check_upstream(req)
         result = self.book.reserve(req, now)
         if result.granted and not result.duplicate:
             expires_at = now + req.ttl_s
@@ -463,7 +476,7 @@ class GovernorLedger:
 
     @reserve.validator
     def _check_reserve(self, request: dict[str, Any]) -> None:
-        RESERVE.request_of(request)
+        _check_upstream(RESERVE.request_of(request))
 
     @workflow.update(name="settle")
     def settle(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -596,6 +609,24 @@ class GovernorLedger:
 
 def _now() -> float:
     return workflow.now().replace(tzinfo=UTC).timestamp()
+
+
+def _check_upstream(req: ReserveRequest) -> None:
+    """Refuse a request that names a root other than this shard's (``MalformedLedgerUpdate``).
+
+    Only a tenant shard draws from pools, and only of its own root: its workflow id is
+    ``<root>-shard-<i>-of-<n>``.
+    """
+    if req.upstream is None:
+        return
+    ledger_id = workflow.info().workflow_id
+    if not ledger_id.startswith(f"{req.upstream}-shard-"):
+        raise ApplicationError(
+            f"malformed ReserveRequest: upstream {req.upstream!r} is not the root of "
+            f"ledger {ledger_id!r} (only a tenant shard draws from a pool of its root)",
+            type=MALFORMED_UPDATE,
+            non_retryable=True,
+        )
 
 
 __all__ = [
