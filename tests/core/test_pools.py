@@ -153,11 +153,14 @@ def test_a_pool_never_grants_more_than_it_holds_and_a_lease_gets_a_fair_share_of
     shard.reserve(ask("r/a#1", "acme", 100), now=0.0)
     tend(shard, "shard-0", root, 0.0)
     (pool,) = shard.state.pools.pools.values()
-    # a lease of 20 dispatches (2,000 tokens) gets a fair share of the pool's 1,000
-    lease = shard.reserve(ask("r/a#2", "acme", 100, lease_of=20), now=1.0)
-    assert lease.granted and 100 <= lease.amounts["tokens"] <= 100.0 + 1e-9
-    granted = [lease.amounts["tokens"]]
-    for i in range(3, 40):
+    # a lease of 20 dispatches (2,000 tokens) gets what is left of the pool's 1,000 over
+    # its holders plus one: all of it for the first, half of what is left for a second
+    lease = shard.reserve(ask("r/a#2", "acme", 100, lease_of=4), now=1.0)
+    assert lease.granted and lease.amounts["tokens"] == 400.0  # asked 400, fits
+    second = shard.reserve(ask("r/a#3", "acme", 100, lease_of=20, run="run-2"), now=1.0)
+    assert second.granted and second.amounts["tokens"] == pytest.approx(600 / 2)
+    granted = [lease.amounts["tokens"], second.amounts["tokens"]]
+    for i in range(4, 40):
         result = shard.reserve(ask(f"r/a#{i}", "acme", 100), now=1.0)
         if not result.granted:
             assert result.refusal is not None and result.refusal.limit == POOL_LIMIT

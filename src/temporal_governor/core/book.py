@@ -730,8 +730,10 @@ class LedgerBook:
     ) -> tuple[str, dict[str, float]] | LedgerRefusal:
         """Draw the fleet-wide part of ``grant`` from the shard's pool, or refuse it dry.
 
-        A lease gets no more of the pool than a fair share of what is left in it (the
-        root's rule, one level down); ``grant`` is lowered to that.
+        A lease gets no more of the pool than what is left in it divided by its holders
+        plus one; ``grant`` is lowered to that. (Not also ``max_share`` of it: the pool
+        is a capped share of the root already, and a second cap would shrink each
+        following lease by a tenth, and multiply the shard's updates.)
         """
         assert req.upstream is not None
         signature = signature_of(upstream)
@@ -751,7 +753,7 @@ class LedgerBook:
                         pool.used.get(resource, 0.0),
                         pool.held.get(resource, 0.0),
                         pool.holders + 1,
-                        req.max_share,
+                        1.0,  # the pool is a fair share of the root already
                         least.get(resource, 0.0),
                     ),
                 )
@@ -775,6 +777,7 @@ class LedgerBook:
                 resource=",".join(resources),
                 observed=0.0,
                 ceiling=0.0,
+                retry_after_s=self.pools.fill_wait(signature),
             )
         self.pools.draw(pool, wanted, now)
         return pool.key, wanted

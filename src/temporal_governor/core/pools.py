@@ -38,7 +38,7 @@ POOL_LIMIT = "shared.pool"
 """The limit of a refusal that only says "this shard's pool cannot cover it": nothing is
 held, and the run reserves the fleet-wide part on the root instead."""
 
-POOL_REQUESTS = 10
+POOL_REQUESTS = 100
 """A pool asks the root for this many times the request that found the shard dry (the
 root's fair-share rule may grant less, never less than that one request)."""
 
@@ -59,6 +59,11 @@ MAX_BACKOFF_S = 30.0
 ASK_GIVE_UP_S = 120.0
 """An ask unanswered for this long is given up: the pool it may have left on the root is
 charged there in full when its TTL passes (the safe side), and the demand is dropped."""
+
+FILL_WAIT_S = 0.25
+"""How long a request that found the pool dry is told to wait before asking the shard
+again, while the shard is asking the root for a pool (``retry_after_s`` of its refusal);
+none when the root refused the last ask: the run then reserves on the root at once."""
 
 MAX_POOL_AMOUNT = 1e15
 """The most of one resource a pool asks for (the ledger's ``MAX_AMOUNT``)."""
@@ -184,6 +189,8 @@ class PoolDemand(BaseModel):
     asking: str | None = None
     """The key of an ask whose answer is not in yet: asked again with the same key, so
     that a lost answer never leaves a second pool on the root."""
+    refused: bool = False
+    """The root refused its last ask (its budget is short): requests reserve there."""
     asked_at: float | None = None
     """When the ask of ``asking`` was first sent: the root took it no sooner, so a pool
     it answers is timed from then (its expiry on the root is no earlier)."""
@@ -288,6 +295,17 @@ class Pools:
             )
         demand.at = now
         self.dirty = True
+
+    def fill_wait(self, signature: str) -> float | None:
+        """How long a request that found ``signature``'s pool dry should wait for it.
+
+        ``None`` (reserve on the root now) when the root refused the last ask or the shard
+        holds as many pools as it may.
+        """
+        demand = self.state.demand.get(signature)
+        if demand is None or demand.refused or len(self.state.pools) >= MAX_POOLS:
+            return None
+        return FILL_WAIT_S
 
     def draw(self, pool: Pool, amounts: Mapping[str, float], now: float) -> None:
         """A reservation takes ``amounts`` out of ``pool``."""
@@ -433,6 +451,7 @@ class Pools:
         if demand is not None:
             demand.asking = demand.asked_at = None  # refused, or nothing: it holds nothing
             demand.failures = 0
+            demand.refused = True
             demand.backoff_until = now + max(retry_s or 0.0, ASK_BACKOFF_S)
 
     def unanswered(self, call: PoolCall, now: float) -> None:

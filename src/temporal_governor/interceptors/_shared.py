@@ -91,9 +91,21 @@ POOL_DRY_S = 2.0
 """After a tenant shard's pool was found dry, the run reserves its fleet-wide parts on
 the root directly for this long (the shard is asking the root for a pool meanwhile)."""
 
+POOL_WAIT_S = 1.0
+"""Longest a dispatch waits in all for its shard to fill a dry pool (as the shard says:
+not when the root refused its last ask) before it reserves on the root instead."""
+
 
 class PoolDry(Exception):
-    """The tenant shard's pool could not cover the fleet-wide part: nothing is held."""
+    """The tenant shard's pool could not cover the fleet-wide part: nothing is held.
+
+    Args:
+        retry_after_s: How long the shard says to wait for a pool; ``None``: do not.
+    """
+
+    def __init__(self, retry_after_s: float | None) -> None:
+        super().__init__(retry_after_s)
+        self.retry_after_s = retry_after_s
 
 
 _Request = TypeVar("_Request", bound=BaseModel)
@@ -309,7 +321,7 @@ class LedgerBudget:
             refusal = result.refusal
             assert refusal is not None
             if upstream is not None and refusal.limit == POOL_LIMIT:
-                raise PoolDry(refusal.scope)
+                raise PoolDry(refusal.retry_after_s)
             if waits:
                 self.holdings.queued = True  # the ledger may keep the run as a waiter
             step = after_refusal(refusal, waited, self.settings.max_wait, self.settings.on_refusal)
@@ -794,11 +806,16 @@ class SharedBudget:
         dispatch: str,
         *,
         priority: PriorityClass | None = None,
+        pool_waited: float = 0.0,
     ) -> Ticket:
         """Reserve a dispatch in every shared scope that applies, or halt/wait.
 
         ``priority`` is the dispatch's priority class: with ``on_refusal: wait`` the
         ledger queues it by class, with aging (:mod:`~..core.waiters`).
+
+        With hierarchical leases, a dispatch whose shard's pool is dry waits for it as the
+        shard says (up to :data:`POOL_WAIT_S` in all, ``pool_waited`` so far), then
+        reserves its fleet-wide part on the root.
 
         Returns:
             The ticket to settle when the dispatch ends.
@@ -817,12 +834,20 @@ class SharedBudget:
                 upstream = self.shards.root if pooled and ledger_id != self.shards.root else None
                 held = await part.reserve(key, part_limits, amounts, dispatch, priority, upstream)
                 ticket.parts.append((part, held))
-        except PoolDry:
+        except PoolDry as dry:
             for part, held in ticket.parts:  # nothing ran: give back what was taken
                 await part.settle(held, {})
-            shard = next(iter(groups))
-            self._dry_until[shard] = temporalio.workflow.now().timestamp() + POOL_DRY_S
-            return await self.reserve(key, limits, amounts, dispatch, priority=priority)
+            pause = dry.retry_after_s
+            if pause is not None and pool_waited + pause <= POOL_WAIT_S:
+                await temporalio.workflow.sleep(pause)  # the shard is filling its pool
+                waited = pool_waited + pause
+            else:
+                shard = next(iter(groups))
+                self._dry_until[shard] = temporalio.workflow.now().timestamp() + POOL_DRY_S
+                waited = pool_waited
+            return await self.reserve(
+                key, limits, amounts, dispatch, priority=priority, pool_waited=waited
+            )
         except BaseException:
             for part, held in ticket.parts:  # nothing ran: give back what was taken
                 await part.settle(held, {})

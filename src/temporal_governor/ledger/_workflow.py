@@ -329,7 +329,9 @@ class GovernorLedger:
         """Make the calls a tenant shard's pools need of the root (hierarchical leases).
 
         Never inside an update handler (they never wait): here, between two rounds of the
-        expiry loop, one call at a time, so that continue-as-new never leaves one halfway.
+        expiry loop, one call at a time, as activities on the shard's own task queue (its
+        updates go on being applied while one is out), so that continue-as-new never
+        leaves one halfway.
         A ledger without pools (the root, an unsharded ledger, a fleet without
         hierarchical leases) makes no call and its history is what it was.
         """
@@ -340,7 +342,9 @@ class GovernorLedger:
                 return
             since = _now()
             try:
-                reply = await workflow.execute_local_activity(
+                # an activity, not a local one: a local activity keeps the shard's workflow
+                # task open for its whole round trip, and no update is applied meanwhile
+                reply = await workflow.execute_activity(
                     LEDGER_ACTIVITY,
                     self._pool_call(call, since),
                     schedule_to_close_timeout=POOL_CALL_TIMEOUT,
