@@ -532,6 +532,30 @@ class LedgerBook:
         self._waiters = Waiters(self.state.waiters)
         self.pools = Pools(self.state.pools)
         """The shard's pools of fleet-wide budget (hierarchical leases)."""
+        self._lease_holders: dict[str, int] = {}
+        """Counter id -> open lease reservations on it: an index of ``state.reservations``
+        (never carried; rebuilt here), so a lease grant does not scan them all."""
+        for reservation in self.state.reservations.values():
+            self._index(reservation, 1)
+
+    def _index(self, reservation: Reservation, sign: int) -> None:
+        """Count an open lease reservation in (``1``) or out (``-1``) of :attr:`_lease_holders`."""
+        if not reservation.lease:
+            return
+        holders = self._lease_holders
+        for counter_id in reservation.counters:
+            left = holders.get(counter_id, 0) + sign
+            if left > 0:
+                holders[counter_id] = left
+            else:
+                holders.pop(counter_id, None)
+
+    def _pop(self, key: str) -> Reservation | None:
+        """Take an open reservation out of the book (and of the lease index)."""
+        reservation = self.state.reservations.pop(key, None)
+        if reservation is not None:
+            self._index(reservation, -1)
+        return reservation
 
     @property
     def waiters(self) -> Waiters:
@@ -706,7 +730,7 @@ class LedgerBook:
             amount = grant.get(limit.resource, 0.0)
             counter.reserved += amount
             held[limit.counter] = held.get(limit.counter, 0.0) + amount
-        self.state.reservations[req.key] = Reservation(
+        reservation = Reservation(
             run=req.run,
             amounts=grant,
             counters=held,
@@ -716,6 +740,8 @@ class LedgerBook:
             pool=pool_key,
             pooled=pooled,
         )
+        self.state.reservations[req.key] = reservation
+        self._index(reservation, 1)
         if asker is not None:
             self.waiters.remove(_waiter_id(req))
         _add(self.state.granted, grant)
@@ -970,14 +996,13 @@ class LedgerBook:
         assert req.minimum is not None
         minimum: dict[str, float] = {str(r): float(v) for r, v in req.minimum.items()}
         grant: dict[str, float] = {str(r): float(v) for r, v in req.amounts.items()}
-        # lease holders per counter, in one pass over the open reservations (a pass per
-        # limit made every lease grant cost O(open reservations x limits))
-        holders = {limit.counter: 1 for limit, _ in counters if limit.on_breach == "terminate"}
-        for reservation in self.state.reservations.values():
-            if reservation.lease:
-                for counter_id in reservation.counters:
-                    if counter_id in holders:
-                        holders[counter_id] += 1
+        # lease holders per counter (this lease included), from the index: a scan of the
+        # open reservations made every grant cost O(open reservations)
+        holders = {
+            limit.counter: 1 + self._lease_holders.get(limit.counter, 0)
+            for limit, _ in counters
+            if limit.on_breach == "terminate"
+        }
         for limit, counter in counters:
             if limit.on_breach != "terminate":
                 continue
@@ -1001,7 +1026,7 @@ class LedgerBook:
         actual: dict[str, float] = {
             str(r): float(v) for r, v in req.actual.items() if r != "concurrency"
         }
-        reservation = self.state.reservations.pop(req.key, None)
+        reservation = self._pop(req.key)
         if reservation is None:
             return self._settle_expired(req.key, actual)
         if reservation.pool is not None:
@@ -1072,7 +1097,8 @@ class LedgerBook:
         return extended
 
     def _release(self, key: str, now: float) -> None:
-        reservation = self.state.reservations.pop(key)
+        reservation = self._pop(key)
+        assert reservation is not None
         if reservation.pool is not None:
             self.pools.give_back(reservation.pool, reservation.pooled, {})
         for counter_id, held in reservation.counters.items():
@@ -1092,7 +1118,8 @@ class LedgerBook:
         """
         keys = [k for k, r in self.state.reservations.items() if r.expires_at <= now]
         for key in keys:
-            reservation = self.state.reservations.pop(key)
+            reservation = self._pop(key)
+            assert reservation is not None
             charged: dict[str, list[float]] = {}
             for counter_id, held in reservation.counters.items():
                 counter = self.state.counters[counter_id]
