@@ -25,11 +25,14 @@ from temporal_governor.core.book import (
 from temporal_governor.core.leases import reservation
 from temporal_governor.core.pools import (
     ASK_GIVE_UP_S,
+    FILL_WAIT_S,
     MAX_BACKOFF_S,
     MAX_POOL_AMOUNT,
     POOL_IDLE_S,
     POOL_LIMIT,
-    POOL_REQUESTS,
+    POOL_MAX,
+    POOL_MIN,
+    POOL_START,
 )
 from temporal_governor.core.scopes import SharedLimit
 
@@ -113,7 +116,7 @@ def test_a_dry_pool_refuses_holding_nothing_then_the_shard_asks_the_root_for_one
     calls = shard.pools.work("shard-0", 0.0)
     assert [c.update for c in calls] == ["reserve"]
     request = ReserveRequest.model_validate(calls[0].request)
-    assert request.amounts == {"tokens": 100 * POOL_REQUESTS}
+    assert request.amounts == {"tokens": 100 * POOL_START}
     assert request.minimum == {"tokens": 100}
     assert request.run == "shard-0/pools"
     assert request.limits == [GLOBAL] and request.shards == 2
@@ -128,9 +131,9 @@ def test_a_filled_pool_grants_the_tenant_and_fleet_parts_in_one_step_and_settles
     shard.reserve(ask("r/a#1", "acme", 100), now=0.0)
     assert tend(shard, "shard-0", root, 0.0) == 1
     (pool,) = shard.state.pools.pools.values()
-    # the root's fair share: at most 10 % of what is left, for the 1,000 tokens asked
-    assert pool.granted == {"tokens": 1000.0}
-    assert global_counter(root).reserved == 1000.0
+    # POOL_START times the dry request, within the root's fair share (10 % of 10,000)
+    assert pool.granted == {"tokens": 100.0 * POOL_START}
+    assert global_counter(root).reserved == 100.0 * POOL_START
 
     result = shard.reserve(ask("r/a#2", "acme", 100), now=1.0)
     assert result.granted and result.amounts == {"tokens": 100.0}
@@ -148,19 +151,22 @@ def test_a_filled_pool_grants_the_tenant_and_fleet_parts_in_one_step_and_settles
     assert root.state.reservations == {}
 
 
-def test_a_pool_never_grants_more_than_it_holds_and_a_lease_gets_a_fair_share_of_it() -> None:
+def test_a_pool_never_grants_more_than_it_holds_and_a_lease_gets_what_is_left_of_it() -> None:
     shard, root = LedgerBook(), LedgerBook()
-    shard.reserve(ask("r/a#1", "acme", 100), now=0.0)
+    shard.reserve(ask("r/a#1", "acme", 500), now=0.0)
     tend(shard, "shard-0", root, 0.0)
     (pool,) = shard.state.pools.pools.values()
-    # a lease of 20 dispatches (2,000 tokens) gets what is left of the pool's 1,000 over
-    # its holders plus one: all of it for the first, half of what is left for a second
+    assert pool.granted == {"tokens": 1000.0}  # the root's 10 % cap of 10,000
+    # a lease gets what it asks while the pool has it, then what is left (at least one
+    # dispatch's worth): first come, first served within a pool sized by its demand
     lease = shard.reserve(ask("r/a#2", "acme", 100, lease_of=4), now=1.0)
     assert lease.granted and lease.amounts["tokens"] == 400.0  # asked 400, fits
-    second = shard.reserve(ask("r/a#3", "acme", 100, lease_of=20, run="run-2"), now=1.0)
-    assert second.granted and second.amounts["tokens"] == pytest.approx(600 / 2)
-    granted = [lease.amounts["tokens"], second.amounts["tokens"]]
-    for i in range(4, 40):
+    second = shard.reserve(ask("r/a#3", "acme", 100, lease_of=5, run="run-2"), now=1.0)
+    assert second.granted and second.amounts["tokens"] == 500.0
+    third = shard.reserve(ask("r/a#4", "acme", 100, lease_of=20, run="run-3"), now=1.0)
+    assert third.granted and third.amounts["tokens"] == pytest.approx(100.0)  # what is left
+    granted = [lease.amounts["tokens"], second.amounts["tokens"], third.amounts["tokens"]]
+    for i in range(5, 40):
         result = shard.reserve(ask(f"r/a#{i}", "acme", 100), now=1.0)
         if not result.granted:
             assert result.refusal is not None and result.refusal.limit == POOL_LIMIT
@@ -292,6 +298,77 @@ def test_a_pool_ask_never_asks_past_the_ledgers_largest_amount() -> None:
     assert call.request["amounts"]["tokens"] == MAX_AMOUNT
 
 
+def dry_wait(shard: LedgerBook, key: str, now: float) -> float | None:
+    result = shard.reserve(ask(key, "acme", 100), now=now)
+    assert result.refusal is not None and result.refusal.limit == POOL_LIMIT
+    return result.refusal.retry_after_s
+
+
+def test_a_dry_request_waits_only_while_the_shard_is_about_to_ask_the_root() -> None:
+    shard = LedgerBook()
+    assert dry_wait(shard, "r/a#1", 0.0) == FILL_WAIT_S  # the shard asks now
+    (call,) = shard.pools.work("shard-0", 0.0)
+    shard.pools.unanswered(call, 0.0)
+    assert dry_wait(shard, "r/a#2", 0.1) is None  # the root did not answer: go there now
+    (again,) = shard.pools.work("shard-0", 5.0)
+    shard.pools.asked(again, None, None, 5.0, 5.0)  # the root refused: its budget is short
+    assert dry_wait(shard, "r/a#3", 10.0) is None
+    # a thin pool (the root's fair share cut the ask by half or more) is no reason to wait
+    thin = LedgerBook()
+    dry_wait(thin, "r/b#1", 0.0)
+    (ask_call,) = thin.pools.work("shard-1", 0.0)
+    assert ask_call.request["amounts"] == {"tokens": 100.0 * POOL_START}
+    thin.pools.asked(ask_call, {"tokens": 99.0}, None, 0.0, 0.0)  # under half: short
+    assert thin.state.pools.thin
+    assert dry_wait(thin, "r/b#2", 0.1) is None
+
+
+def test_pools_grow_while_they_run_out_and_shrink_when_they_go_idle() -> None:
+    shard, root = LedgerBook(), LedgerBook()
+    now, sizes = 0.0, []
+    for i in range(12):  # a busy shard: every pool runs out, the next asks twice as much
+        now += 0.1
+        result = shard.reserve(ask(f"r/a#{i}", "acme", 100), now=now)
+        if not result.granted:
+            tend(shard, "shard-0", root, now)
+            sizes.append(next(p for p in shard.state.pools.pools.values() if not p.retired))
+            result = shard.reserve(ask(f"r/a#{i}b", "acme", 100), now=now)
+            assert result.granted
+    granted = [pool.granted["tokens"] for pool in sizes]
+    assert granted[:3] == [100.0 * POOL_START, 200.0 * POOL_START, 400.0 * POOL_START]
+    scale = shard.pools.scale(sizes[0].signature)
+    tend(shard, "shard-0", root, now + POOL_IDLE_S + 1)  # idle: retired, and it shrinks
+    assert shard.pools.scale(sizes[0].signature) == scale // 2
+    assert scale // 2 >= POOL_MIN and scale <= POOL_MAX
+
+
+def test_a_pool_nobody_draws_from_is_retired_even_while_a_lease_holds_part_of_it() -> None:
+    shard, root = LedgerBook(), LedgerBook()
+    shard.reserve(ask("r/a#1", "acme", 100), now=0.0)
+    tend(shard, "shard-0", root, 0.0)
+    assert shard.reserve(ask("r/a#2", "acme", 100, run="light"), now=1.0).granted
+    (pool,) = shard.state.pools.pools.values()
+    assert shard.pools.wake_at(1.0) == pytest.approx(1.0 + POOL_IDLE_S)
+    tend(shard, "shard-0", root, 1.0 + POOL_IDLE_S + 0.1)
+    assert pool.retired and pool.key in shard.state.pools.pools  # held: not settled yet
+    shard.settle(SettleRequest(key="r/a#2", actual={"tokens": 60}), now=20.0)
+    tend(shard, "shard-0", root, 20.0)
+    assert shard.state.pools.pools == {} and global_counter(root).committed == 60.0
+
+
+def test_a_settlement_the_root_did_not_take_is_sent_again_after_a_pause() -> None:
+    shard, root = LedgerBook(), LedgerBook()
+    shard.reserve(ask("r/a#1", "acme", 100), now=0.0)
+    tend(shard, "shard-0", root, 0.0)
+    (settle,) = shard.pools.work("shard-0", POOL_IDLE_S + 1)
+    assert settle.update == "settle"
+    shard.pools.unanswered(settle, POOL_IDLE_S + 1)
+    assert shard.pools.work("shard-0", POOL_IDLE_S + 1.5) == []  # not in a busy loop
+    wake = shard.pools.wake_at(POOL_IDLE_S + 1.5)
+    assert wake is not None and wake <= POOL_IDLE_S + 1 + MAX_BACKOFF_S
+    assert [c.update for c in shard.pools.work("shard-0", wake)] == ["settle"]
+
+
 def test_only_terminate_limits_on_leasable_resources_are_drawn_from_a_pool() -> None:
     slots = SharedLimit(
         name="global.max_concurrent_tasks", scope="global", resource="concurrency", ceiling=5
@@ -361,3 +438,45 @@ def test_shards_drawing_from_pools_never_pass_the_global_ceiling_and_the_root_is
         assert shard.state.pools.pools == {}
     assert root.state.reservations == {}
     assert root.state.committed.get("tokens", 0.0) == pytest.approx(spent)
+
+
+def test_quiet_shards_hold_little_of_the_global_budget_idle_in_their_pools() -> None:
+    """Seven quiet shards each lend one run a lease; a hot shard spends the rest."""
+    minute = GLOBAL.model_copy(update={"ceiling": 1_000_000.0})
+
+    def lease(key: str, tenant: str, run: str) -> ReserveRequest:
+        return reservation(
+            key, run, [tenant_limit(tenant), minute], {"tokens": 100.0}, 600.0,
+            lease_of=20, shards=8, upstream=ROOT,
+        )  # fmt: skip
+
+    root, books = LedgerBook(), [LedgerBook() for _ in range(8)]
+    for i, book in enumerate(books[:-1]):
+        if not book.reserve(lease(f"light{i}#1", f"t{i}", f"light{i}"), 1.0).granted:
+            tend(book, f"shard-{i}", root, 1.0)
+            assert book.reserve(lease(f"light{i}#2", f"t{i}", f"light{i}"), 1.0).granted
+    hot, spent, now = books[-1], 0.0, 1.0
+    for n in range(10_000):
+        now += 0.001
+        result = hot.reserve(lease(f"hot#{n}", "hot", f"hot{n}"), now)
+        if not result.granted:
+            tend(hot, "shard-7", root, now)
+            result = hot.reserve(lease(f"hot#{n}b", "hot", f"hot{n}"), now)
+        if not result.granted:  # as the run does: the root itself, which refuses at the end
+            direct = reservation(
+                f"hot-root#{n}", f"hot{n}", [minute], {"tokens": 100.0}, 600.0,
+                lease_of=20, shards=8,
+            )  # fmt: skip
+            answer = root.reserve(direct, now)
+            if not answer.granted:
+                break
+            root.settle(SettleRequest(key=answer.key, actual=answer.amounts), now)
+            spent += answer.amounts["tokens"]
+            continue
+        hot.settle(SettleRequest(key=result.key, actual=result.amounts), now)
+        spent += result.amounts["tokens"]
+    idle = sum(
+        pool.left("tokens") for book in books[:-1] for pool in book.state.pools.pools.values()
+    )
+    assert spent > 0.97 * minute.ceiling, (spent, idle)
+    assert idle <= 7 * 2 * 2_000  # a quiet shard's pool: twice the one lease asked of it

@@ -756,10 +756,11 @@ class LedgerBook:
     ) -> tuple[str, dict[str, float]] | LedgerRefusal:
         """Draw the fleet-wide part of ``grant`` from the shard's pool, or refuse it dry.
 
-        A lease gets no more of the pool than what is left in it divided by its holders
-        plus one; ``grant`` is lowered to that. (Not also ``max_share`` of it: the pool
-        is a capped share of the root already, and a second cap would shrink each
-        following lease by a tenth, and multiply the shard's updates.)
+        A lease gets what it asks for while the pool has it, or what is left (at least
+        its minimum); ``grant`` is lowered to that. No share rule one level down: the
+        pool is a capped share of the root already and is sized by what was asked of it,
+        and splitting it further shrank each following lease and multiplied the shard's
+        updates (measured: docs/benchmarks.md).
         """
         assert req.upstream is not None
         signature = signature_of(upstream)
@@ -778,8 +779,8 @@ class LedgerBook:
                         pool.granted.get(resource, 0.0),
                         pool.used.get(resource, 0.0),
                         pool.held.get(resource, 0.0),
-                        pool.holders + 1,
-                        1.0,  # the pool is a fair share of the root already
+                        1,  # first come, first served within the pool: the pool is a
+                        1.0,  # fair share of the root already, and sized by its demand
                         least.get(resource, 0.0),
                     ),
                 )
@@ -803,7 +804,7 @@ class LedgerBook:
                 resource=",".join(resources),
                 observed=0.0,
                 ceiling=0.0,
-                retry_after_s=self.pools.fill_wait(signature),
+                retry_after_s=self.pools.fill_wait(signature, now),
             )
         self.pools.draw(pool, wanted, now)
         return pool.key, wanted

@@ -38,9 +38,18 @@ POOL_LIMIT = "shared.pool"
 """The limit of a refusal that only says "this shard's pool cannot cover it": nothing is
 held, and the run reserves the fleet-wide part on the root instead."""
 
-POOL_REQUESTS = 100
-"""A pool asks the root for this many times the request that found the shard dry (the
-root's fair-share rule may grant less, never less than that one request)."""
+POOL_START = 2
+"""A shard's first pool of a set of limits asks the root for this many times the request
+that found it dry (the root's fair-share rule may grant less, never less than that one
+request). The multiple then adapts per set of limits: doubled each time a pool ran out,
+halved each time one went idle, between :data:`POOL_MIN` and :data:`POOL_MAX`, so a busy
+shard asks rarely and a quiet one holds little of the fleet's budget idle."""
+
+POOL_MIN = 1
+"""The smallest multiple a pool asks for."""
+
+POOL_MAX = 100
+"""The largest multiple a pool asks for."""
 
 POOL_IDLE_S = 10.0
 """An active pool nobody drew from for this long is retired and settled: budget idle in a
@@ -134,6 +143,9 @@ class Pool(BaseModel):
     used_at: float
     """When a reservation last drew from it."""
     retired: bool = False
+    settle_after: float = 0.0
+    """After a settlement the root did not answer: when to send it again."""
+    settle_failures: int = 0
 
     def left(self, resource: str) -> float:
         """What is left of the pool for ``resource``."""
@@ -172,7 +184,8 @@ class PoolDemand(BaseModel):
     root: str
     limits: list[SharedLimit]
     amounts: dict[str, float]
-    """The largest dry request's amounts of the pooled resources."""
+    """What the dry requests since the last ask asked, together (of the pooled resources):
+    the next pool asks a multiple of it, so a burst of runs gets one pool, not one each."""
     minimum: dict[str, float]
     """The least a pool must hold to cover that request."""
     ttl_s: float
@@ -207,6 +220,11 @@ class PoolState(BaseModel):
     """Signature -> what was asked of a dry pool."""
     asks: int = 0
     """Pool asks so far (numbers their keys)."""
+    scale: dict[str, int] = Field(default_factory=dict)
+    """Signature -> the multiple of a dry request its next pool asks for (adaptive)."""
+    thin: dict[str, float] = Field(default_factory=dict)
+    """Signature -> until when its pools are thin (the root's fair share granted less than
+    half the ask: its budget is short), so dry requests go to the root without waiting."""
 
 
 @dataclass(frozen=True)
@@ -285,8 +303,10 @@ class Pools:
                 at=now,
             )
             self.state.demand[signature] = demand
-        for resource, value in amounts.items():
-            demand.amounts[resource] = max(demand.amounts.get(resource, 0.0), value)
+        if demand.asking is None:  # what the next ask is made of: every dry request's
+            for resource, value in amounts.items():  # ask, so a burst gets one pool
+                total = demand.amounts.get(resource, 0.0) + value
+                demand.amounts[resource] = min(total, MAX_POOL_AMOUNT)
         for resource, value in minimum.items():
             demand.minimum[resource] = max(demand.minimum.get(resource, 0.0), value)
         if priority is not None:
@@ -296,14 +316,23 @@ class Pools:
         demand.at = now
         self.dirty = True
 
-    def fill_wait(self, signature: str) -> float | None:
+    def fill_wait(self, signature: str, now: float) -> float | None:
         """How long a request that found ``signature``'s pool dry should wait for it.
 
-        ``None`` (reserve on the root now) when the root refused the last ask or the shard
-        holds as many pools as it may.
+        ``None`` (reserve on the root now) unless the shard is about to ask the root: not
+        when the root refused the last ask, granted a thin pool a moment ago, or did not
+        answer (the shard waits before asking again), nor when the shard holds as many
+        pools as it may.
         """
         demand = self.state.demand.get(signature)
-        if demand is None or demand.refused or len(self.state.pools) >= MAX_POOLS:
+        if (
+            demand is None
+            or demand.refused
+            or demand.failures > 0
+            or demand.backoff_until > now
+            or self.state.thin.get(signature, 0.0) > now
+            or len(self.state.pools) >= MAX_POOLS
+        ):
             return None
         return FILL_WAIT_S
 
@@ -356,10 +385,14 @@ class Pools:
         self.dirty = False
         calls: list[PoolCall] = []
         for pool in self.state.pools.values():
-            idle = pool.holders == 0 and now - pool.used_at > POOL_IDLE_S
+            # idle: nobody drew from it for a while, held or not (a run's lease drawn from
+            # it may last minutes; the pool's rest must not sit idle as long)
+            idle = now - pool.used_at > POOL_IDLE_S
             if not pool.retired and (idle or not pool.usable(now)):
                 pool.retired = True
-            if pool.retired and pool.drained():
+                if idle:
+                    self._rescale(pool.signature, shrink=True)
+            if pool.retired and pool.drained() and pool.settle_after <= now:
                 calls.append(PoolCall("settle", pool.root, _settle_of(pool)))
         renew = [
             p
@@ -381,6 +414,7 @@ class Pools:
                 continue
             if active is not None:
                 self._retire(active)  # too little left for what is asked: a fresh one
+                self._rescale(signature, shrink=False)
                 if active.drained():
                     calls.append(PoolCall("settle", active.root, _settle_of(active)))
             if len(self.state.pools) >= MAX_POOLS:
@@ -393,7 +427,7 @@ class Pools:
                 "key": demand.asking,
                 "run": pool_run(owner),
                 "amounts": {
-                    r: min(v * POOL_REQUESTS, max(v, MAX_POOL_AMOUNT))
+                    r: min(v * self.scale(signature), max(v, MAX_POOL_AMOUNT))
                     for r, v in demand.amounts.items()
                 },
                 "minimum": dict(demand.minimum),
@@ -407,6 +441,17 @@ class Pools:
                 request["priority"] = demand.priority
             calls.append(PoolCall("reserve", demand.root, request, signature))
         return calls
+
+    def scale(self, signature: str) -> int:
+        """The multiple of a dry request the next pool of ``signature`` asks for."""
+        return self.state.scale.get(signature, POOL_START)
+
+    def _rescale(self, signature: str, *, shrink: bool) -> None:
+        """A pool of ``signature`` went idle (``shrink``) or ran out: halve or double."""
+        scale = self.scale(signature)
+        scale = max(POOL_MIN, scale // 2) if shrink else min(POOL_MAX, scale * 2)
+        if len(self.state.scale) < MAX_DEMAND or signature in self.state.scale:
+            self.state.scale[signature] = scale
 
     def _stale(self, demand: PoolDemand, now: float) -> bool:
         """Nobody asked for it for a while, or its ask went unanswered for too long."""
@@ -430,6 +475,11 @@ class Pools:
         demand = self.state.demand.get(call.signature)
         key = str(call.request["key"])
         if granted is not None and any(v > _EPSILON for v in granted.values()):
+            amounts = call.request.get("amounts", {})
+            if any(granted.get(r, 0.0) < v / 2 for r, v in amounts.items()):
+                self.state.thin[call.signature] = now + DEMAND_KEEP_S
+            else:
+                self.state.thin.pop(call.signature, None)
             if key not in self.state.pools:
                 taken = since
                 if demand is not None and demand.asking == key and demand.asked_at is not None:
@@ -464,6 +514,11 @@ class Pools:
             if demand is not None:
                 demand.failures += 1
                 demand.backoff_until = now + _backoff(demand.failures)
+        elif call.update == "settle":
+            pool = self.state.pools.get(str(call.request["key"]))
+            if pool is not None:
+                pool.settle_failures += 1
+                pool.settle_after = now + _backoff(pool.settle_failures)
         elif call.update == "extend":
             self._renew_failures[call.root] = self._renew_failures.get(call.root, 0) + 1
             self._renew_after[call.root] = now + _backoff(self._renew_failures[call.root])
@@ -495,10 +550,9 @@ class Pools:
             )
             if not pool.retired:
                 times.append(pool.taken_at + pool.ttl_s / 2)
-                # look again for idleness a while after its last use (or from now while
-                # held: a handler that drains it does not wake the workflow)
-                idle_from = pool.used_at if pool.holders == 0 else now
-                times.append(idle_from + POOL_IDLE_S)
+                times.append(pool.used_at + POOL_IDLE_S)
+            elif pool.drained():  # to settle (again, after a failure; or after continuing)
+                times.append(pool.settle_after)
         for demand in self.state.demand.values():
             if demand.backoff_until > now:
                 times.append(demand.backoff_until)

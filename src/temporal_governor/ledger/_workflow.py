@@ -89,6 +89,9 @@ MALFORMED_UPDATE = "MalformedLedgerUpdate"
 LEDGER_FULL = "LedgerFull"
 """``ApplicationError.type`` of a ledger update refused by one of the ledger's size caps."""
 
+POOL_START_TIMEOUT = timedelta(seconds=5)
+"""How long a pool call may wait for a worker to take it (its schedule-to-start)."""
+
 _POOL_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
     maximum_interval=timedelta(seconds=2),
@@ -348,6 +351,9 @@ class GovernorLedger:
                     LEDGER_ACTIVITY,
                     self._pool_call(call, since),
                     schedule_to_close_timeout=POOL_CALL_TIMEOUT,
+                    # on a queue shared with agents' activities it may wait for a slot:
+                    # give up soon, and try again after a pause, rather than stall the shard
+                    schedule_to_start_timeout=POOL_START_TIMEOUT,
                     retry_policy=_POOL_RETRY,
                 )
             except FailureError as error:
