@@ -480,3 +480,58 @@ def test_quiet_shards_hold_little_of_the_global_budget_idle_in_their_pools() -> 
     )
     assert spent > 0.97 * minute.ceiling, (spent, idle)
     assert idle <= 7 * 2 * 2_000  # a quiet shard's pool: twice the one lease asked of it
+
+
+def test_an_idle_pool_a_long_run_still_holds_is_trimmed_to_what_it_holds_exactly() -> None:
+    shard, root = LedgerBook(), LedgerBook()
+    shard.reserve(ask("r/a#1", "acme", 500), now=0.0)
+    tend(shard, "shard-0", root, 0.0)
+    (pool,) = shard.state.pools.pools.values()
+    assert pool.granted == {"tokens": 1000.0}
+    assert shard.reserve(ask("r/a#2", "acme", 100, run="long"), now=1.0).granted
+    # idle: retired, then trimmed: the root holds what the long run holds, no more
+    tend(shard, "shard-0", root, 1.0 + POOL_IDLE_S + 0.1)  # retire, ask for the trim
+    tend(shard, "shard-0", root, 1.0 + POOL_IDLE_S + 0.2)  # settle the old pool
+    assert pool.key not in shard.state.pools.pools
+    (trimmed,) = shard.state.pools.pools.values()
+    assert trimmed.granted == {"tokens": 100.0} and trimmed.holders == 1
+    assert global_counter(root).reserved == pytest.approx(100.0)
+    # the long run ends: its actual lands in the trimmed pool, and the root is exact
+    shard.settle(SettleRequest(key="r/a#2", actual={"tokens": 80}), now=3_600.0)
+    tend(shard, "shard-0", root, 3_600.0)
+    assert shard.state.pools.pools == {} and shard.state.pools.moved == {}
+    counter = global_counter(root)
+    assert counter.reserved == 0.0 and root.state.committed["tokens"] == 80.0
+
+
+def test_an_ask_given_up_is_settled_on_the_root_with_nothing_used() -> None:
+    shard, root = LedgerBook(), LedgerBook()
+    shard.reserve(ask("r/a#1", "acme", 100), now=0.0)
+    (call,) = shard.pools.work("shard-0", 0.0)
+    root.reserve(ReserveRequest.model_validate(call.request), 0.0)  # taken, answer lost
+    shard.pools.unanswered(call, 0.0)
+    now = 0.0
+    while shard.state.pools.demand:  # asked again until given up (every answer lost)
+        now = shard.pools.wake_at(now) or now + 1
+        for again in shard.pools.work("shard-0", now):
+            shard.pools.unanswered(again, now)
+    assert shard.state.pools.abandoned == {call.request["key"]: ROOT}
+    tend(shard, "shard-0", root, now + 1)
+    assert shard.state.pools.abandoned == {}
+    assert root.state.reservations == {} and root.state.committed.get("tokens", 0.0) == 0.0
+
+
+def test_a_refused_asks_demand_does_not_grow_and_stale_entries_are_dropped() -> None:
+    shard = LedgerBook()
+    shard.reserve(ask("r/a#1", "acme", 100), now=0.0)
+    (call,) = shard.pools.work("shard-0", 0.0)
+    shard.pools.asked(call, None, None, 0.0, 0.0)  # refused
+    (demand,) = shard.state.pools.demand.values()
+    before = dict(demand.amounts)
+    for i in range(20):
+        shard.reserve(ask(f"r/a#{i + 2}", "acme", 100), now=0.5 + i)
+    assert demand.amounts == before
+    shard.state.pools.thin["gone"] = 1.0
+    shard.state.pools.scale["gone"] = 8
+    shard.pools.work("shard-0", 100.0)
+    assert "gone" not in shard.state.pools.thin and "gone" not in shard.state.pools.scale

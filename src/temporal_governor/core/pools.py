@@ -8,16 +8,19 @@ share of what is left, at most ``max_share`` of it). So the global ceiling holds
 (the root never grants more than it has, and a shard never grants more than its pool),
 while the root sees a pool's ask, renewal and settlement instead of every run's.
 
-A pool that cannot cover a request refuses it with :data:`POOL_LIMIT` and holds nothing;
-the run then reserves the fleet-wide part on the root itself, as without pools, so a dry
-pool never halts or delays a dispatch beyond one more round trip. The refusal is noted as
+A pool that cannot cover a request refuses it with :data:`POOL_LIMIT` and holds nothing,
+telling the run to wait a moment (:meth:`Pools.fill_wait`) while the shard asks for a
+pool, or to reserve the fleet-wide part on the root itself, as without pools: a dry pool
+never halts a dispatch, and delays it by at most about a second. The refusal is noted as
 **demand**: the shard's workflow (outside its update handlers, which never wait) asks the
 root for a pool and the next requests draw from it.
 
 A pool is retired (no new grant from it) when it is half its TTL old, when it no longer
-covers what is asked of it, or when nobody drew from it for :data:`POOL_IDLE_S`; once the
-reservations drawn from it are settled it is settled on the root with what they really
-used. What a run's expired reservation is charged (in full) counts as used.
+covers what is asked of it, or when nobody drew from it for :data:`POOL_IDLE_S`; a retired
+pool still held is trimmed to what its holders hold (a new pool of exactly that, the
+holders moved to it); once the reservations drawn from it are settled it is settled on
+the root with what they really used. What a run's expired reservation is charged (in
+full) counts as used.
 
 This module is the bookkeeping and its decisions, with no ``temporalio`` import; the
 ledger's book (:mod:`.book`) draws from it and the ledger workflow sends the calls
@@ -146,6 +149,12 @@ class Pool(BaseModel):
     settle_after: float = 0.0
     """After a settlement the root did not answer: when to send it again."""
     settle_failures: int = 0
+    limits: list[SharedLimit] = Field(default_factory=list)
+    """The fleet-wide limits it covers (for a trim's ask)."""
+    trimming: str | None = None
+    """The key of the ask for its trimmed successor, while it is out."""
+    trim_tried: bool = False
+    """A trim was asked for and refused: it stays as it is until drained."""
 
     def left(self, resource: str) -> float:
         """What is left of the pool for ``resource``."""
@@ -222,6 +231,11 @@ class PoolState(BaseModel):
     """Pool asks so far (numbers their keys)."""
     scale: dict[str, int] = Field(default_factory=dict)
     """Signature -> the multiple of a dry request its next pool asks for (adaptive)."""
+    moved: dict[str, str] = Field(default_factory=dict)
+    """Key of a trimmed pool -> the key of the pool its holders moved to."""
+    abandoned: dict[str, str] = Field(default_factory=dict)
+    """Key of an ask given up -> its root: settled there with nothing used (so a pool the
+    root granted but the shard never learnt of is released, not renewed with the rest)."""
     thin: dict[str, float] = Field(default_factory=dict)
     """Signature -> until when its pools are thin (the root's fair share granted less than
     half the ask: its budget is short), so dry requests go to the root without waiting."""
@@ -240,6 +254,8 @@ class PoolCall:
     request: dict[str, Any]
     signature: str = ""
     """For an ask: the demand it answers."""
+    trim_of: str = ""
+    """For an ask that trims a pool: the key of the pool it replaces."""
 
 
 def _backoff(failures: int) -> float:
@@ -258,6 +274,8 @@ class Pools:
         self.dirty = False
         """Something for :meth:`work` to do arrived since it last ran (wakes the workflow)."""
         self._renew_failures: dict[str, int] = {}
+        self._abandon_failures: dict[str, int] = {}
+        self._abandon_after: dict[str, float] = {}
         self._renew_after: dict[str, float] = {}
         """Root -> when to try renewing there again after it did not answer (soft state:
         a continue-as-new forgets it and renews at once)."""
@@ -303,8 +321,8 @@ class Pools:
                 at=now,
             )
             self.state.demand[signature] = demand
-        if demand.asking is None:  # what the next ask is made of: every dry request's
-            for resource, value in amounts.items():  # ask, so a burst gets one pool
+        if demand.asking is None and not demand.refused:  # the next ask: every dry
+            for resource, value in amounts.items():  # request's, so a burst gets one pool
                 total = demand.amounts.get(resource, 0.0) + value
                 demand.amounts[resource] = min(total, MAX_POOL_AMOUNT)
         for resource, value in minimum.items():
@@ -347,7 +365,7 @@ class Pools:
         self, key: str | None, pooled: Mapping[str, float], actual: Mapping[str, float]
     ) -> None:
         """A reservation drawn from pool ``key`` holding ``pooled`` ended having used ``actual``."""
-        pool = self.state.pools.get(key) if key is not None else None
+        pool = self._pool_of(key)
         if pool is None:
             return  # settled on the root already: nothing to correct here
         for resource, value in pooled.items():
@@ -361,12 +379,18 @@ class Pools:
         self, key: str | None, charged: Mapping[str, float], actual: Mapping[str, float]
     ) -> None:
         """A late settle of an expired reservation: it used ``actual``, not ``charged``."""
-        pool = self.state.pools.get(key) if key is not None else None
+        pool = self._pool_of(key)
         if pool is None:
             return  # the pool was settled with the full charge: the root keeps it (safe side)
         for resource, value in charged.items():
             corrected = pool.used.get(resource, 0.0) - value + actual.get(resource, 0.0)
             pool.used[resource] = max(0.0, corrected)
+
+    def _pool_of(self, key: str | None) -> Pool | None:
+        """The pool a reservation drew from, following trims (its holders moved on)."""
+        while key is not None and key in self.state.moved:
+            key = self.state.moved[key]
+        return self.state.pools.get(key) if key is not None else None
 
     def _retire(self, pool: Pool) -> None:
         pool.retired = True
@@ -394,6 +418,16 @@ class Pools:
                     self._rescale(pool.signature, shrink=True)
             if pool.retired and pool.drained() and pool.settle_after <= now:
                 calls.append(PoolCall("settle", pool.root, _settle_of(pool)))
+            elif self._trimmable(pool, now):
+                calls.append(self._trim(owner, pool, now))
+        for key, root in self.state.abandoned.items():
+            if self._abandon_after.get(key, 0.0) <= now:
+                calls.append(PoolCall("settle", root, {"key": key, "actual": {}}))
+        for signature in [sig for sig, until in self.state.thin.items() if until <= now]:
+            del self.state.thin[signature]
+        live = {p.signature for p in self.state.pools.values()} | set(self.state.demand)
+        for signature in [sig for sig in self.state.scale if sig not in live]:
+            del self.state.scale[signature]
         renew = [
             p
             for p in self.state.pools.values()
@@ -404,6 +438,8 @@ class Pools:
             calls.append(PoolCall("extend", root, {"run": pool_run(owner), "ttl_s": ttl}))
         for signature, demand in list(self.state.demand.items()):
             if self._stale(demand, now):
+                if demand.asking is not None:  # given up: release whatever it may hold
+                    self.state.abandoned[demand.asking] = demand.root
                 del self.state.demand[signature]
                 continue
             if demand.backoff_until > now:
@@ -453,6 +489,73 @@ class Pools:
         if len(self.state.scale) < MAX_DEMAND or signature in self.state.scale:
             self.state.scale[signature] = scale
 
+    def _trimmable(self, pool: Pool, now: float) -> bool:
+        """A retired pool still held, idle, whose unused rest is more than what is held.
+
+        Its rest would stay reserved on the root until its last holder ends (a run's lease
+        may last hours): the shard asks the root for a pool of exactly what is held, moves
+        the holders to it and settles this one, so the root gets the rest back, exactly.
+        """
+        if not pool.retired or pool.drained() or pool.trimming or pool.trim_tried:
+            return False
+        if not pool.limits:
+            return False
+        if now - pool.used_at <= POOL_IDLE_S or len(self.state.pools) >= MAX_POOLS:
+            return False
+        return any(pool.left(r) > max(pool.held.get(r, 0.0), _EPSILON) for r in pool.granted)
+
+    def _trim(self, owner: str, pool: Pool, now: float) -> PoolCall:
+        self.state.asks += 1
+        pool.trimming = f"{owner}/pool#{self.state.asks}"
+        held = {r: v for r, v in pool.held.items() if v > _EPSILON} or {
+            r: _EPSILON for r in pool.granted
+        }
+        request: dict[str, Any] = {
+            "key": pool.trimming,
+            "run": pool_run(owner),
+            "amounts": dict(held),
+            "minimum": dict(held),
+            "limits": [limit.model_dump(mode="json") for limit in pool.limits],
+            "ttl_s": pool.ttl_s,
+            "max_share": 1.0,
+        }
+        return PoolCall("reserve", pool.root, request, pool.signature, trim_of=pool.key)
+
+    def _trimmed(self, call: PoolCall, granted: Mapping[str, float] | None, since: float) -> None:
+        """The root answered a trim's ask: move the holders to the new pool, or keep all."""
+        old = self.state.pools.get(call.trim_of)
+        key = str(call.request["key"])
+        if old is None or old.trimming != key:
+            if granted:  # nobody is left to draw from it: hand it back at once
+                self.state.abandoned[key] = call.root
+            return
+        old.trimming = None
+        if not granted or not all(granted.get(r, 0.0) >= v - _EPSILON for r, v in old.held.items()):
+            old.trim_tried = True
+            if granted:
+                self.state.abandoned[key] = call.root
+            return
+        self.state.pools[key] = Pool(
+            key=key,
+            root=old.root,
+            signature=old.signature,
+            granted=dict(granted),
+            held=dict(old.held),
+            holders=old.holders,
+            taken_at=since,
+            expires_at=since + old.ttl_s,
+            ttl_s=old.ttl_s,
+            used_at=old.used_at,
+            retired=True,
+            limits=old.limits,
+        )
+        for moved_from, to in list(self.state.moved.items()):
+            if to == old.key:
+                self.state.moved[moved_from] = key
+        self.state.moved[old.key] = key
+        old.held, old.holders = {}, 0  # drained: settled with what it used so far
+        self.dirty = True
+
     def _stale(self, demand: PoolDemand, now: float) -> bool:
         """Nobody asked for it for a while, or its ask went unanswered for too long."""
         if demand.asking is None:
@@ -472,12 +575,16 @@ class Pools:
         The pool is timed from when its ask was first sent (the root took it no sooner),
         so the shard never takes a pool for alive after the root charged it in full.
         """
+        if call.trim_of:
+            self._trimmed(call, granted, since)
+            return
         demand = self.state.demand.get(call.signature)
         key = str(call.request["key"])
         if granted is not None and any(v > _EPSILON for v in granted.values()):
             amounts = call.request.get("amounts", {})
             if any(granted.get(r, 0.0) < v / 2 for r, v in amounts.items()):
-                self.state.thin[call.signature] = now + DEMAND_KEEP_S
+                if len(self.state.thin) < MAX_DEMAND or call.signature in self.state.thin:
+                    self.state.thin[call.signature] = now + DEMAND_KEEP_S
             else:
                 self.state.thin.pop(call.signature, None)
             if key not in self.state.pools:
@@ -494,6 +601,7 @@ class Pools:
                     expires_at=taken + ttl,
                     ttl_s=ttl,
                     used_at=now,
+                    limits=[SharedLimit.model_validate(lim) for lim in call.request["limits"]],
                 )
             if demand is not None and demand.asking == key:
                 del self.state.demand[call.signature]
@@ -509,16 +617,27 @@ class Pools:
 
         The pause doubles with every unanswered call in a row, up to :data:`MAX_BACKOFF_S`.
         """
-        if call.update == "reserve":
+        if call.update == "reserve" and call.trim_of:
+            old = self.state.pools.get(call.trim_of)
+            if old is not None and old.trimming == call.request["key"]:
+                old.trimming = None  # asked again (a new key) after a pause: the lost
+                old.used_at = now  # answer's pool, if any, is abandoned below
+                self.state.abandoned[str(call.request["key"])] = call.root
+        elif call.update == "reserve":
             demand = self.state.demand.get(call.signature)
             if demand is not None:
                 demand.failures += 1
                 demand.backoff_until = now + _backoff(demand.failures)
         elif call.update == "settle":
-            pool = self.state.pools.get(str(call.request["key"]))
+            key = str(call.request["key"])
+            pool = self.state.pools.get(key)
             if pool is not None:
                 pool.settle_failures += 1
                 pool.settle_after = now + _backoff(pool.settle_failures)
+            elif key in self.state.abandoned:
+                failures = self._abandon_failures.get(key, 0) + 1
+                self._abandon_failures[key] = failures
+                self._abandon_after[key] = now + _backoff(failures)
         elif call.update == "extend":
             self._renew_failures[call.root] = self._renew_failures.get(call.root, 0) + 1
             self._renew_after[call.root] = now + _backoff(self._renew_failures[call.root])
@@ -526,6 +645,11 @@ class Pools:
     def settled(self, key: str) -> None:
         """The root took a pool's settlement (or no longer knew it): forget the pool."""
         self.state.pools.pop(key, None)
+        self.state.abandoned.pop(key, None)
+        self._abandon_after.pop(key, None)
+        self._abandon_failures.pop(key, None)
+        for moved_from in [k for k, to in self.state.moved.items() if to == key]:
+            del self.state.moved[moved_from]
 
     def extended(self, root: str, ttl_s: float, since: float, renewed: int) -> None:
         """The root renewed ``renewed`` of the shard's pools there as of ``since``.
@@ -553,6 +677,10 @@ class Pools:
                 times.append(pool.used_at + POOL_IDLE_S)
             elif pool.drained():  # to settle (again, after a failure; or after continuing)
                 times.append(pool.settle_after)
+            elif not pool.trimming and not pool.trim_tried:
+                times.append(pool.used_at + POOL_IDLE_S)  # to trim it
+        for key in self.state.abandoned:
+            times.append(self._abandon_after.get(key, now))
         for demand in self.state.demand.values():
             if demand.backoff_until > now:
                 times.append(demand.backoff_until)

@@ -88,8 +88,8 @@ LEDGER_UNAVAILABLE_LIMIT = "shared.ledger_unavailable"
 """The ``limit`` of the ``GovernanceKilled`` failure of a run whose ledger cannot answer."""
 
 POOL_DRY_S = 2.0
-"""After a tenant shard's pool was found dry, the run reserves its fleet-wide parts on
-the root directly for this long (the shard is asking the root for a pool meanwhile)."""
+"""After a tenant shard's pool was found dry and the run stopped waiting for it, the run
+reserves its fleet-wide parts on the root directly for this long."""
 
 POOL_WAIT_S = 1.0
 """Longest a dispatch waits in all for its shard to fill a dry pool (as the shard says:
