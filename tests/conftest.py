@@ -329,3 +329,24 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.05)
+
+
+SLOW_FIRST = (
+    "test_fleet.py",
+    "test_package.py",
+    "test_lease_simulation.py",
+    "test_demo.py",
+    "test_shard_pools.py",
+    "test_shared_priority.py",
+    "test_shared.py",
+    "test_cli_connect.py",
+)
+"""Files whose tests take a minute or more: collected first, so that the test processes
+(``--dist loadfile`` hands out files in collection order) start them first and the suite
+does not end waiting on one of them alone."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put the tests of :data:`SLOW_FIRST` first, slowest file first; the rest keep their order."""
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))

@@ -1304,6 +1304,7 @@ class LedgerBook:
             "waiters": len(self.state.waiters),
             "shards": self.state.shards,
             "pools": self.pools.view(),
+            "pools_asked": self.state.pools.asks,
         }
 
 

@@ -69,6 +69,7 @@ from ._ports import SharedHost
 from ._versions import (
     LEASE_LOCK_PATCH,
     ONE_LEDGER_CALL_PATCH,
+    RELEASE_CALLED_PATCH,
     RELEASE_RUN_PATCH,
     RELEASE_WAITERS_PATCH,
     RENEW_PATCH,
@@ -146,6 +147,8 @@ class LedgerBudget:
         """The run's command set."""
         self._owner = f"{run.info.workflow_id}/{run.info.run_id}"
         self._calls = 0
+        self._reserved = False
+        """Whether the run asked this ledger for a reservation (not only registered)."""
         self._controls_since_ms = 0
         self._control_scopes = control_scopes
         """The run's control scopes this ledger keeps (piggybacked on its reservations)."""
@@ -306,6 +309,7 @@ class LedgerBudget:
                 )
             except ValidationError as error:
                 raise RESERVE.refused(error) from None
+            self._reserved = True
             self.holdings.unanswered += 1  # until the answer is in: the ledger may hold it
             result = await self._call(RESERVE, request, f"reserve:{ledger_key}")
             self.holdings.unanswered -= 1
@@ -625,8 +629,11 @@ class LedgerBudget:
         if self._keeper is not None:
             self._keeper.cancel()
         if not self.holdings.holds_anything():
-            return
-        if (
+            # an attempt of the run whose answer was lost may hold what its re-execution
+            # never asked for again (RELEASE_CALLED_PATCH)
+            if not (self._reserved and self.commands.since(RELEASE_CALLED_PATCH)):
+                return
+        elif (
             not self.holdings.open
             and not self.holdings.unanswered
             and not self.commands.since(RELEASE_WAITERS_PATCH)

@@ -72,7 +72,15 @@ RELEASE_WAITERS_PATCH = "temporal-governor/release-waiters-v1"
 once. Before, such a run sent nothing at its end (its waiters went stale in seconds). Asked
 for (and recorded) at the end of such a run only."""
 
-LATER_CHANGES = (KEY_ON_ASK_PATCH, RELEASE_WAITERS_PATCH)
+RELEASE_CALLED_PATCH = "temporal-governor/release-called-v1"
+"""A run that made a reservation in a ledger sends ``release_run`` there at its end even
+when it believes it holds nothing there. A reservation can be granted to an attempt of
+the run whose answer was never recorded (its worker killed mid-task) and not made again
+by the run's re-execution, which may take another path (a shard's pool that was dry is
+filled by then): only ``release_run`` reaches it. Asked for (and recorded) at the end of
+such a run only."""
+
+LATER_CHANGES = (KEY_ON_ASK_PATCH, RELEASE_WAITERS_PATCH, RELEASE_CALLED_PATCH)
 """Changes made after runs began recording :data:`GOVERNED_PATCH`, in patch ids: histories
 with the marker exist without them, so every governed run takes them only through their
 own patch (new runs record it)."""
