@@ -22,10 +22,11 @@ lint: $(STAMP)
 
 # three test processes, each with its own dev server (most tests wait on the server and
 # on timers, so three keep the two cores busier than two did: 545 s against 674 s); a
-# file's tests stay in one process and in order. Every process replays the histories it
-# made when it ends.
+# file's tests stay in one process and in order, files in collection order (slowest
+# first, tests/conftest.py) rather than xdist's most-tests-first. Every process replays
+# the histories it made when it ends.
 test: lint
-	$(BIN)/pytest -n 3 --dist loadfile --durations=15
+	$(BIN)/pytest -n 3 --dist loadfile --no-loadscope-reorder --durations=15
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,test,bench]'
