@@ -770,7 +770,9 @@ class LedgerBook:
             str(r): float(v) for r, v in (req.minimum or req.amounts).items()
         }
         pool = self.pools.active(signature, now)
-        if pool is not None and pool.root == req.upstream and req.minimum is not None:
+        if pool is not None and pool.root != req.upstream:
+            pool = None  # a pool of another root (the ledger's validator refuses that)
+        if pool is not None and req.minimum is not None:
             for resource in resources:
                 grant[resource] = min(
                     grant.get(resource, 0.0),
@@ -785,7 +787,7 @@ class LedgerBook:
                     ),
                 )
         wanted = {resource: grant.get(resource, 0.0) for resource in resources}
-        if pool is None or pool.root != req.upstream or not pool.fits(wanted):
+        if pool is None or not pool.fits(wanted):
             self.pools.note_demand(
                 signature,
                 req.upstream,

@@ -262,6 +262,52 @@ def _backoff(failures: int) -> float:
     return float(min(MAX_BACKOFF_S, ASK_BACKOFF_S * 2 ** min(failures - 1, 10)))
 
 
+class _Backoffs:
+    """Calls the root did not answer, by what they were for: when to try each again.
+
+    Soft state (not carried across continue-as-new: the next run tries at once).
+    """
+
+    def __init__(self) -> None:
+        self._failures: dict[str, int] = {}
+        self._after: dict[str, float] = {}
+
+    def failed(self, key: str, now: float) -> None:
+        """One more unanswered call for ``key``: wait twice as long as last time."""
+        self._failures[key] = self._failures.get(key, 0) + 1
+        self._after[key] = now + _backoff(self._failures[key])
+
+    def after(self, key: str, default: float = 0.0) -> float:
+        """When to try ``key`` again (``default`` when nothing failed)."""
+        return self._after.get(key, default)
+
+    def forget(self, key: str) -> None:
+        """A call for ``key`` went through."""
+        self._failures.pop(key, None)
+        self._after.pop(key, None)
+
+
+def _ask(
+    key: str,
+    owner: str,
+    amounts: Mapping[str, float],
+    minimum: Mapping[str, float],
+    limits: list[SharedLimit],
+    ttl_s: float,
+    max_share: float,
+) -> dict[str, Any]:
+    """The fields of a lease the shard asks of the root (a ``reserve`` with ``minimum``)."""
+    return {
+        "key": key,
+        "run": pool_run(owner),
+        "amounts": dict(amounts),
+        "minimum": dict(minimum),
+        "limits": [limit.model_dump(mode="json") for limit in limits],
+        "ttl_s": ttl_s,
+        "max_share": max_share,
+    }
+
+
 def _settle_of(pool: Pool) -> dict[str, Any]:
     return {"key": pool.key, "actual": pool.settlement()}
 
@@ -273,12 +319,10 @@ class Pools:
         self.state = state
         self.dirty = False
         """Something for :meth:`work` to do arrived since it last ran (wakes the workflow)."""
-        self._renew_failures: dict[str, int] = {}
-        self._abandon_failures: dict[str, int] = {}
-        self._abandon_after: dict[str, float] = {}
-        self._renew_after: dict[str, float] = {}
-        """Root -> when to try renewing there again after it did not answer (soft state:
-        a continue-as-new forgets it and renews at once)."""
+        self._renewals = _Backoffs()
+        """By root: renewals there the root did not answer."""
+        self._releases = _Backoffs()
+        """By key: settlements of abandoned asks the root did not answer."""
 
     # -- drawing, inside update handlers --------------------------------------------------
 
@@ -419,9 +463,9 @@ class Pools:
             if pool.retired and pool.drained() and pool.settle_after <= now:
                 calls.append(PoolCall("settle", pool.root, _settle_of(pool)))
             elif self._trimmable(pool, now):
-                calls.append(self._trim(owner, pool, now))
+                calls.append(self._trim(owner, pool))
         for key, root in self.state.abandoned.items():
-            if self._abandon_after.get(key, 0.0) <= now:
+            if self._releases.after(key) <= now:
                 calls.append(PoolCall("settle", root, {"key": key, "actual": {}}))
         for signature in [sig for sig, until in self.state.thin.items() if until <= now]:
             del self.state.thin[signature]
@@ -431,7 +475,7 @@ class Pools:
         renew = [
             p
             for p in self.state.pools.values()
-            if p.expires_at - now < p.ttl_s / 2 and self._renew_after.get(p.root, 0.0) <= now
+            if p.expires_at - now < p.ttl_s / 2 and self._renewals.after(p.root) <= now
         ]
         for root in sorted({p.root for p in renew}):
             ttl = max(p.ttl_s for p in renew if p.root == root)
@@ -456,21 +500,21 @@ class Pools:
             if len(self.state.pools) >= MAX_POOLS:
                 continue
             if demand.asking is None:
-                self.state.asks += 1
-                demand.asking = f"{owner}/pool#{self.state.asks}"
+                demand.asking = self._next_key(owner)
                 demand.asked_at = now
-            request: dict[str, Any] = {
-                "key": demand.asking,
-                "run": pool_run(owner),
-                "amounts": {
-                    r: min(v * self.scale(signature), max(v, MAX_POOL_AMOUNT))
-                    for r, v in demand.amounts.items()
-                },
-                "minimum": dict(demand.minimum),
-                "limits": [limit.model_dump(mode="json") for limit in demand.limits],
-                "ttl_s": demand.ttl_s,
-                "max_share": demand.max_share,
+            amounts = {
+                r: min(v * self.scale(signature), max(v, MAX_POOL_AMOUNT))
+                for r, v in demand.amounts.items()
             }
+            request = _ask(
+                demand.asking,
+                owner,
+                amounts,
+                demand.minimum,
+                demand.limits,
+                demand.ttl_s,
+                demand.max_share,
+            )
             if demand.shards is not None:
                 request["shards"] = demand.shards
             if demand.priority is not None:
@@ -504,21 +548,17 @@ class Pools:
             return False
         return any(pool.left(r) > max(pool.held.get(r, 0.0), _EPSILON) for r in pool.granted)
 
-    def _trim(self, owner: str, pool: Pool, now: float) -> PoolCall:
+    def _next_key(self, owner: str) -> str:
+        """The key of the shard's next ask to the root."""
         self.state.asks += 1
-        pool.trimming = f"{owner}/pool#{self.state.asks}"
+        return f"{owner}/pool#{self.state.asks}"
+
+    def _trim(self, owner: str, pool: Pool) -> PoolCall:
+        pool.trimming = self._next_key(owner)
         held = {r: v for r, v in pool.held.items() if v > _EPSILON} or {
             r: _EPSILON for r in pool.granted
         }
-        request: dict[str, Any] = {
-            "key": pool.trimming,
-            "run": pool_run(owner),
-            "amounts": dict(held),
-            "minimum": dict(held),
-            "limits": [limit.model_dump(mode="json") for limit in pool.limits],
-            "ttl_s": pool.ttl_s,
-            "max_share": 1.0,
-        }
+        request = _ask(pool.trimming, owner, held, held, pool.limits, pool.ttl_s, 1.0)
         return PoolCall("reserve", pool.root, request, pool.signature, trim_of=pool.key)
 
     def _trimmed(self, call: PoolCall, granted: Mapping[str, float] | None, since: float) -> None:
@@ -635,19 +675,15 @@ class Pools:
                 pool.settle_failures += 1
                 pool.settle_after = now + _backoff(pool.settle_failures)
             elif key in self.state.abandoned:
-                failures = self._abandon_failures.get(key, 0) + 1
-                self._abandon_failures[key] = failures
-                self._abandon_after[key] = now + _backoff(failures)
+                self._releases.failed(key, now)
         elif call.update == "extend":
-            self._renew_failures[call.root] = self._renew_failures.get(call.root, 0) + 1
-            self._renew_after[call.root] = now + _backoff(self._renew_failures[call.root])
+            self._renewals.failed(call.root, now)
 
     def settled(self, key: str) -> None:
         """The root took a pool's settlement (or no longer knew it): forget the pool."""
         self.state.pools.pop(key, None)
         self.state.abandoned.pop(key, None)
-        self._abandon_after.pop(key, None)
-        self._abandon_failures.pop(key, None)
+        self._releases.forget(key)
         for moved_from in [k for k, to in self.state.moved.items() if to == key]:
             del self.state.moved[moved_from]
 
@@ -657,8 +693,7 @@ class Pools:
         Fewer than the shard holds there means one lapsed on the root (charged in full
         there): every pool of that root is retired, so none grants past its life.
         """
-        self._renew_failures.pop(root, None)
-        self._renew_after.pop(root, None)
+        self._renewals.forget(root)
         mine = [pool for pool in self.state.pools.values() if pool.root == root]
         for pool in mine:
             pool.expires_at = max(pool.expires_at, since + ttl_s)
@@ -669,9 +704,7 @@ class Pools:
         """When :meth:`work` has something to do next, at the latest (epoch seconds)."""
         times: list[float] = []
         for pool in self.state.pools.values():
-            times.append(
-                max(pool.expires_at - pool.ttl_s / 2, self._renew_after.get(pool.root, 0.0))
-            )
+            times.append(max(pool.expires_at - pool.ttl_s / 2, self._renewals.after(pool.root)))
             if not pool.retired:
                 times.append(pool.taken_at + pool.ttl_s / 2)
                 times.append(pool.used_at + POOL_IDLE_S)
@@ -680,7 +713,7 @@ class Pools:
             elif not pool.trimming and not pool.trim_tried:
                 times.append(pool.used_at + POOL_IDLE_S)  # to trim it
         for key in self.state.abandoned:
-            times.append(self._abandon_after.get(key, now))
+            times.append(self._releases.after(key, now))
         for demand in self.state.demand.values():
             if demand.backoff_until > now:
                 times.append(demand.backoff_until)

@@ -51,11 +51,12 @@ from ..core.pools import POOL_LIMIT
 from ..core.scopes import SharedLimit, StartKind, shared_limits
 from ..core.shards import ShardMap
 from ..errors import BudgetExceeded, GovernanceKilled
-from ..ledger._activity import LEDGER_UNAVAILABLE, LedgerCall
+from ..ledger._activity import LedgerCall
 from ..ledger._workflow import (
     BASELINE,
     EXTEND,
     LEDGER_ACTIVITY,
+    LEDGER_UNAVAILABLE,
     MALFORMED_UPDATE,
     OBSERVE,
     READ_CONTROLS,

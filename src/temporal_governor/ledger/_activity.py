@@ -46,11 +46,15 @@ from ._coalescer import (
     gates,
 )
 from ._wedge import wedged
-from ._workflow import BATCH, LEDGER_ACTIVITY, LEDGER_FULL, MALFORMED_UPDATE, UPDATES, UpdateName
-
-LEDGER_UNAVAILABLE = "LedgerUnavailable"
-"""``ApplicationError.type`` of a ledger call the ledger cannot answer (its workflow task
-keeps failing): non-retryable, so the run decides at once (policy ``shared.on_unavailable``)."""
+from ._workflow import (
+    BATCH,
+    LEDGER_ACTIVITY,
+    LEDGER_FULL,
+    LEDGER_UNAVAILABLE,
+    MALFORMED_UPDATE,
+    UPDATES,
+    UpdateName,
+)
 
 LEDGER_SLOW = "LedgerSlow"
 """``ApplicationError.type`` of an attempt that ran out of time: retried."""

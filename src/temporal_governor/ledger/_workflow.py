@@ -79,6 +79,10 @@ LEDGER_ACTIVITY = "temporal_governor.ledger"
 """Activity type of :func:`~._activity.ledger_call`; the governor never governs its own
 activities. A tenant shard calls the root through it for its pools."""
 
+LEDGER_UNAVAILABLE = "LedgerUnavailable"
+"""``ApplicationError.type`` of a ledger call the ledger cannot answer (its workflow task
+keeps failing): non-retryable, so the run decides at once (policy ``shared.on_unavailable``)."""
+
 POOL_CALL_TIMEOUT = timedelta(seconds=20)
 """How long a shard's call to the root for its pools may take, retries included; a call
 that did not go through is made again later (an ask with the same key)."""
@@ -95,7 +99,7 @@ POOL_START_TIMEOUT = timedelta(seconds=5)
 _POOL_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
     maximum_interval=timedelta(seconds=2),
-    non_retryable_error_types=["LedgerUnavailable", MALFORMED_UPDATE, LEDGER_FULL],
+    non_retryable_error_types=[LEDGER_UNAVAILABLE, MALFORMED_UPDATE, LEDGER_FULL],
 )
 
 _PRUNE_EVERY = 500
@@ -648,6 +652,7 @@ __all__ = [
     "EXTEND",
     "LEDGER_ACTIVITY",
     "LEDGER_FULL",
+    "LEDGER_UNAVAILABLE",
     "LEDGER_WORKFLOW",
     "MALFORMED_UPDATE",
     "MAX_BATCH_ENTRIES",
