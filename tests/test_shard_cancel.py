@@ -93,7 +93,9 @@ class CancelsOneOfThree:
 WORKFLOWS = [*CONTROL_WORKFLOWS, CancelsOneOfThree]
 
 
-def sharded_policy(ledgers: ShardMap, *, leases: bool, ttl_s: float = 600.0) -> Policy:
+def sharded_policy(
+    ledgers: ShardMap, *, leases: bool, ttl_s: float = 600.0, pooled: bool = False
+) -> Policy:
     """Tenant tokens on the shards; a global token limit and one ``step`` slot on the root."""
     return Policy.from_dict(
         {
@@ -104,6 +106,7 @@ def sharded_policy(ledgers: ShardMap, *, leases: bool, ttl_s: float = 600.0) -> 
                 "max_wait": 30,
                 "leases": leases,
                 "reservation_ttl": ttl_s,
+                "hierarchical_leases": pooled,
             },
             "global": {"max_tokens_per_minute": 1_000_000},
             "tenants": {"default": {"quotas": {"max_tokens": 100_000}}},
@@ -346,6 +349,57 @@ async def test_agent_code_cancelling_one_of_parallel_dispatches_mid_reserve_keep
     assert shard["granted"]["tokens"] == 3 * ESTIMATE
     assert root["waiters"] == 0
     # exactness: shard and root committed what the two activities reported
+    assert snap.committed["tokens"] == 2 * REPORTED
+    assert committed_of(shard, f"tenant:{tenant}") == 2 * REPORTED
+    assert root["committed"]["tokens"] == 2 * REPORTED
+    assert snap.shared_open == 0
+
+
+async def test_cancelling_one_of_parallel_dispatches_drawn_from_a_pool_keeps_ledgers_exact(
+    governed: GovernedFactory,
+) -> None:
+    """The same three parallel dispatches with hierarchical leases: their global token part
+    is drawn from the shard's pool, the tool's slot is still on the root. Agent code cancels
+    the third while it waits for the slot; once the pool is settled on the root, every
+    ledger is balanced and the shard and the root committed what the two activities
+    reported."""
+    tag = uuid.uuid4().hex[:8]
+    ledgers = ShardMap(f"ledger-{tag}", 4)
+    tenant = f"fan-{tag}"
+    shard_id = ledgers.ledger_of_tenant(tenant)
+    policy = sharded_policy(ledgers, leases=False, pooled=True)
+    async with governed(policy, WORKFLOWS, CONTROL_ACTIVITIES) as g:
+        with attribution(tenant=tenant):
+            handle = await g.start(CancelsOneOfThree.run)
+        await eventually(lambda: root_holds_a_slot(g, ledgers))
+        await handle.signal(CancelsOneOfThree.start_more)
+
+        async def both_wait() -> bool:
+            return len(waits_on(await snapshot(handle), "tool:step")) == 2
+
+        await eventually(both_wait)
+        await handle.signal(CancelsOneOfThree.cancel_third)
+        outcome = await asyncio.wait_for(handle.result(), 30)
+        snap = await snapshot(handle)
+        assert await scheduled_activities(handle) == 2, "the cancelled dispatch never ran"
+
+        async def pools_settled() -> bool:  # once idle for 10 s
+            shard, root = await state_of(g, shard_id), await state_of(g, ledgers.root)
+            return (
+                shard is not None
+                and not shard["pools"]
+                and root is not None
+                and root["open_reservations"] == 0
+            )
+
+        await eventually(pools_settled, timeout=40)
+        await assert_every_ledger_balanced(g, ledgers)
+        shard = await ledger(g, shard_id)
+        root = await ledger(g, ledgers.root)
+
+    assert outcome == {"total": 2 * REPORTED, "ran": 2, "third_cancelled": True}
+    assert shard["pools_asked"] >= 1, "the global part was never drawn from a pool"
+    assert root["waiters"] == 0
     assert snap.committed["tokens"] == 2 * REPORTED
     assert committed_of(shard, f"tenant:{tenant}") == 2 * REPORTED
     assert root["committed"]["tokens"] == 2 * REPORTED
